@@ -1,0 +1,46 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CONFIG ?= conf/ocs.toml
+
+.PHONY: run test install install-test build demo check-config bench clean
+
+$(VENV)/bin/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(VENV)/bin/activate pyproject.toml setup.py $(wildcard cext/*.pyx)
+	$(PY) -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+## Rebuild the Cython extensions in place (after editing cext/*.pyx).
+build: $(VENV)/.installed
+	$(PY) setup.py --quiet build_ext --inplace
+
+## Migrate the embedded store under ./var/, seed the demo data, run ocsd in the foreground.
+run: $(VENV)/.installed
+	@mkdir -p var
+	$(VENV)/bin/ocsctl --config $(CONFIG) db migrate
+	$(VENV)/bin/ocsctl --config $(CONFIG) demo
+	exec $(VENV)/bin/ocsd --config $(CONFIG)
+
+## The whole suite, against real PostgreSQL and Redis (see tests/services.py).
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+check-config: $(VENV)/.installed
+	$(VENV)/bin/ocsd --config $(CONFIG) --check-config
+
+bench: $(VENV)/.installed
+	$(PY) -m bench.store
+
+clean:
+	rm -rf build $(VENV) var *.egg-info cext/*.c cext/*.so

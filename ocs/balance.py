@@ -1,0 +1,588 @@
+"""The balance engine: reserve, commit, release, credit and adjust, in memory.
+
+This module decides; it does no I/O. A storage backend loads the state a batch
+of operations touches (accounts locked, their buckets, the sessions'
+reservations, the idempotency records of the batch), hands it to `apply`, and
+writes back the `Writes` in the same transaction before anybody is answered.
+Both backends therefore share one implementation of the invariants
+(DESIGN.md):
+
+* a balance never goes below its floor through reservations; only usage the
+  network reports as already consumed (`Commit.used`) may push the main money
+  bucket below the floor, and the result says by how much;
+* every change of a bucket is a ledger entry, so balance == sum(ledger);
+* an operation is applied once per key: a replayed operation returns the first
+  result (`replayed=True`) and changes nothing.
+
+Drawing order: buckets of the usage's kind that match the service (a bucket
+with no service matches all), by priority (lower first), then soonest expiry,
+then age; then money, non-main money buckets the same way and the main bucket
+last. Holds are recorded per bucket, so releasing a reservation gives back
+exactly what it held.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from .model import AccountStatus, Billing, EntryType, Kind
+from .pricing import MONEY, Price
+
+
+class Outcome(str, enum.Enum):
+    OK = "ok"
+    INSUFFICIENT = "insufficient"            # nothing (or less than the minimum) can be granted
+    UNKNOWN_ACCOUNT = "unknown_account"
+    ACCOUNT_SUSPENDED = "account_suspended"  # usage charged, no new grant
+    ACCOUNT_CLOSED = "account_closed"
+    REJECTED = "rejected"                    # the operation itself is not allowed (see message)
+
+
+# --------------------------------------------------------------------------- operations
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    """Hold up to `units` of `kind` for (session, service), replacing any earlier hold."""
+
+    account_id: int
+    session: str
+    units: int
+    kind: Kind = Kind.MONEY
+    service: str = ""
+    seq: int = 0
+    ttl: int = 3600           # seconds until supervision may release it
+    price: Price | None = None  # how money pays for units; None = buckets only
+    min_units: int = 1        # grant nothing unless at least this much fits
+
+    def __post_init__(self):
+        _check_units(self.units, "units")
+        _check_units(self.min_units, "min_units")
+        if self.ttl <= 0:
+            raise ValueError("ttl must be positive")
+
+    @property
+    def op_key(self) -> str:
+        return f"reserve|{self.session}|{self.service}|{self.seq}"
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Charge `used` units for (session, service), then optionally reserve `reserve` more.
+
+    `used` may exceed what was reserved: it is what the network already
+    delivered. `final=True` closes the reservation whatever `reserve` says.
+    """
+
+    account_id: int
+    session: str
+    used: int
+    kind: Kind = Kind.MONEY
+    service: str = ""
+    seq: int = 0
+    price: Price | None = None
+    reserve: int = 0
+    min_units: int = 1
+    ttl: int = 3600
+    final: bool = False
+
+    def __post_init__(self):
+        _check_units(self.used, "used")
+        _check_units(self.reserve, "reserve")
+        if self.ttl <= 0:
+            raise ValueError("ttl must be positive")
+
+    @property
+    def op_key(self) -> str:
+        return f"commit|{self.session}|{self.service}|{self.seq}"
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Give back what (session, service) holds; `service=None` releases every service."""
+
+    account_id: int
+    session: str
+    service: str | None = None
+    seq: int | None = None   # with a seq the release is idempotent under its key
+    reason: str = "released"
+    expired_only: bool = False  # supervision: only if the hold expired meanwhile
+
+    @property
+    def op_key(self) -> str | None:
+        if self.seq is None:
+            return None
+        return f"release|{self.session}|{self.service or '*'}|{self.seq}"
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """Add `amount` to a bucket: the main money bucket by default, or a new bucket
+    when a kind other than money, a service, a validity or a priority is given."""
+
+    account_id: int
+    amount: int
+    kind: Kind = Kind.MONEY
+    bucket_id: int | None = None
+    service: str | None = None
+    valid_from: int | None = None
+    valid_to: int | None = None
+    priority: int | None = None
+    name: str = ""
+    ref: str | None = None    # idempotency key (e.g. payment id)
+    reason: str = "top-up"
+    actor: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.amount, int) or self.amount <= 0:
+            raise ValueError("credit amount must be a positive integer")
+
+    @property
+    def op_key(self) -> str | None:
+        return f"credit|{self.ref}" if self.ref else None
+
+    @property
+    def new_bucket(self) -> bool:
+        return self.bucket_id is None and (
+            self.kind is not Kind.MONEY or self.service is not None
+            or self.valid_to is not None or self.valid_from is not None
+            or self.priority is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Adjust:
+    """Operator correction by a signed `amount` on a bucket (main money bucket by default).
+
+    A decrease that would take the bucket below its floor is refused unless
+    `force` is set.
+    """
+
+    account_id: int
+    amount: int
+    bucket_id: int | None = None
+    ref: str | None = None
+    reason: str = "adjustment"
+    actor: str | None = None
+    force: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.amount, int) or self.amount == 0:
+            raise ValueError("adjust amount must be a non-zero integer")
+
+    @property
+    def op_key(self) -> str | None:
+        return f"adjust|{self.ref}" if self.ref else None
+
+
+Operation = Reserve | Commit | Release | Credit | Adjust
+
+
+def _check_units(value: int, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer")
+
+
+# --------------------------------------------------------------------------- results
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What an operation did. Stored as JSON under its key for replays."""
+
+    outcome: Outcome
+    granted: int = 0            # units now reserved for (session, service)
+    expires_at: int | None = None
+    charged: int = 0            # units of usage debited
+    cost: int = 0               # money debited for that usage
+    unpaid: int = 0             # units reported with no bucket and no price to pay them
+    below_floor: int = 0        # money the account went below its floor by
+    released: int = 0           # units given back
+    draws: tuple[tuple[int, int], ...] = ()  # (bucket id, amount) debited or credited
+    balance: int = 0            # money balance of the account afterwards
+    available: int = 0          # money still spendable (balance - reserved - floor)
+    bucket_id: int | None = None  # bucket credited/adjusted
+    message: str = ""
+    replayed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["outcome"] = self.outcome.value
+        d.pop("replayed")
+        return json.dumps(d, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str, *, replayed: bool = True) -> "Result":
+        d = json.loads(text)
+        d["outcome"] = Outcome(d["outcome"])
+        d["draws"] = tuple(tuple(x) for x in d["draws"])
+        return cls(**d, replayed=replayed)
+
+
+# --------------------------------------------------------------------------- state
+
+@dataclass(slots=True)
+class BucketState:
+    id: int
+    kind: Kind
+    service: str | None
+    balance: int
+    reserved: int
+    priority: int
+    valid_from: int | None
+    valid_to: int | None
+    main: bool
+    created_at: int
+    floor: int = 0
+    dirty: bool = False
+    name: str = ""
+
+    def usable(self, now: int) -> bool:
+        return ((self.valid_from is None or self.valid_from <= now)
+                and (self.valid_to is None or now < self.valid_to))
+
+    @property
+    def available(self) -> int:
+        return max(0, self.balance - self.reserved - self.floor)
+
+    def order_key(self) -> tuple:
+        return (self.main, self.priority, self.valid_to is None, self.valid_to or 0,
+                self.created_at, self.id)
+
+
+@dataclass(slots=True)
+class AccountState:
+    id: int
+    billing: Billing
+    credit_limit: int
+    status: AccountStatus
+    buckets: dict[int, BucketState] = field(default_factory=dict)
+
+    @property
+    def floor(self) -> int:
+        return -self.credit_limit if self.billing is Billing.POSTPAID else 0
+
+    def main_bucket(self) -> BucketState:
+        for b in self.buckets.values():
+            if b.main:
+                return b
+        raise LookupError(f"account {self.id} has no main bucket")
+
+    def money(self) -> tuple[int, int]:
+        """(balance, available) of all money buckets usable now or holding a reservation."""
+        bal = avail = 0
+        for b in self.buckets.values():
+            if b.kind is Kind.MONEY:
+                bal += b.balance
+                avail += b.available
+        return bal, avail
+
+
+@dataclass(slots=True)
+class ReservationState:
+    session: str
+    service: str
+    account_id: int
+    kind: Kind
+    units: int
+    holds: list[tuple[int, int]]
+    seq: int
+    expires_at: int
+    created_at: int
+
+
+@dataclass(slots=True)
+class LedgerRow:
+    account_id: int
+    bucket_id: int  # negative: a bucket created in this batch (see Writes.new_buckets)
+    kind: Kind
+    amount: int
+    balance_after: int
+    entry_type: EntryType
+    session: str | None
+    op_key: str | None
+    reason: str | None
+    actor: str | None
+    created_at: int
+
+
+@dataclass(slots=True)
+class BatchState:
+    """Everything a batch may read; filled by the backend inside its transaction."""
+
+    now: int
+    accounts: dict[int, AccountState] = field(default_factory=dict)
+    # session -> service -> reservation
+    reservations: dict[str, dict[str, ReservationState]] = field(default_factory=dict)
+    # op_key -> first result: JSON as stored, or a Result from earlier in this batch
+    done: dict[str, "str | Result"] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Writes:
+    """What the backend must persist, in this order: new buckets (mapping their
+    temporary negative ids to real ones), bucket updates, ledger rows,
+    reservation deletes and upserts, operation records."""
+
+    new_buckets: list[tuple[int, int, BucketState]] = field(default_factory=list)  # (tmp id, account, bucket)
+    ledger: list[LedgerRow] = field(default_factory=list)
+    deleted_reservations: set[tuple[str, str]] = field(default_factory=set)
+    upserted_reservations: dict[tuple[str, str], ReservationState] = field(default_factory=dict)
+    operations: list[tuple[str, int, str, Result]] = field(default_factory=list)  # key, account, type
+
+    def remap(self, ids: dict[int, int]) -> None:
+        """Replace the temporary ids of new buckets with the ids the store gave them."""
+        for row in self.ledger:
+            row.bucket_id = ids.get(row.bucket_id, row.bucket_id)
+        for res in self.upserted_reservations.values():
+            res.holds = [(ids.get(b, b), a) for b, a in res.holds]
+        self.operations = [(k, a, t, remap_result(r, ids)) for k, a, t, r in self.operations]
+
+    def dirty_buckets(self, state: BatchState) -> list[BucketState]:
+        return [b for a in state.accounts.values() for b in a.buckets.values()
+                if b.dirty and b.id > 0]
+
+
+# --------------------------------------------------------------------------- engine
+
+def apply(state: BatchState, ops: list[Operation]) -> tuple[list[Result], Writes]:
+    """Apply `ops` in order to `state`; return one result per op and the writes."""
+    engine = _Engine(state)
+    results = [engine.run(op) for op in ops]
+    return results, engine.writes
+
+
+class _Engine:
+    def __init__(self, state: BatchState):
+        self.state = state
+        self.now = state.now
+        self.writes = Writes()
+        self._next_tmp = -1
+
+    # -- dispatch -----------------------------------------------------------------------
+    def run(self, op: Operation) -> Result:
+        key = op.op_key
+        if key is not None and key in self.state.done:
+            prior = self.state.done[key]
+            if isinstance(prior, str):
+                return Result.from_json(prior)
+            return replace(prior, replayed=True)
+        acct = self.state.accounts.get(op.account_id)
+        if acct is None:
+            result = Result(Outcome.UNKNOWN_ACCOUNT, message=f"account {op.account_id} not found")
+        else:
+            handler = getattr(self, "_" + type(op).__name__.lower())
+            result = handler(acct, op)
+            bal, avail = acct.money()
+            result = replace(result, balance=bal, available=avail)
+        if key is not None:
+            self.state.done[key] = result
+            self.writes.operations.append((key, op.account_id, type(op).__name__.lower(), result))
+        return result
+
+    # -- reservations -------------------------------------------------------------------
+    def _reserve(self, acct: AccountState, op: Reserve) -> Result:
+        released = self._drop_reservation(op.session, op.service)
+        if acct.status is not AccountStatus.ACTIVE:
+            return Result(_status_outcome(acct.status), released=released,
+                          message=f"account is {acct.status.value}")
+        return self._hold(acct, op.session, op.service, op.kind, op.units, op.min_units,
+                          op.price, op.seq, op.ttl, released=released)
+
+    def _commit(self, acct: AccountState, op: Commit) -> Result:
+        # Give back what this service held, then draw the usage in the normal order:
+        # the hold guarantees the usage it covered is there to draw.
+        self._drop_reservation(op.session, op.service)
+        charged, cost, unpaid, below, draws = self._draw(acct, op.kind, op.service, op.used,
+                                                         op.price, op.session, op.op_key)
+        base = Result(Outcome.OK, charged=charged, cost=cost, unpaid=unpaid,
+                      below_floor=below, draws=tuple(draws))
+        if op.final or op.reserve == 0:
+            return base
+        if acct.status is not AccountStatus.ACTIVE:
+            return replace(base, outcome=_status_outcome(acct.status),
+                           message=f"account is {acct.status.value}")
+        grant = self._hold(acct, op.session, op.service, op.kind, op.reserve, op.min_units,
+                           op.price, op.seq, op.ttl)
+        return replace(base, outcome=grant.outcome, granted=grant.granted,
+                       expires_at=grant.expires_at, message=grant.message)
+
+    def _release(self, acct: AccountState, op: Release) -> Result:
+        if op.service is None:
+            services = list(self._session_reservations(op.session))
+        else:
+            services = [op.service]
+        if op.expired_only:
+            held = self._session_reservations(op.session)
+            services = [s for s in services if s in held and held[s].expires_at <= self.now]
+        released = sum(self._drop_reservation(op.session, s) for s in services)
+        return Result(Outcome.OK, released=released)
+
+    def _hold(self, acct, session, service, kind, units, min_units, price, seq, ttl,
+              released=0) -> Result:
+        holds: list[tuple[int, int]] = []
+        remaining = units
+        if kind is not Kind.MONEY:
+            for b in self._candidates(acct, kind, service):
+                if remaining == 0:
+                    break
+                take = min(b.available, remaining)
+                if take > 0:
+                    holds.append((b.id, take))
+                    remaining -= take
+        if remaining > 0:
+            if kind is Kind.MONEY:
+                price = MONEY
+            if price is not None:
+                money_buckets = self._candidates(acct, Kind.MONEY, service)
+                total = sum(b.available for b in money_buckets)
+                need = price.cost(remaining)
+                if need > total:
+                    remaining_affordable = min(remaining, price.max_units(total))
+                    need = price.cost(remaining_affordable)
+                    remaining -= remaining_affordable
+                else:
+                    remaining = 0
+                left = need
+                for b in money_buckets:
+                    if left == 0:
+                        break
+                    take = min(b.available, left)
+                    if take > 0:
+                        holds.append((b.id, take))
+                        left -= take
+        granted = units - remaining
+        if granted == 0 or granted < min_units:
+            return Result(Outcome.INSUFFICIENT, released=released,
+                          message=f"balance cannot cover {min_units or 1} {kind.value}")
+        for bucket_id, amount in holds:
+            b = acct.buckets[bucket_id]
+            b.reserved += amount
+            b.dirty = True
+        res = ReservationState(session, service, acct.id, kind, granted, holds, seq,
+                               self.now + ttl * 1_000_000, self.now)
+        self.state.reservations.setdefault(session, {})[service] = res
+        self.writes.upserted_reservations[(session, service)] = res
+        self.writes.deleted_reservations.discard((session, service))
+        return Result(Outcome.OK, granted=granted, expires_at=res.expires_at, released=released)
+
+    def _drop_reservation(self, session: str, service: str) -> int:
+        by_service = self.state.reservations.get(session)
+        res = by_service.pop(service, None) if by_service else None
+        if res is None:
+            return 0
+        acct = self.state.accounts.get(res.account_id)
+        for bucket_id, amount in res.holds:
+            b = acct.buckets.get(bucket_id) if acct else None
+            if b is not None:
+                b.reserved = max(0, b.reserved - amount)
+                b.dirty = True
+        self.writes.upserted_reservations.pop((session, service), None)
+        self.writes.deleted_reservations.add((session, service))
+        return res.units
+
+    def _session_reservations(self, session: str) -> dict[str, ReservationState]:
+        return self.state.reservations.get(session, {})
+
+    # -- debits -------------------------------------------------------------------------
+    def _draw(self, acct, kind, service, used, price, session, op_key):
+        """Debit `used` units; returns (charged, cost, unpaid, below_floor, draws)."""
+        draws: list[tuple[int, int]] = []
+        remaining = used
+        if kind is not Kind.MONEY:
+            for b in self._candidates(acct, kind, service):
+                if remaining == 0:
+                    break
+                take = min(b.available, remaining)
+                if take > 0:
+                    self._post(acct, b, -take, EntryType.DEBIT, session, op_key, "usage", None)
+                    draws.append((b.id, take))
+                    remaining -= take
+        cost = unpaid = below = 0
+        if remaining > 0:
+            if kind is Kind.MONEY:
+                price = MONEY
+            if price is None:
+                unpaid = remaining
+            else:
+                cost = price.cost(remaining)
+                left = cost
+                for b in self._candidates(acct, Kind.MONEY, service):
+                    if left == 0:
+                        break
+                    take = min(b.available, left)
+                    if take > 0:
+                        self._post(acct, b, -take, EntryType.DEBIT, session, op_key, "usage", None)
+                        draws.append((b.id, take))
+                        left -= take
+                if left > 0:
+                    # Usage the network already delivered: the main bucket pays it even
+                    # below the floor (invariant 4's one exception), and we say so.
+                    main = acct.main_bucket()
+                    headroom = max(0, main.balance - main.reserved - main.floor)
+                    below = left - headroom if left > headroom else 0
+                    self._post(acct, main, -left, EntryType.DEBIT, session, op_key, "usage", None)
+                    draws.append((main.id, left))
+        return used - unpaid, cost, unpaid, below, draws
+
+    # -- credits and adjustments --------------------------------------------------------
+    def _credit(self, acct: AccountState, op: Credit) -> Result:
+        if acct.status is AccountStatus.CLOSED:
+            return Result(Outcome.ACCOUNT_CLOSED, message="account is closed")
+        if op.bucket_id is not None:
+            b = acct.buckets.get(op.bucket_id)
+            if b is None:
+                return Result(Outcome.REJECTED, message=f"bucket {op.bucket_id} not in account")
+        elif op.new_bucket:
+            b = BucketState(
+                id=self._next_tmp, kind=op.kind, service=op.service, balance=0, reserved=0,
+                priority=op.priority if op.priority is not None else 10,
+                valid_from=op.valid_from, valid_to=op.valid_to, main=False,
+                created_at=self.now, name=op.name)
+            self._next_tmp -= 1
+            acct.buckets[b.id] = b
+            self.writes.new_buckets.append((b.id, acct.id, b))
+        else:
+            b = acct.main_bucket()
+        self._post(acct, b, op.amount, EntryType.CREDIT, None, op.op_key, op.reason, op.actor)
+        return Result(Outcome.OK, bucket_id=b.id, draws=((b.id, op.amount),))
+
+    def _adjust(self, acct: AccountState, op: Adjust) -> Result:
+        b = acct.buckets.get(op.bucket_id) if op.bucket_id is not None else acct.main_bucket()
+        if b is None:
+            return Result(Outcome.REJECTED, message=f"bucket {op.bucket_id} not in account")
+        if op.amount < 0 and not op.force and b.balance + op.amount - b.reserved < b.floor:
+            return Result(Outcome.REJECTED, bucket_id=b.id,
+                          message="adjustment would take the bucket below its floor")
+        self._post(acct, b, op.amount, EntryType.ADJUST, None, op.op_key, op.reason, op.actor)
+        return Result(Outcome.OK, bucket_id=b.id, draws=((b.id, op.amount),))
+
+    # -- helpers ------------------------------------------------------------------------
+    def _candidates(self, acct: AccountState, kind: Kind, service: str) -> list[BucketState]:
+        found = [b for b in acct.buckets.values()
+                 if b.kind is kind and (b.service is None or b.service == service)
+                 and (b.main or b.usable(self.now))]
+        found.sort(key=BucketState.order_key)
+        return found
+
+    def _post(self, acct, b: BucketState, amount, entry_type, session, op_key, reason, actor):
+        b.balance += amount
+        b.dirty = True
+        self.writes.ledger.append(LedgerRow(
+            acct.id, b.id, b.kind, amount, b.balance, entry_type, session, op_key, reason,
+            actor, self.now))
+
+
+def remap_result(result: Result, ids: dict[int, int]) -> Result:
+    if not ids:
+        return result
+    return replace(result, bucket_id=ids.get(result.bucket_id, result.bucket_id),
+                   draws=tuple((ids.get(b, b), a) for b, a in result.draws))
+
+
+def _status_outcome(status: AccountStatus) -> Outcome:
+    return Outcome.ACCOUNT_CLOSED if status is AccountStatus.CLOSED else Outcome.ACCOUNT_SUSPENDED

@@ -1,0 +1,32 @@
+"""Storage: one `Store` over two real backends (SQLite embedded, PostgreSQL).
+
+`open_store(config)` builds the store a configuration asks for; see
+`ocs.store.store.Store` for the operations and `ocs.store.sql` for how one
+implementation runs on both backends.
+"""
+
+from __future__ import annotations
+
+from .store import IDENTITIES, PasswordPolicy, Store
+
+__all__ = ["Store", "PasswordPolicy", "IDENTITIES", "make_driver"]
+
+
+def make_driver(url: str, **options):
+    """A backend driver for a store URL: `sqlite:PATH` or `postgresql://...`.
+
+    `options` are the backend's tuning knobs (see conf/ocs.toml `[store]`).
+    """
+    if url.startswith("sqlite:"):
+        from .sqlite import SqliteDriver
+        path = url[len("sqlite:"):]
+        if path.startswith("//"):
+            path = path[2:]
+        return SqliteDriver(path, synchronous=options.get("sqlite_synchronous", "FULL"))
+    if url.startswith(("postgres://", "postgresql://")):
+        from .postgres import PostgresDriver
+        return PostgresDriver(url, min_size=options.get("pool_min", 2),
+                              max_size=options.get("pool_max", 10),
+                              schema=options.get("schema"),
+                              command_timeout=options.get("command_timeout", 10.0))
+    raise ValueError(f"unsupported store url {url!r}: use sqlite:PATH or postgresql://...")

@@ -1,0 +1,243 @@
+"""Group commit of balance operations.
+
+Operations that arrive while a batch is being committed wait in a queue; the
+next batch takes all of them (up to `max_batch`), applies them in arrival order
+in one transaction, and only after COMMIT answers every caller. Under light
+load a batch is one operation and latency is one commit; under heavy load one
+fsync serves hundreds of operations. Nobody is answered before commit
+(DESIGN.md invariant 1).
+
+`balance_program` is the transaction itself: lock the accounts, read the
+idempotency records, reservations and buckets, run the in-memory engine
+(`ocs.balance`), write what it changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable
+
+from ..balance import (AccountState, BatchState, BucketState, Operation, ReservationState,
+                       Result, apply, remap_result)
+from ..errors import StoreUnavailable
+from ..model import AccountStatus, Billing, Kind, now_us, Reservation
+from .sql import execute, executemany, fetch, fetchval
+
+log = logging.getLogger("ocs.store")
+
+
+def balance_program(ops: list[Operation], now: int):
+    """Program: apply `ops` atomically; returns their results in order."""
+    account_ids = sorted({op.account_id for op in ops})
+    accounts: dict[int, AccountState] = {}
+    rows = yield fetch("SELECT id, billing, credit_limit, status FROM accounts "
+                       "WHERE id = ANY($1) ORDER BY id FOR UPDATE", account_ids)
+    for r in rows:
+        accounts[r["id"]] = AccountState(r["id"], Billing(r["billing"]), r["credit_limit"],
+                                         AccountStatus(r["status"]))
+    state = BatchState(now=now, accounts=accounts)
+
+    keys = [op.op_key for op in ops if op.op_key is not None]
+    if keys:
+        rows = yield fetch("SELECT op_key, result FROM operations WHERE op_key = ANY($1)", keys)
+        state.done = {r["op_key"]: r["result"] for r in rows}
+
+    sessions = sorted({op.session for op in ops if hasattr(op, "session")})
+    if sessions:
+        rows = yield fetch("SELECT * FROM reservations WHERE session = ANY($1)", sessions)
+        extra = sorted({r["account_id"] for r in rows} - accounts.keys())
+        if extra:  # a session charging another account than the op says: lock that one too
+            more = yield fetch("SELECT id, billing, credit_limit, status FROM accounts "
+                               "WHERE id = ANY($1) ORDER BY id FOR UPDATE", extra)
+            for r in more:
+                accounts[r["id"]] = AccountState(r["id"], Billing(r["billing"]),
+                                                 r["credit_limit"], AccountStatus(r["status"]))
+        for r in rows:
+            res = Reservation.from_row(r)
+            state.reservations.setdefault(res.session, {})[res.service] = ReservationState(
+                res.session, res.service, res.account_id, res.kind, res.units, list(res.holds),
+                res.seq, res.expires_at, res.created_at)
+
+    if accounts:
+        named = sorted({op.bucket_id for op in ops if getattr(op, "bucket_id", None)})
+        rows = yield fetch(
+            "SELECT * FROM buckets WHERE account_id = ANY($1) "
+            "AND (main = 1 OR balance <> 0 OR reserved <> 0 OR id = ANY($2))",
+            sorted(accounts), named)
+        for r in rows:
+            acct = accounts[r["account_id"]]
+            acct.buckets[r["id"]] = BucketState(
+                id=r["id"], kind=Kind(r["kind"]), service=r["service"], balance=r["balance"],
+                reserved=r["reserved"], priority=r["priority"], valid_from=r["valid_from"],
+                valid_to=r["valid_to"], main=bool(r["main"]), created_at=r["created_at"],
+                floor=acct.floor if r["main"] else 0, name=r["name"])
+
+    results, writes = apply(state, ops)
+
+    ids: dict[int, int] = {}
+    for tmp, account_id, b in writes.new_buckets:
+        real = yield fetchval(
+            "INSERT INTO buckets (account_id, kind, service, balance, reserved, priority, "
+            "valid_from, valid_to, main, name, created_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10) RETURNING id",
+            account_id, b.kind.value, b.service, b.balance, b.reserved, b.priority,
+            b.valid_from, b.valid_to, b.name, b.created_at)
+        ids[tmp] = real
+        b.id = real
+        b.dirty = False
+    writes.remap(ids)
+    results = [remap_result(r, ids) for r in results]
+
+    dirty = writes.dirty_buckets(state)
+    if dirty:
+        yield executemany("UPDATE buckets SET balance = $2, reserved = $3 WHERE id = $1",
+                          [(b.id, b.balance, b.reserved) for b in dirty])
+    if writes.ledger:
+        yield executemany(
+            "INSERT INTO ledger (account_id, bucket_id, kind, amount, balance_after, entry_type, "
+            "session, op_key, reason, actor, created_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            [(e.account_id, e.bucket_id, e.kind.value, e.amount, e.balance_after,
+              e.entry_type.value, e.session, e.op_key, e.reason, e.actor, e.created_at)
+             for e in writes.ledger])
+    if writes.deleted_reservations:
+        yield executemany("DELETE FROM reservations WHERE session = $1 AND service = $2",
+                          sorted(writes.deleted_reservations))
+    if writes.upserted_reservations:
+        yield executemany(
+            "INSERT INTO reservations (session, service, account_id, kind, units, holds, seq, "
+            "expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+            "ON CONFLICT (session, service) DO UPDATE SET account_id = excluded.account_id, "
+            "kind = excluded.kind, units = excluded.units, holds = excluded.holds, "
+            "seq = excluded.seq, expires_at = excluded.expires_at, "
+            "created_at = excluded.created_at",
+            [(r.session, r.service, r.account_id, r.kind.value, r.units, _holds_json(r),
+              r.seq, r.expires_at, r.created_at)
+             for r in writes.upserted_reservations.values()])
+    if writes.operations:
+        yield executemany(
+            "INSERT INTO operations (op_key, account_id, op_type, result, created_at) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            [(k, a, t, r.to_json(), now) for k, a, t, r in writes.operations])
+    return results
+
+
+def _holds_json(r: ReservationState) -> str:
+    return "[" + ",".join(f"[{b},{a}]" for b, a in r.holds) + "]"
+
+
+def purge_operations_program(before: int):
+    """Program: forget idempotency records older than `before` (replays are minutes old)."""
+    return (yield execute("DELETE FROM operations WHERE created_at < $1", before))
+
+
+class GroupCommitter:
+    """Queues balance operations and commits them in batches.
+
+    `run_batch(ops)` must apply the operations in one transaction and return
+    their results; it is called by one worker at a time.
+    """
+
+    def __init__(self, run_batch: Callable[[list[Operation]], Awaitable[list[Result]]], *,
+                 window: float = 0.0, max_batch: int = 512,
+                 observe: Callable[[int, float], None] | None = None):
+        self._run_batch = run_batch
+        self._window = window
+        self._max_batch = max_batch
+        self._observe = observe
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._worker: asyncio.Task | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name="ocs-group-commit")
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def submit(self, op: Operation) -> Result:
+        if self._closing:
+            raise StoreUnavailable("store is stopping")
+        if self._worker is None:
+            self.start()
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((op, fut))
+        return await asyncio.shield(fut)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting; commit what is queued (within `timeout`), then stop the worker."""
+        self._closing = True
+        if self._worker is None:
+            return
+        self._queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._worker), timeout)
+        except asyncio.TimeoutError:
+            log.error("group commit did not drain within %.1fs; %d operations unanswered",
+                      timeout, self._queue.qsize())
+            self._worker.cancel()
+        self._fail_queued(StoreUnavailable("store stopped"))
+        self._worker = None
+
+    def _fail_queued(self, exc: Exception) -> None:
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None and not item[1].done():
+                item[1].set_exception(exc)
+
+    async def _work(self) -> None:
+        stopping = False
+        while not stopping:
+            item = await self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            if self._window:
+                await asyncio.sleep(self._window)
+            while len(batch) < self._max_batch and not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            ops = [op for op, _ in batch]
+            started = time.perf_counter()
+            try:
+                results = await self._run_batch(ops)
+            except asyncio.CancelledError:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(StoreUnavailable("store stopped mid-commit"))
+                raise
+            except StoreUnavailable as exc:
+                log.error("balance batch of %d not committed: %s", len(ops), exc)
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            except Exception:  # noqa: BLE001 - isolate the operation that broke the batch
+                log.exception("balance batch of %d failed; retrying one by one", len(ops))
+                await self._one_by_one(batch)
+                continue
+            if self._observe:
+                self._observe(len(ops), time.perf_counter() - started)
+            for (_, fut), result in zip(batch, results):
+                if not fut.done():
+                    fut.set_result(result)
+
+    async def _one_by_one(self, batch) -> None:
+        for op, fut in batch:
+            try:
+                (result,) = await self._run_batch([op])
+            except Exception as exc:  # noqa: BLE001 - reported to this op's caller
+                log.error("balance operation %s failed: %s", type(op).__name__, exc)
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, StoreUnavailable)
+                                      else StoreUnavailable(f"operation failed: {exc}"))
+            else:
+                if not fut.done():
+                    fut.set_result(result)

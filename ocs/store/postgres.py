@@ -1,0 +1,134 @@
+"""PostgreSQL backend (asyncpg pool): production and multi-node.
+
+Each write program runs in one transaction on one pooled connection. Balance
+batches lock their accounts with `SELECT ... FOR UPDATE` in id order, so
+several ocsd nodes can share the database without lost updates or deadlocks;
+a serialization failure or deadlock (which only the operator's own concurrent
+SQL could cause) re-runs the whole program, which is safe because programs
+are pure functions of what they read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+import asyncpg
+
+from ..errors import Conflict, StoreUnavailable, ValidationError
+from .sql import ProgramFn, Query, rowcount_from_status
+
+log = logging.getLogger("ocs.store")
+
+_RETRIES = 5
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+
+
+class PostgresDriver:
+    dialect = "postgres"
+
+    def __init__(self, dsn: str, *, min_size: int = 2, max_size: int = 10,
+                 schema: str | None = None, command_timeout: float = 10.0,
+                 connect_timeout: float = 5.0):
+        self.dsn = dsn
+        self.min_size = min_size
+        self.max_size = max_size
+        self.schema = schema
+        self.command_timeout = command_timeout
+        self.connect_timeout = connect_timeout
+        self.pool: asyncpg.Pool | None = None
+
+    def describe(self) -> str:
+        # Never show a password that may be in the DSN.
+        return "postgres:" + re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", self.dsn)
+
+    async def open(self) -> None:
+        settings = {"application_name": "ocsd"}
+        if self.schema:
+            settings["search_path"] = self.schema
+        try:
+            self.pool = await asyncpg.create_pool(
+                self.dsn, min_size=self.min_size, max_size=self.max_size,
+                command_timeout=self.command_timeout, timeout=self.connect_timeout,
+                server_settings=settings)
+        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL ({self.describe()}): {exc}") \
+                from exc
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    async def run(self, program: ProgramFn, *args, write: bool = True) -> Any:
+        if self.pool is None:
+            raise StoreUnavailable("postgres store is closed")
+        for attempt in range(_RETRIES):
+            try:
+                async with self.pool.acquire() as conn:
+                    if not write:
+                        return await self._drive(conn, program(*args))
+                    async with conn.transaction():
+                        return await self._drive(conn, program(*args))
+            except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError) as exc:
+                if attempt == _RETRIES - 1:
+                    raise StoreUnavailable(f"postgres: {exc}") from exc
+                log.warning("retrying transaction after %s", type(exc).__name__)
+                await asyncio.sleep(0.005 * (attempt + 1))
+            except asyncpg.UniqueViolationError as exc:
+                raise Conflict(_unique_message(exc)) from exc
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise ValidationError("refers to a record that does not exist") from exc
+            except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError,
+                    asyncpg.DataError) as exc:
+                raise ValidationError(str(exc)) from exc
+            except _CONNECTION_ERRORS as exc:
+                raise StoreUnavailable(f"postgres: {exc}") from exc
+            except asyncpg.PostgresError as exc:
+                raise StoreUnavailable(f"postgres: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _drive(conn: asyncpg.Connection, gen) -> Any:
+        try:
+            query: Query = next(gen)
+            while True:
+                query = gen.send(await _execute(conn, query))
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            gen.close()
+
+
+async def _execute(conn: asyncpg.Connection, q: Query) -> Any:
+    if q.mode == "fetch":
+        return await conn.fetch(q.sql, *q.args)
+    if q.mode == "fetchrow":
+        return await conn.fetchrow(q.sql, *q.args)
+    if q.mode == "fetchval":
+        return await conn.fetchval(q.sql, *q.args)
+    if q.mode == "executemany":
+        rows = q.args[0]
+        if rows:
+            await conn.executemany(q.sql, rows)
+        return None
+    return rowcount_from_status(await conn.execute(q.sql, *q.args))
+
+
+_KEY = re.compile(r"Key \(([^)]+)\)")
+
+
+def _unique_message(exc: asyncpg.UniqueViolationError) -> str:
+    m = _KEY.search(getattr(exc, "detail", "") or "")
+    column = m.group(1).split(",")[0].strip() if m else (exc.constraint_name or "value")
+    table = getattr(exc, "table_name", None)
+    return f"{table}.{column} already exists" if table else f"{column} already exists"

@@ -1,0 +1,161 @@
+"""SQLite backend: the embedded default for a single edge host.
+
+One writer connection in its own thread runs every write program as one
+`BEGIN IMMEDIATE ... COMMIT`; one reader connection in another thread serves
+reads. WAL mode lets the reader see committed data while the writer works.
+`synchronous=FULL` (the default here) makes a commit survive power loss, not
+only a crash of the process: an Accounting-Response must never be sent for a
+record a power cut can take back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+import re
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..errors import Conflict, StoreUnavailable, ValidationError
+from .sql import Program, ProgramFn, Query
+
+log = logging.getLogger("ocs.store")
+
+_ANY = re.compile(r"=\s*ANY\(\$(\d+)\)")
+_FOR_UPDATE = re.compile(r"\s+FOR UPDATE\b")
+_PARAM = re.compile(r"\$(\d+)")
+
+
+@functools.lru_cache(maxsize=512)
+def translate(sql: str) -> str:
+    """PostgreSQL-dialect SQL as SQLite understands it."""
+    sql = _ANY.sub(r"IN (SELECT value FROM json_each(?\1))", sql)
+    sql = _FOR_UPDATE.sub("", sql)
+    return _PARAM.sub(r"?\1", sql)
+
+
+def _arg(value: Any) -> Any:
+    if isinstance(value, (list, tuple, set)):
+        return json.dumps(list(value))
+    return value
+
+
+class SqliteDriver:
+    dialect = "sqlite"
+
+    def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000):
+        self.path = path
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._wpool = ThreadPoolExecutor(1, thread_name_prefix="ocs-sqlite-w")
+        self._rpool = ThreadPoolExecutor(1, thread_name_prefix="ocs-sqlite-r")
+
+    def describe(self) -> str:
+        return f"sqlite:{self.path}"
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=self.busy_timeout_ms / 1000)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+        return conn
+
+    async def open(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            loop = asyncio.get_running_loop()
+            self._writer = await loop.run_in_executor(self._wpool, self._connect)
+            self._reader = await loop.run_in_executor(self._rpool, self._connect)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot open sqlite database {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._writer is not None:
+            await loop.run_in_executor(self._wpool, self._writer.close)
+            self._writer = None
+        if self._reader is not None:
+            await loop.run_in_executor(self._rpool, self._reader.close)
+            self._reader = None
+        self._wpool.shutdown(wait=True)
+        self._rpool.shutdown(wait=True)
+
+    async def run(self, program: ProgramFn, *args, write: bool = True) -> Any:
+        """Run `program(*args)` in one transaction (writes) or on the reader (reads)."""
+        conn = self._writer if write else self._reader
+        if conn is None:
+            raise StoreUnavailable("sqlite store is closed")
+        pool = self._wpool if write else self._rpool
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(pool, self._run_sync, conn, program(*args), write)
+        except RuntimeError as exc:  # executor shut down while stopping
+            raise StoreUnavailable(f"sqlite store is closed: {exc}") from exc
+
+    @staticmethod
+    def _run_sync(conn: sqlite3.Connection, gen: Program, write: bool) -> Any:
+        try:
+            if write:
+                conn.execute("BEGIN IMMEDIATE")
+            try:
+                query = next(gen)
+                while True:
+                    query = gen.send(_execute(conn, query))
+            except StopIteration as stop:
+                if write:
+                    conn.execute("COMMIT")
+                return stop.value
+        except BaseException as exc:
+            gen.close()
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.exception("sqlite rollback failed")
+            if isinstance(exc, sqlite3.Error):
+                raise _map_error(exc) from exc
+            raise
+
+
+def _execute(conn: sqlite3.Connection, q: Query) -> Any:
+    sql = translate(q.sql)
+    if q.mode == "executemany":
+        rows = [tuple(_arg(v) for v in row) for row in q.args[0]]
+        if rows:
+            conn.executemany(sql, rows)
+        return None
+    cur = conn.execute(sql, tuple(_arg(v) for v in q.args))
+    if q.mode == "fetch":
+        return cur.fetchall()
+    if q.mode == "fetchrow":
+        return cur.fetchone()
+    if q.mode == "fetchval":
+        row = cur.fetchone()
+        return None if row is None else row[0]
+    return cur.rowcount
+
+
+_UNIQUE = re.compile(r"UNIQUE constraint failed: (\S+)")
+
+
+def _map_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, sqlite3.IntegrityError):
+        text = str(exc)
+        m = _UNIQUE.search(text)
+        if m:
+            column = m.group(1).split(",")[0]
+            return Conflict(f"{column} already exists")
+        if "FOREIGN KEY" in text:
+            return ValidationError("refers to a record that does not exist")
+        return ValidationError(text)
+    return StoreUnavailable(f"sqlite: {exc}")

@@ -1,0 +1,153 @@
+"""Real PostgreSQL and Redis for the test suite.
+
+Resolution order, for each service:
+1. `OCS_TEST_PG_DSN` / `OCS_TEST_REDIS_URL` when set;
+2. the local server on its default port when it answers;
+3. a throwaway server started from the installed binaries (initdb/pg_ctl,
+   redis-server) in a temporary directory, stopped at the end of the run.
+If none of that works the tests fail with the packages to install: these
+tests are never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import asyncpg
+import redis
+
+PG_HINT = ("no PostgreSQL available: set OCS_TEST_PG_DSN, run a server on 127.0.0.1:5432, "
+           "or install the server binaries (Debian: apt-get install postgresql)")
+REDIS_HINT = ("no Redis available: set OCS_TEST_REDIS_URL, run a server on 127.0.0.1:6379, "
+              "or install the server binary (Debian: apt-get install redis-server)")
+
+
+class ServiceUnavailable(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_answers(dsn: str) -> bool:
+    async def probe():
+        conn = await asyncpg.connect(dsn, timeout=3)
+        await conn.close()
+    try:
+        asyncio.run(probe())
+        return True
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        return False
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+class ThrowawayPostgres:
+    def __init__(self):
+        initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        if not (initdb and pg_ctl):
+            raise ServiceUnavailable(PG_HINT)
+        self.dir = tempfile.mkdtemp(prefix="ocs-pg-")
+        self.port = free_port()
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses root; run it as the postgres user
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                raise ServiceUnavailable(PG_HINT + " (as root, a 'postgres' user is needed)")
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        data = os.path.join(self.dir, "data")
+        subprocess.run(self.prefix + [initdb, "-D", data, "-A", "trust", "-U", "postgres"],
+                       check=True, capture_output=True)
+        self.pg_ctl, self.data = pg_ctl, data
+        subprocess.run(self.prefix + [pg_ctl, "-D", data, "-w", "-l",
+                                      os.path.join(self.dir, "log"), "-o",
+                                      f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                                      "-c fsync=on", "start"], check=True, capture_output=True)
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self):
+        subprocess.run(self.prefix + [self.pg_ctl, "-D", self.data, "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ThrowawayRedis:
+    def __init__(self):
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise ServiceUnavailable(REDIS_HINT)
+        self.dir = tempfile.mkdtemp(prefix="ocs-redis-")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if _redis_answers(self.url):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise ServiceUnavailable(f"redis-server did not start on port {self.port}")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        ok = client.ping()
+        client.close()
+        return bool(ok)
+    except (redis.RedisError, OSError):
+        return False
+
+
+def find_postgres():
+    """(dsn, stopper or None)."""
+    dsn = os.environ.get("OCS_TEST_PG_DSN")
+    if dsn:
+        if not _pg_answers(dsn):
+            raise ServiceUnavailable(f"OCS_TEST_PG_DSN={dsn} does not answer")
+        return dsn, None
+    for local in ("postgresql://postgres@127.0.0.1:5432/postgres",
+                  "postgresql://postgres@127.0.0.1:5432/test"):
+        if _pg_answers(local):
+            return local, None
+    server = ThrowawayPostgres()
+    return server.dsn, server.stop
+
+
+def find_redis():
+    url = os.environ.get("OCS_TEST_REDIS_URL")
+    if url:
+        if not _redis_answers(url):
+            raise ServiceUnavailable(f"OCS_TEST_REDIS_URL={url} does not answer")
+        return url, None
+    if _redis_answers("redis://127.0.0.1:6379/0"):
+        return "redis://127.0.0.1:6379/0", None
+    server = ThrowawayRedis()
+    return server.url, server.stop

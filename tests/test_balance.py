@@ -1,0 +1,231 @@
+"""Balance operations on both backends: what an account holder would see.
+
+Every test runs once on SQLite and once on PostgreSQL (the `store` fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ocs.balance import Outcome
+from ocs.model import Kind, now_us
+from ocs.pricing import LinearPrice
+
+EUR = 1_000_000
+PER_MB = LinearPrice(price=10_000, per=1_000_000)  # 0.01 EUR per MB, billed per octet
+
+
+async def account(store, balance=10 * EUR, billing="prepaid", credit_limit=0, name="acme"):
+    return await store.create_account(name=name, currency="EUR", billing=billing,
+                                      credit_limit=credit_limit, opening_balance=balance)
+
+
+async def assert_ledger_matches(store, account_id):
+    """Invariant 3: every bucket's balance is the sum of its ledger entries."""
+    sums = await store.ledger_sums(account_id)
+    for b in await store.buckets(account_id, include_empty=True):
+        assert b.balance == sums.get(b.id, 0), f"bucket {b.id}: {b.balance} != ledger"
+    held = {}
+    for r in await store.reservations(account_id=account_id):
+        for bucket_id, amount in r.holds:
+            held[bucket_id] = held.get(bucket_id, 0) + amount
+    for b in await store.buckets(account_id, include_empty=True):
+        assert b.reserved == held.get(b.id, 0), f"bucket {b.id}: reserved drifted"
+
+
+async def test_opening_balance_is_a_ledger_credit(store):
+    a = await account(store)
+    bal = await store.balance(a.id)
+    assert bal["balance"] == 10 * EUR and bal["available"] == 10 * EUR
+    (entry,) = await store.ledger(a.id)
+    assert entry.amount == 10 * EUR and entry.entry_type.value == "credit"
+    await assert_ledger_matches(store, a.id)
+
+
+async def test_reserve_holds_money_and_release_gives_it_back(store):
+    a = await account(store)
+    r = await store.reserve(a.id, "s1", 3 * EUR, seq=1)
+    assert r.outcome is Outcome.OK and r.granted == 3 * EUR
+    assert (await store.balance(a.id))["available"] == 7 * EUR
+    assert (await store.balance(a.id))["balance"] == 10 * EUR  # nothing spent yet
+    rel = await store.release(a.id, "s1")
+    assert rel.released == 3 * EUR
+    assert (await store.balance(a.id))["available"] == 10 * EUR
+    await assert_ledger_matches(store, a.id)
+
+
+async def test_reserve_grants_what_the_balance_allows(store):
+    a = await account(store, balance=2 * EUR)
+    # 1 GB at 0.01 EUR/MB costs 10 EUR; 2 EUR buys 200 MB.
+    r = await store.reserve(a.id, "s1", 1_000_000_000, kind=Kind.OCTETS, price=PER_MB)
+    assert r.outcome is Outcome.OK and r.granted == 200_000_000
+    assert (await store.balance(a.id))["available"] == 0
+    refused = await store.reserve(a.id, "s2", 1_000, kind=Kind.OCTETS, price=PER_MB)
+    assert refused.outcome is Outcome.INSUFFICIENT and refused.granted == 0
+
+
+async def test_min_units_refuses_a_too_small_grant(store):
+    a = await account(store, balance=EUR // 2)
+    voice = LinearPrice(price=EUR, per=60, first=60, next=60)  # 1 EUR/min, 60/60
+    r = await store.reserve(a.id, "call", 600, kind=Kind.SECONDS, price=voice, min_units=60)
+    assert r.outcome is Outcome.INSUFFICIENT
+    assert (await store.balance(a.id))["available"] == EUR // 2
+
+
+async def test_commit_charges_usage_and_reserves_the_next_grant(store):
+    a = await account(store)
+    await store.reserve(a.id, "s1", 100_000_000, kind=Kind.OCTETS, price=PER_MB, seq=1)
+    c = await store.commit(a.id, "s1", 50_000_000, kind=Kind.OCTETS, price=PER_MB, seq=2,
+                           reserve=100_000_000)
+    assert c.outcome is Outcome.OK
+    assert c.charged == 50_000_000 and c.cost == EUR // 2 and c.granted == 100_000_000
+    bal = await store.balance(a.id)
+    assert bal["balance"] == 10 * EUR - EUR // 2
+    assert bal["reserved"] == EUR
+    final = await store.commit(a.id, "s1", 10_000_000, kind=Kind.OCTETS, price=PER_MB, seq=3,
+                               final=True)
+    assert final.cost == EUR // 10 and final.granted == 0
+    bal = await store.balance(a.id)
+    assert bal["balance"] == 10 * EUR - EUR // 2 - EUR // 10 and bal["reserved"] == 0
+    assert not await store.reservations(session="s1")
+    await assert_ledger_matches(store, a.id)
+
+
+async def test_replayed_commit_changes_nothing(store):
+    a = await account(store)
+    await store.reserve(a.id, "s1", 100_000_000, kind=Kind.OCTETS, price=PER_MB, seq=1)
+    first = await store.commit(a.id, "s1", 30_000_000, kind=Kind.OCTETS, price=PER_MB, seq=2,
+                               reserve=50_000_000)
+    before = await store.balance(a.id)
+    entries = len(await store.ledger(a.id, limit=1000))
+    again = await store.commit(a.id, "s1", 30_000_000, kind=Kind.OCTETS, price=PER_MB, seq=2,
+                               reserve=50_000_000)
+    assert again.replayed and not first.replayed
+    assert (again.cost, again.charged, again.granted) == (first.cost, first.charged,
+                                                          first.granted)
+    after = await store.balance(a.id)
+    assert (after["balance"], after["reserved"]) == (before["balance"], before["reserved"])
+    assert len(await store.ledger(a.id, limit=1000)) == entries
+    await assert_ledger_matches(store, a.id)
+
+
+async def test_reported_usage_beyond_the_balance_is_charged_and_flagged(store):
+    a = await account(store, balance=EUR)
+    await store.reserve(a.id, "s1", 100_000_000, kind=Kind.OCTETS, price=PER_MB, seq=1)
+    # The NAS reports 300 MB although only 100 MB (1 EUR) was granted.
+    c = await store.commit(a.id, "s1", 300_000_000, kind=Kind.OCTETS, price=PER_MB, seq=2,
+                           final=True)
+    assert c.cost == 3 * EUR and c.below_floor == 2 * EUR
+    assert (await store.balance(a.id))["balance"] == -2 * EUR
+    # Nothing more can be reserved while below the floor.
+    r = await store.reserve(a.id, "s2", 1, kind=Kind.OCTETS, price=PER_MB)
+    assert r.outcome is Outcome.INSUFFICIENT
+    await assert_ledger_matches(store, a.id)
+
+
+async def test_postpaid_reserves_down_to_the_credit_limit(store):
+    a = await account(store, balance=0, billing="postpaid", credit_limit=50 * EUR)
+    r = await store.reserve(a.id, "s1", 80 * EUR)
+    assert r.granted == 50 * EUR
+    c = await store.commit(a.id, "s1", 50 * EUR, seq=1, final=True)
+    assert c.below_floor == 0
+    assert (await store.balance(a.id))["balance"] == -50 * EUR
+    assert (await store.reserve(a.id, "s2", 1)).outcome is Outcome.INSUFFICIENT
+
+
+async def test_buckets_drain_before_money_by_priority_then_expiry(store):
+    a = await account(store)
+    later = now_us() + 10 * 86_400_000_000
+    sooner = now_us() + 86_400_000_000
+    late = await store.credit(a.id, 1000, kind=Kind.OCTETS, valid_to=later, priority=10)
+    soon = await store.credit(a.id, 1000, kind=Kind.OCTETS, valid_to=sooner, priority=10)
+    c = await store.commit(a.id, "s1", 2500, kind=Kind.OCTETS, price=LinearPrice(price=1),
+                           seq=1, final=True)
+    main = (await store.buckets(a.id))[-1]
+    assert c.draws == ((soon.bucket_id, 1000), (late.bucket_id, 1000), (main.id, 500))
+    assert c.cost == 500
+
+
+async def test_service_filtered_bucket_only_pays_its_service(store):
+    a = await account(store, balance=0)
+    await store.credit(a.id, 600, kind=Kind.SECONDS, service="voice-national")
+    other = await store.reserve(a.id, "s1", 60, kind=Kind.SECONDS, service="voice-intl",
+                                price=LinearPrice(price=EUR, per=60))
+    assert other.outcome is Outcome.INSUFFICIENT
+    mine = await store.reserve(a.id, "s2", 60, kind=Kind.SECONDS, service="voice-national")
+    assert mine.granted == 60
+
+
+async def test_expired_bucket_is_not_spent(store):
+    a = await account(store, balance=0)
+    await store.credit(a.id, 1000, kind=Kind.OCTETS, valid_to=now_us() - 1)
+    r = await store.reserve(a.id, "s1", 10, kind=Kind.OCTETS)
+    assert r.outcome is Outcome.INSUFFICIENT
+
+
+async def test_suspended_account_gets_no_grant_but_usage_is_charged(store):
+    a = await account(store)
+    await store.reserve(a.id, "s1", EUR, seq=1)
+    await store.set_account_status(a.id, "suspended")
+    assert (await store.reserve(a.id, "s2", EUR)).outcome is Outcome.ACCOUNT_SUSPENDED
+    c = await store.commit(a.id, "s1", EUR // 2, seq=2, reserve=EUR)
+    assert c.outcome is Outcome.ACCOUNT_SUSPENDED and c.cost == EUR // 2 and c.granted == 0
+    assert (await store.balance(a.id))["balance"] == 10 * EUR - EUR // 2
+
+
+async def test_unknown_account_is_an_outcome_not_a_crash(store):
+    r = await store.reserve(999_999, "s1", 10)
+    assert r.outcome is Outcome.UNKNOWN_ACCOUNT
+
+
+async def test_credit_with_a_reference_is_applied_once(store):
+    a = await account(store, balance=0)
+    first = await store.credit(a.id, 5 * EUR, ref="payment-77")
+    second = await store.credit(a.id, 5 * EUR, ref="payment-77")
+    assert not first.replayed and second.replayed
+    assert (await store.balance(a.id))["balance"] == 5 * EUR
+
+
+async def test_adjust_refuses_to_cross_the_floor_unless_forced(store):
+    a = await account(store, balance=EUR)
+    r = await store.adjust(a.id, -2 * EUR, reason="refund reversal")
+    assert r.outcome is Outcome.REJECTED
+    r = await store.adjust(a.id, -2 * EUR, reason="refund reversal", force=True, actor="alice")
+    assert r.ok and (await store.balance(a.id))["balance"] == -EUR
+    entry = (await store.ledger(a.id))[0]
+    assert entry.entry_type.value == "adjust" and entry.actor == "alice"
+
+
+async def test_supervision_releases_expired_reservations_only(store):
+    a = await account(store)
+    await store.reserve(a.id, "stale", EUR, ttl=1)
+    await store.reserve(a.id, "fresh", EUR, ttl=3600)
+    await asyncio.sleep(1.1)
+    released = await store.release_expired()
+    assert released == EUR
+    assert [r.session for r in await store.reservations(account_id=a.id)] == ["fresh"]
+    assert (await store.balance(a.id))["reserved"] == EUR
+    await assert_ledger_matches(store, a.id)
+
+
+async def test_bucket_created_and_reserved_in_one_batch(store):
+    a = await account(store, balance=0)
+    credit, grant = await asyncio.gather(
+        store.credit(a.id, 5000, kind=Kind.OCTETS),
+        store.reserve(a.id, "s1", 2000, kind=Kind.OCTETS))
+    assert grant.granted == 2000
+    (res,) = await store.reservations(session="s1")
+    assert res.holds == ((credit.bucket_id, 2000),)
+    await assert_ledger_matches(store, a.id)
+
+
+def test_operations_validate_their_arguments():
+    from ocs.balance import Commit, Credit, Reserve
+    with pytest.raises(ValueError):
+        Reserve(1, "s", -5)
+    with pytest.raises(ValueError):
+        Commit(1, "s", 10, ttl=0)
+    with pytest.raises(ValueError):
+        Credit(1, 0)
