@@ -1,0 +1,223 @@
+"""The typed, validated, immutable configuration of ocsd.
+
+Loaded from TOML (`conf/ocs.toml` documents every key). Unknown keys and bad
+values fail at start with the file, the key and the reason. Secrets are never
+written in clear in the file when it can be avoided: any secret value may be
+
+* `env:NAME`         read from the environment variable NAME,
+* `file:/path`       read from a file (trailing newline stripped),
+* `credential:NAME`  read from systemd's `$CREDENTIALS_DIRECTORY/NAME`
+                     (LoadCredential= in the unit),
+
+or a literal. Resolved secrets are `SecretStr`, whose repr never shows them.
+SIGHUP builds a new `Config` from the same file; if that fails, the old one
+stays in force and the error is logged.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from typing import Annotated, Any, Literal
+
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretStr,
+                      ValidationError as PydanticValidationError, field_validator)
+
+from .errors import ConfigError
+
+DEFAULT_PATH = "conf/ocs.toml"
+
+
+def resolve_secret(value: Any, *, key: str = "secret") -> Any:
+    """Turn `env:`, `file:` and `credential:` references into the secret itself."""
+    if isinstance(value, SecretStr):
+        return value
+    if not isinstance(value, str):
+        return value
+    if value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return os.environ[name]
+    if value.startswith("file:"):
+        path = value[5:]
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+    if value.startswith("credential:"):
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ValueError("credential: needs systemd's CREDENTIALS_DIRECTORY "
+                             "(LoadCredential= in the unit)")
+        path = os.path.join(directory, value[len("credential:"):])
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"cannot read credential {path}: {exc.strerror}") from None
+    return value
+
+
+Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
+
+
+def _hostport(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return value
+
+
+Listen = Annotated[str, BeforeValidator(_hostport)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DaemonConfig(Section):
+    node_name: str = Field(default_factory=socket.gethostname)
+    drain_timeout: float = Field(10.0, gt=0, le=600)
+    watchdog: bool = True
+
+
+class LogConfig(Section):
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    levels: dict[str, Literal["debug", "info", "warning", "error"]] = {}
+
+
+class StoreConfig(Section):
+    url: str = "sqlite:var/ocs.db"
+    auto_migrate: bool = True
+    schema_: str = Field("", alias="schema")
+    pool_min: int = Field(2, ge=1, le=1000)
+    pool_max: int = Field(10, ge=1, le=1000)
+    command_timeout: float = Field(10.0, gt=0)
+    sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    group_commit_window_ms: float = Field(0.0, ge=0, le=100)
+    max_batch: int = Field(512, ge=1, le=100_000)
+    reservation_sweep_interval: float = Field(30.0, gt=0)
+    operation_retention_hours: float = Field(24.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("sqlite:", "postgres://", "postgresql://")):
+            raise ValueError("use sqlite:PATH or postgresql://USER@HOST/DB")
+        return v
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema(cls, v: str) -> str:
+        if v and not v.replace("_", "").isalnum():
+            raise ValueError("a schema name is letters, digits and underscores")
+        return v
+
+    def driver_options(self) -> dict[str, Any]:
+        return {"schema": self.schema_ or None, "pool_min": self.pool_min,
+                "pool_max": self.pool_max, "command_timeout": self.command_timeout,
+                "sqlite_synchronous": self.sqlite_synchronous}
+
+
+class RedisConfig(Section):
+    url: str = ""
+    key_prefix: str = "ocs:"
+    dedup_ttl: float = Field(30.0, gt=0)
+    event_stream: str = "events"
+    stream_maxlen: int = Field(1_000_000, ge=1000)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("use redis://HOST:PORT/DB, rediss://... or unix://PATH")
+        return v
+
+
+class AuthConfig(Section):
+    password_scheme: Literal["ssha256", "pbkdf2-sha256"] = "ssha256"
+    store_cleartext: bool = True
+    store_nt_hash: bool = True
+
+
+class ApiConfig(Section):
+    enabled: bool = True
+    listen: Listen = "127.0.0.1:8080"
+    bootstrap_token: Secret | None = None
+    max_body_mb: int = Field(64, ge=1, le=4096)
+    shutdown_timeout: float = Field(5.0, gt=0)
+
+
+class MetricsConfig(Section):
+    listen: Listen | None = None
+
+
+class Config(BaseModel):
+    """The whole configuration. `source` is the file it came from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    daemon: DaemonConfig = DaemonConfig()
+    log: LogConfig = LogConfig()
+    store: StoreConfig = StoreConfig()
+    redis: RedisConfig = RedisConfig()
+    auth: AuthConfig = AuthConfig()
+    api: ApiConfig = ApiConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    source: str | None = Field(None, exclude=True)
+
+
+def load(path: str | None = None, *, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate `path` (TOML). Raises ConfigError naming file, key, reason."""
+    path = path or DEFAULT_PATH
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", file=path) from None
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    return from_dict(data, source=path)
+
+
+def from_dict(data: dict[str, Any], *, source: str | None = None) -> Config:
+    if "source" in data:
+        raise ConfigError("unknown key", file=source, key="source")
+    try:
+        return Config.model_validate({**data, "source": source})
+    except PydanticValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]).replace("schema_", "schema")
+        reason = err["msg"]
+        if err["type"] == "extra_forbidden":
+            reason = "unknown key"
+        elif reason.startswith("Value error, "):
+            reason = reason[len("Value error, "):]
+        more = len(exc.errors()) - 1
+        if more:
+            reason += f" (and {more} more problem{'s' if more > 1 else ''})"
+        raise ConfigError(reason, file=source, key=key) from None
+
+
+WEAK_SECRETS = {"testing123", "secret", "password", "radius", "changeme", "123456", "admin"}
+
+
+def secret_weakness(secret: str) -> str | None:
+    """Why a shared secret is weak, or None. RFC 2865 §3 asks for at least 16 octets."""
+    if not secret:
+        return "empty"
+    if secret.lower() in WEAK_SECRETS:
+        return "a well-known default"
+    if len(secret) < 16:
+        return f"only {len(secret)} characters (use at least 16, RFC 2865 §3)"
+    if len(set(secret)) < 6:
+        return "too few distinct characters"
+    return None
