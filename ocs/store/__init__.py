@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .store import IDENTITIES, PasswordPolicy, Store
 
-__all__ = ["Store", "PasswordPolicy", "IDENTITIES", "make_driver"]
+__all__ = ["Store", "PasswordPolicy", "IDENTITIES", "make_driver", "store_from_config"]
 
 
 def make_driver(url: str, **options):
@@ -30,3 +30,15 @@ def make_driver(url: str, **options):
                               schema=options.get("schema"),
                               command_timeout=options.get("command_timeout", 10.0))
     raise ValueError(f"unsupported store url {url!r}: use sqlite:PATH or postgresql://...")
+
+
+def store_from_config(config, *, metrics=None) -> Store:
+    """The Store described by a `ocs.config.Config` (not yet opened)."""
+    return Store(
+        make_driver(config.store.url, **config.store.driver_options()),
+        group_commit_window=config.store.group_commit_window_ms / 1000,
+        max_batch=config.store.max_batch,
+        password_policy=PasswordPolicy(scheme=config.auth.password_scheme,
+                                       store_cleartext=config.auth.store_cleartext,
+                                       store_nt_hash=config.auth.store_nt_hash),
+        observe_batch=metrics.observe_batch if metrics is not None else None)

@@ -1,0 +1,62 @@
+"""Prometheus metrics of ocsd, with conventional names and no per-subscriber labels.
+
+One `Metrics` object per process owns a registry; components get it from the
+daemon and update the families they own. Label values are bounded sets
+(NAS names, peers, commands, result codes, routes), never subscriber
+identities or session ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry()
+        self.build = Info("ocs_build", "Version and active implementation", registry=r)
+        self.up = Gauge("ocs_up", "1 while the daemon serves requests", registry=r)
+        self.config_reloads = Counter(
+            "ocs_config_reloads_total", "SIGHUP reloads by result", ["result"], registry=r)
+        # Protocols (filled by radius/ and diameter/).
+        self.radius_requests = Counter(
+            "ocs_radius_requests_total", "RADIUS requests by NAS and code",
+            ["nas", "code"], registry=r)
+        self.radius_dropped = Counter(
+            "ocs_radius_dropped_total", "RADIUS packets dropped, by reason",
+            ["reason"], registry=r)
+        self.diameter_messages = Counter(
+            "ocs_diameter_messages_total", "Diameter messages by peer, command and result",
+            ["peer", "cmd", "result_code"], registry=r)
+        self.sessions_active = Gauge(
+            "ocs_sessions_active", "Open charging sessions by protocol", ["proto"], registry=r)
+        self.request_duration = Histogram(
+            "ocs_request_duration_seconds", "Time to answer a request",
+            ["proto", "op"], buckets=LATENCY_BUCKETS, registry=r)
+        # Store.
+        self.store_batches = Histogram(
+            "ocs_store_batch_size", "Balance operations per group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r)
+        self.store_commit_duration = Histogram(
+            "ocs_store_commit_duration_seconds", "Duration of one group commit",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.store_errors = Counter(
+            "ocs_store_errors_total", "Store operations that failed, by error",
+            ["error"], registry=r)
+        self.reservations_expired = Counter(
+            "ocs_reservations_expired_units_total",
+            "Units released by supervision because their session went silent", registry=r)
+        # API.
+        self.api_requests = Counter(
+            "ocs_api_requests_total", "REST API requests by method, route and status",
+            ["method", "route", "status"], registry=r)
+        self.api_auth_failures = Counter(
+            "ocs_api_auth_failures_total", "REST API requests refused for authentication",
+            ["reason"], registry=r)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.store_batches.observe(size)
+        self.store_commit_duration.observe(seconds)
