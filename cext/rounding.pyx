@@ -1,43 +1,63 @@
-# cython: language_level=3
+# cython: language_level=3, cdivision=True
 """Compiled twin of ocs/rounding.py: increments, linear cost and its inverse.
 
-Inner arithmetic runs on C 64-bit integers with 128-bit intermediates where a
-product could overflow; results are identical to the pure-Python twin for all
-inputs in the documented range (0 <= value < 2**62).
+Inner arithmetic runs on C 64-bit integers; the two products that can exceed
+64 bits go through small C helpers with a 128-bit intermediate (Cython itself
+has no 128-bit type). Arguments are in [0, 2**62]; a result beyond 2**62
+raises OverflowError, exactly like the pure-Python twin.
 """
 
-ctypedef long long i64
 cdef extern from *:
-    ctypedef long long i128 "__int128"  # GCC/Clang 128-bit integer
+    """
+    #define OCS_CAP (1LL << 62)
+    /* ceil(a * b / d), or -1 when the result exceeds OCS_CAP */
+    static inline long long ocs_mul_div_ceil(long long a, long long b, long long d) {
+        __int128 q = ((__int128)a * (__int128)b + (d - 1)) / d;
+        return q > OCS_CAP ? -1 : (long long)q;
+    }
+    /* min(floor(a * b / d), OCS_CAP) */
+    static inline long long ocs_mul_div_floor_capped(long long a, long long b, long long d) {
+        __int128 q = ((__int128)a * (__int128)b) / d;
+        return q > OCS_CAP ? OCS_CAP : (long long)q;
+    }
+    """
+    long long ocs_mul_div_ceil(long long a, long long b, long long d) nogil
+    long long ocs_mul_div_floor_capped(long long a, long long b, long long d) nogil
+
+ctypedef long long i64
 
 cdef i64 CAP_C = 4611686018427387904  # 1 << 62
 CAP = CAP_C
 
 
-cpdef i64 billed_units(i64 units, i64 first, i64 nxt):
+cpdef i64 billed_units(i64 units, i64 first, i64 nxt) except -1:
     if units <= 0:
         return 0
     if units <= first:
         return first
-    cdef i64 rest = units - first
-    return first + ((rest + nxt - 1) // nxt) * nxt
+    cdef i64 blocks = (units - first + nxt - 1) / nxt
+    if blocks > (CAP_C - first) / nxt:
+        raise OverflowError("rating result beyond 2**62")
+    return first + blocks * nxt
 
 
-cpdef i64 linear_cost(i64 units, i64 price, i64 per):
+cpdef i64 linear_cost(i64 units, i64 price, i64 per) except -1:
     if units <= 0 or price <= 0:
         return 0
-    cdef i128 prod = <i128>units * <i128>price
-    return <i64>((prod + per - 1) // per)
+    cdef i64 cost = ocs_mul_div_ceil(units, price, per)
+    if cost < 0:
+        raise OverflowError("rating result beyond 2**62")
+    return cost
 
 
-cpdef i64 linear_max_units(i64 money, i64 price, i64 per, i64 first, i64 nxt):
+cpdef i64 linear_max_units(i64 money, i64 price, i64 per, i64 first, i64 nxt) except -1:
     if price <= 0:
         return CAP_C
     if money <= 0:
         return 0
-    cdef i128 raw = (<i128>money * <i128>per) // price
+    cdef i64 raw = ocs_mul_div_floor_capped(money, per, price)
     if raw < first:
         return 0
     if raw >= CAP_C:
         return CAP_C
-    return first + ((<i64>raw - first) // nxt) * nxt
+    return first + ((raw - first) / nxt) * nxt

@@ -2,7 +2,8 @@
 
 Both modules define the same functions with identical results on every input
 (tests/test_rounding.py compares them on random input); `ocs.accel` picks one.
-All arguments and results are non-negative Python ints; no floats.
+Arguments are ints in [0, 2**62]; a result beyond 2**62 raises OverflowError
+(in both twins: 2**62 micro-units is 4.6 trillion currency units). No floats.
 
 * `billed_units(units, first, nxt)`: usage rounded up to the increments: the
   first `first` units are billed as a block, then blocks of `nxt`
@@ -22,13 +23,13 @@ def billed_units(units: int, first: int, nxt: int) -> int:
     if units <= first:
         return first
     rest = units - first
-    return first + -(-rest // nxt) * nxt
+    return _checked(first + -(-rest // nxt) * nxt)
 
 
 def linear_cost(units: int, price: int, per: int) -> int:
     if units <= 0 or price <= 0:
         return 0
-    return -(-(units * price) // per)
+    return _checked(-(-(units * price) // per))
 
 
 def linear_max_units(money: int, price: int, per: int, first: int, nxt: int) -> int:
@@ -42,3 +43,9 @@ def linear_max_units(money: int, price: int, per: int, first: int, nxt: int) -> 
     if raw >= CAP:
         return CAP
     return first + (raw - first) // nxt * nxt
+
+
+def _checked(value: int) -> int:
+    if value > CAP:
+        raise OverflowError("rating result beyond 2**62")
+    return value
