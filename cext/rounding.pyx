@@ -51,13 +51,13 @@ cpdef i64 linear_cost(i64 units, i64 price, i64 per) except -1:
 
 
 cpdef i64 linear_max_units(i64 money, i64 price, i64 per, i64 first, i64 nxt) except -1:
+    cdef i64 raw
     if price <= 0:
-        return CAP_C
-    if money <= 0:
+        raw = CAP_C
+    elif money <= 0:
         return 0
-    cdef i64 raw = ocs_mul_div_floor_capped(money, per, price)
+    else:
+        raw = ocs_mul_div_floor_capped(money, per, price)
     if raw < first:
         return 0
-    if raw >= CAP_C:
-        return CAP_C
     return first + ((raw - first) / nxt) * nxt

@@ -11,7 +11,8 @@ Arguments are ints in [0, 2**62]; a result beyond 2**62 raises OverflowError
 * `linear_cost(units, price, per)`: `price` micro-units per `per` units,
   rounded up to the micro-unit.
 * `linear_max_units(money, price, per, first, nxt)`: the largest usage, aligned
-  to the increments, whose cost fits in `money`; `cap` when the price is zero.
+  to the increments, whose cost fits in `money`; for a zero price, the largest
+  aligned usage below `CAP` ("unlimited").
 """
 
 CAP = (1 << 62)  # "unlimited" for free usage; fits a signed 64-bit column
@@ -34,14 +35,13 @@ def linear_cost(units: int, price: int, per: int) -> int:
 
 def linear_max_units(money: int, price: int, per: int, first: int, nxt: int) -> int:
     if price <= 0:
-        return CAP
-    if money <= 0:
+        raw = CAP
+    elif money <= 0:
         return 0
-    raw = money * per // price  # largest u with u * price <= money * per
+    else:
+        raw = min(money * per // price, CAP)  # largest u with u * price <= money * per
     if raw < first:
         return 0
-    if raw >= CAP:
-        return CAP
     return first + (raw - first) // nxt * nxt
 
 

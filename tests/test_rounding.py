@@ -65,6 +65,7 @@ def test_max_units_lands_on_an_increment_edge(impl):
     assert impl.linear_max_units(360_000, 600_000, 60, 30, 6) == 36
     assert impl.linear_max_units(0, 1, 1, 1, 1) == 0
     assert impl.linear_max_units(5, 0, 1, 1, 1) == twin.CAP
+    assert impl.linear_max_units(5, 0, 1, 60, 60) == twin.CAP // 60 * 60
 
 
 VALUES = st.integers(min_value=0, max_value=2**40)
