@@ -1,0 +1,192 @@
+"""The Store contract: records, lookups and errors, identical on both backends."""
+
+from __future__ import annotations
+
+import pytest
+
+from ocs import passwords
+from ocs.errors import Conflict, MigrationError, NotFound, ValidationError
+from ocs.model import Kind, PeerKind, Role, Session, now_us
+from ocs.store import Store, make_driver
+from ocs.store import migrate
+
+EUR = 1_000_000
+
+
+async def test_schema_is_at_the_latest_version_and_migrate_is_idempotent(store):
+    assert await store.schema_version() == migrate.LATEST
+    assert await store.migrate() == []
+
+
+async def test_opening_an_unmigrated_store_says_what_to_do(store_target):
+    url, options = store_target
+    fresh = Store(make_driver(url, **options))
+    with pytest.raises(MigrationError, match="ocsctl db migrate"):
+        await fresh.open()
+
+
+async def test_accounts_round_trip_and_names_are_unique(store):
+    a = await store.create_account(name="acme", currency="eur", billing="postpaid",
+                                   credit_limit=100 * EUR, language="de")
+    got = await store.get_account(a.id)
+    assert (got.name, got.currency, got.billing.value, got.credit_limit, got.floor) == \
+        ("acme", "EUR", "postpaid", 100 * EUR, -100 * EUR)
+    assert (await store.find_account("acme")).id == a.id
+    with pytest.raises(Conflict, match="name"):
+        await store.create_account(name="acme", currency="EUR", billing="prepaid")
+    with pytest.raises(NotFound):
+        await store.get_account(424242)
+    updated = await store.update_account(a.id, credit_limit=5 * EUR)
+    assert updated.credit_limit == 5 * EUR and updated.updated_at >= a.updated_at
+    suspended = await store.set_account_status(a.id, "suspended")
+    assert suspended.status.value == "suspended"
+    assert [x.id for x in await store.list_accounts(status="suspended")] == [a.id]
+    with pytest.raises(ValidationError, match="cannot change"):
+        await store.update_account(a.id, balance=5)
+
+
+async def test_reseller_hierarchy_references_must_exist(store):
+    parent = await store.create_account(name="reseller", currency="EUR", billing="postpaid")
+    child = await store.create_account(name="end-user", currency="EUR", billing="prepaid",
+                                       parent_id=parent.id)
+    assert child.parent_id == parent.id
+    with pytest.raises(ValidationError):
+        await store.create_account(name="orphan", currency="EUR", billing="prepaid",
+                                   parent_id=999_999)
+
+
+async def test_subscribers_are_found_by_every_identity(store):
+    a = await store.create_account(name="acme", currency="EUR", billing="prepaid")
+    s = await store.create_subscriber(account_id=a.id, username="alice", msisdn="41790000001",
+                                      imsi="228010000000009", sip_user="2001", password="pw",
+                                      framed_ip="10.0.0.7")
+    for kw in (dict(username="alice"), dict(msisdn="41790000001"),
+               dict(imsi="228010000000009"), dict(sip_user="2001"), dict(framed_ip="10.0.0.7")):
+        assert (await store.find_subscriber(**kw)).id == s.id
+    with pytest.raises(NotFound, match="username=bob"):
+        await store.find_subscriber(username="bob")
+    with pytest.raises(ValidationError):
+        await store.find_subscriber()
+
+
+async def test_subscriber_found_by_session_and_current_framed_ip(store):
+    a = await store.create_account(name="acme", currency="EUR", billing="prepaid")
+    s = await store.create_subscriber(account_id=a.id, username="carol")
+    now = now_us()
+    await store.upsert_session(Session(
+        id="nas1:abc", account_id=a.id, subscriber_id=s.id, proto="radius", nas="nas1",
+        nas_session_id="abc", framed_ip="100.64.0.9", status="active", last_seq=0,
+        started_at=now, updated_at=now, ended_at=None, attrs={"nas_port": 7}))
+    assert (await store.find_subscriber(session="nas1:abc")).id == s.id
+    assert (await store.find_subscriber(session="abc")).id == s.id
+    assert (await store.find_subscriber(framed_ip="100.64.0.9")).id == s.id
+    session = await store.get_session("nas1:abc")
+    assert session.attrs == {"nas_port": 7}
+    assert await store.count_sessions() == {"radius": 1}
+    with pytest.raises(ValidationError, match="active session"):
+        await store.delete_subscriber(s.id)
+
+
+async def test_identities_are_unique_and_one_is_required(store):
+    a = await store.create_account(name="acme", currency="EUR", billing="prepaid")
+    await store.create_subscriber(account_id=a.id, msisdn="41790000001")
+    with pytest.raises(Conflict, match="msisdn"):
+        await store.create_subscriber(account_id=a.id, msisdn="41790000001")
+    with pytest.raises(ValidationError, match="at least one"):
+        await store.create_subscriber(account_id=a.id)
+    with pytest.raises(NotFound):
+        await store.create_subscriber(account_id=999_999, username="ghost")
+
+
+async def test_password_material_is_hashed_and_never_public(store):
+    a = await store.create_account(name="acme", currency="EUR", billing="prepaid")
+    s = await store.create_subscriber(account_id=a.id, username="dave", password="s3cret!")
+    assert s.password_hash != "s3cret!" and passwords.verify_password("s3cret!", s.password_hash)
+    assert s.nt_hash == passwords.nt_hash("s3cret!")
+    assert "s3cret" not in repr(s) and "password_hash" not in s.public()
+    changed = await store.update_subscriber(s.id, password="other")
+    assert passwords.verify_password("other", changed.password_hash)
+    assert not passwords.verify_password("s3cret!", changed.password_hash)
+
+
+async def test_plan_allowances_become_buckets_with_ledger_entries(store):
+    plan = await store.create_plan(
+        name="data-10g", currency="EUR", recurring_fee=15 * EUR,
+        allowances=[{"kind": "octets", "units": 10 * 2**30, "validity_days": 30}],
+        speed_profile={"down_kbps": 20000, "up_kbps": 5000},
+        fair_usage={"threshold_octets": 8 * 2**30,
+                    "throttle_profile": {"down_kbps": 1000, "up_kbps": 512}})
+    assert plan.allowances[0].units == 10 * 2**30
+    assert plan.fair_usage.throttle_profile.down_kbps == 1000
+    a = await store.create_account(name="acme", currency="EUR", billing="prepaid")
+    await store.create_subscriber(account_id=a.id, plan_id=plan.id, username="erin")
+    octets = [b for b in await store.buckets(a.id) if b.kind is Kind.OCTETS]
+    assert [b.balance for b in octets] == [10 * 2**30]
+    assert octets[0].valid_to - octets[0].valid_from == 30 * 86_400_000_000
+    assert (await store.ledger_sums(a.id))[octets[0].id] == 10 * 2**30
+    assert (await store.find_plan("data-10g")).id == plan.id
+    with pytest.raises(Conflict):
+        await store.create_plan(name="data-10g", currency="EUR")
+
+
+async def test_nas_records_keep_their_secret_private(store):
+    nas = await store.create_nas(name="bras-1", address="192.0.2.10", secret="x" * 20,
+                                 vendor="mikrotik", control={"ssh": False})
+    assert nas.kind is PeerKind.NAS and nas.coa_port == 3799
+    assert nas.require_message_authenticator == "yes"
+    assert "secret" not in nas.public() and "x" * 20 not in repr(nas)
+    assert [n.name for n in await store.list_nas()] == ["bras-1"]
+    updated = await store.update_nas(nas.id, coa_port=1700)
+    assert updated.coa_port == 1700 and updated.control == {"ssh": False}
+    with pytest.raises(Conflict):
+        await store.create_nas(name="bras-2", address="192.0.2.10", secret="y" * 20)
+    await store.delete_nas(nas.id)
+    with pytest.raises(NotFound):
+        await store.get_nas(nas.id)
+
+
+async def test_cdrs_and_audit_are_listed_newest_first(store):
+    a = await store.create_account(name="acme", currency="EUR", billing="prepaid")
+    for i in range(3):
+        await store.add_cdr(account_id=a.id, kind="seconds", started_at=i, ended_at=i + 60,
+                            units=60, cost=EUR, currency="EUR", session=f"s{i}",
+                            details={"called": "4420"})
+    cdrs = await store.list_cdrs(account_id=a.id)
+    assert [c.session for c in cdrs] == ["s2", "s1", "s0"]
+    assert cdrs[0].details == {"called": "4420"}
+    assert [c.session for c in await store.list_cdrs(before_id=cdrs[0].id, limit=1)] == ["s1"]
+    await store.add_audit(actor="ops", role="operator", action="POST /v1/x", status=201,
+                          request={"a": 1})
+    (entry,) = await store.list_audit()
+    assert (entry.actor, entry.status, entry.request) == ("ops", 201, {"a": 1})
+
+
+async def test_api_tokens_are_stored_hashed(store):
+    token, secret = await store.create_token("ops", Role.OPERATOR)
+    assert (await store.verify_token(secret)).name == "ops"
+    assert await store.verify_token(secret + "x") is None
+    assert [t.name for t in await store.list_tokens()] == ["ops"]
+    await store.delete_token("ops")
+    assert await store.verify_token(secret) is None
+
+
+async def test_bulk_import_is_all_or_nothing(store):
+    plan = await store.create_plan(name="basic", currency="EUR")
+    rows = [dict(line=i + 2, account=f"acct{i % 3}", currency="EUR", billing="prepaid",
+                 plan="basic", username=f"user{i}", password="pw", opening_balance=EUR)
+            for i in range(10)]
+    assert await store.import_subscribers(rows) == 10
+    assert len(await store.list_subscribers()) == 10
+    a0 = await store.find_account("acct0")
+    assert (await store.balance(a0.id))["balance"] == EUR
+    assert all(s.plan_id == plan.id for s in await store.list_subscribers())
+    again = [dict(line=2, account="acct9", currency="EUR", billing="prepaid",
+                  username="fresh"),
+             dict(line=3, account="acct9", currency="EUR", billing="prepaid",
+                  username="user1")]  # duplicate username: the whole import fails
+    with pytest.raises(Conflict):
+        await store.import_subscribers(again)
+    with pytest.raises(NotFound):
+        await store.find_account("acct9")
+    with pytest.raises(NotFound):
+        await store.find_subscriber(username="fresh")
