@@ -12,7 +12,11 @@ Both backends therefore share one implementation of the invariants
   bucket below the floor, and the result says by how much;
 * every change of a bucket is a ledger entry, so balance == sum(ledger);
 * an operation is applied once per key: a replayed operation returns the first
-  result (`replayed=True`) and changes nothing.
+  result (`replayed=True`) and changes nothing;
+* a session's usage is charged once: each (session, service) remembers the
+  units and money charged so far, so a commit may report cumulative counters
+  (RADIUS interims) and a repeated or reordered report charges only what is
+  new, and prices see the cumulative usage (increments are never rounded twice).
 
 Drawing order: buckets of the usage's kind that match the service (a bucket
 with no service matches all), by priority (lower first), then soonest expiry,
@@ -73,7 +77,11 @@ class Commit:
     """Charge `used` units for (session, service), then optionally reserve `reserve` more.
 
     `used` may exceed what was reserved: it is what the network already
-    delivered. `final=True` closes the reservation whatever `reserve` says.
+    delivered. With `cumulative=True`, `used` is the session's total so far
+    and only what exceeds the units already charged is charged. `counter`
+    names a usage counter (e.g. the subscriber's fair-usage period) that the
+    charged units are added to. `final=True` closes the reservation and the
+    session's charging record whatever `reserve` says.
     """
 
     account_id: int
@@ -87,6 +95,8 @@ class Commit:
     min_units: int = 1
     ttl: int = 3600
     final: bool = False
+    cumulative: bool = False
+    counter: str | None = None
 
     def __post_init__(self):
         _check_units(self.used, "used")
@@ -202,6 +212,9 @@ class Result:
     balance: int = 0            # money balance of the account afterwards
     available: int = 0          # money still spendable (balance - reserved - floor)
     bucket_id: int | None = None  # bucket credited/adjusted
+    session_units: int = 0      # units charged to (session, service) so far
+    session_cost: int = 0       # money charged to (session, service) so far
+    counter_units: int | None = None  # the named usage counter after this op
     message: str = ""
     replayed: bool = False
 
@@ -296,6 +309,20 @@ class ReservationState:
 
 
 @dataclass(slots=True)
+class ChargeState:
+    """What one (session, service) has been charged so far."""
+
+    session: str
+    service: str
+    account_id: int
+    kind: Kind
+    units: int = 0
+    cost: int = 0
+    seq: int = 0
+    closed: bool = False
+
+
+@dataclass(slots=True)
 class LedgerRow:
     account_id: int
     bucket_id: int  # negative: a bucket created in this batch (see Writes.new_buckets)
@@ -320,6 +347,10 @@ class BatchState:
     reservations: dict[str, dict[str, ReservationState]] = field(default_factory=dict)
     # op_key -> first result: JSON as stored, or a Result from earlier in this batch
     done: dict[str, "str | Result"] = field(default_factory=dict)
+    # (session, service) -> charged so far
+    charges: dict[tuple[str, str], ChargeState] = field(default_factory=dict)
+    # usage counter key -> units
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -333,6 +364,8 @@ class Writes:
     deleted_reservations: set[tuple[str, str]] = field(default_factory=set)
     upserted_reservations: dict[tuple[str, str], ReservationState] = field(default_factory=dict)
     operations: list[tuple[str, int, str, Result]] = field(default_factory=list)  # key, account, type
+    charges: dict[tuple[str, str], ChargeState] = field(default_factory=dict)
+    counters: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (account, units)
 
     def remap(self, ids: dict[int, int]) -> None:
         """Replace the temporary ids of new buckets with the ids the store gave them."""
@@ -397,10 +430,23 @@ class _Engine:
         # Give back what this service held, then draw the usage in the normal order:
         # the hold guarantees the usage it covered is there to draw.
         self._drop_reservation(op.session, op.service)
-        charged, cost, unpaid, below, draws = self._draw(acct, op.kind, op.service, op.used,
-                                                         op.price, op.session, op.op_key)
+        charge = self._charge_state(acct, op.session, op.service, op.kind)
+        used = max(0, op.used - charge.units) if op.cumulative else op.used
+        charged, cost, unpaid, below, draws = self._draw(
+            acct, op.kind, op.service, used, op.price, op.session, op.op_key, charge.units)
+        charge.units += used
+        charge.cost += cost
+        charge.seq = max(charge.seq, op.seq)
+        charge.closed = charge.closed or op.final
+        self.writes.charges[(op.session, op.service)] = charge
+        counter = None
+        if op.counter is not None:
+            counter = self.state.counters.get(op.counter, 0) + used
+            self.state.counters[op.counter] = counter
+            self.writes.counters[op.counter] = (acct.id, counter)
         base = Result(Outcome.OK, charged=charged, cost=cost, unpaid=unpaid,
-                      below_floor=below, draws=tuple(draws))
+                      below_floor=below, draws=tuple(draws), session_units=charge.units,
+                      session_cost=charge.cost, counter_units=counter)
         if op.final or op.reserve == 0:
             return base
         if acct.status is not AccountStatus.ACTIVE:
@@ -410,6 +456,13 @@ class _Engine:
                            op.price, op.seq, op.ttl)
         return replace(base, outcome=grant.outcome, granted=grant.granted,
                        expires_at=grant.expires_at, message=grant.message)
+
+    def _charge_state(self, acct, session, service, kind) -> ChargeState:
+        key = (session, service)
+        charge = self.state.charges.get(key)
+        if charge is None:
+            charge = self.state.charges[key] = ChargeState(session, service, acct.id, kind)
+        return charge
 
     def _release(self, acct: AccountState, op: Release) -> Result:
         if op.service is None:
@@ -426,6 +479,8 @@ class _Engine:
               released=0) -> Result:
         holds: list[tuple[int, int]] = []
         remaining = units
+        charge = self.state.charges.get((session, service))
+        already = charge.units if charge else 0
         if kind is not Kind.MONEY:
             for b in self._candidates(acct, kind, service):
                 if remaining == 0:
@@ -440,11 +495,12 @@ class _Engine:
             if price is not None:
                 money_buckets = self._candidates(acct, Kind.MONEY, service)
                 total = sum(b.available for b in money_buckets)
-                need = price.cost(remaining)
+                paid_before = already + (units - remaining)
+                need = price.cost(remaining, paid_before)
                 if need > total:
-                    remaining_affordable = min(remaining, price.max_units(total))
-                    need = price.cost(remaining_affordable)
-                    remaining -= remaining_affordable
+                    affordable = min(remaining, price.max_units(total, paid_before))
+                    need = price.cost(affordable, paid_before)
+                    remaining -= affordable
                 else:
                     remaining = 0
                 left = need
@@ -489,8 +545,8 @@ class _Engine:
         return self.state.reservations.get(session, {})
 
     # -- debits -------------------------------------------------------------------------
-    def _draw(self, acct, kind, service, used, price, session, op_key):
-        """Debit `used` units; returns (charged, cost, unpaid, below_floor, draws)."""
+    def _draw(self, acct, kind, service, used, price, session, op_key, already):
+        """Debit `used` units after `already`; returns (charged, cost, unpaid, below, draws)."""
         draws: list[tuple[int, int]] = []
         remaining = used
         if kind is not Kind.MONEY:
@@ -509,7 +565,7 @@ class _Engine:
             if price is None:
                 unpaid = remaining
             else:
-                cost = price.cost(remaining)
+                cost = price.cost(remaining, already + used - remaining)
                 left = cost
                 for b in self._candidates(acct, Kind.MONEY, service):
                     if left == 0:

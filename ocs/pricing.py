@@ -1,9 +1,15 @@
 """Prices the balance engine uses to turn usage into money and back.
 
-A price answers two questions inside a store transaction: what `units` of
-usage cost (`cost`) and how many units `money` can buy (`max_units`). The
-rating engine (ocs/rating) supplies richer prices; `LinearPrice` is the simple
-one: `price` micro-units per `per` units, billed in `first`/`next` increments.
+A price answers two questions inside a store transaction: what `units` more
+usage cost (`cost`) and how many more units `money` can buy (`max_units`),
+given the units `already` charged in the same session and service. Rating is
+always of the cumulative usage, cost(already + units) - cost(already), so
+usage reported in several pieces is never rounded up twice: 30 s then 31 s at
+60/60 costs two minutes, not two minutes plus a spare one.
+
+The rating engine (ocs/rating) supplies richer prices; `LinearPrice` is the
+simple one: `price` micro-units per `per` units, billed in `first`/`next`
+increments.
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ from .accel import rounding
 
 
 class Price(Protocol):
-    def cost(self, units: int) -> int: ...
-    def max_units(self, money: int) -> int: ...
+    def cost(self, units: int, already: int = 0) -> int:
+        """Money for `units` more, after `already` units of the same session and service."""
+
+    def max_units(self, money: int, already: int = 0) -> int:
+        """The largest `units` with cost(units, already) <= money."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +42,23 @@ class LinearPrice:
     def billed(self, units: int) -> int:
         return rounding.billed_units(units, self.first, self.next)
 
-    def cost(self, units: int) -> int:
+    def total(self, units: int) -> int:
+        """Money for `units` of usage from zero."""
         return rounding.linear_cost(self.billed(units), self.price, self.per)
 
-    def max_units(self, money: int) -> int:
-        return rounding.linear_max_units(money, self.price, self.per, self.first, self.next)
+    def cost(self, units: int, already: int = 0) -> int:
+        if units <= 0:
+            return 0
+        if already == 0:
+            return self.total(units)
+        return self.total(already + units) - self.total(already)
+
+    def max_units(self, money: int, already: int = 0) -> int:
+        # Between two increment edges the cost is flat, so the largest affordable
+        # total is an edge; what was already paid up to the next edge is free.
+        budget = money + (self.total(already) if already else 0)
+        best = rounding.linear_max_units(budget, self.price, self.per, self.first, self.next)
+        return max(0, best - already)
 
 
 #: Money priced as itself: reserving 5 EUR of money costs 5 EUR.

@@ -229,3 +229,44 @@ def test_operations_validate_their_arguments():
         Commit(1, "s", 10, ttl=0)
     with pytest.raises(ValueError):
         Credit(1, 0)
+
+
+async def test_cumulative_reports_charge_only_what_is_new(store):
+    """RADIUS interims carry session totals: a repeated or reordered one charges nothing."""
+    a = await account(store)
+    kw = dict(kind=Kind.OCTETS, price=PER_MB, cumulative=True, reserve=100_000_000)
+    first = await store.commit(a.id, "acct-1", 50_000_000, seq=1, **kw)
+    assert first.cost == EUR // 2 and first.session_units == 50_000_000
+    second = await store.commit(a.id, "acct-1", 80_000_000, seq=2, **kw)
+    assert second.charged == 30_000_000 and second.cost == 3 * EUR // 10
+    stale = await store.commit(a.id, "acct-1", 70_000_000, seq=3, **kw)  # arrived late
+    assert stale.charged == 0 and stale.cost == 0 and stale.session_units == 80_000_000
+    assert (await store.balance(a.id))["balance"] == 10 * EUR - 8 * EUR // 10
+    charges = await store.session_charges("acct-1")
+    assert charges[""]["units"] == 80_000_000 and charges[""]["cost"] == 8 * EUR // 10
+
+
+async def test_increments_apply_to_the_session_not_to_each_report(store):
+    a = await account(store)
+    per_minute = LinearPrice(price=EUR, per=60, first=60, next=60)
+    kw = dict(kind=Kind.SECONDS, price=per_minute)
+    r1 = await store.commit(a.id, "call", 30, seq=1, reserve=60, **kw)
+    r2 = await store.commit(a.id, "call", 31, seq=2, final=True, **kw)
+    # 61 s at 60/60 is two minutes in total, however it was reported.
+    assert (r1.cost, r2.cost) == (EUR, EUR) and r2.session_cost == 2 * EUR
+    # What was paid up to the next edge is free: 59 more seconds cost nothing.
+    r3 = await store.commit(a.id, "call2", 61, seq=1, **kw)
+    r4 = await store.commit(a.id, "call2", 59, seq=2, **kw)
+    assert (r3.cost, r4.cost) == (2 * EUR, 0)
+
+
+async def test_usage_counter_advances_with_the_charge(store):
+    a = await account(store)
+    await store.commit(a.id, "s1", 5_000, kind=Kind.OCTETS, price=PER_MB, seq=1,
+                       counter="fup:sub1:2026-11")
+    r = await store.commit(a.id, "s2", 7_000, kind=Kind.OCTETS, price=PER_MB, seq=1,
+                           counter="fup:sub1:2026-11")
+    assert r.counter_units == 12_000
+    replay = await store.commit(a.id, "s2", 7_000, kind=Kind.OCTETS, price=PER_MB, seq=1,
+                                counter="fup:sub1:2026-11")
+    assert replay.replayed and await store.usage_counter("fup:sub1:2026-11") == 12_000

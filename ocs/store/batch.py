@@ -19,8 +19,8 @@ import logging
 import time
 from typing import Awaitable, Callable
 
-from ..balance import (AccountState, BatchState, BucketState, Operation, ReservationState,
-                       Result, apply, remap_result)
+from ..balance import (AccountState, BatchState, BucketState, ChargeState, Operation,
+                       ReservationState, Result, apply, remap_result)
 from ..errors import StoreUnavailable
 from ..model import AccountStatus, Billing, Kind, now_us, Reservation
 from .sql import execute, executemany, fetch, fetchval
@@ -54,11 +54,23 @@ def balance_program(ops: list[Operation], now: int):
             for r in more:
                 accounts[r["id"]] = AccountState(r["id"], Billing(r["billing"]),
                                                  r["credit_limit"], AccountStatus(r["status"]))
+        charge_rows = yield fetch("SELECT * FROM session_charges WHERE session = ANY($1)",
+                                  sessions)
+        for r in charge_rows:
+            state.charges[(r["session"], r["service"])] = ChargeState(
+                r["session"], r["service"], r["account_id"], Kind(r["kind"]), r["units"],
+                r["cost"], r["seq"], bool(r["closed"]))
         for r in rows:
             res = Reservation.from_row(r)
             state.reservations.setdefault(res.session, {})[res.service] = ReservationState(
                 res.session, res.service, res.account_id, res.kind, res.units, list(res.holds),
                 res.seq, res.expires_at, res.created_at)
+
+    counter_keys = sorted({op.counter for op in ops if getattr(op, "counter", None)})
+    if counter_keys:
+        rows = yield fetch("SELECT key, units FROM usage_counters WHERE key = ANY($1)",
+                           counter_keys)
+        state.counters = {r["key"]: r["units"] for r in rows}
 
     if accounts:
         named = sorted({op.bucket_id for op in ops if getattr(op, "bucket_id", None)})
@@ -116,6 +128,21 @@ def balance_program(ops: list[Operation], now: int):
             [(r.session, r.service, r.account_id, r.kind.value, r.units, _holds_json(r),
               r.seq, r.expires_at, r.created_at)
              for r in writes.upserted_reservations.values()])
+    if writes.charges:
+        yield executemany(
+            "INSERT INTO session_charges (session, service, account_id, kind, units, cost, seq, "
+            "closed, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+            "ON CONFLICT (session, service) DO UPDATE SET units = excluded.units, "
+            "cost = excluded.cost, seq = excluded.seq, closed = excluded.closed, "
+            "updated_at = excluded.updated_at",
+            [(c.session, c.service, c.account_id, c.kind.value, c.units, c.cost, c.seq,
+              int(c.closed), now) for c in writes.charges.values()])
+    if writes.counters:
+        yield executemany(
+            "INSERT INTO usage_counters (key, account_id, units, updated_at) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO UPDATE SET units = excluded.units, "
+            "updated_at = excluded.updated_at",
+            [(k, a, u, now) for k, (a, u) in writes.counters.items()])
     if writes.operations:
         yield executemany(
             "INSERT INTO operations (op_key, account_id, op_type, result, created_at) "
@@ -129,8 +156,11 @@ def _holds_json(r: ReservationState) -> str:
 
 
 def purge_operations_program(before: int):
-    """Program: forget idempotency records older than `before` (replays are minutes old)."""
-    return (yield execute("DELETE FROM operations WHERE created_at < $1", before))
+    """Program: forget idempotency records and closed sessions' charging records
+    older than `before` (replays and retransmissions are minutes old)."""
+    n = yield execute("DELETE FROM operations WHERE created_at < $1", before)
+    n += yield execute("DELETE FROM session_charges WHERE closed = 1 AND updated_at < $1", before)
+    return n
 
 
 class GroupCommitter:

@@ -295,6 +295,16 @@ class Store:
             rows = await self._all("SELECT * FROM reservations")
         return [Reservation.from_row(r) for r in rows]
 
+    async def session_charges(self, session: str) -> dict[str, dict[str, Any]]:
+        """What each service of `session` has been charged so far."""
+        rows = await self._all("SELECT * FROM session_charges WHERE session = $1", session)
+        return {r["service"]: {"units": r["units"], "cost": r["cost"], "kind": r["kind"],
+                               "seq": r["seq"], "closed": bool(r["closed"])} for r in rows}
+
+    async def usage_counter(self, key: str) -> int:
+        row = await self._one("SELECT units FROM usage_counters WHERE key = $1", key)
+        return row["units"] if row else 0
+
     # ------------------------------------------------------------------ plans
     async def create_plan(self, *, name: str, currency: str, recurring_fee: int = 0,
                           period: str = "month", allowances: Iterable[dict] = (),
