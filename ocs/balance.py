@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import enum
 import json
+import uuid
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Iterator
 
-from .model import AccountStatus, Billing, EntryType, Kind
+from .model import AccountStatus, Billing, EntryType, Kind, Session
 from .pricing import MONEY, Price
 
 
@@ -97,6 +98,7 @@ class Commit:
     final: bool = False
     cumulative: bool = False
     counter: str | None = None
+    counter_threshold: int | None = None  # emit "fair_usage" when the counter crosses it
 
     def __post_init__(self):
         _check_units(self.used, "used")
@@ -186,7 +188,38 @@ class Adjust:
         return f"adjust|{self.ref}" if self.ref else None
 
 
-Operation = Reserve | Commit | Release | Credit | Adjust
+@dataclass(frozen=True, slots=True)
+class Composite:
+    """The operations of one request of one session, applied atomically under
+    one key (session, seq), with the session's record written in the same
+    transaction. A replay returns every part's first result."""
+
+    account_id: int
+    session: str
+    seq: int
+    parts: tuple["Reserve | Commit | Release | Credit | Adjust", ...]
+    record: Session | None = None
+
+    def __post_init__(self):
+        if any(p.account_id != self.account_id or isinstance(p, Composite)
+               for p in self.parts):
+            raise ValueError("parts of a composite operation charge its own account")
+
+    @property
+    def op_key(self) -> str:
+        return f"request|{self.session}|{self.seq}"
+
+
+Operation = Reserve | Commit | Release | Credit | Adjust | Composite
+
+
+def flatten(ops: list[Operation]) -> Iterator[Operation]:
+    """Every operation, with composites replaced by their parts."""
+    for op in ops:
+        if isinstance(op, Composite):
+            yield from op.parts
+        else:
+            yield op
 
 
 def _check_units(value: int, name: str) -> None:
@@ -215,6 +248,7 @@ class Result:
     session_units: int = 0      # units charged to (session, service) so far
     session_cost: int = 0       # money charged to (session, service) so far
     counter_units: int | None = None  # the named usage counter after this op
+    parts: tuple["Result", ...] = ()  # a composite's results, one per part
     message: str = ""
     replayed: bool = False
 
@@ -223,16 +257,24 @@ class Result:
         return self.outcome is Outcome.OK
 
     def to_json(self) -> str:
+        return json.dumps(self._plain(), separators=(",", ":"))
+
+    def _plain(self) -> dict:
         d = asdict(self)
         d["outcome"] = self.outcome.value
+        d["parts"] = [p._plain() for p in self.parts]
         d.pop("replayed")
-        return json.dumps(d, separators=(",", ":"))
+        return d
 
     @classmethod
     def from_json(cls, text: str, *, replayed: bool = True) -> "Result":
-        d = json.loads(text)
+        return cls._from_plain(json.loads(text), replayed)
+
+    @classmethod
+    def _from_plain(cls, d: dict, replayed: bool) -> "Result":
         d["outcome"] = Outcome(d["outcome"])
         d["draws"] = tuple(tuple(x) for x in d["draws"])
+        d["parts"] = tuple(cls._from_plain(p, replayed) for p in d.get("parts", ()))
         return cls(**d, replayed=replayed)
 
 
@@ -274,6 +316,7 @@ class AccountState:
     credit_limit: int
     status: AccountStatus
     buckets: dict[int, BucketState] = field(default_factory=dict)
+    low_balance_threshold: int | None = None
 
     @property
     def floor(self) -> int:
@@ -366,6 +409,8 @@ class Writes:
     operations: list[tuple[str, int, str, Result]] = field(default_factory=list)  # key, account, type
     charges: dict[tuple[str, str], ChargeState] = field(default_factory=dict)
     counters: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (account, units)
+    sessions: dict[str, Session] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)  # for the outbox
 
     def remap(self, ids: dict[int, int]) -> None:
         """Replace the temporary ids of new buckets with the ids the store gave them."""
@@ -408,14 +453,58 @@ class _Engine:
         if acct is None:
             result = Result(Outcome.UNKNOWN_ACCOUNT, message=f"account {op.account_id} not found")
         else:
-            handler = getattr(self, "_" + type(op).__name__.lower())
-            result = handler(acct, op)
+            before = acct.money()[1]
+            if isinstance(op, Composite):
+                parts = tuple(self._one(acct, part, key) for part in op.parts)
+                bad = next((p.outcome for p in parts if p.outcome is not Outcome.OK), Outcome.OK)
+                result = Result(bad, parts=parts)
+                if op.record is not None:
+                    self.writes.sessions[op.record.id] = op.record
+            else:
+                result = self._one(acct, op, key)
             bal, avail = acct.money()
             result = replace(result, balance=bal, available=avail)
+            self._account_events(acct, op, key, before, avail)
         if key is not None:
             self.state.done[key] = result
             self.writes.operations.append((key, op.account_id, type(op).__name__.lower(), result))
         return result
+
+    def _one(self, acct: AccountState, op: Operation, key: str | None) -> Result:
+        counter_before = (self.state.counters.get(op.counter, 0)
+                          if isinstance(op, Commit) and op.counter else 0)
+        result = getattr(self, "_" + type(op).__name__.lower())(acct, op)
+        self._service_events(acct, op, key, result, counter_before)
+        return result
+
+    # -- events (written to the outbox in the same transaction) --------------------------
+    def _emit(self, acct: AccountState, etype: str, key: str | None, op, **data) -> None:
+        service = getattr(op, "service", None)
+        event_id = f"{key}:{etype}:{service or ''}" if key else f"{uuid.uuid4().hex}:{etype}"
+        self.writes.events.append({
+            "id": event_id, "type": etype, "account_id": acct.id,
+            "session": getattr(op, "session", None), "service": service, "at": self.now,
+            **data})
+
+    def _service_events(self, acct, op, key, result: Result, counter_before: int) -> None:
+        if result.outcome in (Outcome.ACCOUNT_SUSPENDED, Outcome.ACCOUNT_CLOSED):
+            self._emit(acct, "suspended_seen", key, op, status=acct.status.value)
+        elif isinstance(op, (Reserve, Commit)) and result.outcome is Outcome.INSUFFICIENT:
+            self._emit(acct, "exhausted", key, op, kind=op.kind.value)
+        if (isinstance(op, Commit) and op.counter and op.counter_threshold is not None
+                and result.counter_units is not None
+                and counter_before < op.counter_threshold <= result.counter_units):
+            self._emit(acct, "fair_usage", key, op, counter=op.counter,
+                       threshold=op.counter_threshold, units=result.counter_units)
+
+    def _account_events(self, acct, op, key, before: int, after: int) -> None:
+        threshold = acct.low_balance_threshold
+        if threshold is not None and before >= threshold > after:
+            self._emit(acct, "low_balance", key, op, available=after, threshold=threshold)
+        credits = [p for p in (op.parts if isinstance(op, Composite) else (op,))
+                   if isinstance(p, (Credit, Adjust)) and p.amount > 0]
+        if credits and after > before:
+            self._emit(acct, "topped_up", key, op, available_before=before, available=after)
 
     # -- reservations -------------------------------------------------------------------
     def _reserve(self, acct: AccountState, op: Reserve) -> Result:

@@ -140,6 +140,15 @@ class FairUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class FinalUnit:
+    """What the network does when the balance cannot grant more (RFC 8506 §5.6)."""
+
+    action: str = "terminate"  # terminate | redirect | restrict
+    redirect_url: str | None = None
+    filter_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     id: int
     name: str
@@ -153,11 +162,13 @@ class Plan:
     description: str
     created_at: int
     updated_at: int
+    final_unit: FinalUnit = FinalUnit()
 
     @classmethod
     def from_row(cls, r: Mapping[str, Any]) -> "Plan":
         speed = _loads(r["speed_profile"])
         fair = _loads(r["fair_usage"])
+        final = _loads(r["final_unit"])
         return cls(
             id=r["id"], name=r["name"], currency=r["currency"],
             recurring_fee=r["recurring_fee"], period=r["period"],
@@ -167,6 +178,7 @@ class Plan:
             fair_usage=FairUsage(fair["threshold_octets"], SpeedProfile(**fair["throttle_profile"]))
             if fair else None,
             description=r["description"], created_at=r["created_at"], updated_at=r["updated_at"],
+            final_unit=FinalUnit(**final) if final else FinalUnit(),
         )
 
 

@@ -270,3 +270,90 @@ async def test_usage_counter_advances_with_the_charge(store):
     replay = await store.commit(a.id, "s2", 7_000, kind=Kind.OCTETS, price=PER_MB, seq=1,
                                 counter="fup:sub1:2026-11")
     assert replay.replayed and await store.usage_counter("fup:sub1:2026-11") == 12_000
+
+
+async def event_types(store, account_id):
+    return [e["type"] for e in reversed(await store.events(account_id=account_id))]
+
+
+async def test_exhaustion_and_low_balance_are_events_in_the_same_transaction(store):
+    a = await store.create_account(name="ev", currency="EUR", billing="prepaid",
+                                   opening_balance=2 * EUR, low_balance_threshold=EUR)
+    await store.reserve(a.id, "s1", 150_000_000, kind=Kind.OCTETS, price=PER_MB, seq=1)
+    assert await event_types(store, a.id) == ["low_balance"]  # 2.00 -> 0.50 available
+    r = await store.commit(a.id, "s1", 150_000_000, kind=Kind.OCTETS, price=PER_MB, seq=2,
+                           reserve=100_000_000)
+    assert r.granted == 50_000_000  # what is left
+    r = await store.commit(a.id, "s1", 50_000_000, kind=Kind.OCTETS, price=PER_MB, seq=3,
+                           reserve=100_000_000)
+    assert r.outcome is Outcome.INSUFFICIENT
+    events = await store.events(account_id=a.id)
+    assert [e["type"] for e in events][0] == "exhausted"
+    assert events[0]["session"] == "s1" and events[0]["id"] == "commit|s1||3:exhausted:"
+    # A replay of the request that exhausted the balance emits nothing new.
+    await store.commit(a.id, "s1", 50_000_000, kind=Kind.OCTETS, price=PER_MB, seq=3,
+                       reserve=100_000_000)
+    assert (await event_types(store, a.id)).count("exhausted") == 1
+
+
+async def test_top_up_and_status_changes_are_events(store):
+    a = await account(store, balance=0)
+    await store.credit(a.id, 5 * EUR, ref="pay-1")
+    await store.set_account_status(a.id, "suspended", reason="unpaid", actor="ops")
+    await store.reserve(a.id, "s1", EUR)
+    await store.set_account_status(a.id, "suspended")  # no change, no event
+    await store.set_account_status(a.id, "active")
+    assert await event_types(store, a.id) == ["topped_up", "account_suspended",
+                                              "suspended_seen", "account_restored"]
+    suspended = [e for e in await store.events(account_id=a.id)
+                 if e["type"] == "account_suspended"][0]
+    assert (suspended["reason"], suspended["actor"]) == ("unpaid", "ops")
+
+
+async def test_fair_usage_threshold_crossed_once(store):
+    a = await account(store)
+    kw = dict(kind=Kind.OCTETS, price=PER_MB, counter="fup:1:2026-11",
+              counter_threshold=1_000_000)
+    await store.commit(a.id, "s1", 600_000, seq=1, **kw)
+    await store.commit(a.id, "s1", 600_000, seq=2, **kw)
+    await store.commit(a.id, "s1", 600_000, seq=3, **kw)
+    assert await event_types(store, a.id) == ["fair_usage"]
+
+
+async def test_outbox_rows_are_relayed_once_marked(store):
+    a = await account(store, balance=0)
+    await store.reserve(a.id, "s1", EUR)
+    pending = await store.unpublished_events()
+    assert [e["type"] for _, e in pending] == ["exhausted"]
+    await store.mark_published([i for i, _ in pending])
+    assert await store.unpublished_events() == []
+
+
+async def test_composite_request_is_atomic_and_replayed_whole(store):
+    from ocs.balance import Commit, Composite, Reserve
+    from ocs.model import Session
+    a = await account(store)
+    sub = await store.create_subscriber(account_id=a.id, username="multi")
+    now = now_us()
+    record = Session(id="gy-1", account_id=a.id, subscriber_id=sub.id, proto="diameter",
+                     nas="pgw", nas_session_id="gy-1", framed_ip=None, status="active",
+                     last_seq=0, started_at=now, updated_at=now, ended_at=None, attrs={})
+    op = Composite(a.id, "gy-1", 0, (
+        Reserve(a.id, "gy-1", 100_000_000, kind=Kind.OCTETS, service="rg10", price=PER_MB),
+        Reserve(a.id, "gy-1", 100_000_000, kind=Kind.OCTETS, service="rg20", price=PER_MB),
+    ), record=record)
+    r = await store.apply(op)
+    assert [p.granted for p in r.parts] == [100_000_000, 100_000_000]
+    assert (await store.get_session("gy-1")).proto == "diameter"
+    update = Composite(a.id, "gy-1", 1, (
+        Commit(a.id, "gy-1", 40_000_000, kind=Kind.OCTETS, service="rg10", price=PER_MB,
+               reserve=100_000_000),
+        Commit(a.id, "gy-1", 60_000_000, kind=Kind.OCTETS, service="rg20", price=PER_MB,
+               reserve=100_000_000),
+    ))
+    first = await store.apply(update)
+    again = await store.apply(update)
+    assert again.replayed and [p.cost for p in again.parts] == [p.cost for p in first.parts]
+    assert (await store.balance(a.id))["balance"] == 9 * EUR
+    with pytest.raises(ValueError):
+        Composite(a.id, "x", 0, (Reserve(a.id + 1, "x", 1),))

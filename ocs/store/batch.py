@@ -15,14 +15,15 @@ idempotency records, reservations and buckets, run the in-memory engine
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Awaitable, Callable
 
 from ..balance import (AccountState, BatchState, BucketState, ChargeState, Operation,
-                       ReservationState, Result, apply, remap_result)
+                       ReservationState, Result, apply, flatten, remap_result)
 from ..errors import StoreUnavailable
-from ..model import AccountStatus, Billing, Kind, now_us, Reservation
+from ..model import AccountStatus, Billing, Kind, Reservation, Session
 from .sql import execute, executemany, fetch, fetchval
 
 log = logging.getLogger("ocs.store")
@@ -32,28 +33,25 @@ def balance_program(ops: list[Operation], now: int):
     """Program: apply `ops` atomically; returns their results in order."""
     account_ids = sorted({op.account_id for op in ops})
     accounts: dict[int, AccountState] = {}
-    rows = yield fetch("SELECT id, billing, credit_limit, status FROM accounts "
-                       "WHERE id = ANY($1) ORDER BY id FOR UPDATE", account_ids)
+    rows = yield fetch(_LOCK_ACCOUNTS, account_ids)
     for r in rows:
-        accounts[r["id"]] = AccountState(r["id"], Billing(r["billing"]), r["credit_limit"],
-                                         AccountStatus(r["status"]))
+        accounts[r["id"]] = _account_state(r)
     state = BatchState(now=now, accounts=accounts)
+    parts = list(flatten(ops))
 
     keys = [op.op_key for op in ops if op.op_key is not None]
     if keys:
         rows = yield fetch("SELECT op_key, result FROM operations WHERE op_key = ANY($1)", keys)
         state.done = {r["op_key"]: r["result"] for r in rows}
 
-    sessions = sorted({op.session for op in ops if hasattr(op, "session")})
+    sessions = sorted({op.session for op in parts if hasattr(op, "session")})
     if sessions:
         rows = yield fetch("SELECT * FROM reservations WHERE session = ANY($1)", sessions)
         extra = sorted({r["account_id"] for r in rows} - accounts.keys())
         if extra:  # a session charging another account than the op says: lock that one too
-            more = yield fetch("SELECT id, billing, credit_limit, status FROM accounts "
-                               "WHERE id = ANY($1) ORDER BY id FOR UPDATE", extra)
+            more = yield fetch(_LOCK_ACCOUNTS, extra)
             for r in more:
-                accounts[r["id"]] = AccountState(r["id"], Billing(r["billing"]),
-                                                 r["credit_limit"], AccountStatus(r["status"]))
+                accounts[r["id"]] = _account_state(r)
         charge_rows = yield fetch("SELECT * FROM session_charges WHERE session = ANY($1)",
                                   sessions)
         for r in charge_rows:
@@ -66,14 +64,14 @@ def balance_program(ops: list[Operation], now: int):
                 res.session, res.service, res.account_id, res.kind, res.units, list(res.holds),
                 res.seq, res.expires_at, res.created_at)
 
-    counter_keys = sorted({op.counter for op in ops if getattr(op, "counter", None)})
+    counter_keys = sorted({op.counter for op in parts if getattr(op, "counter", None)})
     if counter_keys:
         rows = yield fetch("SELECT key, units FROM usage_counters WHERE key = ANY($1)",
                            counter_keys)
         state.counters = {r["key"]: r["units"] for r in rows}
 
     if accounts:
-        named = sorted({op.bucket_id for op in ops if getattr(op, "bucket_id", None)})
+        named = sorted({op.bucket_id for op in parts if getattr(op, "bucket_id", None)})
         rows = yield fetch(
             "SELECT * FROM buckets WHERE account_id = ANY($1) "
             "AND (main = 1 OR balance <> 0 OR reserved <> 0 OR id = ANY($2))",
@@ -143,12 +141,45 @@ def balance_program(ops: list[Operation], now: int):
             "VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO UPDATE SET units = excluded.units, "
             "updated_at = excluded.updated_at",
             [(k, a, u, now) for k, (a, u) in writes.counters.items()])
+    if writes.sessions:
+        yield executemany(UPSERT_SESSION, [session_args(x) for x in writes.sessions.values()])
+    if writes.events:
+        yield executemany(
+            "INSERT INTO outbox (event_id, account_id, type, payload, created_at) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+            [(e["id"], e["account_id"], e["type"], json.dumps(e, separators=(",", ":")), now)
+             for e in writes.events])
     if writes.operations:
         yield executemany(
             "INSERT INTO operations (op_key, account_id, op_type, result, created_at) "
             "VALUES ($1, $2, $3, $4, $5)",
             [(k, a, t, r.to_json(), now) for k, a, t, r in writes.operations])
     return results
+
+
+_LOCK_ACCOUNTS = ("SELECT id, billing, credit_limit, status, low_balance_threshold FROM accounts "
+                  "WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+
+
+def _account_state(r) -> AccountState:
+    return AccountState(r["id"], Billing(r["billing"]), r["credit_limit"],
+                        AccountStatus(r["status"]),
+                        low_balance_threshold=r["low_balance_threshold"])
+
+
+UPSERT_SESSION = (
+    "INSERT INTO sessions (id, account_id, subscriber_id, proto, nas, nas_session_id, "
+    "framed_ip, status, last_seq, started_at, updated_at, ended_at, attrs) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+    "ON CONFLICT (id) DO UPDATE SET framed_ip = COALESCE(excluded.framed_ip, sessions.framed_ip), "
+    "status = excluded.status, last_seq = excluded.last_seq, "
+    "updated_at = excluded.updated_at, ended_at = excluded.ended_at, attrs = excluded.attrs")
+
+
+def session_args(x: Session) -> tuple:
+    return (x.id, x.account_id, x.subscriber_id, x.proto, x.nas, x.nas_session_id, x.framed_ip,
+            x.status, x.last_seq, x.started_at, x.updated_at, x.ended_at,
+            json.dumps(x.attrs, separators=(",", ":")))
 
 
 def _holds_json(r: ReservationState) -> str:
@@ -160,6 +191,8 @@ def purge_operations_program(before: int):
     older than `before` (replays and retransmissions are minutes old)."""
     n = yield execute("DELETE FROM operations WHERE created_at < $1", before)
     n += yield execute("DELETE FROM session_charges WHERE closed = 1 AND updated_at < $1", before)
+    n += yield execute("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1",
+                       before)
     return n
 
 

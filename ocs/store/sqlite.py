@@ -26,7 +26,7 @@ from .sql import Program, ProgramFn, Query
 log = logging.getLogger("ocs.store")
 
 _ANY = re.compile(r"=\s*ANY\(\$(\d+)\)")
-_FOR_UPDATE = re.compile(r"\s+FOR UPDATE\b")
+_FOR_UPDATE = re.compile(r"\s+FOR UPDATE(\s+SKIP LOCKED)?\b")
 _PARAM = re.compile(r"\$(\d+)")
 
 

@@ -22,7 +22,8 @@ from ..model import (Account, AccountStatus, ApiToken, AuditEntry, Billing, Buck
                      LedgerEntry, Nas, Plan, RatedCdr, Reservation, Role, Session, Subscriber,
                      now_us)
 from . import migrate
-from .batch import GroupCommitter, balance_program, purge_operations_program
+from .batch import (UPSERT_SESSION, GroupCommitter, balance_program, purge_operations_program,
+                    session_args)
 from .sql import execute, executemany, fetch, fetchrow, fetchval
 
 log = logging.getLogger("ocs.store")
@@ -32,12 +33,13 @@ IDENTITIES = ("username", "msisdn", "imsi", "sip_user")
 _ACCOUNT_FIELDS = ("name", "currency", "billing", "credit_limit", "status", "parent_id",
                    "language", "tax_profile", "low_balance_threshold")
 _PLAN_FIELDS = ("name", "currency", "recurring_fee", "period", "allowances", "tariff",
-                "speed_profile", "fair_usage", "description")
+                "speed_profile", "fair_usage", "description", "final_unit")
 _SUBSCRIBER_FIELDS = ("account_id", "plan_id", "username", "msisdn", "imsi", "sip_user",
                       "password_hash", "nt_hash", "cleartext", "framed_ip", "max_sessions")
 _NAS_FIELDS = ("name", "kind", "address", "secret", "vendor", "coa_port",
                "require_message_authenticator", "control")
-_JSON_FIELDS = {"allowances", "speed_profile", "fair_usage", "control", "attrs", "details"}
+_JSON_FIELDS = {"allowances", "speed_profile", "fair_usage", "control", "attrs", "details",
+                "final_unit"}
 
 
 def _json(value: Any) -> Any:
@@ -231,8 +233,57 @@ class Store:
             raise NotFound(f"account {account_id} not found")
         return Account.from_row(row)
 
-    async def set_account_status(self, account_id: int, status: AccountStatus | str) -> Account:
-        return await self.update_account(account_id, status=AccountStatus(status))
+    async def set_account_status(self, account_id: int, status: AccountStatus | str, *,
+                                 reason: str | None = None, actor: str | None = None
+                                 ) -> Account:
+        """Suspend, resume or close an account; the change is an event in the outbox
+        (same transaction), so enforcement follows it."""
+        status = AccountStatus(status)
+
+        def program():
+            before = yield fetchval("SELECT status FROM accounts WHERE id = $1 FOR UPDATE",
+                                    account_id)
+            if before is None:
+                return None
+            row = yield from _update_program("accounts", account_id, {"status": status})
+            if before != status.value:
+                now = now_us()
+                etype = {"active": "account_restored", "suspended": "account_suspended",
+                         "closed": "account_closed"}[status.value]
+                event = {"id": f"status|{account_id}|{now}:{etype}", "type": etype,
+                         "account_id": account_id, "session": None, "service": None, "at": now,
+                         "previous": before, "reason": reason, "actor": actor}
+                yield execute("INSERT INTO outbox (event_id, account_id, type, payload, "
+                              "created_at) VALUES ($1, $2, $3, $4, $5)", event["id"],
+                              account_id, etype, _json(event), now)
+            return row
+        row = await self.driver.run(program)
+        if row is None:
+            raise NotFound(f"account {account_id} not found")
+        return Account.from_row(row)
+
+    async def unpublished_events(self, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
+        """Outbox rows not yet relayed to the event stream, oldest first."""
+        rows = await self._all("SELECT id, payload FROM outbox WHERE published_at IS NULL "
+                               "ORDER BY id LIMIT $1", limit)
+        return [(r["id"], json.loads(r["payload"])) for r in rows]
+
+    async def mark_published(self, ids: list[int]) -> None:
+        def program():
+            yield execute("UPDATE outbox SET published_at = $1 WHERE id = ANY($2)",
+                          now_us(), ids)
+        if ids:
+            await self.driver.run(program)
+
+    async def events(self, *, account_id: int | None = None, limit: int = 100
+                     ) -> list[dict[str, Any]]:
+        """Recent events, newest first (published or not)."""
+        if account_id is None:
+            rows = await self._all("SELECT payload FROM outbox ORDER BY id DESC LIMIT $1", limit)
+        else:
+            rows = await self._all("SELECT payload FROM outbox WHERE account_id = $1 "
+                                   "ORDER BY id DESC LIMIT $2", account_id, limit)
+        return [json.loads(r["payload"]) for r in rows]
 
     async def buckets(self, account_id: int, *, include_empty: bool = False) -> list[Bucket]:
         sql = "SELECT * FROM buckets WHERE account_id = $1"
@@ -309,11 +360,12 @@ class Store:
     async def create_plan(self, *, name: str, currency: str, recurring_fee: int = 0,
                           period: str = "month", allowances: Iterable[dict] = (),
                           tariff: str | None = None, speed_profile: dict | None = None,
-                          fair_usage: dict | None = None, description: str = "") -> Plan:
+                          fair_usage: dict | None = None, description: str = "",
+                          final_unit: dict | None = None) -> Plan:
         values = dict(name=name, currency=currency.upper(), recurring_fee=recurring_fee,
                       period=period, allowances=list(allowances), tariff=tariff,
                       speed_profile=speed_profile, fair_usage=fair_usage,
-                      description=description)
+                      description=description, final_unit=final_unit)
         row = await self.driver.run(_insert_program, "plans", values, now_us())
         return Plan.from_row(row)
 
@@ -469,18 +521,7 @@ class Store:
     # ------------------------------------------------------------------ sessions
     async def upsert_session(self, session: Session) -> None:
         def program():
-            yield execute(
-                "INSERT INTO sessions (id, account_id, subscriber_id, proto, nas, nas_session_id, "
-                "framed_ip, status, last_seq, started_at, updated_at, ended_at, attrs) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
-                "ON CONFLICT (id) DO UPDATE SET framed_ip = excluded.framed_ip, "
-                "status = excluded.status, last_seq = excluded.last_seq, "
-                "updated_at = excluded.updated_at, ended_at = excluded.ended_at, "
-                "attrs = excluded.attrs",
-                session.id, session.account_id, session.subscriber_id, session.proto,
-                session.nas, session.nas_session_id, session.framed_ip, session.status,
-                session.last_seq, session.started_at, session.updated_at, session.ended_at,
-                _json(session.attrs))
+            yield execute(UPSERT_SESSION, *session_args(session))
         await self.driver.run(program)
 
     async def get_session(self, session_id: str) -> Session:

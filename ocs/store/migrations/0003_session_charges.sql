@@ -24,3 +24,21 @@ CREATE TABLE usage_counters (
     updated_at BIGINT NOT NULL
 );
 CREATE INDEX usage_counters_account ON usage_counters (account_id);
+
+-- Transactional outbox: charging events written in the same transaction as the
+-- charge that caused them, relayed to the event stream (Redis or in-process)
+-- and marked published. Event ids are deterministic, so consumers de-duplicate.
+CREATE TABLE outbox (
+    id           {ID},
+    event_id     TEXT NOT NULL UNIQUE,
+    account_id   BIGINT NOT NULL,
+    type         TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    created_at   BIGINT NOT NULL,
+    published_at BIGINT
+);
+CREATE INDEX outbox_unpublished ON outbox (published_at, id);
+
+-- What the network does when a plan's balance cannot grant more:
+-- {"action": "terminate" | "redirect" | "restrict", "redirect_url": ..., "filter_id": ...}
+ALTER TABLE plans ADD COLUMN final_unit TEXT;
