@@ -1,0 +1,374 @@
+"""The parts the daemon starts and stops, and what they share.
+
+Every component has async `start()` and `stop()`; `ocs.daemon` starts them in
+order and stops the started ones in reverse, so listeners close before the
+work behind them and the store closes last, after it has drained. They share
+one `Context`: the running configuration, the metrics, the open store and
+the `Registry` (NAS and plans as of the last load), which a reload replaces
+as a whole so readers never see half of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import __version__, accel, logs
+from .config import Config
+from .errors import OcsError, StoreError
+from .metrics import Metrics
+from .model import Nas, Plan
+from .store import Store, store_from_config
+
+log = logging.getLogger("ocs.daemon")
+
+#: How long /healthz and /metrics wait for the store before calling it unhealthy.
+STORE_PROBE_TIMEOUT = 2.0
+#: Protocols whose session gauge exists even at zero (dashboards want the series).
+SESSION_PROTOS = ("radius", "diameter")
+
+
+class Component(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+# ---------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class Registry:
+    """NAS (by source address) and plans as last loaded from the store.
+
+    Immutable: SIGHUP builds a new one and swaps it in, so a packet being
+    handled keeps the NAS and plan it started with. (Tariffs join when the
+    rating engine stores them.)
+    """
+
+    nas: tuple[Nas, ...] = ()
+    plans: Mapping[int, Plan] = field(default_factory=dict)
+    by_address: Mapping[str, Nas] = field(default_factory=dict)
+    networks: tuple[tuple[Any, Nas], ...] = ()  # (ip_network, nas), longest prefix first
+
+    @classmethod
+    async def load(cls, store: Store) -> "Registry":
+        nas_list = await store.list_nas()
+        plans = {p.id: p for p in await store.list_plans()}
+        by_address: dict[str, Nas] = {}
+        networks: list[tuple[Any, Nas]] = []
+        for nas in nas_list:
+            key = nas.address
+            try:
+                if "/" in key:
+                    net = ipaddress.ip_network(key, strict=False)
+                    if net.num_addresses > 1:
+                        networks.append((net, nas))
+                        continue
+                    key = str(net.network_address)
+                else:
+                    key = str(ipaddress.ip_address(key))
+            except ValueError:
+                pass  # a host name (Diameter peers): matched as written
+            if key in by_address:
+                log.warning("NAS %r and %r share address %s; using %r",
+                            by_address[key].name, nas.name, key, by_address[key].name)
+                continue
+            by_address[key] = nas
+        networks.sort(key=lambda item: item[0].prefixlen, reverse=True)
+        return cls(tuple(nas_list), plans, by_address, tuple(networks))
+
+    def nas_for(self, address: str) -> Nas | None:
+        """The NAS a packet from `address` belongs to: exact address, else longest prefix."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return self.by_address.get(address)
+        found = self.by_address.get(str(ip))
+        if found is not None:
+            return found
+        for net, nas in self.networks:
+            if ip.version == net.version and ip in net:
+                return nas
+        return None
+
+    def plan(self, plan_id: int) -> Plan | None:
+        return self.plans.get(plan_id)
+
+    def changes_since(self, old: "Registry") -> str:
+        """'NAS 3 (+1 -0 ~1), plans 2 (+0 -0 ~0)': what a reload changed."""
+        def diff(new: Mapping[Any, Any], before: Mapping[Any, Any]) -> str:
+            added = len(new.keys() - before.keys())
+            removed = len(before.keys() - new.keys())
+            changed = sum(1 for k in new.keys() & before.keys() if new[k] != before[k])
+            return f"{len(new)} (+{added} -{removed} ~{changed})"
+        return (f"NAS {diff({n.id: n for n in self.nas}, {n.id: n for n in old.nas})}, "
+                f"plans {diff(self.plans, old.plans)}")
+
+    def secrets(self) -> list[str]:
+        return [n.secret for n in self.nas if n.secret]
+
+
+# ---------------------------------------------------------------------- context
+@dataclass
+class Context:
+    """What the components share. The daemon owns it; reload swaps fields whole."""
+
+    config: Config
+    config_path: str
+    metrics: Metrics
+    started_at: float = field(default_factory=time.monotonic)
+    store: Store | None = None
+    registry: Registry = field(default_factory=Registry)
+    generation: int = 1
+    stopping: bool = False
+    _session_protos: set[str] = field(default_factory=lambda: set(SESSION_PROTOS))
+
+    async def load_registry(self) -> Registry:
+        """Load NAS and plans from the store; their secrets are never logged."""
+        assert self.store is not None
+        registry = await Registry.load(self.store)
+        for secret in registry.secrets():
+            logs.register_secret(secret)
+        return registry
+
+    async def refresh_sessions(self) -> None:
+        """Set ocs_sessions_active from the store; keep the last values if it fails."""
+        if self.store is None:
+            return
+        try:
+            counts = await asyncio.wait_for(self.store.count_sessions(), STORE_PROBE_TIMEOUT)
+        except (OcsError, asyncio.TimeoutError) as exc:
+            log.debug("session count unavailable: %s", exc)
+            return
+        self._session_protos.update(counts)
+        for proto in self._session_protos:
+            self.metrics.sessions_active.labels(proto=proto).set(counts.get(proto, 0))
+
+
+CONTEXT = web.AppKey("ocs.context", Context)
+
+
+# ---------------------------------------------------------------------- store
+class StoreComponent:
+    """Opens the store (migrating when configured); closing drains queued operations."""
+
+    name = "store"
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    async def start(self) -> None:
+        store = store_from_config(self.ctx.config, metrics=self.ctx.metrics)
+        await store.open(migrate_schema=self.ctx.config.store.auto_migrate)
+        self.ctx.store = store
+        log.info("store open: %s", store.describe())
+
+    async def stop(self) -> None:
+        store = self.ctx.store
+        if store is None:
+            return
+        pending = store.pending_operations
+        if pending:
+            log.info("draining %d queued balance operations", pending)
+        # Operations not committed within the bound are failed, never acknowledged.
+        await store.close(self.ctx.config.daemon.drain_timeout)
+        log.info("store closed")
+
+
+class RegistryComponent:
+    """Loads the NAS and plan registry once the store is open (SIGHUP reloads it)."""
+
+    name = "registry"
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    async def start(self) -> None:
+        self.ctx.registry = await self.ctx.load_registry()
+        log.info("loaded %d NAS and %d plans", len(self.ctx.registry.nas),
+                 len(self.ctx.registry.plans))
+
+    async def stop(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------- supervision
+class Supervision:
+    """Releases expired reservations and purges old operation results, periodically.
+
+    Intervals are read from the live configuration on every round, so a
+    reload changes them. Stopping cancels the rounds: a release already
+    handed to the store is still committed when the store drains.
+    """
+
+    name = "supervision"
+    PURGE_EVERY = 900.0
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._sweep_loop(), name="ocs-sweep"),
+                       asyncio.create_task(self._purge_loop(), name="ocs-purge")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await self._guarded("reservation sweep", self.sweep_once)
+            await asyncio.sleep(self.ctx.config.store.reservation_sweep_interval)
+
+    async def _purge_loop(self) -> None:
+        while True:
+            retention_h = self.ctx.config.store.operation_retention_hours
+            await asyncio.sleep(min(self.PURGE_EVERY, retention_h * 1800))
+            await self._guarded("operation purge", self.purge_once)
+
+    async def sweep_once(self) -> int:
+        assert self.ctx.store is not None
+        units = await self.ctx.store.release_expired()
+        if units:
+            self.ctx.metrics.reservations_expired.inc(units)
+            log.info("released %d units of expired reservations", units)
+        else:
+            log.debug("reservation sweep: nothing expired")
+        return units
+
+    async def purge_once(self) -> int:
+        assert self.ctx.store is not None
+        retention_s = int(self.ctx.config.store.operation_retention_hours * 3600)
+        purged = await self.ctx.store.purge_operations(retention_s)
+        log.debug("purged %d operation results older than %ds", purged, retention_s)
+        return purged
+
+    async def _guarded(self, what: str, job) -> None:
+        try:
+            await job()
+        except StoreError as exc:
+            self.ctx.metrics.store_errors.labels(error=type(exc).__name__).inc()
+            log.warning("%s failed: %s", what, exc)
+        except OcsError as exc:
+            log.error("%s failed: %s", what, exc)
+        except Exception:  # noqa: BLE001 - the loop must outlive a bug; it is logged whole
+            log.exception("%s failed unexpectedly", what)
+
+
+# ---------------------------------------------------------------------- HTTP
+async def healthz(request: web.Request) -> web.Response:
+    """200 when the store answers, 503 ("degraded" or "stopping") with the reason otherwise."""
+    ctx = request.app[CONTEXT]
+    reason = None
+    if ctx.stopping:
+        reason = "stopping"
+    elif ctx.store is None:
+        reason = "store not open"
+    else:
+        try:
+            if not await asyncio.wait_for(ctx.store.ping(), STORE_PROBE_TIMEOUT):
+                reason = "store did not answer the probe"
+        except asyncio.TimeoutError:
+            reason = f"store did not answer within {STORE_PROBE_TIMEOUT:g}s"
+        except OcsError as exc:
+            reason = f"store unavailable: {exc}"
+    body = {
+        "status": "ok" if reason is None else ("stopping" if ctx.stopping else "degraded"),
+        "node": ctx.config.daemon.node_name,
+        "version": __version__,
+        "extensions": accel.ACTIVE,
+        "store": "ok" if reason is None else reason,
+        "config_generation": ctx.generation,
+        "nas_loaded": len(ctx.registry.nas),
+        "plans_loaded": len(ctx.registry.plans),
+        "uptime_s": round(time.monotonic() - ctx.started_at, 3),
+    }
+    if reason is not None and not ctx.stopping:
+        log.warning("health check degraded: %s", reason)
+    return web.json_response(body, status=200 if reason is None else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition of the process's registry."""
+    ctx = request.app[CONTEXT]
+    await ctx.refresh_sessions()
+    return web.Response(body=generate_latest(ctx.metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def split_listen(listen: str) -> tuple[str | None, int]:
+    """'127.0.0.1:8080' -> ('127.0.0.1', 8080); '[::1]:80' -> ('::1', 80); ':80' -> all."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    return (host or None), int(port)
+
+
+class HttpListeners:
+    """The API listener (api.listen) and the optional metrics-only one (metrics.listen).
+
+    Stopping closes every listening socket first, then lets in-flight
+    requests finish within api.shutdown_timeout.
+    """
+
+    name = "http"
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self._runners: list[tuple[str, web.AppRunner]] = []
+        self.addresses: dict[str, list[Any]] = {}
+
+    def _app(self, *, with_api: bool) -> web.Application:
+        cfg = self.ctx.config
+        app = web.Application(client_max_size=cfg.api.max_body_mb * 1024 * 1024)
+        app[CONTEXT] = self.ctx
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/metrics", metrics)
+        if with_api:
+            from .api import setup_api
+            setup_api(app, store=self.ctx.store, config=cfg, metrics=self.ctx.metrics)
+        return app
+
+    async def start(self) -> None:
+        cfg = self.ctx.config
+        wanted = []
+        if cfg.api.enabled:
+            wanted.append(("api", cfg.api.listen, True))
+        if cfg.metrics.listen:
+            wanted.append(("metrics", cfg.metrics.listen, False))
+        for name, listen, with_api in wanted:
+            runner = web.AppRunner(self._app(with_api=with_api), access_log=None,
+                                   handle_signals=False,
+                                   shutdown_timeout=cfg.api.shutdown_timeout)
+            await runner.setup()
+            self._runners.append((name, runner))
+            host, port = split_listen(listen)
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot listen on {listen} ({name}): "
+                                         f"{exc.strerror}") from exc
+            self.addresses[name] = list(runner.addresses)
+            log.info("%s listening on %s", name, listen)
+
+    async def stop(self) -> None:
+        runners, self._runners = self._runners, []
+        # Stop accepting everywhere before waiting for anyone's in-flight requests.
+        for _, runner in runners:
+            for site in list(runner.sites):
+                await site.stop()
+        await asyncio.gather(*(runner.cleanup() for _, runner in runners))
+        if runners:
+            log.info("HTTP listeners closed")
