@@ -1,0 +1,505 @@
+"""The cross-node state adapter on Redis (redis.asyncio, hiredis parser).
+
+Key names are in `ocs.cluster.base.Keys`. Needs Redis 6.2 or later
+(XAUTOCLAIM); `start()` checks.
+
+Connections: one pool for ordinary commands, whose read timeout is the
+command timeout (a stalled Redis must fail a request quickly, not hang it),
+and one for blocking stream reads, whose read timeout also covers the longest
+allowed block. Both reconnect by themselves: a pooled connection the server
+closed is noticed and replaced before use, and a command that hits a broken
+connection is retried twice on a fresh one. A timeout is not retried (the
+time is already spent). Every failure to reach Redis surfaces as
+`ClusterUnavailable`; the first one after a healthy period is logged as a
+warning and the recovery as info, so an outage does not flood the log.
+
+Duplicate cache values: ``C<node>:<random>`` while claimed (a unique token
+per claim), ``A<answer bytes>`` once answered. The claim is a Lua script
+equivalent to ``SET key token NX PX ttl`` that also returns the previous
+value: if a connection breaks after Redis executed the claim and the client
+retries it, the retry sees its own token and still reports the claim won
+(a bare SET NX would report it lost, and then nobody would answer the
+request until the claim expired). `release` deletes only when the value is
+still this claim's token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (ClusterDownError, ConnectionError as RedisConnectionError,
+                              NoScriptError, ReadOnlyError, RedisError, ResponseError,
+                              TimeoutError as RedisTimeoutError, TryAgainError)
+
+from ..config import RedisConfig
+from .base import (MAX_BLOCK_MS, Cluster, ClusterError, ClusterUnavailable, DuplicateCache,
+                   EventStream, Keys, SessionDirectory, check_block, check_count, check_name,
+                   encode_json, invalid_event, ttl_ms)
+
+log = logging.getLogger("ocs.cluster")
+
+#: Seconds a command may take before the call fails with ClusterUnavailable.
+DEFAULT_TIMEOUT = 3.0
+#: Connections per node for ordinary commands; more concurrent calls queue.
+POOL_SIZE = 32
+#: Connections per node for blocking stream reads (one per waiting consumer).
+BLOCKING_POOL_SIZE = 32
+EVENT_FIELD = b"event"
+MIN_VERSION = (6, 2)
+
+# Errors that mean "cannot reach a writable Redis now", as opposed to a bug.
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ClusterDownError,
+                TryAgainError, OSError, TimeoutError)
+
+_CLAIM = """
+local old = redis.call('GET', KEYS[1])
+if old then return old end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.username:
+        netloc = f"{parts.username}:***@{netloc}"
+    else:
+        netloc = f":***@{netloc}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class _Link:
+    """The clients and the health state the three parts share."""
+
+    def __init__(self, config: RedisConfig, node: str, timeout: float):
+        self.url = redact(config.url)
+        self.closed = True
+        # Set by close(): closing a pool does not wake a read blocked in
+        # XREADGROUP, so blocked consumers also wait on this.
+        self.stopping = asyncio.Event()
+        self.healthy = True
+        retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=2,
+                      supported_errors=(RedisConnectionError,))
+        common = dict(decode_responses=False, socket_connect_timeout=timeout, retry=retry,
+                      health_check_interval=30, socket_keepalive=True,
+                      client_name="ocsd-" + re.sub(r"[^A-Za-z0-9._-]", "_", node))
+        # Bounded pools where a burst waits (up to the timeout) for a free
+        # connection, instead of failing as soon as the pool is exhausted.
+        self.client = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+            config.url, max_connections=POOL_SIZE, timeout=timeout, socket_timeout=timeout,
+            **common))
+        self.blocking = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+            config.url, max_connections=BLOCKING_POOL_SIZE, timeout=timeout,
+            socket_timeout=timeout + MAX_BLOCK_MS / 1000, **common))
+
+    @contextlib.contextmanager
+    def guard(self, what: str):
+        """Run one operation: typed errors out, outage transitions logged."""
+        if self.closed:
+            raise ClusterUnavailable(f"redis cluster state is stopped ({what})")
+        try:
+            yield
+        except NoScriptError as exc:  # pragma: no cover - redis-py reloads scripts itself
+            raise ClusterError(f"redis {what}: {exc}") from exc
+        except _UNAVAILABLE as exc:
+            if self.healthy:
+                self.healthy = False
+                log.warning("redis at %s unavailable (%s): %s", self.url, what, exc)
+            raise ClusterUnavailable(f"redis at {self.url} unavailable ({what}): {exc}") \
+                from exc
+        except ResponseError as exc:
+            raise ClusterError(f"redis {what}: {exc}") from exc
+        except RedisError as exc:
+            raise ClusterUnavailable(f"redis at {self.url} ({what}): {exc}") from exc
+        if not self.healthy:
+            self.healthy = True
+            log.info("redis at %s reachable again", self.url)
+
+    def open(self) -> None:
+        self.closed = False
+        self.stopping = asyncio.Event()
+
+    async def close(self) -> None:
+        self.closed = True
+        self.stopping.set()
+        await self.client.aclose()
+        await self.blocking.aclose()
+
+
+def _text(value) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisSessionDirectory(SessionDirectory):
+    def __init__(self, link: _Link, keys: Keys, node: str):
+        self._link = link
+        self._keys = keys
+        self._node = node
+
+    def _decode(self, raw: bytes | None, session_id: str) -> dict | None:
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ClusterError(f"session record {session_id!r} is not JSON") from None
+
+    async def put(self, session_id, data, ttl, *, account_id=None):
+        check_name(session_id, "session_id")
+        text = encode_json({**data, "node": self._node} if isinstance(data, dict) else data,
+                           "session record")
+        px = ttl_ms(ttl)
+        r = self._link.client
+        with self._link.guard("session put"):
+            if account_id is None:
+                await r.set(self._keys.session(session_id), text, px=px)
+                return
+            # Two keys in two slots: not atomic, and need not be. The index
+            # is written second and read first; a record without its index
+            # is found by account-tagged lookups, an index without a record
+            # reads as "no session", and both expire together.
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.set(self._keys.session(session_id, account_id), text, px=px)
+                pipe.set(self._keys.session_index(session_id), str(account_id), px=px)
+                await pipe.execute()
+
+    async def _account_of(self, session_id: str) -> bytes | None:
+        return await self._link.client.get(self._keys.session_index(session_id))
+
+    async def get(self, session_id, *, account_id=None):
+        check_name(session_id, "session_id")
+        r = self._link.client
+        with self._link.guard("session get"):
+            if account_id is not None:
+                raw = await r.get(self._keys.session(session_id, account_id))
+                return self._decode(raw, session_id)
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.get(self._keys.session(session_id))
+                pipe.get(self._keys.session_index(session_id))
+                raw, account = await pipe.execute()
+            if raw is None and account is not None:
+                raw = await r.get(self._keys.session(session_id, account.decode()))
+        return self._decode(raw, session_id)
+
+    async def touch(self, session_id, ttl, *, account_id=None):
+        check_name(session_id, "session_id")
+        px = ttl_ms(ttl)
+        r = self._link.client
+        with self._link.guard("session touch"):
+            if account_id is None:
+                async with r.pipeline(transaction=False) as pipe:
+                    pipe.pexpire(self._keys.session(session_id), px)
+                    pipe.get(self._keys.session_index(session_id))
+                    found, account = await pipe.execute()
+                if found or account is None:
+                    return bool(found)
+                account_id = account.decode()
+            # The index follows only if the record exists: a call naming the
+            # wrong account must not change how long the right one is found.
+            if not await r.pexpire(self._keys.session(session_id, account_id), px):
+                return False
+            await r.pexpire(self._keys.session_index(session_id), px)
+            return True
+
+    async def delete(self, session_id, *, account_id=None):
+        check_name(session_id, "session_id")
+        r = self._link.client
+        with self._link.guard("session delete"):
+            if account_id is None:
+                account = await self._account_of(session_id)
+                if account is None:
+                    return bool(await r.delete(self._keys.session(session_id)))
+                account_id = account.decode()
+            # One DEL per key: on Redis Cluster a multi-key DEL must stay in one slot.
+            if not await r.delete(self._keys.session(session_id, account_id)):
+                return False
+            await r.delete(self._keys.session_index(session_id))
+            return True
+
+    async def count(self):
+        n = 0
+        with self._link.guard("session count"):
+            async for _ in self._link.client.scan_iter(match=self._keys.session_pattern(),
+                                                       count=1000):
+                n += 1
+        return n
+
+
+class RedisDuplicateCache(DuplicateCache):
+    def __init__(self, link: _Link, keys: Keys, node: str, default_ttl: float):
+        self._link = link
+        self._keys = keys
+        self._ttl = default_ttl
+        self._token_base = f"C{node}:".encode()
+        self._claim = link.client.register_script(_CLAIM)
+        self._release = link.client.register_script(_RELEASE)
+        # Tokens of this node's claims not yet answered or released, so
+        # release(key) can prove ownership. Pruned of expired claims as it grows.
+        self._mine: dict[str, tuple[bytes, float]] = {}
+        self._prune_at = 1024
+
+    def _remember(self, key: str, token: bytes, ttl: float) -> None:
+        now = time.monotonic()
+        self._mine[key] = (token, now + ttl)
+        if len(self._mine) >= self._prune_at:
+            self._mine = {k: v for k, v in self._mine.items() if v[1] > now}
+            self._prune_at = max(1024, 2 * len(self._mine))
+
+    async def claim(self, key, ttl=None):
+        check_name(key, "duplicate-cache key")
+        ttl = self._ttl if ttl is None else ttl
+        px = ttl_ms(ttl)
+        token = self._token_base + os.urandom(8).hex().encode()
+        with self._link.guard("dedup claim"):
+            previous = await self._claim(keys=[self._keys.dedup(key)], args=[token, px])
+        if previous is None or previous == token:
+            self._remember(key, token, px / 1000)
+            return True
+        return False
+
+    async def store(self, key, answer, ttl=None):
+        check_name(key, "duplicate-cache key")
+        if not isinstance(answer, (bytes, bytearray, memoryview)):
+            raise TypeError(f"answer must be bytes, not {type(answer).__name__}")
+        px = ttl_ms(self._ttl if ttl is None else ttl)
+        with self._link.guard("dedup store"):
+            await self._link.client.set(self._keys.dedup(key), b"A" + bytes(answer), px=px)
+        self._mine.pop(key, None)
+
+    async def get(self, key):
+        check_name(key, "duplicate-cache key")
+        with self._link.guard("dedup get"):
+            raw = await self._link.client.get(self._keys.dedup(key))
+        if raw is not None and raw[:1] == b"A":
+            return raw[1:]
+        return None
+
+    async def release(self, key):
+        check_name(key, "duplicate-cache key")
+        mine = self._mine.get(key)
+        if mine is None:
+            return False
+        with self._link.guard("dedup release"):
+            dropped = await self._release(keys=[self._keys.dedup(key)], args=[mine[0]])
+        self._mine.pop(key, None)
+        return bool(dropped)
+
+
+class RedisEventStream(EventStream):
+    def __init__(self, link: _Link, keys: Keys, maxlen: int):
+        self._link = link
+        self._key = keys.stream
+        self._maxlen = maxlen
+
+    def _decode(self, entries) -> list[tuple[str, dict]]:
+        out = []
+        for entry_id, fields in entries or ():
+            if fields is None:  # deleted entry still pending (Redis < 7 XAUTOCLAIM)
+                continue
+            entry_id = _text(entry_id)
+            raw = fields.get(EVENT_FIELD)
+            try:
+                event = json.loads(raw) if raw is not None else None
+            except ValueError:
+                event = None
+            if not isinstance(event, dict):
+                log.warning("event stream %s: entry %s is not an ocsd event; delivered as "
+                            "invalid", self._key, entry_id)
+                event = invalid_event("not an ocsd event",
+                                      raw if raw is not None else
+                                      {_text(k): _text(v) for k, v in fields.items()})
+            out.append((entry_id, event))
+        return out
+
+    async def publish(self, event):
+        text = encode_json(event, "event")
+        with self._link.guard("event publish"):
+            entry_id = await self._link.client.xadd(self._key, {EVENT_FIELD: text},
+                                                    maxlen=self._maxlen, approximate=True)
+        return _text(entry_id)
+
+    async def publish_many(self, events):
+        texts = [encode_json(event, "event") for event in events]
+        if not texts:
+            return []
+        with self._link.guard("event publish"):
+            async with self._link.client.pipeline(transaction=False) as pipe:
+                for text in texts:
+                    pipe.xadd(self._key, {EVENT_FIELD: text}, maxlen=self._maxlen,
+                              approximate=True)
+                ids = await pipe.execute()
+        return [_text(i) for i in ids]
+
+    async def ensure_group(self, group, *, start="0"):
+        check_name(group, "group")
+        with self._link.guard("event group create"):
+            try:
+                await self._link.client.xgroup_create(self._key, group, id=start, mkstream=True)
+            except ResponseError as exc:
+                if not str(exc).startswith("BUSYGROUP"):
+                    raise
+
+    async def consume(self, group, consumer, count=100, block_ms=1000):
+        check_name(group, "group")
+        check_name(consumer, "consumer")
+        check_count(count)
+        check_block(block_ms)
+        # BLOCK 0 would mean "forever" to Redis; here 0 means "do not wait".
+        block = block_ms or None
+        client = self._link.blocking if block else self._link.client
+        for attempt in (1, 2):
+            missing = False
+            with self._link.guard("event consume"):
+                try:
+                    read = client.xreadgroup(group, consumer, {self._key: ">"},
+                                             count=count, block=block)
+                    reply = await (self._interruptible(read) if block else read)
+                except ResponseError as exc:
+                    if attempt == 2 or not str(exc).startswith("NOGROUP"):
+                        raise
+                    missing = True
+            if not missing:
+                break
+            # The group (or the whole stream) is gone, e.g. Redis restarted
+            # without persistence: recreate it and read again.
+            log.warning("event stream %s: consumer group %s missing; recreating it",
+                        self._key, group)
+            await self.ensure_group(group)
+        # RESP2: [[stream, [(id, fields), ...]]], or nil when nothing came.
+        return self._decode(reply[0][1] if reply else [])
+
+    async def _interruptible(self, read):
+        """Await a blocking read, or give up with ClusterUnavailable on stop()."""
+        task = asyncio.ensure_future(read)
+        stopped = asyncio.ensure_future(self._link.stopping.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not task.done():
+                task.cancel()
+        if task.done() and not task.cancelled():
+            return task.result()
+        raise ClusterUnavailable(f"redis cluster state stopped while {self._key} was read")
+
+    async def ack(self, group, ids):
+        check_name(group, "group")
+        if not ids:
+            return 0
+        with self._link.guard("event ack"):
+            try:
+                return await self._link.client.xack(self._key, group, *ids)
+            except ResponseError as exc:
+                if str(exc).startswith("NOGROUP"):
+                    return 0
+                raise
+
+    async def pending(self, group):
+        check_name(group, "group")
+        with self._link.guard("event pending"):
+            try:
+                summary = await self._link.client.xpending(self._key, group)
+            except ResponseError as exc:
+                if str(exc).startswith("NOGROUP"):
+                    return 0
+                raise
+        return int(summary["pending"])
+
+    async def reclaim(self, group, consumer, min_idle_ms, count=100):
+        check_name(group, "group")
+        check_name(consumer, "consumer")
+        check_count(count)
+        out: list[tuple[str, dict]] = []
+        trimmed = 0
+        cursor = "0-0"
+        with self._link.guard("event reclaim"):
+            # XAUTOCLAIM scans a bounded part of the pending list per call;
+            # follow the cursor until enough entries are claimed or it wraps.
+            while len(out) < count:
+                try:
+                    reply = await self._link.client.xautoclaim(
+                        self._key, group, consumer, min_idle_ms, start_id=cursor,
+                        count=count - len(out))
+                except ResponseError as exc:
+                    if str(exc).startswith("NOGROUP"):
+                        return []
+                    raise
+                cursor = _text(reply[0])
+                out.extend(self._decode(reply[1]))
+                if len(reply) > 2:
+                    trimmed += len(reply[2])
+                if cursor == "0-0":
+                    break
+        if trimmed:
+            log.warning("event stream %s: %d pending event(s) of group %s were trimmed before "
+                        "being processed; they are lost", self._key, trimmed, group)
+        return out
+
+    async def length(self):
+        with self._link.guard("event length"):
+            return await self._link.client.xlen(self._key)
+
+
+class RedisCluster(Cluster):
+    """Shared state of several ocsd nodes on one Redis (or a Sentinel-managed
+    primary behind one address)."""
+
+    kind = "redis"
+
+    def __init__(self, config: RedisConfig, *, node: str, timeout: float = DEFAULT_TIMEOUT):
+        self.node = node
+        self.keys = Keys(config.key_prefix, config.event_stream)
+        self._link = _Link(config, node, timeout)
+        self.sessions = RedisSessionDirectory(self._link, self.keys, node)
+        self.dedup = RedisDuplicateCache(self._link, self.keys, node, config.dedup_ttl)
+        self.events = RedisEventStream(self._link, self.keys, config.stream_maxlen)
+
+    def describe(self) -> str:
+        return self._link.url
+
+    async def start(self) -> None:
+        if not self._link.closed:
+            return
+        self._link.open()
+        try:
+            with self._link.guard("start"):
+                info = await self._link.client.info("server")
+            version = str(info.get("redis_version", "0"))
+            parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+            if parts < MIN_VERSION:
+                raise ClusterError(f"redis at {self._link.url} is version {version}; ocsd needs "
+                                   f"{MIN_VERSION[0]}.{MIN_VERSION[1]} or later (XAUTOCLAIM)")
+        except BaseException:
+            await self._link.close()
+            raise
+        log.info("cluster state: redis at %s (version %s), key prefix %r, node %s",
+                 self._link.url, version, self.keys.prefix, self.node)
+
+    async def stop(self) -> None:
+        if not self._link.closed:
+            await self._link.close()
+
+    async def ping(self) -> bool:
+        with self._link.guard("ping"):
+            return bool(await self._link.client.ping())

@@ -1,0 +1,526 @@
+"""The cross-node state adapter (ocs.cluster): one contract, run on the
+in-process twin and on a real Redis, plus what only Redis can show (two nodes
+sharing state, the key layout, outages and recovery)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import time
+
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from ocs.cluster import ClusterError, ClusterUnavailable, build, connect
+from ocs.config import RedisConfig
+from ocs.errors import StoreUnavailable, ValidationError
+from tests import services
+
+
+async def _drop_keys(url: str, prefix: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
+        for i in range(0, len(keys), 500):
+            await client.delete(*keys[i:i + 500])
+    finally:
+        await client.aclose()
+
+
+class Nodes:
+    """Makes Cluster objects ("nodes") sharing one key prefix; cleans up."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.prefix = f"ocs-test-{secrets.token_hex(6)}:"
+        self.made = []
+
+    async def __call__(self, node: str = "node-a", **config):
+        cluster = await connect(RedisConfig(url=self.url, key_prefix=self.prefix, **config),
+                                node=node)
+        self.made.append(cluster)
+        return cluster
+
+    async def close(self):
+        for cluster in self.made:
+            await cluster.stop()
+        if self.url:
+            await _drop_keys(self.url, self.prefix)
+
+
+@pytest.fixture(params=["local", "redis"])
+def backend(request):
+    if request.param == "redis":
+        return "redis", request.getfixturevalue("redis_url")
+    return "local", ""
+
+
+@pytest.fixture
+async def nodes(backend):
+    made = Nodes(backend[1])
+    yield made
+    await made.close()
+
+
+@pytest.fixture
+async def cluster(nodes):
+    return await nodes()
+
+
+@pytest.fixture
+async def redis_nodes(redis_url):
+    made = Nodes(redis_url)
+    yield made
+    await made.close()
+
+
+# ================================================================ lifecycle
+async def test_backend_follows_config(backend, cluster):
+    assert cluster.kind == backend[0]
+    assert await cluster.ping() is True
+    assert cluster.node == "node-a"
+
+
+async def test_stopped_adapter_refuses_then_restarts(cluster):
+    await cluster.sessions.put("s1", {"n": 1}, 30)
+    await cluster.stop()
+    for call in (cluster.ping(), cluster.sessions.get("s1"), cluster.dedup.claim("k"),
+                 cluster.events.publish({"type": "x"})):
+        with pytest.raises(ClusterUnavailable):
+            await call
+    await cluster.start()
+    assert (await cluster.sessions.get("s1"))["n"] == 1
+
+
+async def test_consumer_blocked_during_stop_is_released(cluster):
+    await cluster.events.ensure_group("policy")
+    waiter = asyncio.create_task(cluster.events.consume("policy", "w1", block_ms=5000))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    await cluster.stop()
+    with pytest.raises(ClusterUnavailable):
+        await asyncio.wait_for(waiter, 3)
+    assert time.monotonic() - started < 2
+    # Started again, a blocked consumer waits for the next event as before.
+    await cluster.start()
+    waiter = asyncio.create_task(cluster.events.consume("policy", "w1", block_ms=2000))
+    await asyncio.sleep(0.1)
+    event_id = await cluster.events.publish({"type": "after-restart"})
+    assert await asyncio.wait_for(waiter, 3) == [(event_id, {"type": "after-restart"})]
+
+
+# ================================================================ session directory
+async def test_session_round_trip_records_the_node(nodes):
+    cluster = await nodes("edge-1")
+    record = {"account": 42, "cc_request_number": 3, "class": "c0ffee",
+              "reservation": {"units": 600, "kind": "seconds"}}
+    await cluster.sessions.put("acct-sess-1", record, 30)
+    got = await cluster.sessions.get("acct-sess-1")
+    assert got == {**record, "node": "edge-1"}
+    got["cc_request_number"] = 99  # a copy: mutating it changes nothing stored
+    assert (await cluster.sessions.get("acct-sess-1"))["cc_request_number"] == 3
+    await cluster.sessions.put("acct-sess-1", {"cc_request_number": 4, "node": "spoofed"}, 30)
+    assert await cluster.sessions.get("acct-sess-1") == {"cc_request_number": 4,
+                                                         "node": "edge-1"}
+    assert await cluster.sessions.get("never-seen") is None
+    assert await cluster.sessions.count() == 1
+
+
+async def test_session_of_an_account_found_with_or_without_the_account(cluster):
+    await cluster.sessions.put("gy;1;42", {"rg": 10}, 30, account_id=42)
+    assert (await cluster.sessions.get("gy;1;42"))["rg"] == 10
+    assert (await cluster.sessions.get("gy;1;42", account_id=42))["rg"] == 10
+    assert await cluster.sessions.get("gy;1;42", account_id=43) is None
+    assert await cluster.sessions.touch("gy;1;42", 30) is True
+    assert await cluster.sessions.touch("gy;1;42", 30, account_id=43) is False
+    assert await cluster.sessions.count() == 1
+    assert await cluster.sessions.delete("gy;1;42", account_id=43) is False
+    assert await cluster.sessions.delete("gy;1;42") is True
+    assert await cluster.sessions.get("gy;1;42") is None
+    assert await cluster.sessions.get("gy;1;42", account_id=42) is None
+    assert await cluster.sessions.count() == 0
+    assert await cluster.sessions.delete("gy;1;42") is False
+
+    await cluster.sessions.put("gy;2;42", {"rg": 20}, 30, account_id=42)
+    assert await cluster.sessions.delete("gy;2;42", account_id=42) is True
+    assert await cluster.sessions.get("gy;2;42") is None
+
+
+async def test_sessions_expire_unless_touched(cluster):
+    await cluster.sessions.put("kept", {"n": 1}, 0.3)
+    await cluster.sessions.put("kept-acct", {"n": 2}, 0.3, account_id=7)
+    await cluster.sessions.put("dropped", {"n": 3}, 0.3)
+    assert await cluster.sessions.count() == 3
+    await asyncio.sleep(0.15)
+    assert await cluster.sessions.touch("kept", 1.0) is True
+    assert await cluster.sessions.touch("kept-acct", 1.0) is True  # found through the index
+    await asyncio.sleep(0.25)
+    assert (await cluster.sessions.get("kept"))["n"] == 1
+    assert (await cluster.sessions.get("kept-acct"))["n"] == 2
+    assert await cluster.sessions.get("dropped") is None
+    assert await cluster.sessions.touch("dropped", 1.0) is False
+    assert await cluster.sessions.count() == 2
+
+
+async def test_session_bad_input_is_refused_and_stores_nothing(cluster):
+    with pytest.raises(ValidationError, match="session record is not JSON-serializable"):
+        await cluster.sessions.put("s", {"octets": {1, 2}}, 30)
+    with pytest.raises(ValidationError, match="must be a dict"):
+        await cluster.sessions.put("s", ["not", "a", "dict"], 30)
+    for ttl in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="ttl"):
+            await cluster.sessions.put("s", {}, ttl)
+    with pytest.raises(ValueError, match="session_id"):
+        await cluster.sessions.put("", {}, 30)
+    assert await cluster.sessions.count() == 0
+
+
+# ================================================================ duplicate cache
+async def test_claim_is_won_exactly_once_by_200_concurrent_claimers(cluster):
+    keys = [f"radius:10.0.0.1:1813:{n}:{secrets.token_hex(16)}" for n in range(3)]
+    attempts = [keys[i % 3] for i in range(600)]
+    results = await asyncio.gather(*(cluster.dedup.claim(k, 30) for k in attempts))
+    for key in keys:
+        assert sum(r for k, r in zip(attempts, results) if k == key) == 1
+
+
+async def test_answer_is_cached_for_duplicates_then_expires(cluster):
+    key = "diameter:pgw1:hbh=77:e2e=1234"
+    assert await cluster.dedup.claim(key, 30) is True
+    assert await cluster.dedup.get(key) is None  # claimed, still being processed
+    assert await cluster.dedup.claim(key, 30) is False
+    answer = bytes([1, 0, 0, 20]) + os.urandom(16)
+    await cluster.dedup.store(key, answer, 0.3)
+    assert await cluster.dedup.get(key) == answer
+    assert await cluster.dedup.claim(key, 30) is False
+    await asyncio.sleep(0.35)
+    assert await cluster.dedup.get(key) is None
+    assert await cluster.dedup.claim(key, 30) is True
+
+
+async def test_claim_lapses_after_its_ttl_default_from_config(nodes):
+    cluster = await nodes(dedup_ttl=0.25)
+    assert await cluster.dedup.claim("radius:a") is True
+    assert await cluster.dedup.claim("radius:a") is False
+    await asyncio.sleep(0.3)
+    assert await cluster.dedup.claim("radius:a") is True
+    await cluster.dedup.store("radius:a", b"answer")  # default ttl too
+    await asyncio.sleep(0.3)
+    assert await cluster.dedup.get("radius:a") is None
+
+
+async def test_release_lets_a_retransmission_be_processed(cluster):
+    assert await cluster.dedup.claim("radius:r", 30) is True
+    assert await cluster.dedup.release("radius:r") is True
+    assert await cluster.dedup.claim("radius:r", 30) is True  # the retransmission wins
+    await cluster.dedup.store("radius:r", b"\x05answer", 30)
+    assert await cluster.dedup.release("radius:r") is False  # never drops an answer
+    assert await cluster.dedup.get("radius:r") == b"\x05answer"
+    assert await cluster.dedup.release("radius:unknown") is False
+    with pytest.raises(TypeError):
+        await cluster.dedup.store("radius:r", "text is not bytes", 30)
+    with pytest.raises(ValueError):
+        await cluster.dedup.claim("", 30)
+
+
+# ================================================================ event stream
+async def test_publish_consume_ack_and_pending(cluster):
+    events = [{"type": "exhausted", "account": 42, "session": f"s{i}", "at": 1_700_000_000_000_000}
+              for i in range(5)]
+    ids = [await cluster.events.publish(e) for e in events]
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+    assert len(set(ids)) == 5
+    await cluster.events.ensure_group("policy")  # created after: still sees them (start "0")
+    await cluster.events.ensure_group("policy")  # idempotent
+    got = await cluster.events.consume("policy", "w1", count=10, block_ms=0)
+    assert got == list(zip(ids, events))
+    assert await cluster.events.pending("policy") == 5
+    assert await cluster.events.consume("policy", "w1", block_ms=0) == []
+    assert await cluster.events.ack("policy", ids[:3]) == 3
+    assert await cluster.events.ack("policy", ids[:3]) == 0
+    assert await cluster.events.pending("policy") == 2
+    assert await cluster.events.pending("no-such-group") == 0
+    assert await cluster.events.length() == 5
+    # Another group gets its own copy of every event.
+    assert [i for i, _ in await cluster.events.consume("audit", "a1", block_ms=0)] == ids
+
+
+async def test_group_created_at_dollar_sees_only_new_events(cluster):
+    await cluster.events.publish({"type": "old"})
+    await cluster.events.ensure_group("fresh", start="$")
+    new_id = await cluster.events.publish({"type": "new"})
+    assert await cluster.events.consume("fresh", "w", block_ms=0) == [(new_id, {"type": "new"})]
+
+
+async def test_two_consumers_share_a_group_without_duplicates(cluster):
+    ids = await cluster.events.publish_many([{"type": "threshold", "n": n} for n in range(200)])
+    await cluster.events.ensure_group("policy")
+
+    async def worker(name):
+        seen = []
+        while True:
+            batch = await cluster.events.consume("policy", name, count=7, block_ms=0)
+            if not batch:
+                return seen
+            seen.extend(i for i, _ in batch)
+            await cluster.events.ack("policy", [i for i, _ in batch])
+            await asyncio.sleep(0)  # "processing"
+
+    one, two = await asyncio.gather(worker("w1"), worker("w2"))
+    assert one and two
+    assert not set(one) & set(two)
+    assert sorted(one + two) == sorted(ids) and len(one + two) == 200
+    assert await cluster.events.pending("policy") == 0
+
+
+async def test_dead_consumers_events_are_reclaimed_after_idle(cluster):
+    events = [{"type": "suspended", "account": n} for n in range(3)]
+    ids = await cluster.events.publish_many(events)
+    await cluster.events.ensure_group("policy")
+    assert len(await cluster.events.consume("policy", "dies", block_ms=0)) == 3  # never acks
+    assert await cluster.events.reclaim("policy", "survivor", min_idle_ms=300) == []
+    await asyncio.sleep(0.35)
+    taken = await cluster.events.reclaim("policy", "survivor", min_idle_ms=300)
+    assert taken == list(zip(ids, events))
+    assert await cluster.events.pending("policy") == 3
+    # Reclaiming resets the idle time: nobody else takes them from the survivor now.
+    assert await cluster.events.reclaim("policy", "third", min_idle_ms=300) == []
+    assert await cluster.events.ack("policy", ids) == 3
+    assert await cluster.events.pending("policy") == 0
+    await asyncio.sleep(0.35)
+    assert await cluster.events.reclaim("policy", "third", min_idle_ms=300) == []
+    assert await cluster.events.reclaim("no-such-group", "third", min_idle_ms=0) == []
+
+
+async def test_reclaim_count_bounds_each_takeover(cluster):
+    ids = await cluster.events.publish_many([{"n": n} for n in range(25)])
+    await cluster.events.consume("policy", "dies", count=100, block_ms=0)
+    first = await cluster.events.reclaim("policy", "b", min_idle_ms=0, count=10)
+    second = await cluster.events.reclaim("policy", "c", min_idle_ms=50, count=100)
+    assert [i for i, _ in first] == ids[:10]
+    assert second == []  # the rest idle for less than 50 ms
+    await asyncio.sleep(0.06)
+    rest = await cluster.events.reclaim("policy", "c", min_idle_ms=50, count=100)
+    assert [i for i, _ in rest] == ids  # the first ten idle long enough again too
+
+
+async def test_blocking_consume_wakes_on_publish(cluster):
+    await cluster.events.ensure_group("policy")
+    started = time.monotonic()
+    assert await cluster.events.consume("policy", "w", block_ms=150) == []
+    assert 0.13 <= time.monotonic() - started < 1.0
+
+    waiter = asyncio.create_task(cluster.events.consume("policy", "w", block_ms=5000))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    event_id = await cluster.events.publish({"type": "restored", "account": 9})
+    assert await asyncio.wait_for(waiter, 3) == [(event_id, {"type": "restored", "account": 9})]
+    assert time.monotonic() - started < 1.0
+
+
+async def test_consume_creates_a_missing_group(cluster, caplog):
+    event_id = await cluster.events.publish({"type": "x"})
+    with caplog.at_level(logging.WARNING, logger="ocs.cluster"):
+        assert await cluster.events.consume("new-group", "w", block_ms=0) == [(event_id,
+                                                                                {"type": "x"})]
+    assert "new-group" in caplog.text and "missing" in caplog.text
+
+
+async def test_stream_length_is_bounded_by_maxlen(nodes, caplog):
+    cluster = await nodes(stream_maxlen=1000)
+    await cluster.events.ensure_group("slow")
+    await cluster.events.consume("slow", "w", count=10, block_ms=0)  # published below: none yet
+    first = await cluster.events.publish_many([{"n": n} for n in range(10)])
+    assert len(await cluster.events.consume("slow", "w", count=10, block_ms=0)) == 10
+    for start in range(10, 2510, 500):
+        await cluster.events.publish_many([{"n": n} for n in range(start, start + 500)])
+    length = await cluster.events.length()
+    assert 1000 <= length < 1000 + 200, length  # MAXLEN ~: whole internal nodes only
+    oldest = await cluster.events.consume("late", "w", count=1, block_ms=0)
+    assert oldest[0][1]["n"] == 2510 - length  # the oldest went first
+    # The ten pending events were trimmed before being acked: dropped and said so.
+    assert await cluster.events.pending("slow") == 10
+    with caplog.at_level(logging.WARNING, logger="ocs.cluster"):
+        assert await cluster.events.reclaim("slow", "w2", min_idle_ms=0) == []
+    assert await cluster.events.pending("slow") == 0
+    assert "10 pending event(s) of group slow were trimmed" in caplog.text
+    assert first[0] not in [i for i, _ in oldest]
+
+
+async def test_bad_events_are_refused(cluster):
+    with pytest.raises(ValidationError, match="event is not JSON-serializable"):
+        await cluster.events.publish({"at": object()})
+    with pytest.raises(ValidationError, match="event must be a dict"):
+        await cluster.events.publish_many([{"ok": 1}, "not an event"])
+    with pytest.raises(ValueError, match="block_ms"):
+        await cluster.events.consume("g", "w", block_ms=-1)
+    with pytest.raises(ValueError, match="count"):
+        await cluster.events.consume("g", "w", count=0)
+    assert await cluster.events.length() == 0
+
+
+# ================================================================ Redis only
+async def test_two_nodes_share_sessions_claims_and_events(redis_nodes):
+    a = await redis_nodes("node-a")
+    b = await redis_nodes("node-b")
+    await a.sessions.put("sess-9", {"seq": 1}, 30, account_id=9)
+    assert await b.sessions.get("sess-9") == {"seq": 1, "node": "node-a"}
+    await b.sessions.put("sess-9", {"seq": 2}, 30, account_id=9)  # fail-over to node b
+    assert await a.sessions.get("sess-9") == {"seq": 2, "node": "node-b"}
+    assert await a.sessions.count() == await b.sessions.count() == 1
+
+    key = "radius:10.1.1.1:1813:7:" + secrets.token_hex(16)
+    results = await asyncio.gather(*(n.dedup.claim(key, 30) for n in [a, b] * 100))
+    assert sum(results) == 1
+    winner, loser = (a, b) if any(results[0::2]) else (b, a)
+    assert await loser.dedup.release(key) is False  # cannot drop the other node's claim
+    assert await loser.dedup.claim(key, 30) is False
+    await winner.dedup.store(key, b"accounting-response", 30)
+    assert await loser.dedup.get(key) == b"accounting-response"
+
+    ids = await a.events.publish_many([{"n": n} for n in range(4)])
+    await b.events.ensure_group("policy")
+    assert len(await a.events.consume("policy", "on-a", count=2, block_ms=0)) == 2  # a dies
+    assert [i for i, _ in await b.events.consume("policy", "on-b", block_ms=0)] == ids[2:]
+    assert await b.events.ack("policy", ids[2:]) == 2
+    await asyncio.sleep(0.12)
+    assert [i for i, _ in await b.events.reclaim("policy", "on-b", 100)] == ids[:2]
+
+
+async def test_redis_key_layout_keeps_an_account_in_one_slot(redis_nodes, redis_url):
+    cluster = await redis_nodes()
+    p = redis_nodes.prefix
+    await cluster.sessions.put("sess-1", {}, 30, account_id=42)
+    await cluster.sessions.put("sess-2", {}, 30, account_id=42)
+    await cluster.sessions.put("sess-3", {}, 30)
+    await cluster.dedup.claim("radius:k", 30)
+    await cluster.events.publish({"type": "x"})
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        keys = {k async for k in client.scan_iter(match=p + "*")}
+        assert keys == {p + "sess:{acct:42}:sess-1", p + "sess:{acct:42}:sess-2",
+                        p + "sidx:sess-1", p + "sidx:sess-2", p + "sess:sess-3",
+                        p + "dup:radius:k", p + "events"}
+        assert key_slot((p + "sess:{acct:42}:sess-1").encode()) == \
+            key_slot((p + "sess:{acct:42}:sess-2").encode()) == key_slot(b"acct:42")
+        assert await client.type(p + "events") == "stream"
+        for key in keys - {p + "events"}:
+            assert 0 < await client.pttl(key) <= 30_000
+    finally:
+        await client.aclose()
+
+
+async def test_foreign_stream_entry_does_not_wedge_the_group(redis_nodes, redis_url, caplog):
+    cluster = await redis_nodes()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        bad = (await client.xadd(redis_nodes.prefix + "events", {"foo": "bar"})).decode()
+    finally:
+        await client.aclose()
+    good = await cluster.events.publish({"type": "ok"})
+    with caplog.at_level(logging.WARNING, logger="ocs.cluster"):
+        got = await cluster.events.consume("policy", "w", block_ms=0)
+    assert got[0][0] == bad and got[0][1]["_invalid"] == "not an ocsd event"
+    assert got[1] == (good, {"type": "ok"})
+    assert f"entry {bad} is not an ocsd event" in caplog.text
+    assert await cluster.events.ack("policy", [bad, good]) == 2
+
+
+async def test_connect_to_absent_redis_fails_clearly_without_the_password(caplog):
+    url = f"redis://:hunter2-very-secret@127.0.0.1:{services.free_port()}/0"
+    started = time.monotonic()
+    with caplog.at_level(logging.DEBUG, logger="ocs.cluster"):
+        with pytest.raises(ClusterUnavailable) as err:
+            await connect(RedisConfig(url=url), node="n1", timeout=1.0)
+    assert time.monotonic() - started < 3
+    assert isinstance(err.value, StoreUnavailable)
+    assert "redis://:***@127.0.0.1" in str(err.value)
+    assert "hunter2" not in str(err.value) and "hunter2" not in caplog.text
+    assert build(RedisConfig(url=url), node="n1").describe().startswith("redis://:***@")
+
+
+@pytest.fixture
+def throwaway_redis():
+    servers = []
+
+    def start(port=None, monkeypatch=None):
+        if port is not None:  # a new server on the port the client already knows
+            monkeypatch.setattr(services, "free_port", lambda: port)
+        servers.append(services.ThrowawayRedis())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        if server.proc.poll() is None:
+            server.stop()
+
+
+async def test_redis_going_away_and_coming_back(throwaway_redis, monkeypatch, caplog):
+    server = throwaway_redis()
+    cluster = await connect(RedisConfig(url=server.url, key_prefix="ocs:"), node="n1",
+                            timeout=1.0)
+    try:
+        await cluster.sessions.put("s1", {"n": 1}, 60)
+        await cluster.events.ensure_group("policy")
+        server.stop()
+
+        with caplog.at_level(logging.INFO, logger="ocs.cluster"):
+            calls = [cluster.ping(), cluster.sessions.get("s1"), cluster.dedup.claim("k", 5),
+                     cluster.events.publish({"type": "x"}),
+                     cluster.events.consume("policy", "w", block_ms=100)]
+            for call in calls:
+                started = time.monotonic()
+                with pytest.raises(ClusterUnavailable, match="unavailable") as err:
+                    await call
+                assert isinstance(err.value, StoreUnavailable)
+                assert time.monotonic() - started < 2
+            outage_lines = [r for r in caplog.records if "unavailable" in r.getMessage()]
+            assert len(outage_lines) == 1 and outage_lines[0].levelno == logging.WARNING
+
+            throwaway_redis(server.port, monkeypatch)  # an empty Redis on the same port
+            assert await cluster.ping() is True
+            assert "reachable again" in caplog.text
+        assert await cluster.sessions.get("s1") is None  # that Redis kept nothing
+        await cluster.sessions.put("s1", {"n": 2}, 60)
+        assert (await cluster.sessions.get("s1"))["n"] == 2
+        assert await cluster.dedup.claim("k", 5) is True
+        event_id = await cluster.events.publish({"type": "y"})
+        # The consumer group vanished with the data; consume recreates it.
+        assert await cluster.events.consume("policy", "w", block_ms=0) == [
+            (event_id, {"type": "y"})]
+    finally:
+        await cluster.stop()
+
+
+async def test_stalled_redis_times_out_instead_of_hanging(throwaway_redis):
+    server = throwaway_redis()
+    cluster = await connect(RedisConfig(url=server.url), node="n1", timeout=0.5)
+    try:
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(ClusterUnavailable):
+                await cluster.dedup.claim("radius:stall", 5)
+            assert time.monotonic() - started < 1.5
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert await cluster.dedup.claim("radius:after", 5) is True
+    finally:
+        await cluster.stop()
+
+
+async def test_misuse_of_redis_keys_is_a_cluster_error_not_an_outage(redis_nodes, redis_url):
+    cluster = await redis_nodes()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.set(redis_nodes.prefix + "events", "not a stream")
+    finally:
+        await client.aclose()
+    with pytest.raises(ClusterError) as err:
+        await cluster.events.publish({"type": "x"})
+    assert not isinstance(err.value, ClusterUnavailable)
+    assert "WRONGTYPE" in str(err.value)
