@@ -99,6 +99,7 @@ class Commit:
     cumulative: bool = False
     counter: str | None = None
     counter_threshold: int | None = None  # emit "fair_usage" when the counter crosses it
+    strict: bool = False  # all or nothing: refuse (INSUFFICIENT) rather than overdraw
 
     def __post_init__(self):
         _check_units(self.used, "used")
@@ -199,6 +200,7 @@ class Composite:
     seq: int
     parts: tuple["Reserve | Commit | Release | Credit | Adjust", ...]
     record: Session | None = None
+    close: bool = False  # session ends: write a rated CDR per service, close its charges
 
     def __post_init__(self):
         if any(p.account_id != self.account_id or isinstance(p, Composite)
@@ -249,6 +251,7 @@ class Result:
     session_cost: int = 0       # money charged to (session, service) so far
     counter_units: int | None = None  # the named usage counter after this op
     parts: tuple["Result", ...] = ()  # a composite's results, one per part
+    events: tuple[str, ...] = ()      # types of the events this operation emitted
     message: str = ""
     replayed: bool = False
 
@@ -317,6 +320,7 @@ class AccountState:
     status: AccountStatus
     buckets: dict[int, BucketState] = field(default_factory=dict)
     low_balance_threshold: int | None = None
+    currency: str = ""
 
     @property
     def floor(self) -> int:
@@ -362,7 +366,7 @@ class ChargeState:
     units: int = 0
     cost: int = 0
     seq: int = 0
-    closed: bool = False
+    closed: bool = False  # the session ended and its rated CDR is written
 
 
 @dataclass(slots=True)
@@ -411,6 +415,7 @@ class Writes:
     counters: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (account, units)
     sessions: dict[str, Session] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)  # for the outbox
+    cdrs: list[dict[str, Any]] = field(default_factory=list)
 
     def remap(self, ids: dict[int, int]) -> None:
         """Replace the temporary ids of new buckets with the ids the store gave them."""
@@ -450,6 +455,7 @@ class _Engine:
                 return Result.from_json(prior)
             return replace(prior, replayed=True)
         acct = self.state.accounts.get(op.account_id)
+        self._emitted: list[str] = []
         if acct is None:
             result = Result(Outcome.UNKNOWN_ACCOUNT, message=f"account {op.account_id} not found")
         else:
@@ -460,11 +466,13 @@ class _Engine:
                 result = Result(bad, parts=parts)
                 if op.record is not None:
                     self.writes.sessions[op.record.id] = op.record
+                if op.close:
+                    self._close_session(acct, op)
             else:
                 result = self._one(acct, op, key)
             bal, avail = acct.money()
-            result = replace(result, balance=bal, available=avail)
             self._account_events(acct, op, key, before, avail)
+            result = replace(result, balance=bal, available=avail, events=tuple(self._emitted))
         if key is not None:
             self.state.done[key] = result
             self.writes.operations.append((key, op.account_id, type(op).__name__.lower(), result))
@@ -481,6 +489,7 @@ class _Engine:
     def _emit(self, acct: AccountState, etype: str, key: str | None, op, **data) -> None:
         service = getattr(op, "service", None)
         event_id = f"{key}:{etype}:{service or ''}" if key else f"{uuid.uuid4().hex}:{etype}"
+        self._emitted.append(etype)
         self.writes.events.append({
             "id": event_id, "type": etype, "account_id": acct.id,
             "session": getattr(op, "session", None), "service": service, "at": self.now,
@@ -518,15 +527,22 @@ class _Engine:
     def _commit(self, acct: AccountState, op: Commit) -> Result:
         # Give back what this service held, then draw the usage in the normal order:
         # the hold guarantees the usage it covered is there to draw.
+        held = self._session_reservations(op.session).get(op.service)
         self._drop_reservation(op.session, op.service)
         charge = self._charge_state(acct, op.session, op.service, op.kind)
         used = max(0, op.used - charge.units) if op.cumulative else op.used
+        if op.strict and self._affordable(acct, op.kind, op.service, used, op.price,
+                                          charge.units) < used:
+            if held is not None:
+                self._restore_reservation(acct, held)
+            return Result(Outcome.INSUFFICIENT, session_units=charge.units,
+                          session_cost=charge.cost,
+                          message=f"balance cannot pay {used} {op.kind.value}")
         charged, cost, unpaid, below, draws = self._draw(
             acct, op.kind, op.service, used, op.price, op.session, op.op_key, charge.units)
         charge.units += used
         charge.cost += cost
         charge.seq = max(charge.seq, op.seq)
-        charge.closed = charge.closed or op.final
         self.writes.charges[(op.session, op.service)] = charge
         counter = None
         if op.counter is not None:
@@ -545,6 +561,45 @@ class _Engine:
                            op.price, op.seq, op.ttl)
         return replace(base, outcome=grant.outcome, granted=grant.granted,
                        expires_at=grant.expires_at, message=grant.message)
+
+    def _affordable(self, acct, kind, service, units, price, already) -> int:
+        """How many of `units` the balance can pay without going below a floor."""
+        from_buckets = 0
+        if kind is not Kind.MONEY:
+            from_buckets = min(units, sum(b.available
+                                          for b in self._candidates(acct, kind, service)))
+        rest = units - from_buckets
+        if rest == 0:
+            return units
+        price = MONEY if kind is Kind.MONEY else price
+        if price is None:
+            return from_buckets
+        money = sum(b.available for b in self._candidates(acct, Kind.MONEY, service))
+        return from_buckets + min(rest, price.max_units(money, already + from_buckets))
+
+    def _restore_reservation(self, acct: AccountState, res: ReservationState) -> None:
+        for bucket_id, amount in res.holds:
+            b = acct.buckets[bucket_id]
+            b.reserved += amount
+            b.dirty = True
+        self.state.reservations.setdefault(res.session, {})[res.service] = res
+        self.writes.deleted_reservations.discard((res.session, res.service))
+
+    def _close_session(self, acct: AccountState, op: Composite) -> None:
+        record = op.record
+        for (session, service), charge in self.state.charges.items():
+            if session != op.session or charge.closed:
+                continue  # another session, or its CDR is already written
+            charge.closed = True
+            self.writes.charges[(session, service)] = charge
+            self.writes.cdrs.append({
+                "session": session, "account_id": acct.id,
+                "subscriber_id": record.subscriber_id if record else None,
+                "service": service, "kind": charge.kind.value,
+                "started_at": record.started_at if record else self.now,
+                "ended_at": self.now, "units": charge.units, "cost": charge.cost,
+                "currency": acct.currency,
+                "details": dict(record.attrs) if record else {}})
 
     def _charge_state(self, acct, session, service, kind) -> ChargeState:
         key = (session, service)

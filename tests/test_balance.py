@@ -6,6 +6,7 @@ Every test runs once on SQLite and once on PostgreSQL (the `store` fixture).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -357,3 +358,51 @@ async def test_composite_request_is_atomic_and_replayed_whole(store):
     assert (await store.balance(a.id))["balance"] == 9 * EUR
     with pytest.raises(ValueError):
         Composite(a.id, "x", 0, (Reserve(a.id + 1, "x", 1),))
+
+
+async def test_strict_commit_is_all_or_nothing(store):
+    sms = LinearPrice(price=EUR // 10)  # 0.10 per event
+    a = await account(store, balance=EUR // 4)
+    ok = await store.commit(a.id, "sms-1", 2, kind=Kind.EVENTS, price=sms, strict=True, final=True)
+    assert ok.outcome is Outcome.OK and ok.cost == EUR // 5
+    refused = await store.commit(a.id, "sms-2", 1, kind=Kind.EVENTS, price=sms, strict=True,
+                                 final=True)
+    assert refused.outcome is Outcome.INSUFFICIENT and refused.cost == 0
+    assert (await store.balance(a.id))["balance"] == EUR // 20
+
+
+async def test_strict_commit_keeps_the_reservation_it_could_not_use(store):
+    a = await account(store, balance=EUR)
+    await store.reserve(a.id, "ecur", 5, kind=Kind.EVENTS, price=LinearPrice(price=EUR // 10))
+    refused = await store.commit(a.id, "ecur", 20, kind=Kind.EVENTS,
+                                 price=LinearPrice(price=EUR // 10), strict=True, seq=1)
+    assert refused.outcome is Outcome.INSUFFICIENT
+    assert (await store.balance(a.id))["reserved"] == EUR // 2
+    await assert_ledger_matches(store, a.id)
+
+
+async def test_closing_a_session_writes_one_rated_cdr_per_service(store):
+    from ocs.balance import Commit, Composite, Release
+    from ocs.model import Session
+    a = await account(store)
+    sub = await store.create_subscriber(account_id=a.id, username="cdr")
+    t0 = now_us()
+    record = Session(id="s-cdr", account_id=a.id, subscriber_id=sub.id, proto="diameter",
+                     nas="pgw", nas_session_id="s-cdr", framed_ip=None, status="active",
+                     last_seq=0, started_at=t0, updated_at=t0, ended_at=None,
+                     attrs={"apn": "internet"})
+    for seq, used in ((1, 10_000_000), (2, 20_000_000)):
+        await store.apply(Composite(a.id, "s-cdr", seq, (
+            Commit(a.id, "s-cdr", used, kind=Kind.OCTETS, service="rg10", price=PER_MB,
+                   reserve=10_000_000),
+            Commit(a.id, "s-cdr", used // 10, kind=Kind.OCTETS, service="rg20", price=PER_MB,
+                   reserve=10_000_000)), record=record))
+    closed = replace(record, status="closed", ended_at=now_us())
+    end = Composite(a.id, "s-cdr", 3, (Release(a.id, "s-cdr"),), record=closed, close=True)
+    await store.apply(end)
+    await store.apply(end)  # a retransmitted termination writes nothing more
+    cdrs = sorted(await store.list_cdrs(session="s-cdr"), key=lambda c: c.service)
+    assert [(c.service, c.units, c.cost) for c in cdrs] == [
+        ("rg10", 30_000_000, 3 * EUR // 10), ("rg20", 3_000_000, 3 * EUR // 100)]
+    assert cdrs[0].details == {"apn": "internet"} and cdrs[0].currency == "EUR"
+    assert (await store.balance(a.id))["reserved"] == 0

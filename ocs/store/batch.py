@@ -143,6 +143,14 @@ def balance_program(ops: list[Operation], now: int):
             [(k, a, u, now) for k, (a, u) in writes.counters.items()])
     if writes.sessions:
         yield executemany(UPSERT_SESSION, [session_args(x) for x in writes.sessions.values()])
+    if writes.cdrs:
+        yield executemany(
+            "INSERT INTO cdrs (session, account_id, subscriber_id, service, kind, started_at, "
+            "ended_at, units, cost, currency, details, created_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            [(c["session"], c["account_id"], c["subscriber_id"], c["service"], c["kind"],
+              c["started_at"], c["ended_at"], c["units"], c["cost"], c["currency"],
+              json.dumps(c["details"], separators=(",", ":")), now) for c in writes.cdrs])
     if writes.events:
         yield executemany(
             "INSERT INTO outbox (event_id, account_id, type, payload, created_at) "
@@ -157,14 +165,14 @@ def balance_program(ops: list[Operation], now: int):
     return results
 
 
-_LOCK_ACCOUNTS = ("SELECT id, billing, credit_limit, status, low_balance_threshold FROM accounts "
-                  "WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+_LOCK_ACCOUNTS = ("SELECT id, billing, credit_limit, status, low_balance_threshold, currency "
+                  "FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE")
 
 
 def _account_state(r) -> AccountState:
     return AccountState(r["id"], Billing(r["billing"]), r["credit_limit"],
                         AccountStatus(r["status"]),
-                        low_balance_threshold=r["low_balance_threshold"])
+                        low_balance_threshold=r["low_balance_threshold"], currency=r["currency"])
 
 
 UPSERT_SESSION = (
