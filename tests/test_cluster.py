@@ -360,6 +360,8 @@ async def test_bad_events_are_refused(cluster):
         await cluster.events.consume("g", "w", block_ms=-1)
     with pytest.raises(ValueError, match="count"):
         await cluster.events.consume("g", "w", count=0)
+    with pytest.raises(ValueError, match="start"):
+        await cluster.events.ensure_group("g", start="yesterday")
     assert await cluster.events.length() == 0
 
 

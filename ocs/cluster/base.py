@@ -124,6 +124,15 @@ def check_block(block_ms: int) -> int:
     return block_ms
 
 
+_STREAM_ID = re.compile(r"^\d+(-\d+)?$")
+
+
+def check_start(start: str) -> str:
+    if start != "$" and not (isinstance(start, str) and _STREAM_ID.match(start)):
+        raise ValueError(f"start must be '0', '$' or a stream id, not {start!r}")
+    return start
+
+
 def invalid_event(reason: str, raw: Any) -> dict:
     """What a consumer receives for a stream entry that is not one of ours.
 
@@ -217,6 +226,17 @@ class EventStream(ABC):
     (owned by its consumer) until acked; entries a consumer left pending for
     `min_idle_ms` are handed to another by `reclaim`. Events are JSON objects.
     Ids are Redis stream ids (``"<ms>-<seq>"``), increasing.
+
+    A worker's loop: take over what a dead peer left, else read new events,
+    and ack each one only once it is handled::
+
+        await events.ensure_group("policy")
+        while running:
+            batch = (await events.reclaim("policy", me, min_idle_ms=60_000)
+                     or await events.consume("policy", me))
+            for entry_id, event in batch:
+                await handle(event)
+                await events.ack("policy", [entry_id])
     """
 
     @abstractmethod

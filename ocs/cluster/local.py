@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from ..config import RedisConfig
 from .base import (Cluster, ClusterUnavailable, DuplicateCache, EventStream, SessionDirectory,
-                   check_block, check_count, check_name, encode_json, ttl_ms)
+                   check_block, check_count, check_name, check_start, encode_json, ttl_ms)
 
 log = logging.getLogger("ocs.cluster")
 
@@ -267,13 +267,7 @@ class LocalEventStream(EventStream):
         check_name(group, "group")
         if group in self._groups:
             return
-        if start == "$":
-            last = self._last_id
-        else:
-            parsed = _parse_id(start)
-            if parsed is None:
-                raise ValueError(f"start must be '0', '$' or a stream id, not {start!r}")
-            last = parsed
+        last = self._last_id if check_start(start) == "$" else _parse_id(start)
         self._groups[group] = _Group(last=last, pel={})
 
     @staticmethod

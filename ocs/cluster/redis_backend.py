@@ -38,13 +38,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (ClusterDownError, ConnectionError as RedisConnectionError,
-                              NoScriptError, ReadOnlyError, RedisError, ResponseError,
+                              ReadOnlyError, RedisError, ResponseError,
                               TimeoutError as RedisTimeoutError, TryAgainError)
 
 from ..config import RedisConfig
 from .base import (MAX_BLOCK_MS, Cluster, ClusterError, ClusterUnavailable, DuplicateCache,
                    EventStream, Keys, SessionDirectory, check_block, check_count, check_name,
-                   encode_json, invalid_event, ttl_ms)
+                   check_start, encode_json, invalid_event, ttl_ms)
 
 log = logging.getLogger("ocs.cluster")
 
@@ -120,8 +120,6 @@ class _Link:
             raise ClusterUnavailable(f"redis cluster state is stopped ({what})")
         try:
             yield
-        except NoScriptError as exc:  # pragma: no cover - redis-py reloads scripts itself
-            raise ClusterError(f"redis {what}: {exc}") from exc
         except _UNAVAILABLE as exc:
             if self.healthy:
                 self.healthy = False
@@ -353,6 +351,7 @@ class RedisEventStream(EventStream):
 
     async def ensure_group(self, group, *, start="0"):
         check_name(group, "group")
+        check_start(start)
         with self._link.guard("event group create"):
             try:
                 await self._link.client.xgroup_create(self._key, group, id=start, mkstream=True)
