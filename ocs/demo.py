@@ -137,7 +137,8 @@ class DemoInfo:
             out.append("  (shown only now; it cannot be read back later)")
         else:
             out.append(f"API token {self.token_name} exists (its secret was shown when it was "
-                       "created); make another with: ocsctl token add NAME --direct")
+                       "created); make another with:\n"
+                       "  ocsctl token add NAME --role admin --direct --save")
         return "\n".join(out)
 
 
