@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -341,6 +342,13 @@ class HttpListeners:
         return app
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()  # release what was bound before the failure
+            raise
+
+    async def _start(self) -> None:
         cfg = self.ctx.config
         wanted = []
         if cfg.api.enabled:
@@ -348,9 +356,12 @@ class HttpListeners:
         if cfg.metrics.listen:
             wanted.append(("metrics", cfg.metrics.listen, False))
         for name, listen, with_api in wanted:
+            # aiohttp waits twice for a busy connection (graceful, then after
+            # cancelling the request), each time up to its shutdown_timeout; half
+            # of ours each keeps the whole wait within api.shutdown_timeout.
             runner = web.AppRunner(self._app(with_api=with_api), access_log=None,
                                    handle_signals=False,
-                                   shutdown_timeout=cfg.api.shutdown_timeout)
+                                   shutdown_timeout=cfg.api.shutdown_timeout / 2)
             await runner.setup()
             self._runners.append((name, runner))
             host, port = split_listen(listen)
@@ -358,8 +369,8 @@ class HttpListeners:
             try:
                 await site.start()
             except OSError as exc:
-                raise OSError(exc.errno, f"cannot listen on {listen} ({name}): "
-                                         f"{exc.strerror}") from exc
+                why = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise OSError(exc.errno, f"cannot listen on {listen} ({name}): {why}") from exc
             self.addresses[name] = list(runner.addresses)
             log.info("%s listening on %s", name, listen)
 

@@ -304,6 +304,25 @@ def test_unreachable_store_at_start_exits_1_without_ready(daemons):
         m for _, m in d.notify.messages])
 
 
+def test_listen_address_in_use_exits_1(daemons):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        d = daemons()
+        port = busy.getsockname()[1]
+        d.config.write_text(d.config.read_text().replace(f"127.0.0.1:{d.port}",
+                                                         f"127.0.0.1:{port}"))
+        d.start(wait_ready=False)
+        assert d.wait() == 1
+        d.wait_log(rf"cannot start: cannot listen on 127.0.0.1:{port} \(api\): "
+                   r"Address already in use")
+        assert "Traceback" not in d.log()
+        assert all("READY" not in m for _, m in d.notify.messages)
+    finally:
+        busy.close()
+
+
 # ---------------------------------------------------------------------- stop
 def test_sigterm_drains_the_store_and_exits_0(daemons, tmp_path):
     url = f"sqlite:{tmp_path}/ocs.db"
@@ -345,6 +364,64 @@ def test_sigterm_drains_the_store_and_exits_0(daemons, tmp_path):
         return len(reservations)
     remaining = in_store(url, check)
     assert 0 <= remaining <= 300
+
+
+async def test_stopping_http_lets_in_flight_requests_finish(tmp_path, monkeypatch):
+    """Listeners close at once; a request in progress gets api.shutdown_timeout to finish.
+
+    The API routes belong to ocs.api; a slow route stands in for a long API
+    call here, served by the daemon's real listener component.
+    """
+    import aiohttp
+    from aiohttp import web
+
+    import ocs.api
+    from ocs.components import Context, HttpListeners, StoreComponent
+    from ocs.config import from_dict
+    from ocs.metrics import Metrics
+
+    entered = asyncio.Event()
+    inside: list[str] = []
+
+    async def slow(request):
+        inside.append(request.query["s"])
+        if len(inside) == 2:
+            entered.set()
+        await asyncio.sleep(float(request.query["s"]))
+        return web.Response(text="done")
+    monkeypatch.setattr(ocs.api, "setup_api",
+                        lambda app, **kw: app.router.add_get("/v1/slow", slow))
+    port = free_port()
+    config = from_dict({"store": {"url": f"sqlite:{tmp_path}/ocs.db"},
+                        "api": {"listen": f"127.0.0.1:{port}", "shutdown_timeout": 1.0}})
+    ctx = Context(config=config, config_path="test", metrics=Metrics())
+    store, listeners = StoreComponent(ctx), HttpListeners(ctx)
+    await store.start()
+    await listeners.start()
+    try:
+        async with aiohttp.ClientSession() as client:
+            async def get(seconds):
+                try:
+                    async with client.get(f"http://127.0.0.1:{port}/v1/slow?s={seconds}") as r:
+                        return r.status, await r.text()
+                except aiohttp.ClientError as exc:
+                    return None, type(exc).__name__
+            short = asyncio.create_task(get(0.8))
+            long = asyncio.create_task(get(30))
+            await entered.wait()
+            began = time.monotonic()
+            stopping = asyncio.create_task(listeners.stop())
+            await asyncio.sleep(0.1)
+            with pytest.raises(ConnectionRefusedError):  # no longer accepting
+                await asyncio.open_connection("127.0.0.1", port)
+            assert await short == (200, "done")
+            await stopping
+            took = time.monotonic() - began
+            assert 0.9 <= took < 1.8, took  # bounded by api.shutdown_timeout
+            status, _ = await long
+            assert status is None  # cut off, never answered as if it had completed
+    finally:
+        await store.stop()
 
 
 def test_sigint_stops_like_sigterm(daemons):
