@@ -129,6 +129,7 @@ class RedisConfig(Section):
     dedup_ttl: float = Field(30.0, gt=0)
     event_stream: str = "events"
     stream_maxlen: int = Field(1_000_000, ge=1000)
+    timeout: float = Field(3.0, gt=0, le=60)
 
     @field_validator("url")
     @classmethod
@@ -142,6 +143,25 @@ class AuthConfig(Section):
     password_scheme: Literal["ssha256", "pbkdf2-sha256"] = "ssha256"
     store_cleartext: bool = True
     store_nt_hash: bool = True
+
+
+class Quota(Section):
+    octets: int = Field(10 * 2**20, ge=1)
+    seconds: int = Field(600, ge=1)
+    events: int = Field(1, ge=1)
+
+    def of(self, kind: str) -> int:
+        return getattr(self, kind)
+
+
+class ChargingConfig(Section):
+    default_quota: Quota = Quota()
+    max_quota: Quota = Quota(octets=2**30, seconds=3600, events=100)
+    validity_time: int = Field(3600, ge=10, le=86_400 * 7)
+    reservation_grace: int = Field(60, ge=0, le=86_400)
+    quota_threshold_percent: int = Field(20, ge=0, le=100)
+    idle_timeout: int = Field(7200, ge=60)
+    fair_usage_period: Literal["day", "week", "month"] = "month"
 
 
 class ApiConfig(Section):
@@ -166,6 +186,7 @@ class Config(BaseModel):
     store: StoreConfig = StoreConfig()
     redis: RedisConfig = RedisConfig()
     auth: AuthConfig = AuthConfig()
+    charging: ChargingConfig = ChargingConfig()
     api: ApiConfig = ApiConfig()
     metrics: MetricsConfig = MetricsConfig()
     source: str | None = Field(None, exclude=True)

@@ -91,12 +91,12 @@ class ThrowawayPostgres:
 
 
 class ThrowawayRedis:
-    def __init__(self):
+    def __init__(self, port: int | None = None):
         binary = shutil.which("redis-server")
         if not binary:
             raise ServiceUnavailable(REDIS_HINT)
         self.dir = tempfile.mkdtemp(prefix="ocs-redis-")
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self.dir],

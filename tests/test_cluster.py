@@ -450,9 +450,8 @@ def throwaway_redis():
     servers = []
 
     def start(port=None, monkeypatch=None):
-        if port is not None:  # a new server on the port the client already knows
-            monkeypatch.setattr(services, "free_port", lambda: port)
-        servers.append(services.ThrowawayRedis())
+        # With a port: a new server on the port the client already knows.
+        servers.append(services.ThrowawayRedis(port))
         return servers[-1]
 
     yield start
