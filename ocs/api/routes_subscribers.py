@@ -133,7 +133,8 @@ async def import_subscribers(call: Call):
         first = "; ".join(f"line {d['line']}"
                           + (f" column {d['column']}" if d["column"] else "")
                           + f": {d['message']}" for d in details[:3])
-        more = f" (and {len(details) - 3} more)" if len(details) > 3 else ""
+        total = getattr(exc, "total", len(details))
+        more = f" (and {total - 3} more)" if total > 3 else ""
         raise ApiError(422, f"import rejected, nothing imported: {first}{more}",
                        code="import_rejected", details=details) from None
     return v.ImportResult(imported=result.imported, accounts_created=result.accounts_created)

@@ -43,10 +43,14 @@ Priority = int_in(0, 1_000_000)
 Usage = int_in(1, MAX_USAGE)
 Kbps = int_in(1, 100_000_000)
 Username = line(1, 253)
-Msisdn = Annotated[str, StringConstraints(pattern=r"^\+?[0-9]{3,15}$", max_length=16)]
-Imsi = Annotated[str, StringConstraints(pattern=r"^[0-9]{5,15}$", max_length=15)]
-SipUser = line(1, 128)
-Password = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_TEXT)]
+# The same rules as CSV provisioning (ocs.provisioning): E.164 without '+', IMSI of
+# 14-15 digits, SIP users without spaces, passwords of at most 128 octets' worth of
+# characters (RFC 2865 §5.2) or a stored hash.
+Msisdn = Annotated[str, StringConstraints(pattern=r"^[0-9]{6,15}$", max_length=15)]
+Imsi = Annotated[str, StringConstraints(pattern=r"^[0-9]{14,15}$", max_length=15)]
+SipUser = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x20\x7f]+$", min_length=1,
+                                           max_length=128)]
+Password = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_LINE)]
 Ref = line(1, 200)
 Kind = Literal["money", "octets", "seconds", "events"]
 
@@ -207,7 +211,7 @@ class SubscriberCreate(Body):
     sip_user: SipUser | None = None
     password: Password | None = None
     framed_ip: IpAddress | None = None
-    max_sessions: int_in(0, 10_000) = 1
+    max_sessions: int_in(1, 10_000) = 1
 
 
 class SubscriberUpdate(Body):
@@ -221,7 +225,7 @@ class SubscriberUpdate(Body):
     sip_user: SipUser | None = None
     password: Password | None = None
     framed_ip: IpAddress | None = None
-    max_sessions: int_in(0, 10_000) = NOT_NULL
+    max_sessions: int_in(1, 10_000) = NOT_NULL
 
 
 # ---------------------------------------------------------------------------- plans
