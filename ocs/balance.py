@@ -278,6 +278,7 @@ class Result:
         d["outcome"] = Outcome(d["outcome"])
         d["draws"] = tuple(tuple(x) for x in d["draws"])
         d["parts"] = tuple(cls._from_plain(p, replayed) for p in d.get("parts", ()))
+        d["events"] = tuple(d.get("events", ()))
         return cls(**d, replayed=replayed)
 
 

@@ -546,6 +546,12 @@ class Store:
                                f"LIMIT ${len(args) - 1} OFFSET ${len(args)}", *args)
         return [Session.from_row(r) for r in rows]
 
+    async def stale_sessions(self, before: int, *, limit: int = 500) -> list[Session]:
+        """Active sessions with no request since `before` (supervision)."""
+        rows = await self._all("SELECT * FROM sessions WHERE status = 'active' AND "
+                               "updated_at < $1 ORDER BY updated_at LIMIT $2", before, limit)
+        return [Session.from_row(r) for r in rows]
+
     async def count_sessions(self, *, status: str = "active") -> dict[str, int]:
         rows = await self._all("SELECT proto, count(*) AS n FROM sessions WHERE status = $1 "
                                "GROUP BY proto", status)

@@ -1,0 +1,11 @@
+"""The protocol-neutral charging core that RADIUS and Diameter plug into."""
+
+from .core import ChargingCore, PriceResolver, RatingFailed, fair_usage_period
+from .prices import FlatPrices
+from .relay import EventRelay
+from .types import (ChargeDecision, ChargeRequest, Identity, RequestKind, ResultCode,
+                    ServiceGrant, ServiceUsage)
+
+__all__ = ["ChargingCore", "PriceResolver", "RatingFailed", "FlatPrices", "EventRelay",
+           "ChargeDecision", "ChargeRequest", "Identity", "RequestKind", "ResultCode",
+           "ServiceGrant", "ServiceUsage", "fair_usage_period"]

@@ -1,0 +1,251 @@
+"""The charging core: one protocol-neutral path from a request to a durable decision.
+
+For each `ChargeRequest` the core finds the subscriber, prices each service
+(`PriceResolver`), sizes the grants, and submits ONE composite balance
+operation keyed by (session, sequence): the usage of every service is
+committed, the next grants reserved, the session record written, events put in
+the outbox and, at the end of a session, the rated CDRs written, all in one
+group-committed transaction. The decision is built from what that transaction
+did, so a repeated request (same session and sequence) gets the first
+decision back and charges nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any, Callable, Protocol
+
+from ..balance import Adjust, Commit, Composite, Credit, Outcome, Release, Reserve, Result
+from ..config import ChargingConfig
+from ..errors import NotFound, OcsError
+from ..model import Account, Kind, Plan, Session, Subscriber, now_us
+from ..pricing import Price
+from .types import (ChargeDecision, ChargeRequest, Identity, RequestKind, ResultCode,
+                    ServiceGrant, ServiceUsage)
+
+log = logging.getLogger("ocs.charging")
+
+
+class RatingFailed(OcsError):
+    """The tariff cannot price this service (e.g. no rate for the destination)."""
+
+
+class PriceResolver(Protocol):
+    def price(self, *, plan: Plan | None, account: Account, usage: ServiceUsage,
+              at: int) -> Price | None:
+        """The price of `usage` for this account at instant `at`.
+
+        None means the plan has no out-of-bundle price for it: only buckets
+        can pay. Raises RatingFailed when the tariff cannot rate it at all.
+        """
+
+
+_OUTCOME = {
+    Outcome.OK: ResultCode.SUCCESS,
+    Outcome.INSUFFICIENT: ResultCode.CREDIT_LIMIT_REACHED,
+    Outcome.ACCOUNT_SUSPENDED: ResultCode.SERVICE_DENIED,
+    Outcome.ACCOUNT_CLOSED: ResultCode.SERVICE_DENIED,
+    Outcome.UNKNOWN_ACCOUNT: ResultCode.UNKNOWN_SUBSCRIBER,
+    Outcome.REJECTED: ResultCode.RATING_FAILED,
+}
+
+
+def fair_usage_period(at_us: int, period: str) -> str:
+    t = time.gmtime(at_us // 1_000_000)
+    if period == "day":
+        return time.strftime("%Y-%m-%d", t)
+    if period == "week":
+        return time.strftime("%G-W%V", t)
+    return time.strftime("%Y-%m", t)
+
+
+class ChargingCore:
+    def __init__(self, store, prices: PriceResolver, config: ChargingConfig, *,
+                 on_events: Callable[[], Any] | None = None):
+        self.store = store
+        self.prices = prices
+        self.config = config
+        self._on_events = on_events
+        self._plans: dict[int, Plan] = {}
+
+    # ------------------------------------------------------------------ lookups
+    async def reload(self) -> None:
+        """Drop cached plans (SIGHUP, plan changed through the API)."""
+        self._plans = {p.id: p for p in await self.store.list_plans()}
+
+    async def plan(self, plan_id: int | None) -> Plan | None:
+        if plan_id is None:
+            return None
+        plan = self._plans.get(plan_id)
+        if plan is None:
+            plan = self._plans[plan_id] = await self.store.get_plan(plan_id)
+        return plan
+
+    async def subscriber(self, identity: Identity) -> Subscriber | None:
+        for key, value in identity.lookups():
+            try:
+                return await self.store.find_subscriber(**{key: value})
+            except NotFound:
+                continue
+        return None
+
+    # ------------------------------------------------------------------ charging
+    async def charge(self, req: ChargeRequest) -> ChargeDecision:
+        sub = await self.subscriber(req.identity)
+        if sub is None:
+            log.info("unknown subscriber %s", req.identity, extra={"session": req.session_id})
+            return ChargeDecision(ResultCode.UNKNOWN_SUBSCRIBER,
+                                  message=f"no subscriber {req.identity}")
+        account = await self.store.get_account(sub.account_id)
+        plan = await self.plan(sub.plan_id)
+
+        existing: Session | None = None
+        if req.kind in (RequestKind.UPDATE, RequestKind.TERMINATE):
+            try:
+                existing = await self.store.get_session(req.session_id)
+            except NotFound:
+                if req.require_session:
+                    return ChargeDecision(ResultCode.UNKNOWN_SESSION, account_id=account.id,
+                                          subscriber_id=sub.id,
+                                          message=f"unknown session {req.session_id}")
+
+        parts, failed = self._parts(req, account, plan, sub)
+        closing = req.kind in (RequestKind.TERMINATE,)
+        if closing:
+            parts.append(Release(account.id, req.session_id))
+        record = self._record(req, sub, existing, closing)
+        result = await self.store.apply(Composite(account.id, req.session_id, req.seq,
+                                                  tuple(parts), record=record, close=closing))
+        decision = self._decide(req, account, plan, sub, parts, result, failed)
+        if result.events and self._on_events is not None:
+            self._on_events()
+        return decision
+
+    def _parts(self, req: ChargeRequest, account: Account, plan: Plan | None,
+               sub: Subscriber) -> tuple[list, dict[str, ResultCode]]:
+        cfg = self.config
+        ttl = cfg.validity_time + cfg.reservation_grace
+        parts: list = []
+        failed: dict[str, ResultCode] = {}
+        for usage in req.services:
+            try:
+                price = self.prices.price(plan=plan, account=account, usage=usage,
+                                          at=req.timestamp)
+            except RatingFailed as exc:
+                log.warning("rating failed for %s: %s", usage.service, exc,
+                            extra={"session": req.session_id, "account": account.id})
+                failed[usage.service] = ResultCode.RATING_FAILED
+                continue
+            kind = usage.kind
+            want = usage.requested if usage.requested is not None else cfg.default_quota.of(
+                kind.value)
+            want = min(want, cfg.max_quota.of(kind.value))
+            counter = threshold = None
+            if kind is Kind.OCTETS and plan is not None and plan.fair_usage is not None:
+                counter = f"fup:{sub.id}:{fair_usage_period(req.timestamp, cfg.fair_usage_period)}"
+                threshold = plan.fair_usage.threshold_octets
+            common = dict(kind=kind, service=usage.service, seq=req.seq, price=price)
+            if req.kind is RequestKind.INITIAL and usage.used == 0:
+                parts.append(Reserve(account.id, req.session_id, want, ttl=ttl, **common))
+            elif req.kind in (RequestKind.INITIAL, RequestKind.UPDATE):
+                parts.append(Commit(account.id, req.session_id, usage.used, reserve=want,
+                                    ttl=ttl, cumulative=req.cumulative, counter=counter,
+                                    counter_threshold=threshold, **common))
+            elif req.kind is RequestKind.TERMINATE:
+                parts.append(Commit(account.id, req.session_id, usage.used, final=True,
+                                    cumulative=req.cumulative, counter=counter,
+                                    counter_threshold=threshold, **common))
+            elif req.kind is RequestKind.EVENT:
+                units = usage.used or (usage.requested or 1)
+                parts.append(Commit(account.id, req.session_id, units, final=True,
+                                    strict=True, **common))
+            else:  # REFUND: give back what the units cost
+                units = usage.used or (usage.requested or 0)
+                amount = price.cost(units) if price is not None else 0
+                if amount > 0:
+                    parts.append(Credit(account.id, amount, reason=f"refund {usage.service}",
+                                        ref=f"refund|{req.session_id}|{usage.service}|{req.seq}"))
+                else:
+                    failed[usage.service] = ResultCode.RATING_FAILED
+        return parts, failed
+
+    def _record(self, req: ChargeRequest, sub: Subscriber, existing: Session | None,
+                closing: bool) -> Session:
+        now = now_us()
+        attrs = {**(existing.attrs if existing else {}), **req.attrs}
+        return Session(
+            id=req.session_id, account_id=sub.account_id, subscriber_id=sub.id,
+            proto=req.proto, nas=req.nas, nas_session_id=req.nas_session_id,
+            framed_ip=req.framed_ip or (existing.framed_ip if existing else None),
+            status="closed" if closing or req.kind in (RequestKind.EVENT, RequestKind.REFUND)
+            else "active",
+            last_seq=max(req.seq, existing.last_seq if existing else 0),
+            started_at=existing.started_at if existing else req.timestamp,
+            updated_at=now, ended_at=now if closing else None, attrs=attrs)
+
+    def _decide(self, req, account, plan, sub, parts, result: Result,
+                failed: dict[str, ResultCode]) -> ChargeDecision:
+        if result.outcome is Outcome.UNKNOWN_ACCOUNT:
+            return ChargeDecision(ResultCode.UNKNOWN_SUBSCRIBER, message=result.message)
+        cfg = self.config
+        final_unit = plan.final_unit if plan is not None else None
+        grants: list[ServiceGrant] = []
+        by_part = dict(zip((id(p) for p in parts), result.parts))
+        for usage in req.services:
+            if usage.service in failed:
+                grants.append(ServiceGrant(usage.service, usage.kind, failed[usage.service]))
+                continue
+            part = next(p for p in parts if getattr(p, "service", None) == usage.service
+                        or isinstance(p, Credit) and p.ref and usage.service in p.ref)
+            r = by_part[id(part)]
+            code = _OUTCOME[r.outcome]
+            wanted = getattr(part, "reserve", None) or getattr(part, "units", 0)
+            if isinstance(part, Commit) and part.final:
+                wanted = 0
+            last = code is ResultCode.CREDIT_LIMIT_REACHED or (
+                code is ResultCode.SUCCESS and 0 < r.granted < wanted)
+            grants.append(ServiceGrant(
+                service=usage.service, kind=usage.kind, result=code, granted=r.granted,
+                validity_time=cfg.validity_time if r.granted else 0,
+                threshold=(r.granted * cfg.quota_threshold_percent // 100
+                           if r.granted and cfg.quota_threshold_percent else None),
+                final_unit=final_unit if last and final_unit is not None else None,
+                charged=r.charged, cost=r.cost, session_units=r.session_units,
+                session_cost=r.session_cost))
+        codes = {g.result for g in grants}
+        if not grants or ResultCode.SUCCESS in codes:
+            overall = ResultCode.SUCCESS
+        elif len(codes) == 1:
+            overall = codes.pop()
+        else:  # a mix of failures: the most telling one
+            overall = next(c for c in (ResultCode.SERVICE_DENIED,
+                                       ResultCode.CREDIT_LIMIT_REACHED,
+                                       ResultCode.RATING_FAILED) if c in codes)
+        events = result.events
+        return ChargeDecision(
+            overall, tuple(grants), cost=sum(g.cost for g in grants),
+            currency=account.currency, balance=result.balance, available=result.available,
+            account_id=account.id, subscriber_id=sub.id, events=events,
+            replayed=result.replayed)
+
+    # ------------------------------------------------------------------ supervision
+    async def supervise(self) -> dict[str, int]:
+        """Release expired reservations and close sessions silent past idle_timeout."""
+        released = await self.store.release_expired()
+        cutoff = now_us() - self.config.idle_timeout * 1_000_000
+        closed = 0
+        for session in await self.store.stale_sessions(cutoff):
+            record = replace(session, status="closed", updated_at=now_us(), ended_at=now_us(),
+                             attrs={**session.attrs, "closed_by": "supervision"})
+            await self.store.apply(Composite(
+                session.account_id, session.id, session.last_seq + 1,
+                (Release(session.account_id, session.id),), record=record, close=True))
+            log.info("closed idle session", extra={"session": session.id,
+                                                   "account": session.account_id})
+            closed += 1
+        return {"released_units": released, "closed_sessions": closed}
+
+
+__all__ = ["ChargingCore", "PriceResolver", "RatingFailed", "fair_usage_period", "Adjust"]

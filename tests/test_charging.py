@@ -1,0 +1,257 @@
+"""Charging scenarios without any protocol, on both backends.
+
+Each test drives the core with protocol-neutral requests the way a PGW or a
+NAS would, and checks what the subscriber and the operator would see:
+grants, final-unit actions, balances, CDRs and events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ocs.charging import (ChargeRequest, ChargingCore, EventRelay, FlatPrices, Identity,
+                          RequestKind, ResultCode, ServiceUsage)
+from ocs.config import ChargingConfig
+from ocs.model import Kind, now_us
+from ocs.pricing import LinearPrice
+from tests.test_balance import assert_ledger_matches
+
+EUR = 1_000_000
+MB = 1_000_000
+PRICES = FlatPrices(
+    by_kind={Kind.OCTETS: LinearPrice(price=10_000, per=MB),          # 0.01 EUR per MB
+             Kind.SECONDS: LinearPrice(price=EUR, per=60, first=60, next=60)},  # 1 EUR/min
+    by_service={"event:sms": LinearPrice(price=EUR // 10)},          # 0.10 per SMS
+    unrateable=frozenset({"voice:999"}))
+CONFIG = ChargingConfig(default_quota={"octets": 100 * MB, "seconds": 120, "events": 1})
+
+
+@pytest.fixture
+async def core(store):
+    c = ChargingCore(store, PRICES, CONFIG)
+    await c.reload()
+    return c
+
+
+async def subscriber(store, *, balance=10 * EUR, billing="prepaid", credit_limit=0,
+                     username="alice", plan=None, **account):
+    a = await store.create_account(name=f"acct-{username}", currency="EUR", billing=billing,
+                                   credit_limit=credit_limit, opening_balance=balance, **account)
+    s = await store.create_subscriber(account_id=a.id, username=username,
+                                      plan_id=plan.id if plan else None)
+    return a, s
+
+
+def req(kind, seq, *services, session="sess-1", user="alice", **kw):
+    return ChargeRequest(identity=Identity(username=user), session_id=session, kind=kind,
+                         seq=seq, services=tuple(services), timestamp=now_us(), **kw)
+
+
+def data(used=0, requested=None, service="rg:10"):
+    return ServiceUsage(service, Kind.OCTETS, used=used, requested=requested, rating_group=10)
+
+
+def voice(used=0, requested=None, destination="41791234567"):
+    return ServiceUsage("voice", Kind.SECONDS, used=used, requested=requested,
+                        destination=destination)
+
+
+async def test_prepaid_data_session_to_exhaustion(core, store):
+    plan = await store.create_plan(name="prepaid-data", currency="EUR",
+                                   final_unit={"action": "redirect",
+                                               "redirect_url": "http://topup.example/"})
+    await core.reload()
+    a, s = await subscriber(store, balance=3 * EUR, plan=plan)  # buys 300 MB
+    d = await core.charge(req(RequestKind.INITIAL, 0, data()))
+    g = d.grant("rg:10")
+    assert d.result is ResultCode.SUCCESS and g.granted == 100 * MB and g.final_unit is None
+    assert g.validity_time == 3600 and g.threshold == 20 * MB
+    d = await core.charge(req(RequestKind.UPDATE, 1, data(used=100 * MB)))
+    assert d.grant("rg:10").granted == 100 * MB and d.cost == EUR
+    d = await core.charge(req(RequestKind.UPDATE, 2, data(used=150 * MB)))
+    g = d.grant("rg:10")
+    # 2 EUR spent, 1 EUR left buys only 50 MB more: the last grant carries the action.
+    assert g.granted == 50 * MB and g.final_unit.action == "redirect"
+    assert g.final_unit.redirect_url == "http://topup.example/"
+    d = await core.charge(req(RequestKind.UPDATE, 3, data(used=50 * MB)))
+    g = d.grant("rg:10")
+    assert d.result is ResultCode.CREDIT_LIMIT_REACHED and g.granted == 0
+    assert g.final_unit.action == "redirect" and "exhausted" in d.events
+    assert d.balance == 0
+    d = await core.charge(req(RequestKind.TERMINATE, 4, data(used=0)))
+    assert d.result is ResultCode.SUCCESS
+    (cdr,) = await store.list_cdrs(session="sess-1")
+    assert (cdr.units, cdr.cost, cdr.service) == (300 * MB, 3 * EUR, "rg:10")
+    assert (await store.get_session("sess-1")).status == "closed"
+    await assert_ledger_matches(store, a.id)
+
+
+async def test_two_concurrent_voice_calls_never_overdraw(core, store):
+    a, s = await subscriber(store, balance=5 * EUR)  # five minutes in all
+    results = await asyncio.gather(
+        core.charge(req(RequestKind.INITIAL, 0, voice(requested=240), session="call-a")),
+        core.charge(req(RequestKind.INITIAL, 0, voice(requested=240), session="call-b")))
+    granted = sorted(d.grant("voice").granted for d in results)
+    assert sum(granted) == 300 and granted == [60, 240]
+    # Both calls talk through their grants and ask for more: nothing is left.
+    more = await asyncio.gather(*[
+        core.charge(req(RequestKind.UPDATE, 1, voice(used=g, requested=60),
+                        session=d_session))
+        for g, d_session in zip([d.grant("voice").granted for d in results],
+                                ["call-a", "call-b"])])
+    assert all(d.grant("voice").granted == 0 for d in more)
+    assert (await store.balance(a.id))["balance"] == 0
+    await assert_ledger_matches(store, a.id)
+
+
+async def test_postpaid_up_to_the_credit_limit(core, store):
+    a, s = await subscriber(store, balance=0, billing="postpaid", credit_limit=2 * EUR)
+    d = await core.charge(req(RequestKind.INITIAL, 0, data(requested=500 * MB)))
+    assert d.grant("rg:10").granted == 200 * MB and d.grant("rg:10").final_unit is None
+    d = await core.charge(req(RequestKind.UPDATE, 1, data(used=200 * MB, requested=10 * MB)))
+    assert d.result is ResultCode.CREDIT_LIMIT_REACHED
+    assert (await store.balance(a.id))["balance"] == -2 * EUR
+
+
+async def test_bundle_is_drained_before_money(core, store):
+    plan = await store.create_plan(name="bundle", currency="EUR", allowances=[
+        {"kind": "octets", "units": 150 * MB, "validity_days": 30}])
+    await core.reload()
+    a, s = await subscriber(store, balance=10 * EUR, plan=plan)
+    await core.charge(req(RequestKind.INITIAL, 0, data(requested=100 * MB)))
+    d = await core.charge(req(RequestKind.UPDATE, 1, data(used=100 * MB, requested=100 * MB)))
+    assert d.cost == 0  # the allowance paid
+    d = await core.charge(req(RequestKind.TERMINATE, 2, data(used=100 * MB)))
+    assert d.cost == 50 * 10_000  # 50 MB beyond the 150 MB bundle at 0.01/MB
+    bal = await store.balance(a.id)
+    assert bal["balance"] == 10 * EUR - EUR // 2
+    assert [b.balance for b in bal["buckets"] if b.kind is Kind.OCTETS] == []
+
+
+async def test_repeated_update_returns_the_first_decision_and_charges_once(core, store):
+    a, s = await subscriber(store)
+    await core.charge(req(RequestKind.INITIAL, 0, data()))
+    first = await core.charge(req(RequestKind.UPDATE, 1, data(used=80 * MB)))
+    again = await core.charge(req(RequestKind.UPDATE, 1, data(used=80 * MB)))
+    assert again.replayed and not first.replayed
+    assert again.grant("rg:10") == first.grant("rg:10") and again.cost == first.cost
+    assert (await store.balance(a.id))["balance"] == 10 * EUR - 80 * 10_000
+
+
+async def test_silent_session_is_released_and_closed_by_supervision(store):
+    quick = ChargingCore(store, PRICES, CONFIG.model_copy(update={
+        "validity_time": 10, "reservation_grace": 0, "idle_timeout": 60}))
+    a, s = await subscriber(store)
+    await quick.charge(req(RequestKind.INITIAL, 0, data(requested=100 * MB)))
+    await quick.charge(req(RequestKind.UPDATE, 1, data(used=10 * MB, requested=100 * MB)))
+    assert (await store.balance(a.id))["reserved"] == EUR
+    # The session goes silent: make its last request and reservation look old.
+    old = now_us() - 3600 * 1_000_000
+
+    def age(table, column):
+        from ocs.store.sql import execute
+
+        def program():
+            return (yield execute(f"UPDATE {table} SET {column} = $1", old))
+        return store.driver.run(program)
+    await age("reservations", "expires_at")
+    await age("sessions", "updated_at")
+    report = await quick.supervise()
+    assert report == {"released_units": 100 * MB, "closed_sessions": 1}
+    assert (await store.balance(a.id))["reserved"] == 0
+    (cdr,) = await store.list_cdrs(session="sess-1")
+    assert cdr.units == 10 * MB and cdr.details["closed_by"] == "supervision"
+    assert await quick.supervise() == {"released_units": 0, "closed_sessions": 0}
+
+
+async def test_unknown_subscriber_suspended_account_and_rating_failure(core, store):
+    d = await core.charge(req(RequestKind.INITIAL, 0, data(), user="nobody"))
+    assert d.result is ResultCode.UNKNOWN_SUBSCRIBER and d.services == ()
+    a, s = await subscriber(store)
+    d = await core.charge(req(RequestKind.INITIAL, 0, voice(destination="999"),
+                              ServiceUsage("voice:999", Kind.SECONDS, destination="999")))
+    assert d.grant("voice").result is ResultCode.SUCCESS
+    assert d.grant("voice:999").result is ResultCode.RATING_FAILED
+    assert d.result is ResultCode.SUCCESS
+    await store.set_account_status(a.id, "suspended")
+    d = await core.charge(req(RequestKind.INITIAL, 0, data(), session="sess-2"))
+    assert d.result is ResultCode.SERVICE_DENIED and "suspended_seen" in d.events
+
+
+async def test_update_for_an_unknown_session(core, store):
+    await subscriber(store)
+    d = await core.charge(req(RequestKind.UPDATE, 3, data(used=MB), session="ghost",
+                              require_session=True))
+    assert d.result is ResultCode.UNKNOWN_SESSION
+    # Without the requirement (a RADIUS interim whose Start was lost) it is charged.
+    d = await core.charge(req(RequestKind.UPDATE, 3, data(used=MB), session="ghost"))
+    assert d.result is ResultCode.SUCCESS and d.cost == 10_000
+
+
+async def test_event_direct_debit_and_refund(core, store):
+    a, s = await subscriber(store, balance=EUR // 4)
+    sms = ServiceUsage("event:sms", Kind.EVENTS, used=2)
+    d = await core.charge(req(RequestKind.EVENT, 0, sms, session="sms-1"))
+    assert d.result is ResultCode.SUCCESS and d.cost == EUR // 5
+    d = await core.charge(req(RequestKind.EVENT, 0, sms, session="sms-2"))
+    assert d.result is ResultCode.CREDIT_LIMIT_REACHED and d.cost == 0
+    d = await core.charge(req(RequestKind.REFUND, 0, ServiceUsage("event:sms", Kind.EVENTS,
+                                                                   used=1), session="sms-1r"))
+    assert d.result is ResultCode.SUCCESS
+    assert (await store.balance(a.id))["balance"] == EUR // 4 - EUR // 5 + EUR // 10
+
+
+async def test_fair_usage_threshold_event_once_per_period(core, store):
+    plan = await store.create_plan(name="fup", currency="EUR", fair_usage={
+        "threshold_octets": 150 * MB, "throttle_profile": {"down_kbps": 1000, "up_kbps": 256}})
+    await core.reload()
+    await subscriber(store, plan=plan)
+    await core.charge(req(RequestKind.INITIAL, 0, data()))
+    d1 = await core.charge(req(RequestKind.UPDATE, 1, data(used=100 * MB)))
+    d2 = await core.charge(req(RequestKind.UPDATE, 2, data(used=100 * MB)))
+    d3 = await core.charge(req(RequestKind.UPDATE, 3, data(used=100 * MB)))
+    assert ("fair_usage" in d1.events, "fair_usage" in d2.events,
+            "fair_usage" in d3.events) == (False, True, False)
+
+
+async def test_cumulative_counters_from_interims(core, store):
+    a, s = await subscriber(store)
+    await core.charge(req(RequestKind.INITIAL, 0, data(), cumulative=True))
+    await core.charge(req(RequestKind.UPDATE, 1, data(used=30 * MB), cumulative=True))
+    late = await core.charge(req(RequestKind.UPDATE, 2, data(used=20 * MB), cumulative=True))
+    assert late.cost == 0  # an interim older than the one already charged
+    await core.charge(req(RequestKind.TERMINATE, 3, data(used=50 * MB), cumulative=True))
+    (cdr,) = await store.list_cdrs(session="sess-1")
+    assert cdr.units == 50 * MB and cdr.cost == 50 * 10_000
+
+
+async def test_events_reach_the_stream_through_the_outbox(core, store):
+    from ocs.cluster import build
+    from ocs.config import RedisConfig
+    cluster = build(RedisConfig(), node="n1")
+    await cluster.start()
+    relay = EventRelay(store, cluster.events.publish_many, interval=0.05)
+    core_with_relay = ChargingCore(store, PRICES, CONFIG, on_events=relay.notify)
+    await relay.start()
+    try:
+        await cluster.events.ensure_group("policy")
+        await subscriber(store, balance=0)
+        d = await core_with_relay.charge(req(RequestKind.INITIAL, 0, data()))
+        assert d.result is ResultCode.CREDIT_LIMIT_REACHED
+        got = []
+        for _ in range(50):
+            got += await cluster.events.consume("policy", "w1", block_ms=100)
+            if got:
+                break
+        assert [e["type"] for _, e in got] == ["exhausted"]
+        assert got[0][1]["session"] == "sess-1"
+        for _ in range(50):  # marked published right after the stream took it
+            if not await store.unpublished_events():
+                break
+            await asyncio.sleep(0.02)
+        assert await store.unpublished_events() == []
+    finally:
+        await relay.stop()
+        await cluster.stop()
