@@ -131,6 +131,7 @@ class Context:
     registry: Registry = field(default_factory=Registry)
     generation: int = 1
     stopping: bool = False
+    last_health_problem: str | None = None
     _session_protos: set[str] = field(default_factory=lambda: set(SESSION_PROTOS))
 
     async def load_registry(self) -> Registry:
@@ -296,8 +297,14 @@ async def healthz(request: web.Request) -> web.Response:
         "plans_loaded": len(ctx.registry.plans),
         "uptime_s": round(time.monotonic() - ctx.started_at, 3),
     }
-    if reason is not None and not ctx.stopping:
-        log.warning("health check degraded: %s", reason)
+    if not ctx.stopping and reason != ctx.last_health_problem:
+        # Logged on change only: a load balancer probing every second must not
+        # flood the log during an outage.
+        if reason is None:
+            log.info("health check ok again")
+        else:
+            log.warning("health check degraded: %s", reason)
+        ctx.last_health_problem = reason
     return web.json_response(body, status=200 if reason is None else 503)
 
 
