@@ -24,7 +24,7 @@ Usage::
     ocsctl account suspend demo [--reason TEXT] | resume demo
     ocsctl plan list | add NAME --currency EUR --allowance octets:10GiB:30 ...
     ocsctl nas list | add NAME ADDRESS --secret S [--vendor mikrotik]
-    ocsctl session list [--status closed|all] [--account A] | show ID
+    ocsctl session list [--status closed] [--account A] | show ID
     ocsctl ledger [--account A] [--session S] [--limit N]
     ocsctl audit [--actor NAME] [--limit N]
     ocsctl token list | add NAME [--role operator] [--save] | delete NAME
@@ -52,6 +52,9 @@ TOKEN_HINT = ("hint: pass --token or set $OCS_TOKEN; 'ocsctl demo' saves a token
 
 def _report_api_failure(exc: ApiFailure) -> None:
     click.echo(f"error: {exc.message} (HTTP {exc.status})", err=True)
+    if exc.code == "import_rejected" and exc.details:
+        click.echo(f"{len(exc.details)} problem{'s' if len(exc.details) != 1 else ''} "
+                   "listed by the server (the header is line 1):", err=True)
     for d in exc.details:
         if not isinstance(d, dict):
             continue
@@ -59,8 +62,10 @@ def _report_api_failure(exc: ApiFailure) -> None:
             where = f"line {d['line']}" + (f", column {d['column']}" if d.get("column") else "")
         else:
             where = d.get("field") or ""
-        click.echo(f"  {where}: {d.get('message', '')}" if where
-                   else f"  {d.get('message', '')}", err=True)
+        text = f"{where}: {d.get('message', '')}" if where else str(d.get("message", ""))
+        # A validation summary often already says it; an import lists every line.
+        if exc.code == "import_rejected" or text not in exc.message:
+            click.echo("  " + text, err=True)
     if exc.status == 401:
         click.echo(TOKEN_HINT, err=True)
 

@@ -53,13 +53,17 @@ def resolve_account(client: Client, ref: str) -> int:
         offset += _PAGE
 
 
-def balance_lines(bal: dict[str, Any], indent: int = 2) -> str:
+def balance_pairs(bal: dict[str, Any]) -> list[tuple[str, Any]]:
     cur = bal["currency"]
     pairs = [("balance", f"{bal['balance']} {cur}"), ("reserved", bal["reserved"]),
              ("available", bal["available"])]
     if _nonzero(bal.get("floor")):
         pairs.append(("floor", bal["floor"]))
-    return fields(pairs, indent)
+    return pairs
+
+
+def balance_lines(bal: dict[str, Any], indent: int = 2) -> str:
+    return fields(balance_pairs(bal), indent)
 
 
 def _nonzero(money: str | None) -> bool:
@@ -80,9 +84,10 @@ def show_account(acct: dict[str, Any]) -> None:
              ("currency", acct["currency"])]
     if acct["billing"] == "postpaid":
         pairs.append(("credit limit", acct["credit_limit"]))
+    if "balance" in acct:
+        pairs += balance_pairs(acct["balance"])
     click.echo(fields(pairs))
     if "balance" in acct:
-        click.echo(balance_lines(acct["balance"]))
         if acct["balance"]["buckets"]:
             click.echo("Buckets")
             click.echo(buckets_table(acct["balance"]))

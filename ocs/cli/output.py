@@ -69,8 +69,9 @@ def size(octets: int) -> str:
 
 
 def duration(seconds: int) -> str:
-    if abs(seconds) >= 3600:
-        return f"{seconds / 3600:.2f}".rstrip("0").rstrip(".") + " h"
+    """Whole hours as hours, else minutes (voice allowances are sold in minutes)."""
+    if seconds and seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
     if abs(seconds) >= 60:
         return f"{seconds / 60:.2f}".rstrip("0").rstrip(".") + " min"
     return f"{seconds} s"

@@ -215,7 +215,7 @@ def session():
 
 
 @session.command("list")
-@click.option("--status", type=click.Choice(["active", "closed", "all"]), default="active",
+@click.option("--status", type=click.Choice(["active", "closed"]), default="active",
               show_default=True)
 @click.option("--account", "account_ref", metavar="ACCOUNT", help="Account id or name.")
 @click.option("--subscriber", "subscriber_id", type=int, metavar="ID")
@@ -226,7 +226,7 @@ def session():
 def session_list(ctx: Ctx, status, account_ref, subscriber_id, nas_name, limit):
     """List sessions, newest first."""
     account_id = resolve_account(ctx.client, account_ref) if account_ref else None
-    page = ctx.client.get("/v1/sessions", status=None if status == "all" else status,
+    page = ctx.client.get("/v1/sessions", status=status,
                           account_id=account_id, subscriber_id=subscriber_id, nas=nas_name,
                           limit=limit)
     if ctx.json:
