@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any, Iterable, Sequence
 
 import click
@@ -88,11 +87,3 @@ def amount(kind: str, value: Any, currency: str | None = None) -> str:
     if kind == "seconds":
         return duration(int(value))
     return f"{value} {kind}"
-
-
-def warn(message: str) -> None:
-    click.echo(message, err=True)
-
-
-def stdout_is_tty() -> bool:
-    return sys.stdout.isatty()
