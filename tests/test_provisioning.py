@@ -207,3 +207,13 @@ async def test_hundred_thousand_rows(store, plans, capsys):
     assert await count(store, "accounts") == n // 2
     last = await store.find_subscriber(imsi=f"22801{n - 1:010d}")
     assert (await store.balance(last.account_id))["balance"] == 5 * EUR
+
+
+async def test_line_numbers_are_physical_lines_with_crlf_bom_and_multiline_cells(store):
+    text = ("\ufeffaccount,currency,username,msisdn\r\n"
+            'a,EUR,"two\r\nlines",41790000001\r\n'   # lines 2-3: a cell spanning two lines
+            "a,EUR,ok,bad\r\n")                      # line 4
+    with pytest.raises(ImportRejected) as info:
+        await import_csv(store, text)
+    assert [(e.line, e.column) for e in info.value.errors] == [(2, "username"), (4, "msisdn")]
+    assert "control characters" in info.value.errors[0].message
