@@ -128,6 +128,8 @@ class Context:
     metrics: Metrics
     started_at: float = field(default_factory=time.monotonic)
     store: Store | None = None
+    cluster: Any = None   # ocs.cluster.Cluster once started
+    relay: Any = None     # ocs.charging.EventRelay once started
     registry: Registry = field(default_factory=Registry)
     generation: int = 1
     stopping: bool = False
@@ -184,6 +186,49 @@ class StoreComponent:
         # Operations not committed within the bound are failed, never acknowledged.
         await store.close(self.ctx.config.daemon.drain_timeout)
         log.info("store closed")
+
+
+class ClusterComponent:
+    """Cross-node session directory, duplicate cache and event stream (Redis, or
+    in process on a single node)."""
+
+    name = "cluster"
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    async def start(self) -> None:
+        from .cluster import build
+        cfg = self.ctx.config
+        cluster = build(cfg.redis, node=cfg.daemon.node_name, timeout=cfg.redis.timeout)
+        await cluster.start()
+        self.ctx.cluster = cluster
+        log.info("cluster state: %s", cluster.describe())
+
+    async def stop(self) -> None:
+        if self.ctx.cluster is not None:
+            await self.ctx.cluster.stop()
+            self.ctx.cluster = None
+
+
+class EventRelayComponent:
+    """Relays charging events from the store's outbox to the cluster event stream."""
+
+    name = "events"
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    async def start(self) -> None:
+        from .charging import EventRelay
+        relay = EventRelay(self.ctx.store, self.ctx.cluster.events.publish_many)
+        await relay.start()
+        self.ctx.relay = relay
+
+    async def stop(self) -> None:
+        if self.ctx.relay is not None:
+            await self.ctx.relay.stop()  # what was committed still goes out
+            self.ctx.relay = None
 
 
 class RegistryComponent:
@@ -286,6 +331,14 @@ async def healthz(request: web.Request) -> web.Response:
             reason = f"store did not answer within {STORE_PROBE_TIMEOUT:g}s"
         except OcsError as exc:
             reason = f"store unavailable: {exc}"
+    cluster_state = None
+    if ctx.cluster is not None:
+        cluster_state = "ok"
+        try:
+            await asyncio.wait_for(ctx.cluster.ping(), STORE_PROBE_TIMEOUT)
+        except (OcsError, asyncio.TimeoutError) as exc:
+            cluster_state = f"unavailable: {exc or 'timeout'}"
+            reason = reason or f"{ctx.cluster.kind} {cluster_state}"
     body = {
         "status": "ok" if reason is None else ("stopping" if ctx.stopping else "degraded"),
         "node": ctx.config.daemon.node_name,
@@ -295,6 +348,8 @@ async def healthz(request: web.Request) -> web.Response:
         "config_generation": ctx.generation,
         "nas_loaded": len(ctx.registry.nas),
         "plans_loaded": len(ctx.registry.plans),
+        "cluster": ctx.cluster.kind if ctx.cluster is not None else None,
+        "cluster_state": cluster_state,
         "uptime_s": round(time.monotonic() - ctx.started_at, 3),
     }
     if not ctx.stopping and reason != ctx.last_health_problem:

@@ -2,8 +2,8 @@
 
 Start: the configuration is loaded and validated (a bad one stops here with
 file, key and reason, exit 2); then, on uvloop, the components start in order
-(store -> registry -> supervision -> [cluster, rating, charging, policy,
-RADIUS/Diameter listeners] -> HTTP) and systemd hears READY=1 only once the
+(store -> cluster -> event relay -> registry -> supervision -> [rating,
+charging, policy, RADIUS/Diameter listeners] -> HTTP) and systemd hears READY=1 only once the
 last listener is bound.
 
 SIGTERM/SIGINT: STOPPING=1, the started components stop in reverse: listeners
@@ -34,8 +34,8 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 
 from . import __version__, accel, logs
-from .components import (Component, Context, HttpListeners, RegistryComponent,
-                         StoreComponent, Supervision)
+from .components import (ClusterComponent, Component, Context, EventRelayComponent,
+                         HttpListeners, RegistryComponent, StoreComponent, Supervision)
 from .config import DEFAULT_PATH, Config, load, secret_weakness
 from .errors import ConfigError, OcsError
 from .metrics import Metrics
@@ -67,7 +67,8 @@ def build_components(ctx: Context) -> list[Component]:
     """The start order. Stopping walks it backwards."""
     return [
         StoreComponent(ctx),
-        # Cross-node session directory / dedup cache / event stream (ocs/cluster) joins here.
+        ClusterComponent(ctx),
+        EventRelayComponent(ctx),
         RegistryComponent(ctx),
         Supervision(ctx),
         # Rating and charging, then policy (enforcement back-ends), go here.
