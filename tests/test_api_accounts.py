@@ -29,6 +29,9 @@ async def test_create_then_show_with_balance(api: Api):
     assert listing.json["count"] == 1
     assert (await api.reader.get("/v1/accounts", params={"status": "suspended"})).json == {
         "items": [], "count": 0}
+    by_name = await api.reader.get("/v1/accounts", params={"name": "acme"})
+    assert [a["id"] for a in by_name.json["items"]] == [acct["id"]]
+    assert (await api.reader.get("/v1/accounts", params={"name": "acm"})).json["count"] == 0
 
 
 async def test_postpaid_floor_is_minus_the_credit_limit(api: Api):

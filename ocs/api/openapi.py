@@ -115,8 +115,8 @@ def _operation(ep: Endpoint, refs: dict) -> dict[str, Any]:
 
 def _error_statuses(ep: Endpoint) -> list[int]:
     statuses = [] if ep.role is None else [401, 403]
-    if ep.path_params:
-        statuses.append(404)
+    if ep.path_params or ep.body is not None or ep.query is not None:
+        statuses.append(404)  # the object in the path, or one the body or query refers to
     if ep.body is not None or ep.content_type != "application/json":
         statuses += [400, 413, 422]
     elif ep.query is not None:

@@ -23,8 +23,16 @@ async def _detail(call: Call, account_id: int) -> v.AccountDetail:
 @route("GET", BASE, role=Role.READ_ONLY, tag=TAG, summary="List accounts",
        query=s.AccountsQuery, response=v.Page[v.AccountView])
 async def list_accounts(call: Call):
+    """`name` finds the account with exactly that name (an empty page if none)."""
     q = call.query
-    items = await call.store.list_accounts(status=q.status, limit=q.limit, offset=q.offset)
+    if q.name is not None:
+        try:
+            found = [await call.store.find_account(q.name)]
+        except NotFound:
+            found = []
+        items = [a for a in found if q.status in (None, a.status.value)][q.offset:][:q.limit]
+    else:
+        items = await call.store.list_accounts(status=q.status, limit=q.limit, offset=q.offset)
     return v.Page[v.AccountView](items=[v.account_view(a) for a in items], count=len(items))
 
 

@@ -324,6 +324,7 @@ QText = line(1, 253)
 
 
 class AccountsQuery(Query):
+    name: QText | None = None
     status: Literal["active", "suspended", "closed"] | None = None
     limit: Limit = 100
     offset: Offset = 0
