@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_api_harness import (ADMIN_SECRET, Api, api, make_account, start_api,  # noqa: F401
-                                    stop_api)
+from tests.test_api_harness import Api, api, make_account, start_api, stop_api  # noqa: F401
 
 PLAN = {"name": "basic", "currency": "EUR"}
 NAS = {"name": "bras1", "address": "192.0.2.1", "secret": "a-long-shared-secret-123"}

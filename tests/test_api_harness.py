@@ -232,11 +232,13 @@ async def test_one_access_line_and_metrics_per_request(api, caplog):
         r = await api.reader.get(f"/v1/accounts/{acct['id']}")
         assert r.status == 200
         await api.anon.get(f"/v1/accounts/{acct['id']}")
-    lines = [rec.getMessage() for rec in caplog.records if rec.name == "ocs.api"]
-    assert len(lines) == 2
-    assert lines[0].startswith(f"GET /v1/accounts/{acct['id']} 200 ")
-    assert lines[0].endswith("actor=viewer")
-    assert lines[1].startswith(f"GET /v1/accounts/{acct['id']} 401 ")
+    records = [rec for rec in caplog.records if rec.name == "ocs.api"]
+    assert len(records) == 2
+    assert records[0].getMessage().startswith(f"GET /v1/accounts/{acct['id']} 200 ")
+    assert (records[0].actor, records[0].route, records[0].status) == (
+        "viewer", "/v1/accounts/{id}", 200)
+    assert records[1].getMessage().startswith(f"GET /v1/accounts/{acct['id']} 401 ")
+    assert records[1].actor == "-"
     assert api.sample("ocs_api_requests_total", method="GET", route="/v1/accounts/{id}",
                       status="200") == 1
     assert api.sample("ocs_api_requests_total", method="GET", route="/v1/accounts/{id}",

@@ -29,8 +29,7 @@ from ocs.api.routing import ROUTES
 from ocs.api.views import ErrorResponse
 from ocs.model import Role
 from ocs.store import Store, make_driver
-from tests.test_api_harness import (ADMIN_SECRET, Api, api, daemon_like_app,  # noqa: F401
-                                    start_api, stop_api)
+from tests.test_api_harness import ADMIN_SECRET, Api, api, start_api, stop_api  # noqa: F401
 
 
 async def fetch_doc(api: Api) -> dict:

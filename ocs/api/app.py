@@ -95,12 +95,11 @@ async def api_middleware(request: web.Request, handler) -> web.StreamResponse:
         method = request.method if request.method in _KNOWN_METHODS else "other"
         state.metrics.api_requests.labels(method=method, route=label, status=str(status)).inc()
         state.metrics.request_duration.labels(proto="api", op=label).observe(elapsed)
-        actor = token.name if token is not None else "-"
-        log.info("%s %s %d %.1fms actor=%s", request.method, request.path, status,
-                 elapsed * 1000, actor,
-                 extra={"method": request.method, "path": request.path, "status": status,
-                        "duration_ms": round(elapsed * 1000, 3), "actor": actor,
-                        "remote": request.remote})
+        # The text format appends the extras ("actor=ops remote=..."), JSON has them as keys.
+        log.info("%s %s %d %.1fms", request.method, request.path, status, elapsed * 1000,
+                 extra={"actor": token.name if token is not None else "-",
+                        "remote": request.remote, "route": label, "status": status,
+                        "duration_ms": round(elapsed * 1000, 3)})
 
 
 def _is_public(request: web.Request, endpoint: Endpoint | None, label: str) -> bool:

@@ -152,7 +152,9 @@ def parse_json_body(request: web.Request, raw: bytes, model: type[Body]) -> Body
         raise ApiError(400, f"body is not valid JSON: {exc}") from None
     exchange(request).audit_body = redact(data)
     try:
-        return model.model_validate_json(raw)
+        # Validated from JSON text (strict JSON types, not Python's); re-encoded first
+        # so that a body json.loads accepted (UTF-16, a BOM) reads the same to pydantic.
+        return model.model_validate_json(json.dumps(data))
     except pydantic.ValidationError as exc:
         raise from_pydantic(exc, "body") from None
 

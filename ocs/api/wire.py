@@ -26,7 +26,6 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValida
                       WithJsonSchema)
 from pydantic_core import PydanticCustomError
 
-from ..errors import ValidationError
 from ..model import MICRO
 from ..money import format_money, parse_money
 
@@ -183,18 +182,6 @@ IpAddress = Annotated[str, PlainValidator(_ip),
                       WithJsonSchema({"anyOf": [{"type": "string", "format": "ipv4"},
                                                 {"type": "string", "format": "ipv6"}],
                                       "examples": ["192.0.2.10"]})]
-
-
-def parse_units_or_money(kind: str, value: Any, field: str) -> int:
-    """Units of `kind` from a validated body: money in micro-units, others as integers."""
-    if kind == "money":
-        try:
-            return parse_money(value)
-        except ValidationError as exc:
-            raise ValueError(f"{field}: {exc}") from None
-    if isinstance(value, str):
-        raise ValueError(f"{field} of kind {kind} must be an integer")
-    return value
 
 
 # --------------------------------------------------------------------------- output
