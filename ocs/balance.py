@@ -304,6 +304,9 @@ class BucketState:
         return ((self.valid_from is None or self.valid_from <= now)
                 and (self.valid_to is None or now < self.valid_to))
 
+    def pays(self, kind: Kind, service: str, now: int) -> bool:
+        return bucket_pays(self, kind, service, now)
+
     @property
     def available(self) -> int:
         return max(0, self.balance - self.reserved - self.floor)
@@ -764,9 +767,7 @@ class _Engine:
 
     # -- helpers ------------------------------------------------------------------------
     def _candidates(self, acct: AccountState, kind: Kind, service: str) -> list[BucketState]:
-        found = [b for b in acct.buckets.values()
-                 if b.kind is kind and (b.service is None or b.service == service)
-                 and (b.main or b.usable(self.now))]
+        found = [b for b in acct.buckets.values() if bucket_pays(b, kind, service, self.now)]
         found.sort(key=BucketState.order_key)
         return found
 
@@ -776,6 +777,16 @@ class _Engine:
         self.writes.ledger.append(LedgerRow(
             acct.id, b.id, b.kind, amount, b.balance, entry_type, session, op_key, reason,
             actor, self.now))
+
+
+def bucket_pays(bucket, kind: Kind, service: str, now: int) -> bool:
+    """Whether `bucket` (a BucketState or an ocs.model.Bucket) can pay usage of
+    `kind` for `service` at `now`: same kind, a matching (or no) service filter,
+    within its validity. The main bucket never expires."""
+    return (bucket.kind is kind
+            and (bucket.service is None or bucket.service == service)
+            and (bucket.main or ((bucket.valid_from is None or bucket.valid_from <= now)
+                                 and (bucket.valid_to is None or now < bucket.valid_to))))
 
 
 def remap_result(result: Result, ids: dict[int, int]) -> Result:

@@ -255,3 +255,24 @@ async def test_events_reach_the_stream_through_the_outbox(core, store):
     finally:
         await relay.stop()
         await cluster.stop()
+
+
+async def test_authorize_sizes_the_session_without_reserving(core, store):
+    from ocs.charging import Identity
+    plan = await store.create_plan(name="voice-bundle", currency="EUR", allowances=[
+        {"kind": "seconds", "units": 90, "validity_days": 30}])
+    await core.reload()
+    a, s = await subscriber(store, balance=5 * EUR // 2, plan=plan)
+    auth = await core.authorize(Identity(username="alice"), voice())
+    # 90 s of bundle, then money at 1 EUR/min (60/60) rated on the whole session: the
+    # minute the bundle ended in is already counted, so 2.50 EUR buys minutes 3 and 4.
+    assert auth.result is ResultCode.SUCCESS and auth.max_units == 240
+    assert (await store.balance(a.id))["reserved"] == 0
+    assert (await core.authorize(Identity(username="nobody"))).result \
+        is ResultCode.UNKNOWN_SUBSCRIBER
+    empty_a, _ = await subscriber(store, balance=0, username="broke")
+    assert (await core.authorize(Identity(username="broke"), data())).result \
+        is ResultCode.CREDIT_LIMIT_REACHED
+    await store.set_account_status(a.id, "suspended")
+    assert (await core.authorize(Identity(username="alice"))).result \
+        is ResultCode.SERVICE_DENIED

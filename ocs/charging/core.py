@@ -17,13 +17,14 @@ import time
 from dataclasses import replace
 from typing import Any, Callable, Protocol
 
-from ..balance import Adjust, Commit, Composite, Credit, Outcome, Release, Reserve, Result
+from ..balance import (Adjust, Commit, Composite, Credit, Outcome, Release, Reserve, Result,
+                       bucket_pays)
 from ..config import ChargingConfig
 from ..errors import NotFound, OcsError
 from ..model import Account, Kind, Plan, Session, Subscriber, now_us
 from ..pricing import Price
-from .types import (ChargeDecision, ChargeRequest, Identity, RequestKind, ResultCode,
-                    ServiceGrant, ServiceUsage)
+from .types import (Authorization, ChargeDecision, ChargeRequest, Identity, RequestKind,
+                    ResultCode, ServiceGrant, ServiceUsage)
 
 log = logging.getLogger("ocs.charging")
 
@@ -90,6 +91,47 @@ class ChargingCore:
             except NotFound:
                 continue
         return None
+
+    # ------------------------------------------------------------------ authorisation
+    async def authorize(self, identity: Identity, usage: ServiceUsage | None = None, *,
+                        at: int | None = None) -> Authorization:
+        """May this subscriber start a session, and how much of `usage` can it pay now?
+
+        Reserves nothing (RADIUS Access-Request: the reservation comes with
+        Accounting-Start). `max_units` sizes Session-Timeout or a volume quota:
+        what the matching buckets hold plus what the available money buys at
+        the service's price (inverse rating), or None when no usage was named.
+        """
+        sub = await self.subscriber(identity)
+        if sub is None:
+            return Authorization(ResultCode.UNKNOWN_SUBSCRIBER,
+                                 message=f"no subscriber {identity}")
+        account = await self.store.get_account(sub.account_id)
+        plan = await self.plan(sub.plan_id)
+        found = dict(subscriber=sub, account=account, plan=plan)
+        if account.status.value != "active":
+            return Authorization(ResultCode.SERVICE_DENIED, **found,
+                                 message=f"account is {account.status.value}")
+        if usage is None:
+            return Authorization(ResultCode.SUCCESS, **found)
+        at = at if at is not None else now_us()
+        try:
+            price = self.prices.price(plan=plan, account=account, usage=usage, at=at)
+        except RatingFailed as exc:
+            return Authorization(ResultCode.RATING_FAILED, **found, message=str(exc))
+        position = await self.store.balance(account.id)
+        from_buckets = sum(max(0, b.balance - b.reserved) for b in position["buckets"]
+                           if not b.main and bucket_pays(b, usage.kind, usage.service, at))
+        money = max(0, position["available"])
+        if usage.kind is Kind.MONEY:
+            more = money
+        else:
+            more = price.max_units(money, from_buckets) if price is not None else 0
+        total = from_buckets + more
+        if total <= 0:
+            return Authorization(ResultCode.CREDIT_LIMIT_REACHED, **found, max_units=0,
+                                 message="no balance for this service")
+        return Authorization(ResultCode.SUCCESS, **found, max_units=total)
 
     # ------------------------------------------------------------------ charging
     async def charge(self, req: ChargeRequest) -> ChargeDecision:

@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model import FinalUnit, Kind
+from ..model import Account, FinalUnit, Kind, Plan, Subscriber
 
 
 class RequestKind(str, enum.Enum):
@@ -119,3 +119,15 @@ class ChargeDecision:
 
     def grant(self, service: str) -> ServiceGrant | None:
         return next((g for g in self.services if g.service == service), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """The answer to "may this subscriber start, and for how much?" (no reservation)."""
+
+    result: ResultCode
+    subscriber: Subscriber | None = None
+    account: Account | None = None
+    plan: Plan | None = None
+    max_units: int | None = None
+    message: str = ""
