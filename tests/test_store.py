@@ -171,7 +171,8 @@ async def test_api_tokens_are_stored_hashed(store):
 
 
 async def test_bulk_import_is_all_or_nothing(store):
-    plan = await store.create_plan(name="basic", currency="EUR")
+    plan = await store.create_plan(name="basic", currency="EUR", allowances=[
+        {"kind": "octets", "units": 1000, "validity_days": 30}])
     rows = [dict(line=i + 2, account=f"acct{i % 3}", currency="EUR", billing="prepaid",
                  plan="basic", username=f"user{i}", password="pw", opening_balance=EUR)
             for i in range(10)]
@@ -180,6 +181,13 @@ async def test_bulk_import_is_all_or_nothing(store):
     a0 = await store.find_account("acct0")
     assert (await store.balance(a0.id))["balance"] == EUR
     assert all(s.plan_id == plan.id for s in await store.list_subscribers())
+    # acct0 has users 0, 3, 6, 9: one allowance each, every one a ledger credit.
+    octets = [b for b in await store.buckets(a0.id) if b.kind is Kind.OCTETS]
+    assert [b.balance for b in octets] == [1000] * 4
+    sums = await store.ledger_sums(a0.id)
+    assert all(sums[b.id] == b.balance for b in await store.buckets(a0.id))
+    assert {e.reason for e in await store.ledger(a0.id) if e.kind is Kind.OCTETS} == \
+        {"plan basic allowance"}
     again = [dict(line=2, account="acct9", currency="EUR", billing="prepaid",
                   username="fresh"),
              dict(line=3, account="acct9", currency="EUR", billing="prepaid",

@@ -780,11 +780,29 @@ def _import_program(rows: list[dict], policy: PasswordPolicy, actor, now):
         "INSERT INTO subscribers (account_id, plan_id, username, msisdn, imsi, sip_user, "
         "password_hash, nt_hash, cleartext, framed_ip, max_sessions, created_at, updated_at) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)", sub_rows)
-    # Plan allowances, one set per subscriber.
+    # Plan allowances, one set per subscriber: the buckets in one statement, then their
+    # opening ledger credits in one more, read back from the buckets just written.
+    buckets = []
     for r in rows:
         plan = plans.get(r.get("plan")) if r.get("plan") else None
-        if plan is not None and plan["allowances"] not in (None, "", "[]"):
-            yield from _grant_allowances(account_ids[r["account"]], plan, actor, now)
+        for a in json.loads(plan["allowances"] or "[]") if plan is not None else ():
+            valid_to = now + a["validity_days"] * 86_400_000_000 \
+                if a.get("validity_days") else None
+            buckets.append((account_ids[r["account"]], a["kind"], a.get("service"), a["units"],
+                            a.get("priority", 10), now, valid_to, f"{plan['name']} allowance"))
+    if buckets:
+        before = yield fetchval("SELECT coalesce(max(id), 0) FROM buckets")
+        yield executemany(
+            "INSERT INTO buckets (account_id, kind, service, balance, reserved, priority, "
+            "valid_from, valid_to, main, name, created_at) "
+            "VALUES ($1, $2, $3, $4, 0, $5, $6, $7, 0, $8, $6)", buckets)
+        yield execute(
+            "INSERT INTO ledger (account_id, bucket_id, kind, amount, balance_after, entry_type, "
+            "reason, actor, created_at) SELECT account_id, id, kind, balance, balance, 'credit', "
+            "'plan ' || substr(name, 1, length(name) - 10) || ' allowance', $1, $2 "
+            "FROM buckets WHERE id > $3 AND main = 0 AND created_at = $2 "
+            "AND account_id = ANY($4)",
+            actor, now, before, sorted({b[0] for b in buckets}))
     return len(rows)
 
 
