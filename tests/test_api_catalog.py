@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from ocs.api import CATALOG_CHANGED
 from tests.test_api_harness import Api, api  # noqa: F401
 
 SECRET = "Shared-Secret-For-Bras-1"
@@ -104,3 +105,25 @@ async def test_nas_addresses_are_validated(api: Api):
     assert r.status == 409
     r = await api.admin.patch("/v1/nas/1", {"require_message_authenticator": "sometimes"})
     assert r.status == 422 and r.fields() == {"require_message_authenticator"}
+
+
+@pytest.mark.parametrize("store_target", ["sqlite"], indirect=True)
+async def test_catalog_listeners_hear_of_nas_and_plan_changes(api: Api, caplog):
+    heard = []
+
+    async def listener(kind):
+        heard.append((kind, len(await api.store.list_nas())))
+
+    async def broken(kind):
+        raise RuntimeError("reload failed")
+
+    api.runner.app[CATALOG_CHANGED].extend([listener, broken])
+    r = await api.admin.post("/v1/nas", {"name": "n1", "address": "192.0.2.7",
+                                         "secret": SECRET})
+    assert r.status == 201  # a failing listener does not undo the committed change
+    await api.admin.patch(f"/v1/nas/{r.json['id']}", {"vendor": "cisco"})
+    await api.admin.delete(f"/v1/nas/{r.json['id']}")
+    await api.admin.post("/v1/plans", {"name": "p", "currency": "EUR"})
+    await api.admin.post("/v1/nas", {"name": "n2", "address": "bad", "secret": SECRET})
+    assert heard == [("nas", 1), ("nas", 1), ("nas", 0), ("plan", 0)]
+    assert "catalog listener failed" in caplog.text

@@ -5,7 +5,8 @@ GET /openapi.json and the middleware that authenticates (bearer tokens with
 roles), audits every mutating call, logs one access line per request on
 `ocs.api`, counts requests in the metrics and turns every error into the
 JSON error shape. The daemon adds GET /healthz and GET /metrics itself; they
-and /openapi.json need no token.
+and /openapi.json need no token. `app[CATALOG_CHANGED]` is a list of async
+callbacks awaited after NAS or plans change through the API.
 
 Layout: `routing` (the route table), `schemas` (request models), `views`
 (response models), `wire` (money, instants and addresses on the wire),
@@ -19,7 +20,7 @@ from aiohttp import web
 
 from . import (openapi, routes_accounts, routes_activity, routes_catalog,  # noqa: F401
                routes_subscribers, routes_tokens)
-from .app import install
+from .app import CATALOG_CHANGED, install
 from .routing import ROUTES
 
 
@@ -32,4 +33,4 @@ def setup_api(app: web.Application, *, store, config, metrics) -> None:
     install(app, store=store, config=config, metrics=metrics, endpoints=list(ROUTES))
 
 
-__all__ = ["setup_api"]
+__all__ = ["setup_api", "CATALOG_CHANGED"]

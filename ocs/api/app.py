@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -46,6 +46,20 @@ class ApiState:
 
 
 STATE = web.AppKey("ocs.api.state", ApiState)
+
+CatalogListener = Callable[[str], Awaitable[None]]
+CATALOG_CHANGED = web.AppKey("ocs.api.catalog_changed", list[CatalogListener])
+"""Async callbacks `listener(kind)` awaited after a NAS ("nas") or plan ("plan") was
+created, changed or removed through the API, e.g. to reload the daemon's registry
+without waiting for SIGHUP. A failing listener is logged; the change stands."""
+
+
+async def catalog_changed(request: web.Request, kind: str) -> None:
+    for listener in request.app.get(CATALOG_CHANGED, ()):
+        try:
+            await listener(kind)
+        except Exception:  # the change is committed; a listener must not undo the answer
+            log.exception("catalog listener failed after a %s change", kind)
 
 
 def endpoint_of(request: web.Request) -> Endpoint | None:
@@ -169,6 +183,7 @@ def render(endpoint: Endpoint, result: Any) -> web.Response:
 
 def install(app: web.Application, *, store, config, metrics, endpoints: list[Endpoint]) -> None:
     app[STATE] = ApiState(store=store, config=config, metrics=metrics, endpoints=endpoints)
+    app[CATALOG_CHANGED] = []
     app.middlewares.append(api_middleware)
     for ep in endpoints:
         app.router.add_route(ep.method, ep.path, make_handler(ep))

@@ -1,6 +1,7 @@
 """/v1/plans and /v1/nas: what is sold and which network elements may talk to us.
 
-Changing either needs the admin role. NAS secrets are write-only.
+Changing either needs the admin role. NAS secrets are write-only. After each
+change the `CATALOG_CHANGED` listeners run (the daemon reloads its registry).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 from ..model import Role
 from . import schemas as s
 from . import views as v
+from .app import catalog_changed
 from .routing import ID, Call, route
 
 # ---------------------------------------------------------------------------- plans
@@ -42,6 +44,7 @@ async def create_plan(call: Call):
     b = call.body
     plan = await call.store.create_plan(**_plan_values(b, set(type(b).model_fields)))
     call.target = f"plan:{plan.id}"
+    await catalog_changed(call.request, "plan")
     return v.plan_view(plan)
 
 
@@ -58,6 +61,7 @@ async def update_plan(call: Call):
     period; buckets already granted stay as they are."""
     b = call.body
     plan = await call.store.update_plan(call.params["id"], **_plan_values(b, b.model_fields_set))
+    await catalog_changed(call.request, "plan")
     return v.plan_view(plan)
 
 
@@ -78,6 +82,7 @@ async def create_nas(call: Call):
     secret is stored and never returned; the answer says `has_secret`."""
     nas = await call.store.create_nas(**call.body.model_dump())
     call.target = f"nas:{nas.id}"
+    await catalog_changed(call.request, "nas")
     return v.nas_view(nas)
 
 
@@ -91,10 +96,13 @@ async def get_nas(call: Call):
        body=s.NasUpdate, response=v.NasView, target="nas")
 async def update_nas(call: Call):
     changes = call.body.model_dump(exclude_unset=True)
-    return v.nas_view(await call.store.update_nas(call.params["id"], **changes))
+    nas = await call.store.update_nas(call.params["id"], **changes)
+    await catalog_changed(call.request, "nas")
+    return v.nas_view(nas)
 
 
 @route("DELETE", f"/v1/nas/{ID}", role=Role.ADMIN, tag="nas", summary="Remove a NAS or peer",
        target="nas")
 async def delete_nas(call: Call):
     await call.store.delete_nas(call.params["id"])
+    await catalog_changed(call.request, "nas")
