@@ -94,6 +94,12 @@ async def api_middleware(request: web.Request, handler) -> web.StreamResponse:
         except asyncio.CancelledError:
             status = 499  # the client went away; nothing was answered
             raise
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                response = problems.response(problems.from_exception(exc))
+            else:  # a redirect or similar from a route the daemon added: not an error
+                status = exc.status
+                raise
         except Exception as exc:  # every error becomes a JSON answer, never a traceback
             err = problems.from_exception(exc)
             if err is None:
