@@ -130,6 +130,8 @@ class Context:
     store: Store | None = None
     cluster: Any = None   # ocs.cluster.Cluster once started
     relay: Any = None     # ocs.charging.EventRelay once started
+    charging: Any = None  # ocs.charging.ChargingCore once started
+    tariffs: Any = None   # ocs.rating.TariffBook: the compiled tariffs in force
     registry: Registry = field(default_factory=Registry)
     generation: int = 1
     stopping: bool = False
@@ -231,6 +233,28 @@ class EventRelayComponent:
             self.ctx.relay = None
 
 
+class ChargingComponent:
+    """The charging core every protocol front-end calls, with the tariffs in force."""
+
+    name = "charging"
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    async def start(self) -> None:
+        from .charging import ChargingCore
+        from .charging.tariffs import PlanTariffs
+        resolver = PlanTariffs()
+        self.ctx.tariffs = resolver.book
+        core = ChargingCore(self.ctx.store, resolver, self.ctx.config.charging,
+                            on_events=self.ctx.relay.notify if self.ctx.relay else None)
+        await core.reload()
+        self.ctx.charging = core
+
+    async def stop(self) -> None:
+        self.ctx.charging = None
+
+
 class RegistryComponent:
     """Loads the NAS and plan registry once the store is open (SIGHUP reloads it)."""
 
@@ -286,13 +310,20 @@ class Supervision:
             await self._guarded("operation purge", self.purge_once)
 
     async def sweep_once(self) -> int:
+        """Release expired reservations and close idle sessions (with their CDRs)."""
         assert self.ctx.store is not None
-        units = await self.ctx.store.release_expired()
+        if self.ctx.charging is not None:
+            report = await self.ctx.charging.supervise()
+            units, closed = report["released_units"], report["closed_sessions"]
+        else:
+            units, closed = await self.ctx.store.release_expired(), 0
         if units:
             self.ctx.metrics.reservations_expired.inc(units)
             log.info("released %d units of expired reservations", units)
-        else:
-            log.debug("reservation sweep: nothing expired")
+        if closed:
+            log.info("closed %d idle sessions", closed)
+        if not units and not closed:
+            log.debug("supervision: nothing expired, no idle session")
         return units
 
     async def purge_once(self) -> int:
@@ -400,8 +431,19 @@ class HttpListeners:
         app.router.add_get("/metrics", metrics)
         if with_api:
             from .api import setup_api
+            from .api import CATALOG_CHANGED
             setup_api(app, store=self.ctx.store, config=cfg, metrics=self.ctx.metrics)
+            if CATALOG_CHANGED in app:
+                app[CATALOG_CHANGED].append(self._catalog_changed)
         return app
+
+    async def _catalog_changed(self, kind: str) -> None:
+        """A NAS or plan changed through the API: reload now rather than at SIGHUP."""
+        before = self.ctx.registry
+        self.ctx.registry = await self.ctx.load_registry()
+        if self.ctx.charging is not None:
+            await self.ctx.charging.reload()
+        log.info("%s changed through the API: %s", kind, self.ctx.registry.changes_since(before))
 
     async def start(self) -> None:
         try:

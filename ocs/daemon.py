@@ -34,8 +34,9 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 
 from . import __version__, accel, logs
-from .components import (ClusterComponent, Component, Context, EventRelayComponent,
-                         HttpListeners, RegistryComponent, StoreComponent, Supervision)
+from .components import (ChargingComponent, ClusterComponent, Component, Context,
+                         EventRelayComponent, HttpListeners, RegistryComponent, StoreComponent,
+                         Supervision)
 from .config import DEFAULT_PATH, Config, load, secret_weakness
 from .errors import ConfigError, OcsError
 from .metrics import Metrics
@@ -70,8 +71,9 @@ def build_components(ctx: Context) -> list[Component]:
         ClusterComponent(ctx),
         EventRelayComponent(ctx),
         RegistryComponent(ctx),
+        ChargingComponent(ctx),
         Supervision(ctx),
-        # Rating and charging, then policy (enforcement back-ends), go here.
+        # Policy (enforcement back-ends) goes here.
         # RADIUS and Diameter listeners bind here: after everything they call
         # into, before the HTTP API, so they are closed first on stop.
         HttpListeners(ctx),
@@ -318,6 +320,8 @@ class Daemon:
         logs.setup(effective.log)
         before = self.ctx.registry
         self.ctx.config, self.ctx.registry = effective, registry
+        if self.ctx.charging is not None:
+            await self.ctx.charging.reload()
         self.ctx.generation += 1
         for change in restart:
             log.warning("%s needs restart; still running with the old value", change)

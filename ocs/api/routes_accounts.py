@@ -113,7 +113,9 @@ async def _set_status(call: Call, status: AccountStatus) -> v.AccountDetail:
     if account.status is AccountStatus.CLOSED:
         raise Conflict(f"account {account.id} is closed")
     if account.status is not status:
-        await call.store.set_account_status(account.id, status)
+        # The change and its event (enforcement follows it) commit together.
+        await call.store.set_account_status(account.id, status, reason=call.body.reason,
+                                            actor=call.actor)
     return await _detail(call, account.id)
 
 

@@ -1,0 +1,49 @@
+"""Prices from the plan's tariff: the `PriceResolver` the daemon uses.
+
+A plan names a tariff (`Plan.tariff`); the compiled tariffs in force live in a
+`TariffBook` that a reload swaps whole. A plan without a tariff has no
+out-of-bundle price (only its buckets pay); a plan naming a tariff that is not
+loaded, or a service the tariff cannot rate, fails rating (Diameter 5031).
+"""
+
+from __future__ import annotations
+
+from ..pricing import Price
+from ..rating import RatingError, TariffBook
+from .core import RatingFailed
+from .types import ServiceUsage
+
+
+class _BoundPrice:
+    """Adapts a tariff's price (bound to the units already used when made) to the
+    balance engine's `cost(units, already)` / `max_units(money, already)`."""
+
+    __slots__ = ("base",)
+
+    def __init__(self, base):
+        self.base = base
+
+    def _at(self, already: int):
+        return self.base if already == self.base.already else self.base.after(
+            already - self.base.already)
+
+    def cost(self, units: int, already: int = 0) -> int:
+        return self._at(already).cost(units)
+
+    def max_units(self, money: int, already: int = 0) -> int:
+        return self._at(already).max_units(money)
+
+
+class PlanTariffs:
+    def __init__(self, book: TariffBook | None = None):
+        self.book = book or TariffBook()
+
+    def price(self, *, plan, account, usage: ServiceUsage, at: int) -> Price | None:
+        if plan is None or not plan.tariff:
+            return None
+        try:
+            tariff = self.book.get(plan.tariff)
+            return _BoundPrice(tariff.price(usage.service, start=at, to=usage.destination,
+                                            currency=account.currency))
+        except RatingError as exc:
+            raise RatingFailed(f"plan {plan.name}: {exc}") from exc
