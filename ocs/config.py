@@ -164,6 +164,23 @@ class ChargingConfig(Section):
     fair_usage_period: Literal["day", "week", "month"] = "month"
 
 
+class RadiusConfig(Section):
+    """RADIUS front-end (radius/). Owned by the RADIUS work; see conf/ocs.toml [radius]."""
+
+    enabled: bool = True
+    auth_listen: Listen = "0.0.0.0:1812"
+    acct_listen: Listen = "0.0.0.0:1813"
+
+
+class DiameterConfig(Section):
+    """Diameter front-end (diameter/). Owned by the Diameter work; see conf/ocs.toml [diameter]."""
+
+    enabled: bool = True
+    listen: Listen = "0.0.0.0:3868"
+    origin_host: str = Field(default_factory=lambda: f"ocs.{socket.gethostname()}.localdomain")
+    origin_realm: str = "localdomain"
+
+
 class ApiConfig(Section):
     enabled: bool = True
     listen: Listen = "127.0.0.1:8080"
@@ -187,6 +204,8 @@ class Config(BaseModel):
     redis: RedisConfig = RedisConfig()
     auth: AuthConfig = AuthConfig()
     charging: ChargingConfig = ChargingConfig()
+    radius: RadiusConfig = RadiusConfig()
+    diameter: DiameterConfig = DiameterConfig()
     api: ApiConfig = ApiConfig()
     metrics: MetricsConfig = MetricsConfig()
     source: str | None = Field(None, exclude=True)
