@@ -8,8 +8,8 @@ loaded, or a service the tariff cannot rate, fails rating (Diameter 5031).
 
 from __future__ import annotations
 
+from ..errors import OcsError
 from ..pricing import Price
-from ..rating import RatingError, TariffBook
 from .core import RatingFailed
 from .types import ServiceUsage
 
@@ -35,15 +35,19 @@ class _BoundPrice:
 
 
 class PlanTariffs:
-    def __init__(self, book: TariffBook | None = None):
-        self.book = book or TariffBook()
+    """`book` is the `ocs.rating.TariffBook` in force (None until tariffs are loaded)."""
+
+    def __init__(self, book=None):
+        self.book = book
 
     def price(self, *, plan, account, usage: ServiceUsage, at: int) -> Price | None:
         if plan is None or not plan.tariff:
             return None
+        if self.book is None or plan.tariff not in self.book:
+            raise RatingFailed(f"plan {plan.name}: tariff {plan.tariff!r} is not loaded")
         try:
             tariff = self.book.get(plan.tariff)
             return _BoundPrice(tariff.price(usage.service, start=at, to=usage.destination,
                                             currency=account.currency))
-        except RatingError as exc:
+        except OcsError as exc:  # ocs.rating.RatingError: no route, bad number, no FX...
             raise RatingFailed(f"plan {plan.name}: {exc}") from exc
