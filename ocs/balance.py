@@ -44,6 +44,7 @@ class Outcome(str, enum.Enum):
     ACCOUNT_SUSPENDED = "account_suspended"  # usage charged, no new grant
     ACCOUNT_CLOSED = "account_closed"
     REJECTED = "rejected"                    # the operation itself is not allowed (see message)
+    UNKNOWN_SESSION = "unknown_session"      # a composite that requires a session we never saw
 
 
 # --------------------------------------------------------------------------- operations
@@ -201,6 +202,8 @@ class Composite:
     parts: tuple["Reserve | Commit | Release | Credit | Adjust", ...]
     record: Session | None = None
     close: bool = False  # session ends: write a rated CDR per service, close its charges
+    require_session: bool = False  # UNKNOWN_SESSION (nothing applied) if never opened
+    opens: bool = False  # the request starts the session (may reopen a closed id)
 
     def __post_init__(self):
         if any(p.account_id != self.account_id or isinstance(p, Composite)
@@ -402,6 +405,8 @@ class BatchState:
     charges: dict[tuple[str, str], ChargeState] = field(default_factory=dict)
     # usage counter key -> units
     counters: dict[str, int] = field(default_factory=dict)
+    # session id -> its record as stored (for composites that carry a record)
+    sessions: dict[str, Session] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -465,13 +470,7 @@ class _Engine:
         else:
             before = acct.money()[1]
             if isinstance(op, Composite):
-                parts = tuple(self._one(acct, part, key) for part in op.parts)
-                bad = next((p.outcome for p in parts if p.outcome is not Outcome.OK), Outcome.OK)
-                result = Result(bad, parts=parts)
-                if op.record is not None:
-                    self.writes.sessions[op.record.id] = op.record
-                if op.close:
-                    self._close_session(acct, op)
+                result = self._composite(acct, op, key)
             else:
                 result = self._one(acct, op, key)
             bal, avail = acct.money()
@@ -481,6 +480,20 @@ class _Engine:
             self.state.done[key] = result
             self.writes.operations.append((key, op.account_id, type(op).__name__.lower(), result))
         return result
+
+    def _composite(self, acct: AccountState, op: Composite, key: str) -> Result:
+        known = self.state.sessions.get(op.session)
+        if op.require_session and known is None:
+            return Result(Outcome.UNKNOWN_SESSION, message=f"unknown session {op.session}")
+        parts = tuple(self._one(acct, part, key) for part in op.parts)
+        bad = next((p.outcome for p in parts if p.outcome is not Outcome.OK), Outcome.OK)
+        record = _merge_session(known, op.record, op.opens) if op.record else known
+        if op.record is not None:
+            self.state.sessions[op.session] = record
+            self.writes.sessions[op.session] = record
+        if op.close:
+            self._close_session(acct, op.session, record)
+        return Result(bad, parts=parts)
 
     def _one(self, acct: AccountState, op: Operation, key: str | None) -> Result:
         counter_before = (self.state.counters.get(op.counter, 0)
@@ -589,10 +602,10 @@ class _Engine:
         self.state.reservations.setdefault(res.session, {})[res.service] = res
         self.writes.deleted_reservations.discard((res.session, res.service))
 
-    def _close_session(self, acct: AccountState, op: Composite) -> None:
-        record = op.record
+    def _close_session(self, acct: AccountState, op_session: str,
+                       record: Session | None) -> None:
         for (session, service), charge in self.state.charges.items():
-            if session != op.session or charge.closed:
+            if session != op_session or charge.closed:
                 continue  # another session, or its CDR is already written
             charge.closed = True
             self.writes.charges[(session, service)] = charge
@@ -787,6 +800,20 @@ def bucket_pays(bucket, kind: Kind, service: str, now: int) -> bool:
             and (bucket.service is None or bucket.service == service)
             and (bucket.main or ((bucket.valid_from is None or bucket.valid_from <= now)
                                  and (bucket.valid_to is None or now < bucket.valid_to))))
+
+
+def _merge_session(known: Session | None, new: Session, opens: bool) -> Session:
+    """The session record after a request: what the request says, on top of what
+    was stored (start time, attributes, the highest sequence). A closed session
+    stays closed unless the request opens it again (the id was reused)."""
+    if known is None or (opens and known.status == "closed"):
+        return new
+    status = "closed" if known.status == "closed" else new.status
+    return replace(new, started_at=known.started_at,
+                   framed_ip=new.framed_ip or known.framed_ip,
+                   last_seq=max(new.last_seq, known.last_seq),
+                   ended_at=known.ended_at if known.status == "closed" else new.ended_at,
+                   attrs={**known.attrs, **new.attrs}, status=status)
 
 
 def remap_result(result: Result, ids: dict[int, int]) -> Result:

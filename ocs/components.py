@@ -425,7 +425,8 @@ class HttpListeners:
 
     def _app(self, *, with_api: bool) -> web.Application:
         cfg = self.ctx.config
-        app = web.Application(client_max_size=cfg.api.max_body_mb * 1024 * 1024)
+        app = web.Application(client_max_size=cfg.api.max_body_mb * 1024 * 1024,
+                              middlewares=[self._forget_cached] if with_api else [])
         app[CONTEXT] = self.ctx
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/metrics", metrics)
@@ -436,6 +437,16 @@ class HttpListeners:
             if CATALOG_CHANGED in app:
                 app[CATALOG_CHANGED].append(self._catalog_changed)
         return app
+
+    @web.middleware
+    async def _forget_cached(self, request: web.Request, handler):
+        """A change through the API (subscriber, account, password...) applies at once
+        on this node: the charging core's lookup caches are dropped after it."""
+        response = await handler(request)
+        if (request.method in ("POST", "PATCH", "PUT", "DELETE") and response.status < 400
+                and self.ctx.charging is not None):
+            self.ctx.charging.forget()
+        return response
 
     async def _catalog_changed(self, kind: str) -> None:
         """A NAS or plan changed through the API: reload now rather than at SIGHUP."""

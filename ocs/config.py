@@ -162,6 +162,7 @@ class ChargingConfig(Section):
     quota_threshold_percent: int = Field(20, ge=0, le=100)
     idle_timeout: int = Field(7200, ge=60)
     fair_usage_period: Literal["day", "week", "month"] = "month"
+    cache_ttl: float = Field(5.0, ge=0, le=3600)
 
 
 class RadiusConfig(Section):

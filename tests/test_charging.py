@@ -186,8 +186,26 @@ async def test_update_for_an_unknown_session(core, store):
                               require_session=True))
     assert d.result is ResultCode.UNKNOWN_SESSION
     # Without the requirement (a RADIUS interim whose Start was lost) it is charged.
-    d = await core.charge(req(RequestKind.UPDATE, 3, data(used=MB), session="ghost"))
+    d = await core.charge(req(RequestKind.UPDATE, 3, data(used=MB), session="ghost-2"))
     assert d.result is ResultCode.SUCCESS and d.cost == 10_000
+    assert (await store.get_session("ghost-2")).status == "active"
+
+
+async def test_session_record_keeps_its_start_and_merges_attributes(core, store):
+    await subscriber(store)
+    first = await core.charge(req(RequestKind.INITIAL, 0, data(), attrs={"nas_port": 7},
+                                  framed_ip="100.64.0.1"))
+    started = (await store.get_session("sess-1")).started_at
+    await core.charge(req(RequestKind.UPDATE, 1, data(used=MB), attrs={"called": "apn"}))
+    s = await store.get_session("sess-1")
+    assert s.started_at == started and s.framed_ip == "100.64.0.1"
+    assert s.attrs == {"nas_port": 7, "called": "apn"} and s.last_seq == 1
+    await core.charge(req(RequestKind.TERMINATE, 2, data(used=MB)))
+    late = await core.charge(req(RequestKind.UPDATE, 1, data(used=MB), session="sess-1"))
+    assert late.replayed  # a retransmitted interim after the stop changes nothing
+    stray = await core.charge(req(RequestKind.UPDATE, 5, data(used=MB)))
+    assert (await store.get_session("sess-1")).status == "closed"  # not reopened
+    assert first.result is stray.result is ResultCode.SUCCESS
 
 
 async def test_event_direct_debit_and_refund(core, store):
@@ -274,5 +292,21 @@ async def test_authorize_sizes_the_session_without_reserving(core, store):
     assert (await core.authorize(Identity(username="broke"), data())).result \
         is ResultCode.CREDIT_LIMIT_REACHED
     await store.set_account_status(a.id, "suspended")
+    core.forget()  # the daemon does this after every change through its API
     assert (await core.authorize(Identity(username="alice"))).result \
+        is ResultCode.SERVICE_DENIED
+
+
+async def test_lookup_cache_is_bounded_in_time_and_forgotten_on_change(store):
+    cached = ChargingCore(store, PRICES, CONFIG.model_copy(update={"cache_ttl": 60}))
+    a, s = await subscriber(store)
+    assert (await cached.authorize(Identity(username="alice"))).result is ResultCode.SUCCESS
+    await store.set_account_status(a.id, "suspended")
+    # Within the TTL authorisation still sees the cached account...
+    assert (await cached.authorize(Identity(username="alice"))).result is ResultCode.SUCCESS
+    # ...but no grant is given: the transaction reads the status itself.
+    d = await cached.charge(req(RequestKind.INITIAL, 0, data()))
+    assert d.result is ResultCode.SERVICE_DENIED
+    cached.forget()  # what the daemon does after a change through its API
+    assert (await cached.authorize(Identity(username="alice"))).result \
         is ResultCode.SERVICE_DENIED

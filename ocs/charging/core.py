@@ -43,6 +43,34 @@ class PriceResolver(Protocol):
         """
 
 
+class TtlCache:
+    """A small time-bounded cache of lookups on the request path."""
+
+    def __init__(self, ttl: float, max_size: int = 100_000):
+        self.ttl = ttl
+        self.max_size = max_size
+        self._data: dict[Any, tuple[float, Any]] = {}
+
+    def get(self, key: Any) -> Any:
+        hit = self._data.get(key)
+        if hit is None:
+            return None
+        if hit[0] < time.monotonic():
+            del self._data[key]
+            return None
+        return hit[1]
+
+    def put(self, key: Any, value: Any) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._data) >= self.max_size:
+            self._data.clear()  # crude but bounded; refills from the store
+        self._data[key] = (time.monotonic() + self.ttl, value)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
 _OUTCOME = {
     Outcome.OK: ResultCode.SUCCESS,
     Outcome.INSUFFICIENT: ResultCode.CREDIT_LIMIT_REACHED,
@@ -70,11 +98,14 @@ class ChargingCore:
         self.config = config
         self._on_events = on_events
         self._plans: dict[int, Plan] = {}
+        self._subscribers = TtlCache(config.cache_ttl)
+        self._accounts = TtlCache(config.cache_ttl)
 
     # ------------------------------------------------------------------ lookups
     async def reload(self) -> None:
-        """Drop cached plans (SIGHUP, plan changed through the API)."""
+        """Reload plans, forget cached subscribers (SIGHUP, catalog changed)."""
         self._plans = {p.id: p for p in await self.store.list_plans()}
+        self.forget()
 
     async def plan(self, plan_id: int | None) -> Plan | None:
         if plan_id is None:
@@ -85,12 +116,32 @@ class ChargingCore:
         return plan
 
     async def subscriber(self, identity: Identity) -> Subscriber | None:
+        """The subscriber with any of these identities (cached for `cache_ttl`)."""
         for key, value in identity.lookups():
+            found = self._subscribers.get((key, value))
+            if found is not None:
+                return found
             try:
-                return await self.store.find_subscriber(**{key: value})
+                sub = await self.store.find_subscriber(**{key: value})
             except NotFound:
                 continue
+            self._subscribers.put((key, value), sub)
+            return sub
         return None
+
+    async def account(self, account_id: int) -> Account:
+        """The account (cached for `cache_ttl`). Its status is enforced again inside
+        every balance transaction, so a suspension stops new grants at once."""
+        found = self._accounts.get(account_id)
+        if found is None:
+            found = await self.store.get_account(account_id)
+            self._accounts.put(account_id, found)
+        return found
+
+    def forget(self) -> None:
+        """Drop cached subscribers and accounts (after changes through the API)."""
+        self._subscribers.clear()
+        self._accounts.clear()
 
     # ------------------------------------------------------------------ authorisation
     async def authorize(self, identity: Identity, usage: ServiceUsage | None = None, *,
@@ -106,7 +157,7 @@ class ChargingCore:
         if sub is None:
             return Authorization(ResultCode.UNKNOWN_SUBSCRIBER,
                                  message=f"no subscriber {identity}")
-        account = await self.store.get_account(sub.account_id)
+        account = await self.account(sub.account_id)
         plan = await self.plan(sub.plan_id)
         found = dict(subscriber=sub, account=account, plan=plan)
         if account.status.value != "active":
@@ -140,26 +191,25 @@ class ChargingCore:
             log.info("unknown subscriber %s", req.identity, extra={"session": req.session_id})
             return ChargeDecision(ResultCode.UNKNOWN_SUBSCRIBER,
                                   message=f"no subscriber {req.identity}")
-        account = await self.store.get_account(sub.account_id)
+        account = await self.account(sub.account_id)
         plan = await self.plan(sub.plan_id)
 
-        existing: Session | None = None
-        if req.kind in (RequestKind.UPDATE, RequestKind.TERMINATE):
-            try:
-                existing = await self.store.get_session(req.session_id)
-            except NotFound:
-                if req.require_session:
-                    return ChargeDecision(ResultCode.UNKNOWN_SESSION, account_id=account.id,
-                                          subscriber_id=sub.id,
-                                          message=f"unknown session {req.session_id}")
-
         parts, failed = self._parts(req, account, plan, sub)
-        closing = req.kind in (RequestKind.TERMINATE,)
+        closing = req.kind is RequestKind.TERMINATE
         if closing:
             parts.append(Release(account.id, req.session_id))
-        record = self._record(req, sub, existing, closing)
-        result = await self.store.apply(Composite(account.id, req.session_id, req.seq,
-                                                  tuple(parts), record=record, close=closing))
+        # The stored session (start, attributes, sequence) is merged with this
+        # request's view inside the transaction: no read here on the hot path.
+        result = await self.store.apply(Composite(
+            account.id, req.session_id, req.seq, tuple(parts),
+            record=self._record(req, sub, closing), close=closing,
+            require_session=req.require_session and req.kind in (RequestKind.UPDATE,
+                                                                 RequestKind.TERMINATE),
+            opens=req.kind is RequestKind.INITIAL))
+        if result.outcome is Outcome.UNKNOWN_SESSION:
+            return ChargeDecision(ResultCode.UNKNOWN_SESSION, account_id=account.id,
+                                  subscriber_id=sub.id, replayed=result.replayed,
+                                  message=f"unknown session {req.session_id}")
         decision = self._decide(req, account, plan, sub, parts, result, failed)
         if result.events and self._on_events is not None:
             self._on_events()
@@ -213,19 +263,15 @@ class ChargingCore:
                     failed[usage.service] = ResultCode.RATING_FAILED
         return parts, failed
 
-    def _record(self, req: ChargeRequest, sub: Subscriber, existing: Session | None,
-                closing: bool) -> Session:
+    def _record(self, req: ChargeRequest, sub: Subscriber, closing: bool) -> Session:
         now = now_us()
-        attrs = {**(existing.attrs if existing else {}), **req.attrs}
+        one_off = req.kind in (RequestKind.EVENT, RequestKind.REFUND)
         return Session(
             id=req.session_id, account_id=sub.account_id, subscriber_id=sub.id,
             proto=req.proto, nas=req.nas, nas_session_id=req.nas_session_id,
-            framed_ip=req.framed_ip or (existing.framed_ip if existing else None),
-            status="closed" if closing or req.kind in (RequestKind.EVENT, RequestKind.REFUND)
-            else "active",
-            last_seq=max(req.seq, existing.last_seq if existing else 0),
-            started_at=existing.started_at if existing else req.timestamp,
-            updated_at=now, ended_at=now if closing else None, attrs=attrs)
+            framed_ip=req.framed_ip, status="closed" if closing or one_off else "active",
+            last_seq=req.seq, started_at=req.timestamp, updated_at=now,
+            ended_at=now if closing or one_off else None, attrs=dict(req.attrs))
 
     def _decide(self, req, account, plan, sub, parts, result: Result,
                 failed: dict[str, ResultCode]) -> ChargeDecision:

@@ -64,6 +64,13 @@ def balance_program(ops: list[Operation], now: int):
                 res.session, res.service, res.account_id, res.kind, res.units, list(res.holds),
                 res.seq, res.expires_at, res.created_at)
 
+    with_record = sorted({op.session for op in ops
+                          if getattr(op, "record", None) is not None or
+                          getattr(op, "require_session", False)})
+    if with_record:
+        rows = yield fetch("SELECT * FROM sessions WHERE id = ANY($1)", with_record)
+        state.sessions = {r["id"]: Session.from_row(r) for r in rows}
+
     counter_keys = sorted({op.counter for op in parts if getattr(op, "counter", None)})
     if counter_keys:
         rows = yield fetch("SELECT key, units FROM usage_counters WHERE key = ANY($1)",
