@@ -148,6 +148,36 @@ class FinalUnit:
     filter_id: str | None = None
 
 
+PolicyAction = str  # "disconnect" | "throttle" | "redirect" | "restore" | "none"
+
+
+@dataclass(frozen=True, slots=True)
+class EnforcementPolicy:
+    """What the network should do on each charging event (`policy/` carries it out).
+
+    `throttle_profile` defaults to the fair-usage profile; `fallback_disconnect`
+    lets policy disconnect a session whose NAS refuses the CoA that would
+    throttle or redirect it.
+    """
+
+    on_exhausted: PolicyAction = "disconnect"
+    on_fair_usage: PolicyAction = "throttle"
+    on_suspended: PolicyAction = "disconnect"
+    on_restored: PolicyAction = "restore"
+    throttle_profile: SpeedProfile | None = None
+    redirect_url: str | None = None
+    fallback_disconnect: bool = True
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "EnforcementPolicy":
+        if not d:
+            return cls()
+        d = dict(d)
+        if d.get("throttle_profile"):
+            d["throttle_profile"] = SpeedProfile(**d["throttle_profile"])
+        return cls(**d)
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     id: int
@@ -163,6 +193,7 @@ class Plan:
     created_at: int
     updated_at: int
     final_unit: FinalUnit = FinalUnit()
+    policy: EnforcementPolicy = EnforcementPolicy()
 
     @classmethod
     def from_row(cls, r: Mapping[str, Any]) -> "Plan":
@@ -179,6 +210,7 @@ class Plan:
             if fair else None,
             description=r["description"], created_at=r["created_at"], updated_at=r["updated_at"],
             final_unit=FinalUnit(**final) if final else FinalUnit(),
+            policy=EnforcementPolicy.from_dict(_loads(r["policy"])),
         )
 
 

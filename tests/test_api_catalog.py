@@ -46,6 +46,26 @@ async def test_plan_create_show_list_patch(api: Api):
     assert (await api.reader.get("/v1/plans/77")).status == 404
 
 
+async def test_plan_final_unit_action_and_enforcement_policy(api: Api):
+    r = await api.admin.post("/v1/plans", {
+        **PLAN, "final_unit": {"action": "redirect", "redirect_url": "http://topup.example/"},
+        "policy": {"on_exhausted": "throttle", "throttle_profile": {"down_kbps": 256,
+                                                                      "up_kbps": 128}}})
+    assert r.status == 201, r.text
+    assert r.json["final_unit"] == {"action": "redirect", "redirect_url": "http://topup.example/",
+                                    "filter_id": None}
+    assert r.json["policy"]["on_exhausted"] == "throttle"
+    assert r.json["policy"]["on_suspended"] == "disconnect"  # the default
+    stored = await api.store.get_plan(r.json["id"])
+    assert stored.final_unit.action == "redirect"
+    assert stored.policy.throttle_profile.down_kbps == 256
+    plain = await api.admin.post("/v1/plans", {**PLAN, "name": "plain"})
+    assert plain.json["final_unit"]["action"] == "terminate"
+    bad = await api.admin.post("/v1/plans", {**PLAN, "name": "bad",
+                                             "policy": {"on_exhausted": "explode"}})
+    assert bad.status == 422 and "policy.on_exhausted" in bad.text
+
+
 @pytest.mark.parametrize("store_target", ["sqlite"], indirect=True)
 async def test_bad_plans_name_the_nested_field(api: Api):
     cases = [

@@ -24,7 +24,8 @@ def _plan_values(body: s.PlanCreate | s.PlanUpdate, fields: set[str]) -> dict[st
         value = getattr(body, name)
         if name == "allowances":
             value = [a.model_dump() for a in value]
-        elif name in ("speed_profile", "fair_usage") and value is not None:
+        elif name in ("speed_profile", "fair_usage", "final_unit", "policy") \
+                and value is not None:
             value = value.model_dump()
         values[name] = value
     return values

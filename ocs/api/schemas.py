@@ -251,6 +251,31 @@ class FairUsageIn(Body):
     throttle_profile: SpeedProfileIn
 
 
+Url = Annotated[str, StringConstraints(min_length=1, max_length=2048,
+                                        pattern=r"^https?://[^\s]+$")]
+Action = Literal["disconnect", "throttle", "redirect", "restore", "none"]
+
+
+class FinalUnitIn(Body):
+    """What the network does when the balance cannot grant more (RFC 8506 §5.6)."""
+
+    action: Literal["terminate", "redirect", "restrict"] = "terminate"
+    redirect_url: Url | None = None
+    filter_id: line(1, 253) | None = None
+
+
+class PolicyIn(Body):
+    """What enforcement does on each charging event."""
+
+    on_exhausted: Action = "disconnect"
+    on_fair_usage: Action = "throttle"
+    on_suspended: Action = "disconnect"
+    on_restored: Action = "restore"
+    throttle_profile: SpeedProfileIn | None = None
+    redirect_url: Url | None = None
+    fallback_disconnect: bool = True
+
+
 class PlanCreate(Body):
     name: Name
     currency: Currency
@@ -261,6 +286,8 @@ class PlanCreate(Body):
     speed_profile: SpeedProfileIn | None = None
     fair_usage: FairUsageIn | None = None
     description: Text = ""
+    final_unit: FinalUnitIn | None = None
+    policy: PolicyIn | None = None
 
 
 class PlanUpdate(Body):
@@ -274,6 +301,8 @@ class PlanUpdate(Body):
     speed_profile: SpeedProfileIn | None = None
     fair_usage: FairUsageIn | None = None
     description: Text = NOT_NULL
+    final_unit: FinalUnitIn | None = None
+    policy: PolicyIn | None = None
 
 
 # ---------------------------------------------------------------------------- NAS / peers

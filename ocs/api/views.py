@@ -272,6 +272,22 @@ class FairUsageView(Out):
     throttle_profile: SpeedProfileView
 
 
+class FinalUnitView(Out):
+    action: Literal["terminate", "redirect", "restrict"]
+    redirect_url: str | None
+    filter_id: str | None
+
+
+class PolicyView(Out):
+    on_exhausted: str
+    on_fair_usage: str
+    on_suspended: str
+    on_restored: str
+    throttle_profile: SpeedProfileView | None
+    redirect_url: str | None
+    fallback_disconnect: bool
+
+
 class PlanView(Out):
     id: int
     name: str
@@ -283,6 +299,8 @@ class PlanView(Out):
     speed_profile: SpeedProfileView | None
     fair_usage: FairUsageView | None
     description: str
+    final_unit: FinalUnitView
+    policy: PolicyView
     created_at: str
     updated_at: str
 
@@ -302,7 +320,16 @@ def plan_view(p: Plan) -> PlanView:
         fair_usage=FairUsageView(threshold_octets=p.fair_usage.threshold_octets,
                                  throttle_profile=_speed(p.fair_usage.throttle_profile))
         if p.fair_usage else None,
-        description=p.description, created_at=iso(p.created_at), updated_at=iso(p.updated_at))
+        description=p.description,
+        final_unit=FinalUnitView(action=p.final_unit.action,
+                                 redirect_url=p.final_unit.redirect_url,
+                                 filter_id=p.final_unit.filter_id),
+        policy=PolicyView(on_exhausted=p.policy.on_exhausted, on_fair_usage=p.policy.on_fair_usage,
+                          on_suspended=p.policy.on_suspended, on_restored=p.policy.on_restored,
+                          throttle_profile=_speed(p.policy.throttle_profile),
+                          redirect_url=p.policy.redirect_url,
+                          fallback_disconnect=p.policy.fallback_disconnect),
+        created_at=iso(p.created_at), updated_at=iso(p.updated_at))
 
 
 # ---------------------------------------------------------------------------- NAS

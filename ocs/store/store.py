@@ -33,13 +33,13 @@ IDENTITIES = ("username", "msisdn", "imsi", "sip_user")
 _ACCOUNT_FIELDS = ("name", "currency", "billing", "credit_limit", "status", "parent_id",
                    "language", "tax_profile", "low_balance_threshold")
 _PLAN_FIELDS = ("name", "currency", "recurring_fee", "period", "allowances", "tariff",
-                "speed_profile", "fair_usage", "description", "final_unit")
+                "speed_profile", "fair_usage", "description", "final_unit", "policy")
 _SUBSCRIBER_FIELDS = ("account_id", "plan_id", "username", "msisdn", "imsi", "sip_user",
                       "password_hash", "nt_hash", "cleartext", "framed_ip", "max_sessions")
 _NAS_FIELDS = ("name", "kind", "address", "secret", "vendor", "coa_port",
                "require_message_authenticator", "control")
 _JSON_FIELDS = {"allowances", "speed_profile", "fair_usage", "control", "attrs", "details",
-                "final_unit"}
+                "final_unit", "policy"}
 
 
 def _json(value: Any) -> Any:
@@ -361,11 +361,11 @@ class Store:
                           period: str = "month", allowances: Iterable[dict] = (),
                           tariff: str | None = None, speed_profile: dict | None = None,
                           fair_usage: dict | None = None, description: str = "",
-                          final_unit: dict | None = None) -> Plan:
+                          final_unit: dict | None = None, policy: dict | None = None) -> Plan:
         values = dict(name=name, currency=currency.upper(), recurring_fee=recurring_fee,
                       period=period, allowances=list(allowances), tariff=tariff,
                       speed_profile=speed_profile, fair_usage=fair_usage,
-                      description=description, final_unit=final_unit)
+                      description=description, final_unit=final_unit, policy=policy)
         row = await self.driver.run(_insert_program, "plans", values, now_us())
         return Plan.from_row(row)
 
