@@ -1,0 +1,3 @@
+MAX_PACKET: int
+
+def decode(data: bytes) -> tuple[int, int, bytes, list[tuple[int, bytes]], int, int]: ...
