@@ -171,6 +171,18 @@ class RadiusConfig(Section):
     enabled: bool = True
     auth_listen: Listen = "0.0.0.0:1812"
     acct_listen: Listen = "0.0.0.0:1813"
+    reuse_port: bool = False
+    dictionary: str = ""
+    max_in_flight: int = Field(4096, ge=1, le=1_000_000)
+    acct_interim_interval: int = Field(300, ge=0, le=86_400)
+    session_timeout_max: int = Field(86_400, ge=0)
+    send_class: bool = True
+    framed_pool: str = ""
+    walled_garden_session_timeout: int = Field(600, ge=1)
+    data_service: str = "data"
+    time_service: str = "time"
+    voice_service: str = "voice"
+    log_accounting: bool = False
 
 
 class DiameterConfig(Section):
@@ -180,6 +192,37 @@ class DiameterConfig(Section):
     listen: Listen = "0.0.0.0:3868"
     origin_host: str = Field(default_factory=lambda: f"ocs.{socket.gethostname()}.localdomain")
     origin_realm: str = "localdomain"
+
+
+class TcConfig(Section):
+    """Linux traffic control on this host (policy/tc.py); see conf/ocs.toml [policy.tc]."""
+
+    interface: str = ""
+    rate_kbit: int = Field(10_000_000, ge=8, le=1_000_000_000)
+    cleanup: bool = True
+
+
+class PolicyConfig(Section):
+    """Enforcement (policy/): the action queue and its actuators; see conf/ocs.toml [policy]."""
+
+    enabled: bool = True
+    queue: Literal["auto", "store", "redis"] = "auto"
+    max_attempts: int = Field(8, ge=1, le=1000)
+    backoff_initial: float = Field(1.0, gt=0, le=3600)
+    backoff_max: float = Field(300.0, gt=0, le=86_400)
+    per_nas_concurrency: int = Field(4, ge=1, le=10_000)
+    max_in_flight: int = Field(64, ge=1, le=100_000)
+    lease: float = Field(60.0, ge=1, le=86_400)
+    poll_interval: float = Field(1.0, gt=0, le=60)
+    confirm_timeout: float = Field(30.0, ge=0, le=3600)
+    retention_hours: float = Field(168.0, gt=0)
+    coa_timeout: float = Field(2.0, gt=0, le=60)
+    coa_max_timeout: float = Field(16.0, gt=0, le=600)
+    coa_retransmissions: int = Field(4, ge=0, le=20)
+    coa_max_duration: float = Field(30.0, gt=0, le=600)
+    coa_profiles: str = ""
+    control_timeout: float = Field(5.0, gt=0, le=120)
+    tc: TcConfig = TcConfig()
 
 
 class ApiConfig(Section):
@@ -207,6 +250,7 @@ class Config(BaseModel):
     charging: ChargingConfig = ChargingConfig()
     radius: RadiusConfig = RadiusConfig()
     diameter: DiameterConfig = DiameterConfig()
+    policy: PolicyConfig = PolicyConfig()
     api: ApiConfig = ApiConfig()
     metrics: MetricsConfig = MetricsConfig()
     source: str | None = Field(None, exclude=True)
