@@ -28,6 +28,16 @@ class Metrics:
         self.radius_dropped = Counter(
             "ocs_radius_dropped_total", "RADIUS packets dropped, by reason",
             ["reason"], registry=r)
+        self.radius_replies = Counter(
+            "ocs_radius_replies_total", "RADIUS replies sent, by NAS and code",
+            ["nas", "code"], registry=r)
+        self.radius_duplicates = Counter(
+            "ocs_radius_duplicates_total", "RADIUS retransmissions answered from the "
+            "duplicate cache (RFC 5080)", ["nas"], registry=r)
+        self.radius_nas_without_ma = Gauge(
+            "ocs_radius_nas_without_message_authenticator", "1 for a NAS whose last "
+            "Access-Request had no Message-Authenticator (BlastRADIUS exposure)", ["nas"],
+            registry=r)
         self.diameter_messages = Counter(
             "ocs_diameter_messages_total", "Diameter messages by peer, command and result",
             ["peer", "cmd", "result_code"], registry=r)
