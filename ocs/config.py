@@ -194,14 +194,6 @@ class DiameterConfig(Section):
     origin_realm: str = "localdomain"
 
 
-class TcConfig(Section):
-    """Linux traffic control on this host (policy/tc.py); see conf/ocs.toml [policy.tc]."""
-
-    interface: str = ""
-    rate_kbit: int = Field(10_000_000, ge=8, le=1_000_000_000)
-    cleanup: bool = True
-
-
 class PolicyConfig(Section):
     """Enforcement (policy/): the action queue and its actuators; see conf/ocs.toml [policy]."""
 
@@ -222,7 +214,9 @@ class PolicyConfig(Section):
     coa_max_duration: float = Field(30.0, gt=0, le=600)
     coa_profiles: str = ""
     control_timeout: float = Field(5.0, gt=0, le=120)
-    tc: TcConfig = TcConfig()
+    tc_interface: str = ""
+    tc_rate_kbit: int = Field(10_000_000, ge=8, le=1_000_000_000)
+    tc_cleanup: bool = True
 
 
 class ApiConfig(Section):
