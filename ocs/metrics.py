@@ -59,6 +59,31 @@ class Metrics:
         self.reservations_expired = Counter(
             "ocs_reservations_expired_units_total",
             "Units released by supervision because their session went silent", registry=r)
+        # Policy (filled by policy/).
+        self.policy_events = Counter(
+            "ocs_policy_events_total", "Charging events seen by enforcement, by type and "
+            "decision (act, unchanged, none, ignored)", ["type", "decision"], registry=r)
+        self.policy_actions = Counter(
+            "ocs_policy_actions_total", "Enforcement attempts by action, backend and result",
+            ["action", "backend", "result"], registry=r)
+        self.policy_attempt_duration = Histogram(
+            "ocs_policy_attempt_duration_seconds", "Duration of one enforcement attempt",
+            ["backend"], buckets=LATENCY_BUCKETS + (10.0, 30.0), registry=r)
+        self.policy_queue = Gauge(
+            "ocs_policy_queue_actions", "Enforcement actions waiting or running, by state",
+            ["state"], registry=r)
+        self.policy_dead_letters = Gauge(
+            "ocs_policy_dead_letters", "Enforcement actions dead-lettered and not retried "
+            "(alert when above 0)", registry=r)
+        self.policy_dead_lettered = Counter(
+            "ocs_policy_dead_lettered_total", "Enforcement actions given up after "
+            "policy.max_attempts or a final refusal", ["action", "backend"], registry=r)
+        self.policy_error_causes = Counter(
+            "ocs_policy_error_causes_total", "RFC 5176 Error-Cause values received in "
+            "CoA/Disconnect NAKs, by NAS and cause", ["nas", "cause"], registry=r)
+        self.policy_confirmations = Counter(
+            "ocs_policy_confirmations_total", "Disconnects confirmed by the session's Stop "
+            "within policy.confirm_timeout, or not", ["result"], registry=r)
         # API.
         self.api_requests = Counter(
             "ocs_api_requests_total", "REST API requests by method, route and status",
