@@ -74,6 +74,7 @@ def build_components(ctx: Context) -> list[Component]:
         ChargingComponent(ctx),
         Supervision(ctx),
         # Policy (enforcement back-ends) goes here.
+        __import__("policy.component", fromlist=["PolicyComponent"]).PolicyComponent(ctx),
         # RADIUS and Diameter listeners bind here: after everything they call
         # into, before the HTTP API, so they are closed first on stop.
         HttpListeners(ctx),
