@@ -188,10 +188,74 @@ class RadiusConfig(Section):
 class DiameterConfig(Section):
     """Diameter front-end (diameter/). Owned by the Diameter work; see conf/ocs.toml [diameter]."""
 
+    class RatingGroup(Section):
+        """Per rating group: the unit kind it is charged in and the quota granted when
+        the client does not ask for an amount."""
+
+        kind: Literal["octets", "seconds", "events"] | None = None
+        quota: int | None = Field(None, ge=1)
+
     enabled: bool = True
     listen: Listen = "0.0.0.0:3868"
     origin_host: str = Field(default_factory=lambda: f"ocs.{socket.gethostname()}.localdomain")
     origin_realm: str = "localdomain"
+    host_ip_addresses: list[str] = []
+    tls_listen: Listen | None = None
+    tls_certificate: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    allowed_hosts: list[str] = []
+    allowed_realms: list[str] = []
+    allowed_addresses: list[str] = []
+    watchdog_interval: float = Field(30.0, ge=1, le=3600)
+    cer_timeout: float = Field(10.0, gt=0, le=300)
+    disconnect_timeout: float = Field(2.0, gt=0, le=60)
+    request_timeout: float = Field(5.0, gt=0, le=120)
+    request_attempts: int = Field(3, ge=1, le=10)
+    duplicate_ttl: float = Field(240.0, ge=240, le=86_400)
+    max_message_size: int = Field(65536, ge=4096, le=16_777_215)
+    max_in_flight: int = Field(4096, ge=1, le=1_000_000)
+    quota_holding_time: int = Field(0, ge=0, le=86_400)
+    exhausted_validity_time: int = Field(300, ge=0, le=86_400)
+    rating_groups: dict[str, RatingGroup] = {}
+
+    @field_validator("host_ip_addresses")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        import ipaddress
+        for a in v:
+            try:
+                ipaddress.ip_address(a)
+            except ValueError:
+                raise ValueError(f"{a!r} is not an IP address") from None
+        return v
+
+    @field_validator("allowed_addresses")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+        for a in v:
+            try:
+                ipaddress.ip_network(a, strict=False)
+            except ValueError:
+                raise ValueError(f"{a!r} is not an IP address or CIDR prefix") from None
+        return v
+
+    @field_validator("rating_groups")
+    @classmethod
+    def _rating_groups(cls, v: dict) -> dict:
+        for key in v:
+            if not key.isdigit() or int(key) > 0xFFFFFFFF:
+                raise ValueError(f"rating group {key!r} is not an Unsigned32 number")
+        return v
+
+    @field_validator("tls_key")
+    @classmethod
+    def _tls(cls, v: str, info) -> str:
+        data = info.data
+        if data.get("tls_listen") and not (data.get("tls_certificate") and v):
+            raise ValueError("tls_listen needs tls_certificate and tls_key")
+        return v
 
 
 class PolicyConfig(Section):
