@@ -41,6 +41,13 @@ class Metrics:
         self.diameter_messages = Counter(
             "ocs_diameter_messages_total", "Diameter messages by peer, command and result",
             ["peer", "cmd", "result_code"], registry=r)
+        self.diameter_connections = Gauge(
+            "ocs_diameter_connections", "Diameter peer connections past the capabilities "
+            "exchange", registry=r)
+        self.diameter_errors = Counter(
+            "ocs_diameter_errors_total", "Diameter problems by reason (framing, bad-request, "
+            "peer-refused, watchdog, overload, duplicate, store-unavailable, ...)",
+            ["reason"], registry=r)
         self.sessions_active = Gauge(
             "ocs_sessions_active", "Open charging sessions by protocol", ["proto"], registry=r)
         self.request_duration = Histogram(
