@@ -19,13 +19,15 @@ from typing import Any
 
 from pyrad.dictionary import Dictionary as _PyradDictionary
 
+from ocs.errors import OcsError
+
 from .wire import VENDOR_SHIFT
 
 #: The dictionaries shipped with ocsd (conf/dictionaries in the source tree).
 DEFAULT_PATH = str(Path(__file__).resolve().parent.parent / "conf" / "dictionaries" / "dictionary")
 
 
-class DictionaryError(ValueError):
+class DictionaryError(OcsError):
     """A dictionary file cannot be read or does not parse."""
 
 

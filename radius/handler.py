@@ -1,0 +1,319 @@
+"""Processing of one RADIUS request: from a verified packet to the reply octets.
+
+The transport (`radius.server`) has already found the NAS, decoded the
+packet and checked its signatures; this module authenticates, authorises
+and charges through the protocol-neutral core (`ocs.charging`) and encodes
+the reply through the outcome table (`radius.outcomes`). Returning None
+means "no answer" (the store is unavailable: `StoreUnavailable` propagates
+to the transport, which stays silent so the NAS retries or fails over).
+
+Which services a data session charges: octets under `[radius] data_service`
+always, and seconds under `time_service` when the plan is time-rated (a
+seconds allowance for that service or for any, or a tariff that rates it).
+Access-Accept records that choice in the Class attribute
+(``ocs1:<subscriber id>:<t|d>``), which the NAS echoes in every
+Accounting-Request (RFC 2865 §5.25), so accounting needs no lookup; a NAS
+that does not echo Class costs one subscriber lookup per session.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from ocs.charging import ChargeRequest, Identity, RequestKind, ResultCode, ServiceUsage
+from ocs.charging.core import fair_usage_period
+from ocs.errors import NotFound, ValidationError
+from ocs.model import Kind, Nas, Plan, now_us
+
+from . import accounting as acct
+from . import auth, outcomes
+from .codec import A, AcctStatus, Code, Packet, encode_reply, u32
+from .dictionary import Dictionary
+from .profiles import VOICE_VENDORS, VendorProfile, profile_for
+
+log = logging.getLogger("ocs.radius")
+
+_KIND = {AcctStatus.START: RequestKind.INITIAL, AcctStatus.INTERIM_UPDATE: RequestKind.UPDATE,
+         AcctStatus.STOP: RequestKind.TERMINATE}
+_CLASS_PREFIX = b"ocs1:"
+_METERING_CACHE = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class NasState:
+    """What the hot path needs of one NAS, computed once per registry load."""
+
+    nas: Nas
+    name: str
+    secret: bytes
+    profile: VendorProfile
+    by_prefix: bool
+    voice: bool
+    require_ma: str  # yes | no | auto
+
+
+def nas_state(nas: Nas, voice_vendors: frozenset[str] = VOICE_VENDORS) -> NasState:
+    vendor = (nas.vendor or "generic").lower()
+    by_prefix = "/" in nas.address and not nas.address.endswith(("/32", "/128"))
+    return NasState(nas, nas.name, nas.secret.encode(), profile_for(vendor), by_prefix,
+                    vendor in voice_vendors, nas.require_message_authenticator or "yes")
+
+
+class Handler:
+    def __init__(self, ctx, dictionary: Dictionary):
+        self.ctx = ctx
+        self.dictionary = dictionary
+        self.cfg = ctx.config.radius
+        self._metering: OrderedDict[str, str] = OrderedDict()
+
+    # ------------------------------------------------------------ Access-Request
+    async def access(self, st: NasState, p: Packet) -> bytes:
+        cfg = self.cfg
+        username = p.get_str(A.USER_NAME)
+        if not username:
+            return self._reject(st, p, outcomes.NO_USER_NAME, "-", "none")
+        charging = self.ctx.charging
+        called = acct.called_number(p) if st.voice else None
+        if st.voice:
+            identity = Identity(sip_user=username, msisdn=acct.calling_number(p))
+            usage = ServiceUsage(cfg.voice_service, Kind.SECONDS, destination=called)
+        else:
+            identity = Identity(username=username, msisdn=acct.calling_number(p))
+            usage = ServiceUsage(cfg.data_service, Kind.OCTETS)
+        authz = await charging.authorize(identity, usage)
+        if authz.subscriber is None:
+            return self._reject(st, p, outcomes.access(authz.result)[1], username, "none")
+        proof = auth.check(p, st.secret, authz.subscriber)
+        if not proof.ok:
+            return self._reject(st, p, outcomes.WRONG_CREDENTIALS, username, proof.method,
+                                why=proof.reason, extra=proof.reject_attrs)
+        time_rated = st.voice
+        if not st.voice and self._time_rated(authz.plan):
+            time_rated = True
+            authz = await charging.authorize(identity, ServiceUsage(cfg.time_service,
+                                                                    Kind.SECONDS))
+        code, message, garden_ok = outcomes.access(authz.result)
+        plan = authz.plan
+        if code is not Code.ACCESS_ACCEPT:
+            final = plan.final_unit if plan is not None else None
+            if garden_ok and final is not None and final.action in outcomes.WALLED_GARDEN_ACTIONS:
+                return self._walled_garden(st, p, proof, final, username, message)
+            return self._reject(st, p, message, username, proof.method, why=authz.message)
+        sub = authz.subscriber
+        if sub.max_sessions > 0:
+            active = await self.ctx.store.list_sessions(subscriber_id=sub.id, status="active",
+                                                        limit=sub.max_sessions)
+            if len(active) >= sub.max_sessions:
+                return self._reject(st, p, outcomes.TOO_MANY_SESSIONS.format(
+                    limit=sub.max_sessions), username, proof.method)
+        attrs: list[tuple[int, bytes]] = list(proof.accept_attrs)
+        units = authz.max_units
+        if time_rated and units is not None:
+            attrs.append((A.SESSION_TIMEOUT, u32(self._cap_timeout(units))))
+        elif units is not None and st.profile.supports_volume_quota and units > 0:
+            attrs.extend(st.profile.volume_quota(units))
+        if cfg.acct_interim_interval and not st.voice:
+            attrs.append((A.ACCT_INTERIM_INTERVAL, u32(cfg.acct_interim_interval)))
+        if plan is not None and plan.speed_profile is not None and not st.voice:
+            speed = plan.speed_profile
+            if plan.fair_usage is not None and await self._over_fair_usage(sub.id, plan):
+                speed = plan.fair_usage.throttle_profile
+            attrs.extend(st.profile.speed(speed))
+        if sub.framed_ip and not st.voice:
+            attrs.append(self._framed(sub.framed_ip))
+        elif cfg.framed_pool and not st.voice:
+            attrs.append((A.FRAMED_POOL, cfg.framed_pool.encode()))
+        if cfg.send_class:
+            attrs.append((A.CLASS, b"%s%d:%s" % (_CLASS_PREFIX, sub.id,
+                                                 b"t" if time_rated else b"d")))
+        self._count(st, "access-accept")
+        log.info("accept %s via %s (%s)", username, st.name, proof.method)
+        return encode_reply(p, Code.ACCESS_ACCEPT, attrs, st.secret)
+
+    def _framed(self, ip: str) -> tuple[int, bytes]:
+        if ":" in ip:
+            return self.dictionary.encode("Framed-IPv6-Prefix",
+                                          ip if "/" in ip else ip + "/128")
+        return self.dictionary.encode("Framed-IP-Address", ip)
+
+    def _cap_timeout(self, seconds: int) -> int:
+        cap = self.cfg.session_timeout_max
+        return max(1, min(seconds, cap) if cap else min(seconds, 0xFFFFFFFF))
+
+    async def _over_fair_usage(self, subscriber_id: int, plan: Plan) -> bool:
+        period = fair_usage_period(now_us(), self.ctx.config.charging.fair_usage_period)
+        used = await self.ctx.store.usage_counter(f"fup:{subscriber_id}:{period}")
+        return used >= plan.fair_usage.threshold_octets
+
+    def _walled_garden(self, st, p, proof, final, username, message) -> bytes:
+        attrs = list(proof.accept_attrs) + st.profile.walled_garden(final)
+        attrs.append((A.SESSION_TIMEOUT, u32(self.cfg.walled_garden_session_timeout)))
+        attrs.append((A.REPLY_MESSAGE, message.encode()))
+        self._count(st, "access-accept")
+        log.info("walled garden for %s via %s: %s", username, st.name, message)
+        return encode_reply(p, Code.ACCESS_ACCEPT, attrs, st.secret)
+
+    def _reject(self, st, p, message: str, username: str, method: str, *, why: str = "",
+                extra=()) -> bytes:
+        self._count(st, "access-reject")
+        log.info("reject %s via %s (%s): %s%s", username, st.name, method, message,
+                 f" ({why})" if why and why != message else "")
+        attrs = list(extra) + [(A.REPLY_MESSAGE, message.encode())]
+        return encode_reply(p, Code.ACCESS_REJECT, attrs, st.secret)
+
+    def _time_rated(self, plan: Plan | None) -> bool:
+        if plan is None:
+            return False
+        svc = self.cfg.time_service
+        if any(a.kind is Kind.SECONDS and a.service in (None, svc) for a in plan.allowances):
+            return True
+        book = self.ctx.tariffs
+        if plan.tariff and book is not None:
+            try:
+                return svc in book.get(plan.tariff).services()
+            except Exception:  # noqa: BLE001 - a tariff not loaded is "not time-rated"
+                return False
+        return False
+
+    def _count(self, st: NasState, code: str) -> None:
+        self.ctx.metrics.radius_replies.labels(nas=st.name, code=code).inc()
+
+    # ------------------------------------------------------------ Status-Server
+    def status(self, st: NasState, p: Packet, port: str) -> bytes:
+        """RFC 5997: Access-Accept on the auth port, Accounting-Response on the acct port."""
+        code = Code.ACCESS_ACCEPT if port == "auth" else Code.ACCOUNTING_RESPONSE
+        self._count(st, "status")
+        return encode_reply(p, code, [(A.REPLY_MESSAGE, b"ocsd alive")], st.secret)
+
+    # ------------------------------------------------------------ Accounting-Request
+    async def accounting(self, st: NasState, p: Packet, source: str) -> bytes | None:
+        status = acct.status_of(p)
+        if status in (AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF):
+            closed = await self._close_nas_sessions(st, p, source)
+            log.info("%s from %s: closed %d open sessions",
+                     "Accounting-On" if status == AcctStatus.ACCOUNTING_ON else "Accounting-Off",
+                     st.name, closed)
+            return self._acct_response(st, p)
+        kind = _KIND.get(status)
+        if kind is None:  # Failed, tunnel records...: acknowledged, nothing to charge
+            log.debug("accounting status %s from %s acknowledged", status, st.name)
+            return self._acct_response(st, p)
+        u = acct.usage_of(p)
+        if not u.acct_session_id:
+            raise MissingAttribute("Acct-Session-Id")
+        session_id = acct.session_key(st.name, p, u, by_prefix=st.by_prefix, source=source)
+        username = p.get_str(A.USER_NAME)
+        delay = p.get_int(A.ACCT_DELAY_TIME, 0) or 0
+        at = u.event_time * 1_000_000 if u.event_time else now_us() - delay * 1_000_000
+        cfg = self.cfg
+        if st.voice or acct.is_call(p, st.nas.vendor.lower(), VOICE_VENDORS):
+            identity = Identity(sip_user=username, msisdn=acct.calling_number(p))
+            seconds = acct.call_seconds(p, u)
+            if seconds is None and kind is RequestKind.TERMINATE:
+                seconds = await self._elapsed(session_id, at)
+            services = (ServiceUsage(cfg.voice_service, Kind.SECONDS, used=seconds or 0,
+                                     destination=acct.called_number(p)),)
+            keys = acct.CALL_ID_KEYS
+        else:
+            identity = Identity(username=username, msisdn=acct.calling_number(p))
+            data = ServiceUsage(cfg.data_service, Kind.OCTETS, used=u.octets_in + u.octets_out)
+            if await self._metered_time(p, session_id, identity):
+                services = (data, ServiceUsage(cfg.time_service, Kind.SECONDS,
+                                               used=u.session_time))
+            else:
+                services = (data,)
+            keys = acct.DATA_KEYS
+        attrs: dict[str, Any] = {}
+        if kind is not RequestKind.UPDATE:
+            wanted = set(keys)
+            attrs = self.dictionary.named([(k, v) for k, v in p.attributes if k in wanted])
+        req = ChargeRequest(identity, session_id, kind, acct.seq_of(p, u), services, at,
+                            proto="radius", nas=st.name, nas_session_id=u.acct_session_id,
+                            framed_ip=acct.framed_ip(p), cumulative=True, attrs=attrs)
+        decision = await self.ctx.charging.charge(req)
+        if decision.result is ResultCode.UNKNOWN_SUBSCRIBER:
+            log.warning("accounting for unknown subscriber %s from %s (session %s)", identity,
+                        st.name, u.acct_session_id)
+        elif cfg.log_accounting:
+            log.info("accounting %s %s via %s: %s cost %d%s", kind.value, session_id, st.name,
+                     decision.result.value, decision.cost,
+                     " (replayed)" if decision.replayed else "")
+        if kind is RequestKind.TERMINATE:
+            self._metering.pop(session_id, None)
+        return self._acct_response(st, p)
+
+    def _acct_response(self, st: NasState, p: Packet) -> bytes:
+        self._count(st, "accounting-response")
+        return encode_reply(p, Code.ACCOUNTING_RESPONSE, (), st.secret,
+                            message_authenticator=p.has_message_authenticator)
+
+    async def _elapsed(self, session_id: str, at: int) -> int:
+        """Kamailio reports no duration: the call lasted from its Start to this Stop."""
+        try:
+            session = await self.ctx.store.get_session(session_id)
+        except NotFound:
+            return 0
+        return max(0, -(-(at - session.started_at) // 1_000_000))
+
+    async def _metered_time(self, p: Packet, session_id: str, identity: Identity) -> bool:
+        cls = p.get(A.CLASS)
+        if cls is not None and cls.startswith(_CLASS_PREFIX):
+            return cls.endswith(b":t")
+        flag = self._metering.get(session_id)
+        if flag is None:
+            flag = "d"
+            for key, value in identity.lookups():
+                try:
+                    sub = await self.ctx.store.find_subscriber(**{key: value})
+                except NotFound:
+                    continue
+                plan = self.ctx.registry.plan(sub.plan_id) if sub.plan_id else None
+                flag = "t" if self._time_rated(plan) else "d"
+                break
+            self._metering[session_id] = flag
+            if len(self._metering) > _METERING_CACHE:
+                self._metering.popitem(last=False)
+        return flag == "t"
+
+    async def _close_nas_sessions(self, st: NasState, p: Packet, source: str) -> int:
+        """Accounting-On/Off (RFC 2866 §5.1): the NAS restarted, its sessions are gone."""
+        store, closed = self.ctx.store, 0
+        prefix = None
+        if st.by_prefix:
+            box = p.get_str(A.NAS_IDENTIFIER) or acct._ip(p.get(A.NAS_IP_ADDRESS)) or source
+            prefix = f"radius:{st.name}/{box}:"
+        skipped: set[str] = set()
+        while True:
+            batch = [s for s in await store.list_sessions(nas=st.name, status="active",
+                                                          limit=500)
+                     if s.id not in skipped]
+            if not batch:
+                return closed
+            for session in batch:
+                if prefix is not None and not session.id.startswith(prefix):
+                    skipped.add(session.id)
+                    continue
+                sub = await store.get_subscriber(session.subscriber_id)
+                identity = Identity(username=sub.username, msisdn=sub.msisdn, imsi=sub.imsi,
+                                    sip_user=sub.sip_user)
+                await self.ctx.charging.charge(ChargeRequest(
+                    identity, session.id, RequestKind.TERMINATE, session.last_seq + 1, (),
+                    now_us(), proto="radius", nas=st.name,
+                    nas_session_id=session.nas_session_id, cumulative=True,
+                    attrs={"closed_by": "accounting-on/off"}))
+                self._metering.pop(session.id, None)
+                closed += 1
+            if len(skipped) >= 10_000:
+                return closed
+
+
+class MissingAttribute(ValidationError):
+    """A request lacks an attribute the RFC makes mandatory: dropped and counted."""
+
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(f"missing {name}")
+

@@ -1,0 +1,257 @@
+"""The asyncio UDP transport: sockets, NAS lookup, signatures, duplicates, bounds.
+
+A thin layer around the codec and the handler. For each datagram, in order
+(every drop is counted in ``ocs_radius_dropped_total{reason}`` and never
+answered):
+
+1. too many requests in flight (``[radius] max_in_flight``): ``overload``
+   (silence is the overload answer: the NAS retries or fails over);
+2. source address not a registered NAS: ``unknown_client``;
+3. not a packet (`DecodeError`): its reason (``too_short``, ``bad_length``,
+   ``attribute_length``, ...);
+4. a request of the other port (Access on 1813, Accounting on 1812), or a
+   reply code: ``wrong_port``;
+5. signatures: an Accounting-Request whose Authenticator does not verify
+   (wrong secret) ``bad_authenticator``; a Message-Authenticator present and
+   wrong ``bad_message_authenticator``; an Access-Request without one from a
+   NAS that must send it ``missing_message_authenticator`` (BlastRADIUS,
+   CVE-2024-3596: ``yes`` always, ``auto`` once the NAS has sent one, ``no``
+   never; NAS still omitting it are listed by the gauge
+   ``ocs_radius_nas_without_message_authenticator{nas}``); a Status-Server
+   without a valid one (RFC 5997 §3);
+6. RFC 5080 §2.2.2 duplicate detection on (source address and port, code,
+   Identifier, Authenticator) through the cluster's duplicate cache (Redis
+   across nodes, in process otherwise): a retransmission of an answered
+   request gets the same reply octets again; one that arrives while the
+   original is still being processed is dropped (``in_progress``);
+7. the handler's answer is sent, and cached for retransmissions; a store
+   that is unavailable (``store_unavailable``) gets no answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Any
+
+from ocs.errors import StoreUnavailable
+
+from .codec import (Code, DecodeError, SIGNED_REQUESTS, decode, message_authenticator_ok,
+                    request_authenticator_ok)
+from .handler import Handler, MissingAttribute, NasState, nas_state
+
+log = logging.getLogger("ocs.radius")
+
+_AUTH_CODES = frozenset({Code.ACCESS_REQUEST, Code.STATUS_SERVER})
+_ACCT_CODES = frozenset({Code.ACCOUNTING_REQUEST, Code.STATUS_SERVER})
+_CODE_LABEL = {Code.ACCESS_REQUEST: "access-request", Code.ACCOUNTING_REQUEST:
+               "accounting-request", Code.STATUS_SERVER: "status-server"}
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    def __init__(self, server: "RadiusServer", port: str):
+        self.server = server
+        self.port = port
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.server.received(self, data, addr)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP unreachable from a NAS
+        log.debug("socket error on the %s port: %s", self.port, exc)
+
+
+class RadiusServer:
+    """Auth and accounting sockets in front of a `Handler`."""
+
+    def __init__(self, ctx, handler: Handler):
+        self.ctx = ctx
+        self.handler = handler
+        self.cfg = ctx.config.radius
+        self.metrics = ctx.metrics
+        self.in_flight = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._endpoints: list[_Endpoint] = []
+        self._registry = None
+        self._by_ip: dict[str, NasState | None] = {}
+        self._warned: set[int] = set()
+        self._ma_seen: set[int] = set()  # NAS ids that sent Message-Authenticator (auto mode)
+        self._drop = {}  # reason -> bound counter child, so the hot path skips .labels()
+        self.addresses: dict[str, tuple[str, int]] = {}
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for port, listen in (("auth", self.cfg.auth_listen), ("acct", self.cfg.acct_listen)):
+            host, _, num = listen.rpartition(":")
+            host = host.strip("[]") or "0.0.0.0"
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if self.cfg.reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                # A burst must wait in the kernel, not be lost there.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+                sock.bind((host, int(num)))
+            except OSError as exc:
+                sock.close()
+                await self.stop()
+                raise OSError(exc.errno, f"cannot listen on {listen} (radius {port}): "
+                                         f"{exc.strerror}") from exc
+            sock.setblocking(False)
+            _, endpoint = await loop.create_datagram_endpoint(
+                lambda p=port: _Endpoint(self, p), sock=sock)
+            self._endpoints.append(endpoint)
+            self.addresses[port] = sock.getsockname()[:2]
+            log.info("radius %s listening on %s", port, listen)
+
+    async def stop(self, drain: float = 5.0) -> None:
+        for endpoint in self._endpoints:
+            if endpoint.transport is not None:
+                endpoint.transport.close()
+        self._endpoints = []
+        if self._tasks:
+            done, pending = await asyncio.wait(set(self._tasks), timeout=drain)
+            for task in pending:
+                task.cancel()
+
+    # ------------------------------------------------------------ per datagram
+    def _dropped(self, reason: str) -> None:
+        child = self._drop.get(reason)
+        if child is None:
+            child = self._drop[reason] = self.metrics.radius_dropped.labels(reason=reason)
+        child.inc()
+
+    def nas(self, ip: str) -> NasState | None:
+        registry = self.ctx.registry
+        if registry is not self._registry:  # reloaded (SIGHUP, API change): rebuild the cache
+            self._registry, self._by_ip, self._warned = registry, {}, set()
+        try:
+            return self._by_ip[ip]
+        except KeyError:
+            nas = registry.nas_for(ip)
+            st = nas_state(nas) if nas is not None and nas.kind.value == "nas" else None
+            self._by_ip[ip] = st
+            return st
+
+    def received(self, endpoint: _Endpoint, data: bytes, addr: Any) -> None:
+        if self.in_flight >= self.cfg.max_in_flight:
+            self._dropped("overload")
+            return
+        st = self.nas(addr[0])
+        if st is None:
+            self._dropped("unknown_client")
+            log.debug("packet from unknown client %s dropped", addr[0])
+            return
+        try:
+            packet = decode(data)
+        except DecodeError as exc:
+            self._dropped(exc.reason)
+            log.debug("malformed packet from %s (%s): %s", st.name, addr[0], exc)
+            return
+        code = packet.code
+        if code not in (_AUTH_CODES if endpoint.port == "auth" else _ACCT_CODES):
+            self._dropped("wrong_port")
+            return
+        if not self._signed(st, packet):
+            return
+        self.metrics.radius_requests.labels(nas=st.name, code=_CODE_LABEL[code]).inc()
+        self.in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._serve(endpoint, st, packet, addr))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _signed(self, st: NasState, packet) -> bool:
+        secret = st.secret
+        if packet.code in SIGNED_REQUESTS and not request_authenticator_ok(packet, secret):
+            self._dropped("bad_authenticator")
+            log.debug("bad Request Authenticator from %s (wrong secret?)", st.name)
+            return False
+        if packet.has_message_authenticator:
+            if not message_authenticator_ok(packet, secret):
+                self._dropped("bad_message_authenticator")
+                log.debug("bad Message-Authenticator from %s", st.name)
+                return False
+            if packet.code == Code.ACCESS_REQUEST:
+                if st.nas.id not in self._ma_seen:
+                    self._ma_seen.add(st.nas.id)
+                    self.metrics.radius_nas_without_ma.labels(nas=st.name).set(0)
+            return True
+        if packet.code == Code.STATUS_SERVER:
+            self._dropped("missing_message_authenticator")
+            return False
+        if packet.code == Code.ACCESS_REQUEST:
+            mode = st.require_ma
+            if mode == "yes" or (mode == "auto" and st.nas.id in self._ma_seen):
+                self._dropped("missing_message_authenticator")
+                # Warned once per NAS and reload; a flood of them must not flood the log.
+                level = logging.DEBUG if st.nas.id in self._warned else logging.WARNING
+                self._warned.add(st.nas.id)
+                log.log(level, "Access-Request without Message-Authenticator from %s dropped "
+                        "(require_message_authenticator=%s)", st.name, mode)
+                return False
+            self.metrics.radius_nas_without_ma.labels(nas=st.name).set(1)
+        return True
+
+    async def _serve(self, endpoint: _Endpoint, st: NasState, packet, addr) -> None:
+        started = time.perf_counter()
+        op = "status"
+        key = None
+        dedup = self.ctx.cluster.dedup if self.ctx.cluster is not None else None
+        try:
+            if packet.code == Code.STATUS_SERVER:  # RFC 5997 §3: never from the cache
+                reply = self.handler.status(st, packet, endpoint.port)
+            else:
+                if dedup is not None:
+                    key = (f"radius:{addr[0]}:{addr[1]}:{packet.code}:{packet.identifier}:"
+                           f"{packet.authenticator.hex()}")
+                    if not await dedup.claim(key):
+                        cached = await dedup.get(key)
+                        key = None
+                        if cached is None:
+                            self._dropped("in_progress")
+                            return
+                        self.metrics.radius_duplicates.labels(nas=st.name).inc()
+                        self._send(endpoint, cached, addr)
+                        return
+                if packet.code == Code.ACCESS_REQUEST:
+                    op = "access"
+                    reply = await self.handler.access(st, packet)
+                else:
+                    op = "accounting"
+                    reply = await self.handler.accounting(st, packet, addr[0])
+            if reply is None:
+                raise StoreUnavailable("no answer")
+            if key is not None:
+                await dedup.store(key, reply)
+                key = None
+            self._send(endpoint, reply, addr)
+        except StoreUnavailable as exc:
+            self._dropped("store_unavailable")
+            log.warning("no answer to %s from %s: store unavailable (%s)", op, st.name, exc)
+        except MissingAttribute as exc:
+            self._dropped("missing_attribute")
+            log.info("request from %s dropped: %s", st.name, exc)
+        except Exception:  # noqa: BLE001 - one bad request must not stop the server; logged whole
+            self._dropped("internal_error")
+            log.exception("processing a request from %s failed", st.name)
+        finally:
+            self.in_flight -= 1
+            if key is not None:
+                try:
+                    await dedup.release(key)  # processed afresh when retransmitted
+                except StoreUnavailable:
+                    pass
+            self.metrics.request_duration.labels(proto="radius", op=op).observe(
+                time.perf_counter() - started)
+
+    @staticmethod
+    def _send(endpoint: _Endpoint, reply: bytes, addr) -> None:
+        if endpoint.transport is not None and not endpoint.transport.is_closing():
+            endpoint.transport.sendto(reply, addr)

@@ -1,0 +1,396 @@
+"""The RADIUS front-end of a running ocsd, driven by FreeRADIUS's radclient (and a
+raw UDP client for what radclient cannot send): authentication, authorisation
+attributes, accounting = charging with balances read back through the API,
+retransmissions, secrets and Message-Authenticator rules, Accounting-On,
+malformed input, events."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from ocs import demo
+from ocs.model import MICRO
+from radius import codec, mschap
+from radius.auth import MS_CHAP2_RESPONSE, MS_CHAP2_SUCCESS, MS_CHAP_CHALLENGE, \
+    MS_MPPE_RECV_KEY, MS_MPPE_SEND_KEY
+from tests.radius_harness import A, Code, RadiusOcsd, SECRET, acct_packet, s
+
+GIB = 2**30
+
+
+async def seed(store) -> dict:
+    info = await demo.seed(store)
+    ids = {sub.label: sub.account_id for sub in info.subscribers}
+    garden = await store.create_plan(
+        name="garden", currency="EUR", allowances=[{"kind": "octets", "units": 10**6}],
+        final_unit={"action": "redirect", "redirect_url": "http://pay.example/",
+                    "filter_id": "walled"})
+    tiny = await store.create_plan(name="tiny", currency="EUR",
+                                   allowances=[{"kind": "octets", "units": 1_000_000}])
+    timed = await store.create_plan(name="timed", currency="EUR",
+                                    allowances=[{"kind": "seconds", "units": 3600}],
+                                    speed_profile={"down_kbps": 8000, "up_kbps": 1000})
+    nothing = await store.create_plan(name="nothing", currency="EUR")
+
+    async def sub(name, plan, *, status="active", max_sessions=1, framed_ip=None):
+        acct = await store.create_account(name=name, currency="EUR", billing="prepaid")
+        await store.create_subscriber(account_id=acct.id, plan_id=plan.id, username=name,
+                                      password="pw-" + name, max_sessions=max_sessions,
+                                      framed_ip=framed_ip)
+        if status != "active":
+            await store.set_account_status(acct.id, status, reason="test")
+        ids[name] = acct.id
+
+    data_plan = await store.find_plan("demo-data")
+    for name in ("acct1", "acct2", "retx", "on1", "on2", "fs", "ast", "kam", "mschap"):
+        await sub(name, data_plan, max_sessions=5)
+    await sub("garden1", garden, status="suspended")
+    await sub("suspended1", tiny, status="suspended")
+    await sub("empty1", nothing)
+    await sub("tiny1", tiny)
+    await sub("timed1", timed, framed_ip="10.9.9.9")
+    await sub("single", data_plan, max_sessions=1)
+    voice = await store.find_plan("demo-voice")
+    for name in ("fs", "ast", "kam"):
+        acct_id = ids[name]
+        await store.create_subscriber(account_id=acct_id, plan_id=voice.id,
+                                      sip_user="sip-" + name)
+    return ids
+
+
+@pytest.fixture(scope="module")
+def rad(tmp_path_factory):
+    d = RadiusOcsd(tmp_path_factory.mktemp("radius"))
+    d.ids = d.seed(seed)
+    d.start()
+    yield d
+    d.stop()
+
+
+def auth(rad, user, password, extra=""):
+    return rad.radclient("auth", f'User-Name = "{user}", User-Password = "{password}", '
+                                 f'Message-Authenticator = 0x00{extra}')
+
+
+def acct(rad, text: str):
+    code, _ = rad.radclient("acct", text)
+    return code
+
+
+# ---------------------------------------------------------------- authentication
+def test_pap_accept_carries_plan_attributes_and_message_authenticator_first(rad):
+    code, attrs = auth(rad, "demo", "demo")
+    assert code == "Access-Accept", attrs
+    assert list(attrs)[0] == "Message-Authenticator"
+    assert attrs["Filter-Id"] == "20M"  # generic NAS: the speed profile's name
+    assert attrs["Acct-Interim-Interval"] == "300"
+    assert attrs["Class"].startswith("0x" + b"ocs1:".hex())
+    assert "Session-Timeout" not in attrs  # volume plan: no time limit
+
+
+def test_pap_wrong_password_unknown_user_and_no_credentials(rad):
+    code, attrs = auth(rad, "demo", "nope")
+    assert code == "Access-Reject" and attrs["Reply-Message"] == "Wrong password"
+    code, attrs = auth(rad, "nobody-here", "x")
+    assert code == "Access-Reject" and attrs["Reply-Message"] == "Unknown subscriber"
+    code, attrs = rad.radclient("auth", 'User-Name = "demo", Message-Authenticator = 0x00')
+    assert code == "Access-Reject" and attrs["Reply-Message"] == "Wrong password"
+
+
+def test_chap_accept_and_reject(rad):
+    code, attrs = rad.radclient("auth", 'User-Name = "demo", CHAP-Password = "demo", '
+                                        'Message-Authenticator = 0x00')
+    assert code == "Access-Accept", attrs
+    code, attrs = rad.radclient("auth", 'User-Name = "demo", CHAP-Password = "wrong", '
+                                        'Message-Authenticator = 0x00')
+    assert code == "Access-Reject" and attrs["Reply-Message"] == "Wrong password"
+
+
+def test_mschapv2_success_and_mppe_keys(rad):
+    challenge = os.urandom(16)
+    peer = os.urandom(16)
+    response = mschap.client_response(auth_challenge=challenge, username=b"mschap",
+                                      password="pw-mschap", ident=5, peer_challenge=peer)
+    req = codec.encode_request(Code.ACCESS_REQUEST, 77, [
+        (A.USER_NAME, b"mschap"), (MS_CHAP_CHALLENGE, challenge),
+        (MS_CHAP2_RESPONSE, response)], SECRET.encode(), message_authenticator=True)
+    request = codec.decode(req)
+    raw = rad.send_raw(req, port="auth")
+    assert raw is not None, "no answer to MS-CHAPv2"
+    reply = codec.decode(raw)
+    assert reply.code == Code.ACCESS_ACCEPT
+    assert codec.reply_authenticator_ok(reply, SECRET.encode(), request.authenticator)
+    nt = mschap.nt_hash_of("pw-mschap")
+    expect = mschap.authenticator_response(nt, response[26:], peer, challenge, b"mschap")
+    assert reply.get(MS_CHAP2_SUCCESS) == b"\x05" + expect
+    send, recv = mschap.server_mppe_keys(nt, response[26:])
+    assert codec.salt_decrypt(reply.get(MS_MPPE_SEND_KEY), SECRET.encode(),
+                              request.authenticator) == send
+    assert codec.salt_decrypt(reply.get(MS_MPPE_RECV_KEY), SECRET.encode(),
+                              request.authenticator) == recv
+    # A wrong password: Access-Reject with MS-CHAP-Error.
+    bad = mschap.client_response(auth_challenge=challenge, username=b"mschap", password="x")
+    raw = rad.send_raw(codec.encode_request(Code.ACCESS_REQUEST, 78, [
+        (A.USER_NAME, b"mschap"), (MS_CHAP_CHALLENGE, challenge), (MS_CHAP2_RESPONSE, bad)],
+        SECRET.encode(), message_authenticator=True), port="auth")
+    rej = codec.decode(raw)
+    assert rej.code == Code.ACCESS_REJECT and b"E=691" in rej.get(codec.vsa(311, 2))
+
+
+def test_time_rated_plan_gets_session_timeout_speed_and_framed_ip(rad):
+    code, attrs = auth(rad, "timed1", "pw-timed1")
+    assert code == "Access-Accept", attrs
+    assert attrs["Session-Timeout"] == "3600"   # what the seconds allowance buys
+    assert attrs["Framed-IP-Address"] == "10.9.9.9"
+    assert attrs["Filter-Id"] == "8000/1000"
+
+
+def test_refusals_suspended_no_balance_and_walled_garden(rad):
+    code, attrs = auth(rad, "suspended1", "pw-suspended1")
+    assert code == "Access-Reject" and attrs["Reply-Message"] == "Account suspended"
+    code, attrs = auth(rad, "empty1", "pw-empty1")
+    assert code == "Access-Reject" and attrs["Reply-Message"] == "No balance left"
+    # Suspended, but the plan's final unit says redirect: a walled-garden accept.
+    code, attrs = auth(rad, "garden1", "pw-garden1")
+    assert code == "Access-Accept", attrs
+    assert attrs["Filter-Id"] == "walled" and attrs["Session-Timeout"] == "600"
+    assert attrs["Reply-Message"] == "Account suspended"
+    # A wrong password never reveals the account state.
+    code, attrs = auth(rad, "garden1", "wrong")
+    assert code == "Access-Reject" and attrs["Reply-Message"] == "Wrong password"
+
+
+def test_simultaneous_use_limit(rad):
+    assert auth(rad, "single", "pw-single")[0] == "Access-Accept"
+    assert acct(rad, 'User-Name = "single", Acct-Status-Type = Start, '
+                     'Acct-Session-Id = "single-1"') == "Accounting-Response"
+    code, attrs = auth(rad, "single", "pw-single")
+    assert code == "Access-Reject" and attrs["Reply-Message"] == "Too many sessions (limit 1)"
+    assert acct(rad, 'User-Name = "single", Acct-Status-Type = Stop, '
+                     'Acct-Session-Id = "single-1", Acct-Session-Time = 5') \
+        == "Accounting-Response"
+    assert auth(rad, "single", "pw-single")[0] == "Access-Accept"
+
+
+# ---------------------------------------------------------------- accounting = charging
+def test_start_interim_stop_charge_octets_with_gigawords(rad):
+    acc = rad.ids["acct1"]
+    before = rad.buckets(acc)["octets"]
+    assert before == 10 * GIB
+    base = 'User-Name = "acct1", Acct-Session-Id = "a1-1", '
+    assert acct(rad, base + "Acct-Status-Type = Start, Framed-IP-Address = 10.0.0.7") \
+        == "Accounting-Response"
+    assert rad.buckets(acc)["octets"] == before  # nothing used yet (held, not spent)
+    assert acct(rad, base + "Acct-Status-Type = Interim-Update, Acct-Input-Octets = 1000, "
+                            "Acct-Output-Octets = 5000, Acct-Session-Time = 60") \
+        == "Accounting-Response"
+    assert rad.buckets(acc)["octets"] == before - 6000
+    # Gigawords: 1 * 2**32 + 1000 in, 9000 out.
+    assert acct(rad, base + "Acct-Status-Type = Interim-Update, Acct-Input-Octets = 1000, "
+                            "Acct-Input-Gigawords = 1, Acct-Output-Octets = 9000, "
+                            "Acct-Session-Time = 120") == "Accounting-Response"
+    assert rad.buckets(acc)["octets"] == before - (2**32 + 10_000)
+    assert acct(rad, base + "Acct-Status-Type = Stop, Acct-Input-Octets = 2000, "
+                            "Acct-Input-Gigawords = 1, Acct-Output-Octets = 9000, "
+                            "Acct-Session-Time = 180, Acct-Terminate-Cause = User-Request") \
+        == "Accounting-Response"
+    assert rad.buckets(acc)["octets"] == before - (2**32 + 11_000)
+    status, body = rad.api("GET", "/v1/sessions/radius:localhost-nas:a1-1")
+    assert status == 200 and body["status"] == "closed" and body["framed_ip"] == "10.0.0.7"
+    status, cdrs = rad.api("GET", f"/v1/cdrs?account_id={acc}")
+    assert [(c["service"], c["units"]) for c in cdrs["items"]] == [("data", 2**32 + 11_000)]
+    assert cdrs["items"][0]["details"]["Acct-Terminate-Cause"] == "User-Request"
+
+
+def test_retransmissions_are_not_charged_twice(rad):
+    acc = rad.ids["retx"]
+    before = rad.buckets(acc)["octets"]
+    start = acct_packet([(A.USER_NAME, s("retx")), (A.ACCT_STATUS_TYPE, codec.u32(1)),
+                         (A.ACCT_SESSION_ID, s("r-1"))], ident=10)
+    assert rad.send_raw(start) is not None
+    interim = acct_packet([(A.USER_NAME, s("retx")), (A.ACCT_STATUS_TYPE, codec.u32(3)),
+                           (A.ACCT_SESSION_ID, s("r-1")), (A.ACCT_INPUT_OCTETS, codec.u32(700)),
+                           (A.ACCT_SESSION_TIME, codec.u32(30))], ident=11)
+    first = rad.send_raw(interim)
+    # Another socket: another source port, so not an RFC 5080 duplicate; the same
+    # content is the same (session, seq) and the core answers it from the first time.
+    again = rad.send_raw(interim)
+    assert first is not None and again is not None
+    assert rad.buckets(acc)["octets"] == before - 700
+    # The same datagram from the same socket: answered from the RFC 5080 cache, same octets.
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2)
+        sock.sendto(interim, ("127.0.0.1", rad.acct_port))
+        one = sock.recv(100)
+        sock.sendto(interim, ("127.0.0.1", rad.acct_port))
+        two = sock.recv(100)
+    assert one == two
+    assert 'ocs_radius_duplicates_total{nas="localhost-nas"}' in rad.metrics_text()
+    # RFC 2866 retransmission with a bigger Acct-Delay-Time (new Identifier and
+    # Authenticator): recognised by its content, charged once.
+    for delay in (0, 5, 10):
+        assert acct(rad, 'User-Name = "retx", Acct-Session-Id = "r-1", '
+                         'Acct-Status-Type = Interim-Update, Acct-Input-Octets = 1700, '
+                         f'Acct-Session-Time = 90, Acct-Delay-Time = {delay}') \
+            == "Accounting-Response"
+    assert rad.buckets(acc)["octets"] == before - 1700
+    # A reordered (older) interim charges nothing more.
+    assert rad.send_raw(acct_packet([(A.USER_NAME, s("retx")), (A.ACCT_STATUS_TYPE,
+                                                                 codec.u32(3)),
+                                     (A.ACCT_SESSION_ID, s("r-1")),
+                                     (A.ACCT_INPUT_OCTETS, codec.u32(1200)),
+                                     (A.ACCT_SESSION_TIME, codec.u32(60))], ident=12)) is not None
+    assert rad.buckets(acc)["octets"] == before - 1700
+
+
+def test_accounting_on_closes_every_open_session_of_the_nas(rad):
+    for user in ("on1", "on2"):
+        assert acct(rad, f'User-Name = "{user}", Acct-Status-Type = Start, '
+                         f'Acct-Session-Id = "{user}-s"') == "Accounting-Response"
+        assert acct(rad, f'User-Name = "{user}", Acct-Status-Type = Interim-Update, '
+                         f'Acct-Session-Id = "{user}-s", Acct-Output-Octets = 4242, '
+                         'Acct-Session-Time = 10') == "Accounting-Response"
+    status, body = rad.api("GET", "/v1/sessions?status=active&nas=localhost-nas")
+    assert {"radius:localhost-nas:on1-s", "radius:localhost-nas:on2-s"} <= \
+        {x["id"] for x in body["items"]}
+    assert acct(rad, 'Acct-Status-Type = Accounting-On, NAS-IP-Address = 127.0.0.1') \
+        == "Accounting-Response"
+    for user in ("on1", "on2"):
+        status, sess = rad.api("GET", f"/v1/sessions/radius:localhost-nas:{user}-s")
+        assert sess["status"] == "closed", sess
+        status, cdrs = rad.api("GET", f"/v1/cdrs?account_id={rad.ids[user]}")
+        assert [(c["units"], c["details"].get("closed_by")) for c in cdrs["items"]] == \
+            [(4242, "accounting-on/off")]
+
+
+def test_exhausted_event_when_the_allowance_runs_out(rad):
+    acc = rad.ids["tiny1"]
+    base = 'User-Name = "tiny1", Acct-Session-Id = "t-1", '
+    assert acct(rad, base + "Acct-Status-Type = Start") == "Accounting-Response"
+    assert acct(rad, base + "Acct-Status-Type = Interim-Update, Acct-Input-Octets = 1500000, "
+                            "Acct-Session-Time = 60") == "Accounting-Response"
+    events = rad.seed(lambda store: store.events(account_id=acc))
+    assert "exhausted" in [e["type"] for e in events], events
+    assert rad.buckets(acc).get("octets", 0) == 0  # drained, not below zero
+
+
+# ---------------------------------------------------------------- VoIP
+def test_freeswitch_call_is_rated_and_keeps_call_identifiers(rad):
+    acc = rad.ids["fs"]
+    before = rad.buckets(acc)["seconds"]
+    base = ('User-Name = "sip-fs", Acct-Session-Id = "fs-call-1", Calling-Station-Id = "1001", '
+            'Called-Station-Id = "sip:+442071234567@gw", Freeswitch-Dst = "442071234567", ')
+    assert acct(rad, base + "Acct-Status-Type = Start") == "Accounting-Response"
+    assert acct(rad, base + 'Acct-Status-Type = Stop, Acct-Session-Time = 125, '
+                            'Freeswitch-Hangupcause = 16, Freeswitch-Billusec = 125000000') \
+        == "Accounting-Response"
+    assert rad.buckets(acc)["seconds"] == before - 125
+    status, cdrs = rad.api("GET", f"/v1/cdrs?account_id={acc}")
+    (cdr,) = cdrs["items"]
+    assert cdr["service"] == "voice" and cdr["units"] == 125
+    assert cdr["details"]["Freeswitch-Hangupcause"] == 16
+    assert cdr["details"]["Acct-Session-Id"] == "fs-call-1"
+
+
+def test_asterisk_and_kamailio_durations(rad):
+    acc = rad.ids["ast"]
+    before = rad.buckets(acc)["seconds"]
+    assert acct(rad, 'User-Name = "sip-ast", Acct-Session-Id = "ast-1", '
+                     'Acct-Status-Type = Stop, Asterisk-Dst = "0041791234567", '
+                     'Asterisk-Bill-Sec = 61, Asterisk-Unique-ID = "1700000000.42"') \
+        == "Accounting-Response"
+    assert rad.buckets(acc)["seconds"] == before - 61
+    acc = rad.ids["kam"]
+    before = rad.buckets(acc)["seconds"]
+    t0 = int(time.time()) - 100
+    base = ('User-Name = "sip-kam", Acct-Session-Id = "kam-callid@host", Service-Type = 15, '
+            'Called-Station-Id = "sip:0041791234567@example.net", ')
+    assert acct(rad, base + f"Acct-Status-Type = Start, Event-Timestamp = {t0}") \
+        == "Accounting-Response"
+    assert acct(rad, base + f"Acct-Status-Type = Stop, Event-Timestamp = {t0 + 42}") \
+        == "Accounting-Response"
+    assert rad.buckets(acc)["seconds"] == before - 42
+
+
+# ---------------------------------------------------------------- secrets, Status-Server
+def test_wrong_secret_is_silently_dropped_and_counted(rad):
+    before = rad.dropped("bad_authenticator")
+    code, _ = rad.radclient("acct", 'User-Name = "demo", Acct-Status-Type = Start, '
+                                    'Acct-Session-Id = "ws-1"', secret="not-the-secret",
+                            timeout=0.5, retries=1)
+    assert code is None
+    assert rad.dropped("bad_authenticator") >= before + 1
+    code, _ = rad.radclient("auth", 'User-Name = "demo", User-Password = "demo", '
+                                    'Message-Authenticator = 0x00', secret="not-the-secret",
+                            timeout=0.5, retries=1)
+    assert code is None  # the Message-Authenticator does not verify
+
+
+def test_status_server_on_both_ports(rad):
+    assert rad.radclient("status-auth", "Message-Authenticator = 0x00")[0] == "Access-Accept"
+    assert rad.radclient("status", "Message-Authenticator = 0x00")[0] == "Accounting-Response"
+
+
+def test_unknown_source_address_is_dropped(rad):
+    before = rad.dropped("unknown_client")
+    pkt = acct_packet([(A.ACCT_STATUS_TYPE, codec.u32(1)), (A.ACCT_SESSION_ID, s("x"))])
+    assert rad.send_raw(pkt, source="127.0.0.2", timeout=0.3) is None
+    assert rad.dropped("unknown_client") == before + 1
+
+
+def test_malformed_packets_are_dropped_counted_and_the_daemon_keeps_answering(rad):
+    good = acct_packet([(A.USER_NAME, s("demo")), (A.ACCT_STATUS_TYPE, codec.u32(3)),
+                        (A.ACCT_SESSION_ID, s("m-1"))])
+    with_len = lambda d, n: d[:2] + n.to_bytes(2, "big") + d[4:]  # noqa: E731
+    cases = {
+        "bad_length": with_len(good, len(good) + 10),
+        "attribute_length": with_len(good + b"\x01\x00", len(good) + 2),
+        "truncated_attribute": with_len(good + b"\x01\x09ab", len(good) + 4),
+        "too_long": good + b"\x00" * 4100,
+        "unknown_code": bytes([77]) + good[1:],
+        "too_short": b"\x04\x01\x00",
+    }
+    before = {reason: rad.dropped(reason) for reason in cases}
+    for reason, data in cases.items():
+        assert rad.send_raw(data, timeout=0.2) is None, reason
+    assert rad.send_raw(os.urandom(200), timeout=0.2) is None  # garbage
+    for reason in cases:
+        assert rad.dropped(reason) >= before[reason] + 1, reason
+    assert rad.radclient("status", "Message-Authenticator = 0x00")[0] == "Accounting-Response"
+
+
+# ---------------------------------------------------------------- BlastRADIUS rules
+def test_message_authenticator_rules(rad):
+    status, listing = rad.api("GET", "/v1/nas")
+    nas_id = next(n["id"] for n in listing["items"] if n["name"] == "localhost-nas")
+    # The demo NAS is in "auto" mode and has sent Message-Authenticator above:
+    # from now on an Access-Request without one is dropped.
+    code, _ = rad.radclient("auth", 'User-Name = "demo", User-Password = "demo"',
+                            timeout=0.5, retries=1)
+    assert code is None
+    assert rad.dropped("missing_message_authenticator") >= 1
+    # A wrong Message-Authenticator is dropped whatever the mode.
+    req = bytearray(codec.encode_request(Code.ACCESS_REQUEST, 5, [(A.USER_NAME, b"demo")],
+                                         SECRET.encode(), message_authenticator=True))
+    req[-1] ^= 0xFF
+    before = rad.dropped("bad_message_authenticator")
+    assert rad.send_raw(bytes(req), port="auth", timeout=0.3) is None
+    assert rad.dropped("bad_message_authenticator") == before + 1
+    # "no": accepted without, and the NAS is listed as still omitting it.
+    status, _ = rad.api("PATCH", f"/v1/nas/{nas_id}", {"require_message_authenticator": "no"})
+    assert status == 200
+    code, attrs = rad.radclient("auth", 'User-Name = "demo", User-Password = "demo"')
+    assert code == "Access-Accept"
+    assert attrs["Message-Authenticator"].startswith("0x")  # still added to the reply
+    assert ('ocs_radius_nas_without_message_authenticator{nas="localhost-nas"} 1.0'
+            in rad.metrics_text())
+    # "yes": required.
+    rad.api("PATCH", f"/v1/nas/{nas_id}", {"require_message_authenticator": "yes"})
+    assert rad.radclient("auth", 'User-Name = "demo", User-Password = "demo"',
+                         timeout=0.5, retries=1)[0] is None
+    assert auth(rad, "demo", "demo")[0] == "Access-Accept"
+    rad.api("PATCH", f"/v1/nas/{nas_id}", {"require_message_authenticator": "auto"})
