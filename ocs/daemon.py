@@ -77,6 +77,7 @@ def build_components(ctx: Context) -> list[Component]:
         __import__("policy.component", fromlist=["PolicyComponent"]).PolicyComponent(ctx),
         # RADIUS and Diameter listeners bind here: after everything they call
         # into, before the HTTP API, so they are closed first on stop.
+        __import__("radius.component", fromlist=["RadiusComponent"]).RadiusComponent(ctx),
         HttpListeners(ctx),
     ]
 
