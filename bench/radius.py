@@ -1,0 +1,560 @@
+"""RADIUS load generator: ocsd against FreeRADIUS 3.2 + rlm_sql/PostgreSQL, in one run.
+
+Sends realistic sessions (Start, Interim-Update x N, Stop) for many
+subscribers from several processes, or PAP Access-Requests (``--mode auth``),
+to a freshly seeded ocsd (sqlite or PostgreSQL store) and, with
+``--freeradius``, to a FreeRADIUS configured in a temporary directory (a
+foreground process on free ports, doing rlm_sql accounting / authorisation
+into a throwaway PostgreSQL database on this machine). Prints one JSON
+document per run:
+
+* ``requests_per_s``, ``latency_ms`` p50/p99/max, ``timeouts``;
+* ``server_cpu_us_per_request``: CPU (user + system, from /proc) of the server
+  and of *every* PostgreSQL process during the load, divided by the requests
+  answered (other PostgreSQL clients on the machine inflate it);
+* ``client_cpu_us_per_request``: the load generator's own CPU;
+* ``rows``: what the server really stored (closed sessions and CDRs for
+  ocsd, radacct rows for FreeRADIUS), checked against what was sent;
+* ``ratio``: ocsd / FreeRADIUS for rate and CPU per request.
+
+    python -m bench.radius [--backend sqlite|postgres] [--sessions 2000] [--interims 5]
+                           [--procs 2] [--window 64] [--rate 0] [--mode acct|auth]
+                           [--freeradius] [--pg-dsn DSN]
+
+Every request loop is bounded (sessions x rounds) and stops by itself;
+traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import secrets
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+
+from radius import codec  # noqa: E402
+from radius.codec import A, Code  # noqa: E402
+
+SECRET = "bench-secret-0123456789"
+CLK = os.sysconf("SC_CLK_TCK")
+OCSD = str(Path(sys.executable).with_name("ocsd"))
+FR_SQL = Path("/etc/freeradius/3.0/mods-config/sql/main/postgresql")
+
+
+def free_port(kind=socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- CPU from /proc
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError):
+            pass
+    return total / CLK
+
+
+def postgres_pids() -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as fh:
+                    if fh.read().strip() in ("postgres", "postmaster"):
+                        out.append(int(entry))
+            except OSError:
+                pass
+    return out
+
+
+# ---------------------------------------------------------------- packets
+def acct_request(ident: int, user: str, sid: str, status: int, rnd: int) -> bytes:
+    octets = rnd * 1_500_000
+    attrs = [(A.USER_NAME, user.encode()), (A.ACCT_STATUS_TYPE, codec.u32(status)),
+             (A.ACCT_SESSION_ID, sid.encode()), (A.NAS_IP_ADDRESS, bytes([127, 0, 0, 1])),
+             (A.NAS_PORT, codec.u32(rnd)), (A.FRAMED_IP_ADDRESS, bytes([10, 0, 0, 1])),
+             (A.ACCT_DELAY_TIME, codec.u32(0))]
+    if status != 1:
+        attrs += [(A.ACCT_INPUT_OCTETS, codec.u32(octets // 3)),
+                  (A.ACCT_OUTPUT_OCTETS, codec.u32(octets)),
+                  (A.ACCT_INPUT_PACKETS, codec.u32(rnd * 1000)),
+                  (A.ACCT_OUTPUT_PACKETS, codec.u32(rnd * 3000)),
+                  (A.ACCT_SESSION_TIME, codec.u32(rnd * 300))]
+    return codec.encode_request(Code.ACCOUNTING_REQUEST, ident, attrs, SECRET.encode())
+
+
+def auth_request(ident: int, user: str, password: str) -> bytes:
+    auth = codec.new_authenticator()
+    return codec.encode_request(Code.ACCESS_REQUEST, ident, [
+        (A.USER_NAME, user.encode()),
+        (A.USER_PASSWORD, codec.hide_password(password.encode(), SECRET.encode(), auth)),
+        (A.NAS_IP_ADDRESS, bytes([127, 0, 0, 1]))], SECRET.encode(), authenticator=auth,
+        message_authenticator=True)
+
+
+def worker(port: int, mode: str, users: list[int], interims: int, window: int, rate: float,
+           timeout: float, prefix: str, out) -> None:
+    """Send this process's share; report (answered, timeouts, latencies, cpu)."""
+    started_cpu = time.process_time()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    if mode == "acct":
+        plan = [(rnd, u) for rnd in range(interims + 2) for u in users]
+    else:
+        plan = [(0, u) for u in users for _ in range(interims + 2)]
+    free_ids = list(range(256))[:min(window, 256)]
+    pending: dict[int, float] = {}
+    latencies: list[float] = []
+    timeouts = answered = 0
+    i = 0
+    interval = 1.0 / rate if rate else 0.0
+    next_at = time.perf_counter()
+    while i < len(plan) or pending:
+        now = time.perf_counter()
+        while i < len(plan) and free_ids and (not interval or now >= next_at):
+            rnd, u = plan[i]
+            ident = free_ids.pop()
+            if mode == "acct":
+                status = 1 if rnd == 0 else (2 if rnd == interims + 1 else 3)
+                data = acct_request(ident, f"{prefix}{u}", f"s{u}", status, rnd)
+            else:
+                data = auth_request(ident, f"{prefix}{u}", f"pw{u}")
+            try:
+                sock.send(data)
+            except BlockingIOError:
+                free_ids.append(ident)
+                break
+            pending[ident] = time.perf_counter()
+            i += 1
+            next_at += interval
+            now = time.perf_counter()
+        wait = 0.05
+        if interval and i < len(plan):
+            wait = max(0.0, min(wait, next_at - time.perf_counter()))
+        ready, _, _ = select.select([sock], [], [], wait)
+        if ready:
+            while True:
+                try:
+                    reply = sock.recv(4096)
+                except BlockingIOError:
+                    break
+                ident = reply[1] if len(reply) > 1 else -1
+                sent = pending.pop(ident, None)
+                if sent is not None:
+                    latencies.append(time.perf_counter() - sent)
+                    answered += 1
+                    free_ids.append(ident)
+        now = time.perf_counter()
+        for ident, sent in list(pending.items()):
+            if now - sent > timeout:
+                del pending[ident]
+                timeouts += 1
+                free_ids.append(ident)
+    out.put((answered, timeouts, latencies, time.process_time() - started_cpu))
+
+
+def run_load(port: int, mode: str, n: int, interims: int, procs: int, window: int,
+             rate: float, timeout: float, prefix: str, server_pids) -> dict:
+    users = list(range(n))
+    shares = [users[k::procs] for k in range(procs)]
+    queue: mp.Queue = mp.Queue()
+    pids = server_pids()
+    cpu0 = cpu_seconds(pids)
+    t0 = time.perf_counter()
+    workers = [mp.Process(target=worker, args=(port, mode, share, interims, window,
+                                               rate / procs if rate else 0.0, timeout,
+                                               prefix, queue)) for share in shares]
+    for w in workers:
+        w.start()
+    results = [queue.get() for _ in workers]
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - t0
+    cpu = cpu_seconds(server_pids()) - cpu0  # includes backends started meanwhile
+    answered = sum(r[0] for r in results)
+    lat = sorted(x for r in results for x in r[2])
+
+    def pct(p):
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 3) if lat else None
+    return {"requests": n * (interims + 2), "answered": answered,
+            "timeouts": sum(r[1] for r in results), "seconds": round(elapsed, 3),
+            "requests_per_s": round(answered / elapsed, 1) if elapsed else 0,
+            "latency_ms": {"p50": pct(0.50), "p99": pct(0.99), "max": pct(1.0)},
+            "server_cpu_us_per_request": round(cpu * 1e6 / answered, 1) if answered else None,
+            "client_cpu_us_per_request": round(sum(r[3] for r in results) * 1e6 / answered, 1)
+            if answered else None}
+
+
+def wait_status(port: int, deadline: float = 20.0) -> None:
+    data = codec.encode_request(Code.STATUS_SERVER, 1, [], SECRET.encode(),
+                                message_authenticator=True)
+    end = time.monotonic() + deadline
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.3)
+        while time.monotonic() < end:
+            s.sendto(data, ("127.0.0.1", port))
+            try:
+                s.recv(4096)
+                return
+            except socket.timeout:
+                continue
+    raise RuntimeError(f"nothing answers on UDP port {port}")
+
+
+# ---------------------------------------------------------------- ocsd
+class Ocsd:
+    def __init__(self, args, tmp: str):
+        self.args, self.tmp = args, tmp
+        self.auth_port, self.acct_port = free_port(), free_port()
+        self.schema = None
+        if args.backend == "postgres":
+            self.schema = "ocs_bench_" + secrets.token_hex(4)
+            self.url, self.options = args.pg_dsn, {"schema": self.schema}
+        else:
+            self.url, self.options = f"sqlite:{tmp}/ocs.db", {}
+
+    async def _seed(self):
+        from ocs.store import Store, make_driver
+        if self.schema:
+            conn = await asyncpg.connect(self.args.pg_dsn)
+            await conn.execute(f"CREATE SCHEMA {self.schema}")
+            await conn.close()
+        store = Store(make_driver(self.url, **self.options))
+        await store.open(migrate_schema=True)
+        try:
+            await store.create_nas(name="bench-nas", address="127.0.0.1", secret=SECRET,
+                                   require_message_authenticator="auto")
+            await store.create_plan(name="bench", currency="EUR",
+                                    allowances=[{"kind": "octets", "units": 2**50}])
+            rows = [{"account": f"b{u}", "currency": "EUR", "billing": "prepaid",
+                     "opening_balance": 10_000_000, "plan": "bench", "username": f"b{u}",
+                     "password": f"pw{u}", "max_sessions": 100}
+                    for u in range(self.args.sessions)]
+            for k in range(0, len(rows), 5000):
+                await store.import_subscribers(rows[k:k + 5000])
+        finally:
+            await store.close()
+
+    async def rows(self) -> dict:
+        from ocs.store import Store, make_driver
+        store = Store(make_driver(self.url, **self.options))
+        await store.open()
+        try:
+            q = store._all  # counting is not part of the Store's API
+            closed = (await q("SELECT count(*) AS n FROM sessions WHERE status = 'closed'"))[0]["n"]
+            active = (await q("SELECT count(*) AS n FROM sessions WHERE status = 'active'"))[0]["n"]
+            cdrs = (await q("SELECT count(*) AS n FROM cdrs"))[0]["n"]
+            ledger = (await q("SELECT count(*) AS n FROM ledger WHERE entry_type = 'debit'"))[0]["n"]
+            return {"sessions_closed": closed, "sessions_active": active, "cdrs": cdrs,
+                    "ledger_debits": ledger}
+        finally:
+            await store.close()
+
+    def start(self):
+        asyncio.run(self._seed())
+        cfg = Path(self.tmp) / "ocs.toml"
+        schema = f'schema = "{self.schema}"\n' if self.schema else ""
+        cfg.write_text(f"""
+[log]
+level = "warning"
+[store]
+url = "{self.url}"
+{schema}sqlite_synchronous = "{self.args.sqlite_synchronous}"
+pool_max = 10
+[api]
+listen = "127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+[radius]
+auth_listen = "127.0.0.1:{self.auth_port}"
+acct_listen = "127.0.0.1:{self.acct_port}"
+[diameter]
+enabled = false
+""")
+        env = dict(os.environ)
+        self.log = open(Path(self.tmp) / "ocsd.log", "w")
+        self.proc = subprocess.Popen([OCSD, "--config", str(cfg)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, env=env)
+        wait_status(self.acct_port)
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] + (postgres_pids() if self.schema else [])
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+    async def drop(self):
+        if self.schema:
+            conn = await asyncpg.connect(self.args.pg_dsn)
+            await conn.execute(f"DROP SCHEMA {self.schema} CASCADE")
+            await conn.close()
+
+
+# ---------------------------------------------------------------- FreeRADIUS
+RADIUSD_CONF = """
+prefix = /usr
+exec_prefix = /usr
+sysconfdir = /etc
+localstatedir = /var
+sbindir = /usr/sbin
+logdir = {tmp}
+raddbdir = {tmp}
+radacctdir = {tmp}
+name = radiusd
+confdir = {tmp}
+modconfdir = /etc/freeradius/3.0/mods-config
+run_dir = {tmp}
+db_dir = {tmp}
+libdir = /usr/lib/freeradius
+pidfile = {tmp}/radiusd.pid
+max_request_time = 30
+cleanup_delay = 5
+max_requests = 65536
+hostname_lookups = no
+log {{
+    destination = files
+    file = {tmp}/radius.log
+    auth = no
+}}
+security {{
+    allow_core_dumps = no
+    max_attributes = 200
+    reject_delay = 0
+    status_server = yes
+}}
+thread pool {{
+    start_servers = 8
+    max_servers = 32
+    min_spare_servers = 4
+    max_spare_servers = 16
+    max_requests_per_server = 0
+    auto_limit_acct = no
+}}
+client bench {{
+    ipaddr = 127.0.0.1
+    secret = {secret}
+    require_message_authenticator = no
+}}
+modules {{
+    expr {{
+    }}
+    pap {{
+        normalise = yes
+    }}
+    sql {{
+        dialect = "postgresql"
+        driver = "rlm_sql_postgresql"
+        postgresql {{
+            send_application_name = yes
+        }}
+        server = "{host}"
+        port = {port}
+        login = "{user}"
+        password = ""
+        radius_db = "{db}"
+        acct_table1 = "radacct"
+        acct_table2 = "radacct"
+        postauth_table = "radpostauth"
+        authcheck_table = "radcheck"
+        groupcheck_table = "radgroupcheck"
+        authreply_table = "radreply"
+        groupreply_table = "radgroupreply"
+        usergroup_table = "radusergroup"
+        read_groups = no
+        delete_stale_sessions = yes
+        pool {{
+            start = 8
+            min = 8
+            max = 32
+            spare = 8
+            uses = 0
+            retry_delay = 30
+            lifetime = 0
+            idle_timeout = 600
+        }}
+        client_table = "nas"
+        group_attribute = "SQL-Group"
+        $INCLUDE ${{modconfdir}}/sql/main/${{dialect}}/queries.conf
+    }}
+}}
+server default {{
+    listen {{
+        type = auth
+        ipaddr = 127.0.0.1
+        port = {auth_port}
+    }}
+    listen {{
+        type = acct
+        ipaddr = 127.0.0.1
+        port = {acct_port}
+    }}
+    authorize {{
+        sql
+        pap
+    }}
+    authenticate {{
+        Auth-Type PAP {{
+            pap
+        }}
+    }}
+    preacct {{
+        update request {{
+            &Acct-Unique-Session-Id := "%{{md5:%{{User-Name}},%{{Acct-Session-Id}},%{{NAS-IP-Address}}}}"
+        }}
+    }}
+    accounting {{
+        sql
+    }}
+}}
+"""
+
+
+class FreeRadius:
+    def __init__(self, args, tmp: str):
+        self.args, self.tmp = args, tmp
+        self.auth_port, self.acct_port = free_port(), free_port()
+        self.db = "frbench_" + secrets.token_hex(4)
+
+    async def _db(self):
+        conn = await asyncpg.connect(self.args.pg_dsn)
+        await conn.execute(f"CREATE DATABASE {self.db}")
+        await conn.close()
+        conn = await asyncpg.connect(self._dsn())
+        await conn.execute((FR_SQL / "schema.sql").read_text())
+        await conn.copy_records_to_table(
+            "radcheck", records=[(f"b{u}", "Cleartext-Password", ":=", f"pw{u}")
+                                 for u in range(self.args.sessions)],
+            columns=["username", "attribute", "op", "value"])
+        await conn.close()
+
+    def _dsn(self) -> str:
+        base = self.args.pg_dsn.rsplit("/", 1)[0]
+        return f"{base}/{self.db}"
+
+    async def rows(self) -> dict:
+        conn = await asyncpg.connect(self._dsn())
+        try:
+            total = await conn.fetchval("SELECT count(*) FROM radacct")
+            stopped = await conn.fetchval("SELECT count(*) FROM radacct "
+                                          "WHERE acctstoptime IS NOT NULL")
+            return {"radacct_rows": total, "sessions_closed": stopped}
+        finally:
+            await conn.close()
+
+    def start(self):
+        asyncio.run(self._db())
+        from urllib.parse import urlparse
+        u = urlparse(self.args.pg_dsn)
+        (Path(self.tmp) / "radiusd.conf").write_text(RADIUSD_CONF.format(
+            tmp=self.tmp, secret=SECRET, host=u.hostname or "127.0.0.1", port=u.port or 5432,
+            user=u.username or "postgres", db=self.db, auth_port=self.auth_port,
+            acct_port=self.acct_port))
+        (Path(self.tmp) / "dictionary").write_text("")
+        self.log = open(Path(self.tmp) / "freeradius.out", "w")
+        self.proc = subprocess.Popen(["freeradius", "-f", "-d", self.tmp, "-n", "radiusd"],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            wait_status(self.acct_port)
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError("FreeRADIUS did not start: "
+                               + (Path(self.tmp) / "freeradius.out").read_text()[-2000:])
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] + postgres_pids()
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+    async def drop(self):
+        conn = await asyncpg.connect(self.args.pg_dsn)
+        await conn.execute(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)")
+        await conn.close()
+
+
+def measure(target_cls, args, prefix: str) -> dict:
+    tmp = tempfile.mkdtemp(prefix="ocs-bench-radius-")
+    target = target_cls(args, tmp)
+    try:
+        target.start()
+        port = target.acct_port if args.mode == "acct" else target.auth_port
+        result = run_load(port, args.mode, args.sessions, args.interims, args.procs,
+                          args.window, args.rate, args.timeout, prefix, target.pids)
+        time.sleep(0.5)  # let the last answers' writes settle before counting
+        result["rows"] = asyncio.run(target.rows())
+        return result
+    finally:
+        target.stop()
+        asyncio.run(target.drop())
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    p.add_argument("--mode", choices=("acct", "auth"), default="acct")
+    p.add_argument("--sessions", type=int, default=2000)
+    p.add_argument("--interims", type=int, default=5)
+    p.add_argument("--procs", type=int, default=2)
+    p.add_argument("--window", type=int, default=64, help="requests in flight per process")
+    p.add_argument("--rate", type=float, default=0.0, help="offered requests/s (0: closed loop)")
+    p.add_argument("--timeout", type=float, default=2.0)
+    p.add_argument("--freeradius", action="store_true",
+                   help="run the same load against FreeRADIUS + rlm_sql/PostgreSQL")
+    p.add_argument("--sqlite-synchronous", default="FULL", choices=("FULL", "NORMAL"))
+    p.add_argument("--pg-dsn", default=os.environ.get(
+        "OCS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    args = p.parse_args(argv)
+    out = {"mode": args.mode, "backend": args.backend, "sessions": args.sessions,
+           "interims": args.interims, "procs": args.procs, "window": args.window,
+           "offered_rate": args.rate or "closed loop"}
+    out["ocsd"] = measure(Ocsd, args, "b")
+    if args.freeradius:
+        out["freeradius"] = measure(FreeRadius, args, "b")
+        o, f = out["ocsd"], out["freeradius"]
+        out["ratio"] = {
+            "throughput_ocsd_over_freeradius": round(o["requests_per_s"]
+                                                     / f["requests_per_s"], 2)
+            if f["requests_per_s"] else None,
+            "cpu_per_request_freeradius_over_ocsd": round(
+                f["server_cpu_us_per_request"] / o["server_cpu_us_per_request"], 2)
+            if o["server_cpu_us_per_request"] and f["server_cpu_us_per_request"] else None}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
