@@ -35,6 +35,7 @@ Kamailio only as the time between Start and Stop).
 from __future__ import annotations
 
 import re
+import socket
 import zlib
 from dataclasses import dataclass
 
@@ -106,7 +107,7 @@ def session_key(nas_name: str, packet: Packet, usage: Usage, *, by_prefix: bool,
 def _ip(raw: bytes | None) -> str | None:
     if raw is None or len(raw) != 4:
         return None
-    return ".".join(str(b) for b in raw)
+    return socket.inet_ntoa(raw)
 
 
 def framed_ip(packet: Packet) -> str | None:
