@@ -106,7 +106,15 @@ reservation_sweep_interval = {sweep}
 listen = "127.0.0.1:{port}"
 shutdown_timeout = 2
 {extra}
+{_off("radius", extra)}
+{_off("diameter", extra)}
 """
+
+
+def _off(section: str, extra: str) -> str:
+    """Protocol listeners stay off unless a test configures them: default ports
+    (1812, 3868) would collide between test runs."""
+    return "" if f"[{section}]" in extra else f"[{section}]\nenabled = false\n"
 
 
 class Ocsd:
