@@ -1,0 +1,491 @@
+"""The Diameter server: listeners, peers, credit-control requests, RAR/ASR.
+
+`DiameterServer` is the `transport.Handler` of every connection. It decides
+which peers may connect (admission), dispatches requests (Credit-Control to
+the charging core; anything else answered 3001/3007), bounds the work in
+flight (3004 beyond `max_in_flight`), detects duplicates, keeps the metrics,
+and sends server-initiated Re-Auth and Abort-Session requests.
+
+Duplicates (RFC 6733 section 6.1.9 / 5.5.4). The answer to every request is
+kept in the cluster's duplicate cache under Origin-Host + End-to-End
+Identifier for `duplicate_ttl` (at least 4 minutes, as the identifiers must
+not be reused sooner). A request marked T (resent after a failover, maybe to
+another node) first claims that key: if an answer is cached it is sent again
+with the new Hop-by-Hop Identifier and nothing is charged; if the first copy
+is still being worked on (here or on another node) the duplicate is dropped
+and the client resends. The charging core is exactly-once on (Session-Id,
+CC-Request-Number) as well, so a repeated CCR that misses the cache still
+charges nothing more and gets the first decision back.
+
+Session directory. On a successful CCR-I the Origin-Host and Origin-Realm of
+the client are written to the cluster session directory (Redis when there
+are several nodes) so that a Re-Auth or Abort-Session for the session can be
+addressed by any node; CCR-T removes the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import time
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable
+
+from ocs.errors import OcsError, StoreUnavailable
+from ocs.model import Kind, PeerKind, now_us
+
+from . import base, gy, outcomes
+from . import tables as T
+from .codec import AvpError, Message, describe, with_hop_by_hop
+from .dictionary import DEFAULT
+from .peer import PeerMachine
+from .transport import Connection, PeerGone
+
+log = logging.getLogger("ocs.diameter")
+
+PRODUCT_NAME = "ocsd"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRequestResult:
+    """How a Re-Auth-Request or Abort-Session-Request ended.
+
+    `answered` with the client's `result_code` (2001: it will ask again /
+    end the session; 5002: it no longer knows the session), or not answered
+    after `attempts` tries with `error` saying why.
+    """
+
+    session_id: str
+    command: str  # "RAR" | "ASR"
+    answered: bool
+    result_code: int | None = None
+    peer: str | None = None
+    attempts: int = 0
+    error: str = ""
+
+
+class NoRoute(OcsError):
+    """The session's client is unknown to the session directory."""
+
+
+def policy_from_config(cfg) -> gy.GyPolicy:
+    groups = {int(rg): (Kind(g.kind) if g.kind else None, g.quota)
+              for rg, g in cfg.rating_groups.items()}
+    return gy.GyPolicy(rating_groups=MappingProxyType(groups),
+                       quota_holding_time=cfg.quota_holding_time,
+                       exhausted_validity_time=cfg.exhausted_validity_time)
+
+
+def end_to_end_ids(rng: random.Random) -> Callable[[], int]:
+    """RFC 6733 section 3: high 12 bits from the clock at start, low 20 random, then +1."""
+    state = [((int(time.time()) & 0xFFF) << 20) | rng.getrandbits(20)]
+
+    def nxt() -> int:
+        state[0] = (state[0] + 1) & 0xFFFFFFFF
+        return state[0]
+    return nxt
+
+
+class DiameterServer:
+    """Everything behind the listening sockets; see the module docstring."""
+
+    def __init__(self, config, *, charging, cluster, metrics=None,
+                 registry: Callable[[], Any] | None = None, session_ttl: float = 7200.0):
+        self.config = config
+        self.charging = charging
+        self.cluster = cluster
+        self.metrics = metrics
+        self.registry = registry or (lambda: None)
+        self.session_ttl = session_ttl
+        self.policy = policy_from_config(config)
+        self.origin_state_id = int(time.time()) & 0xFFFFFFFF
+        self.rng = random.Random()
+        self.next_e2e = end_to_end_ids(self.rng)
+        self.connections: set[Connection] = set()
+        self.in_flight = 0
+        self.tasks: set[asyncio.Task] = set()
+        self.listeners: list[asyncio.AbstractServer] = []
+        self.addresses: dict[str, tuple] = {}
+        self._networks = tuple(ipaddress.ip_network(a, strict=False)
+                               for a in config.allowed_addresses)
+        self._locals: dict[str, base.LocalIdentity] = {}
+        self._counters: dict[tuple, Any] = {}
+        self._durations: dict[str, Any] = {}
+        self._directory_put: dict[str, float] = {}
+        self.stopping = False
+
+    # ------------------------------------------------------------ identity, admission
+    def local_identity(self, local_address: str) -> base.LocalIdentity:
+        ident = self._locals.get(local_address)
+        if ident is None:
+            cfg = self.config
+            addresses = tuple(cfg.host_ip_addresses) or (local_address,)
+            ident = self._locals[local_address] = base.LocalIdentity(
+                origin_host=cfg.origin_host, origin_realm=cfg.origin_realm,
+                host_ip_addresses=addresses, product_name=PRODUCT_NAME,
+                origin_state_id=self.origin_state_id)
+        return ident
+
+    def admit(self, info: base.PeerInfo, address: str) -> str | None:
+        """None when the peer may connect, else why not (answered 3010)."""
+        cfg = self.config
+        if info.origin_host in cfg.allowed_hosts or info.origin_realm in cfg.allowed_realms:
+            return None
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            ip = None
+        if ip is not None and any(ip.version == n.version and ip in n for n in self._networks):
+            return None
+        registry = self.registry()
+        nas = registry.nas_for(address) if registry is not None else None
+        if nas is not None and nas.kind is PeerKind.DIAMETER:
+            wanted = (nas.control or {}).get("origin_host")
+            if not wanted or wanted == info.origin_host:
+                return None
+            return (f"{info.origin_host} is not the Origin-Host ({wanted}) of peer "
+                    f"{nas.name} at {address}")
+        return (f"{info.origin_host or '?'} (realm {info.origin_realm or '?'}) from {address} "
+                "is not an allowed peer")
+
+    def new_machine(self, conn: Connection, address: str) -> PeerMachine:
+        cfg = self.config
+        return PeerMachine(self.local_identity(conn.local_address), address=address,
+                           admission=self.admit, now=asyncio.get_running_loop().time(),
+                           tw=cfg.watchdog_interval, cer_timeout=cfg.cer_timeout,
+                           dpa_timeout=cfg.disconnect_timeout, end_to_end=self.next_e2e,
+                           rng=self.rng)
+
+    def connection(self, tls: bool = False) -> Connection:
+        conn = Connection(self, max_message=self.config.max_message_size, tls=tls)
+        self.connections.add(conn)
+        return conn
+
+    # ------------------------------------------------------------ connection events
+    def on_open(self, conn: Connection) -> None:
+        self._gauge()
+
+    def on_closed(self, conn: Connection, reason: str) -> None:
+        was_open = conn._opened
+        self.connections.discard(conn)
+        self._gauge()
+        if was_open:
+            log.info("peer closed: %s %s: %s", conn.peer_host, conn.address, reason,
+                     extra={"peer": conn.peer_host})
+
+    def on_problem(self, conn: Connection, reason: str, detail: str) -> None:
+        if self.metrics is not None:
+            self.metrics.diameter_errors.labels(reason=reason).inc()
+
+    def on_message(self, conn: Connection, msg: Message, sent: bool) -> None:
+        if self.metrics is None:
+            return
+        code = base.result_code(msg) if not msg.request else None
+        key = (conn.peer_host, msg.code, msg.request, code)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = self.metrics.diameter_messages.labels(
+                peer=conn.peer_host, cmd=DEFAULT.command_name(msg.code, msg.request),
+                result_code="" if code is None else str(code))
+        child.inc()
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.diameter_connections.set(sum(1 for c in self.connections if c.is_open))
+
+    def _observe(self, op: str, seconds: float) -> None:
+        if self.metrics is None:
+            return
+        child = self._durations.get(op)
+        if child is None:
+            child = self._durations[op] = self.metrics.request_duration.labels(
+                proto="diameter", op=op)
+        child.observe(seconds)
+
+    # ------------------------------------------------------------ requests
+    def on_request(self, conn: Connection, msg: Message) -> None:
+        local = conn.machine.local
+        if msg.app_id != T.APP_DIAMETER_CREDIT_CONTROL:
+            code = outcomes.APPLICATION_UNSUPPORTED if msg.app_id != 0 \
+                else outcomes.COMMAND_UNSUPPORTED
+            what = DEFAULT.applications.get(msg.app_id, f"application {msg.app_id}")
+            conn.send(base.answer(msg, local, code,
+                                  error_message=f"{what} is not served here; only Diameter "
+                                                "Credit Control (4)"))
+            return
+        if msg.code != T.CMD_CREDIT_CONTROL:
+            conn.send(base.answer(msg, local, outcomes.COMMAND_UNSUPPORTED,
+                                  error_message=f"{describe(msg)} is not supported"))
+            return
+        if self.in_flight >= self.config.max_in_flight:
+            if self.metrics is not None:
+                self.metrics.diameter_errors.labels(reason="overload").inc()
+            conn.send(gy.cca_error(msg, local, outcomes.OVERLOADED,
+                                   f"more than {self.config.max_in_flight} requests in flight"))
+            return
+        self.in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._credit_control(conn, msg))
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def on_bad_request(self, conn: Connection, exc: AvpError) -> None:
+        """A request with a bad AVP: the codec's Result-Code and Failed-AVP, in a CCA
+        (echoing what was decodable) for credit control."""
+        req = exc.header.with_avps(exc.avps)
+        local = conn.machine.local
+        if req.code == T.CMD_CREDIT_CONTROL and req.app_id == T.APP_DIAMETER_CREDIT_CONTROL:
+            conn.send(gy.cca_error(req, local, exc.result_code, exc.reason, exc.failed_avp))
+        else:
+            conn.send(base.answer(req, local, exc.result_code, error_message=exc.reason,
+                                  failed_avp=exc.failed_avp))
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.in_flight -= 1
+        self.tasks.discard(task)
+
+    async def _credit_control(self, conn: Connection, msg: Message) -> None:
+        started = time.perf_counter()
+        local = conn.machine.local
+        lacking = base.missing(msg)
+        if lacking is not None:
+            name = DEFAULT.name(lacking)
+            log.info("CCR from %s refused: missing %s", conn.peer_host, name,
+                     extra={"peer": conn.peer_host})
+            conn.send(gy.cca_error(msg, local, T.DIAMETER_MISSING_AVP, f"missing {name}",
+                                   base.example_avp(lacking)))
+            return
+        dedup = self.cluster.dedup
+        key = f"diameter:{msg.value(T.ORIGIN_HOST)}:{msg.end_to_end}"
+        ttl = self.config.duplicate_ttl
+        claimed = False
+        try:
+            if msg.retransmit:
+                if not await dedup.claim(key, ttl):
+                    cached = await dedup.get(key)
+                    if cached is not None:
+                        conn.write(with_hop_by_hop(cached, msg.hop_by_hop))
+                        log.info("duplicate CCR from %s answered from the cache",
+                                 conn.peer_host, extra={"peer": conn.peer_host,
+                                                        "session": msg.value(T.SESSION_ID)})
+                        self.on_problem(conn, "duplicate", "answered from cache")
+                    else:
+                        log.info("duplicate CCR from %s dropped: first copy in progress",
+                                 conn.peer_host, extra={"peer": conn.peer_host})
+                        self.on_problem(conn, "duplicate-in-progress", "dropped")
+                    return
+                claimed = True
+            answer, op, ccr = await self._answer(conn, msg, local)
+        except StoreUnavailable as exc:
+            log.warning("CCR from %s not answered with a grant: %s", conn.peer_host, exc,
+                        extra={"peer": conn.peer_host, "session": msg.value(T.SESSION_ID)})
+            self.on_problem(conn, "store-unavailable", str(exc))
+            conn.send(gy.cca_error(msg, local, outcomes.STORE_UNAVAILABLE,
+                                   "charging store unavailable"))
+            if claimed:
+                await self._release(key)
+            return
+        raw = conn.send(answer)
+        self._observe(op, time.perf_counter() - started)
+        if ccr is not None:
+            await self._directory(ccr, answer)
+        try:
+            await dedup.store(key, raw, ttl)
+        except StoreUnavailable as exc:
+            log.warning("duplicate cache unavailable: %s", exc)
+
+    async def _answer(self, conn: Connection, msg: Message, local: base.LocalIdentity):
+        """(answer, op label, parsed CCR or None). Raises StoreUnavailable."""
+        try:
+            ccr = gy.parse_ccr(msg, self.policy, now_us=now_us(), nas=conn.peer_host)
+        except gy.CcrInvalid as exc:
+            log.info("CCR from %s refused: %s (%d)", conn.peer_host, exc.reason,
+                     exc.result_code, extra={"peer": conn.peer_host,
+                                             "session": msg.value(T.SESSION_ID)})
+            return gy.cca_error(msg, local, exc.result_code, exc.reason, exc.failed_avp), \
+                "ccr-invalid", None
+        try:
+            if ccr.requested_action in (gy.CHECK_BALANCE, gy.PRICE_ENQUIRY):
+                answer = await self._enquiry(msg, ccr, local)
+                self._access(conn, ccr, base.result_code(answer))
+                return answer, ccr.op, None
+            decision = await self.charging.charge(ccr.charge)
+        except StoreUnavailable:
+            raise
+        except OcsError as exc:
+            log.error("CCR %s from %s failed: %s", ccr.session_id, conn.peer_host, exc,
+                      extra={"peer": conn.peer_host, "session": ccr.session_id})
+            return gy.cca_error(msg, local, outcomes.INTERNAL, "charging failed"), ccr.op, None
+        except Exception:  # noqa: BLE001 - a bug must cost one answer, not the daemon
+            log.exception("CCR %s from %s failed unexpectedly", ccr.session_id, conn.peer_host,
+                          extra={"peer": conn.peer_host, "session": ccr.session_id})
+            return gy.cca_error(msg, local, outcomes.INTERNAL, "internal error"), ccr.op, None
+        answer = gy.cca(msg, ccr, decision, local, self.policy)
+        self._access(conn, ccr, outcomes.result_code(decision.result), decision)
+        return answer, ccr.op, ccr
+
+    async def _enquiry(self, msg: Message, ccr: gy.CreditControl,
+                       local: base.LocalIdentity) -> Message:
+        if ccr.requested_action == gy.PRICE_ENQUIRY:
+            return gy.cca_error(msg, local, T.DIAMETER_UNABLE_TO_COMPLY,
+                                "price enquiry is not supported")
+        usage = ccr.charge.services[0] if ccr.charge.services else None
+        auth = await self.charging.authorize(ccr.charge.identity, usage,
+                                             at=ccr.charge.timestamp)
+        code = outcomes.result_code(auth.result)
+        if code != T.DIAMETER_SUCCESS and auth.result.value != "credit_limit_reached":
+            return gy.cca_check_balance(msg, local, None, code, auth.message)
+        wanted = (usage.requested or usage.used or 1) if usage is not None else 1
+        enough = auth.max_units is None or auth.max_units >= wanted
+        return gy.cca_check_balance(msg, local, enough, T.DIAMETER_SUCCESS)
+
+    def _access(self, conn: Connection, ccr: gy.CreditControl, code: int | None,
+                decision=None) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        parts = []
+        for s in ccr.services:
+            u = s.usage
+            text = f"{u.service}"
+            if u.used:
+                text += f" used={u.used}"
+            if decision is not None:
+                g = decision.grant(u.service)
+                if g is not None and g.granted:
+                    text += f" granted={g.granted}"
+                if g is not None and g.final_unit is not None:
+                    text += f" fui={g.final_unit.action}"
+            parts.append(text)
+        log.info("%s #%d %s -> %s%s", ccr.op.upper(), ccr.request_number,
+                 " ".join(parts) or "-", code,
+                 " (replayed)" if decision is not None and decision.replayed else "",
+                 extra={"peer": conn.peer_host, "session": ccr.session_id})
+
+    async def _release(self, key: str) -> None:
+        try:
+            await self.cluster.dedup.release(key)
+        except StoreUnavailable:
+            pass  # the claim lapses by itself after duplicate_ttl
+
+    async def _directory(self, ccr: gy.CreditControl, answer: Message) -> None:
+        """Keep the session's client in the session directory (for RAR/ASR)."""
+        sid = ccr.session_id
+        try:
+            if ccr.request_type == gy.TERMINATION:
+                self._directory_put.pop(sid, None)
+                await self.cluster.sessions.delete(sid)
+                return
+            if ccr.request_type == gy.EVENT or base.result_code(answer) != T.DIAMETER_SUCCESS:
+                return
+            now = time.monotonic()
+            last = self._directory_put.get(sid)
+            if last is not None and now - last < self.session_ttl / 2:
+                return
+            await self.cluster.sessions.put(sid, {"origin_host": ccr.origin_host,
+                                                  "origin_realm": ccr.origin_realm,
+                                                  "proto": "diameter"}, self.session_ttl)
+            self._directory_put[sid] = now
+        except (StoreUnavailable, ValueError) as exc:
+            log.warning("session directory not updated for %s: %s", sid, exc)
+
+    # ------------------------------------------------------------ server-initiated
+    async def re_auth(self, session_id: str, *, rating_group: int | None = None
+                      ) -> ServerRequestResult:
+        """Send a Re-Auth-Request: the client asks for quota again (after a top-up
+        or a plan change). Retried with the T flag on timeout or lost connection."""
+        return await self._server_request("RAR", session_id, rating_group)
+
+    async def abort_session(self, session_id: str) -> ServerRequestResult:
+        """Send an Abort-Session-Request: the client ends the session (suspension)."""
+        return await self._server_request("ASR", session_id, None)
+
+    async def _server_request(self, command: str, session_id: str, rating_group: int | None
+                              ) -> ServerRequestResult:
+        record = await self.cluster.sessions.get(session_id)
+        if not record or not record.get("origin_host"):
+            return ServerRequestResult(session_id, command, False,
+                                       error="session unknown to the session directory")
+        host, realm = record["origin_host"], record.get("origin_realm") or host
+        cfg = self.config
+        e2e = self.next_e2e()
+        error = ""
+        sent = 0
+        deadline = time.monotonic() + cfg.request_timeout * cfg.request_attempts
+        for attempt in range(1, cfg.request_attempts + 1):
+            conn = self._route(host)
+            while conn is None and time.monotonic() < deadline and not self.stopping:
+                await asyncio.sleep(0.05)  # the client may be reconnecting
+                conn = self._route(host)
+            if conn is None:
+                error = f"peer {host} is not connected to this node"
+                break
+            local = conn.machine.local
+            hbh = conn.machine.next_hop_by_hop()
+            if command == "RAR":
+                msg = gy.rar(local, session_id, host, realm, hbh, e2e, rating_group)
+            else:
+                msg = gy.asr(local, session_id, host, realm, hbh, e2e)
+            if attempt > 1:
+                msg = Message(msg.code, msg.flags | 0x10, msg.app_id, hbh, e2e, msg.avps)
+            log.info("%s %s to %s (attempt %d)", command, session_id, host, attempt,
+                     extra={"peer": host, "session": session_id})
+            sent += 1
+            try:
+                answer = await conn.request(msg, cfg.request_timeout)
+            except asyncio.TimeoutError:
+                error = f"no answer within {cfg.request_timeout:g}s"
+            except PeerGone as exc:
+                error = f"connection lost: {exc}"
+            else:
+                code = base.result_code(answer)
+                log.info("%s %s answered %s by %s", command, session_id, code, host,
+                         extra={"peer": host, "session": session_id})
+                return ServerRequestResult(session_id, command, True, code, host, sent)
+            log.warning("%s %s to %s: %s", command, session_id, host, error,
+                        extra={"peer": host, "session": session_id})
+            if self.metrics is not None:
+                self.metrics.diameter_errors.labels(reason="server-request-retry").inc()
+        return ServerRequestResult(session_id, command, False, None, host, sent, error)
+
+    def _route(self, host: str) -> Connection | None:
+        for conn in self.connections:
+            m = conn.machine
+            if m is not None and m.available and m.peer is not None \
+                    and m.peer.origin_host == host:
+                return conn
+        return None
+
+    # ------------------------------------------------------------ lifecycle
+    async def listen(self, name: str, host: str | None, port: int, ssl=None) -> None:
+        loop = asyncio.get_running_loop()
+        tls = ssl is not None
+        server = await loop.create_server(lambda: self.connection(tls), host, port,
+                                          ssl=ssl, reuse_address=True)
+        self.listeners.append(server)
+        self.addresses[name] = server.sockets[0].getsockname()
+
+    async def close(self, drain: float) -> None:
+        """Stop accepting, finish requests in flight, DPR every peer, close."""
+        self.stopping = True
+        for server in self.listeners:
+            server.close()
+        if self.tasks:
+            done, pending = await asyncio.wait(set(self.tasks), timeout=drain)
+            if pending:
+                log.warning("%d credit-control requests still in flight at shutdown",
+                            len(pending))
+        for conn in list(self.connections):
+            conn.disconnect()
+        waiting = [c.closed.wait() for c in list(self.connections)]
+        if waiting:
+            try:
+                await asyncio.wait_for(asyncio.gather(*waiting),
+                                       self.config.disconnect_timeout + 0.5)
+            except asyncio.TimeoutError:
+                for conn in list(self.connections):
+                    conn.abort("shutdown")
+        for server in self.listeners:
+            await server.wait_closed()
+        self.listeners.clear()
