@@ -78,6 +78,7 @@ def build_components(ctx: Context) -> list[Component]:
         # RADIUS and Diameter listeners bind here: after everything they call
         # into, before the HTTP API, so they are closed first on stop.
         __import__("radius.component", fromlist=["RadiusComponent"]).RadiusComponent(ctx),
+        __import__("diameter.component", fromlist=["DiameterComponent"]).DiameterComponent(ctx),
         HttpListeners(ctx),
     ]
 
