@@ -327,8 +327,10 @@ class ChargingCore:
         for session in await self.store.stale_sessions(cutoff):
             record = replace(session, status="closed", updated_at=now_us(), ended_at=now_us(),
                              attrs={**session.attrs, "closed_by": "supervision"})
+            # A negative sequence no protocol uses: the close never collides with
+            # (or replays) a request of the session itself.
             await self.store.apply(Composite(
-                session.account_id, session.id, session.last_seq + 1,
+                session.account_id, session.id, -now_us(),
                 (Release(session.account_id, session.id),), record=record, close=True))
             log.info("closed idle session", extra={"session": session.id,
                                                    "account": session.account_id})

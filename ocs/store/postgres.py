@@ -69,7 +69,10 @@ class PostgresDriver:
             await self.pool.close()
             self.pool = None
 
-    async def run(self, program: ProgramFn, *args, write: bool = True) -> Any:
+    async def run(self, program: ProgramFn, *args, write: bool = True,
+                  quick: bool = False) -> Any:
+        """Run `program(*args)` on one pooled connection, in one transaction for
+        writes. (`quick` only matters to the embedded backend.)"""
         if self.pool is None:
             raise StoreUnavailable("postgres store is closed")
         for attempt in range(_RETRIES):

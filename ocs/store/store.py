@@ -289,7 +289,7 @@ class Store:
         sql = "SELECT * FROM buckets WHERE account_id = $1"
         if not include_empty:
             sql += " AND (main = 1 OR balance <> 0 OR reserved <> 0)"
-        rows = await self._all(sql + " ORDER BY main, priority, id", account_id)
+        rows = await self._all(sql + " ORDER BY main, priority, id", account_id, quick=True)
         return [Bucket.from_row(r) for r in rows]
 
     async def balance(self, account_id: int) -> dict[str, Any]:
@@ -543,7 +543,8 @@ class Store:
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         args += [limit, offset]
         rows = await self._all(f"SELECT * FROM sessions{where} ORDER BY started_at DESC "
-                               f"LIMIT ${len(args) - 1} OFFSET ${len(args)}", *args)
+                               f"LIMIT ${len(args) - 1} OFFSET ${len(args)}", *args,
+                               quick=subscriber_id is not None)  # a subscriber's few sessions
         return [Session.from_row(r) for r in rows]
 
     async def stale_sessions(self, before: int, *, limit: int = 500) -> list[Session]:
@@ -635,14 +636,15 @@ class Store:
 
     # ------------------------------------------------------------------ helpers
     async def _one(self, sql: str, *args):
+        """One row by key: a point lookup, cheap enough to run inline (see drivers)."""
         def program():
             return (yield fetchrow(sql, *args))
-        return await self.driver.run(program, write=False)
+        return await self.driver.run(program, write=False, quick=True)
 
-    async def _all(self, sql: str, *args):
+    async def _all(self, sql: str, *args, quick: bool = False):
         def program():
             return (yield fetch(sql, *args))
-        return await self.driver.run(program, write=False)
+        return await self.driver.run(program, write=False, quick=quick)
 
 
 # ---------------------------------------------------------------------- programs
