@@ -1,0 +1,516 @@
+"""Gy/Ro scenarios against the real `ocsd` process, driven by a client built on the codec.
+
+One daemon (sqlite store, in-process cluster state) serves the module's
+scenarios; tests that need another configuration (watchdog, overload, shutdown)
+start their own. What is asserted is what a PGW or an operator notices: the
+Result-Codes and grants in the answers, Failed-AVPs, connections kept or
+closed, balances and CDRs through the REST API, log lines and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import signal
+import time
+import urllib.request
+
+import pytest
+
+from diameter import base
+from diameter import tables as T
+from diameter.client import (EVENT, INITIAL, TERMINATION, UPDATE, DiameterClient,
+                             ims_information, mscc)
+from diameter.codec import FLAG_REQUEST, Message, avp, encode, value, values
+from diameter.gy import CONTEXT_SMS, CONTEXT_VOICE
+from tests.services import free_port
+from tests.test_daemon import Ocsd, http, in_store, metric
+
+TOKEN = "diameter-test-" + secrets.token_hex(12)
+MB = 1_000_000
+REDIRECT = "http://topup.example.net/"
+
+
+def diameter_config(port: int, **settings) -> str:
+    lines = [f'listen = "127.0.0.1:{port}"', 'origin_host = "ocs.test.example"',
+             'origin_realm = "test.example"', 'allowed_realms = ["pgw.example"]',
+             'allowed_hosts = ["as.ims.example"]']
+    lines += [f"{k} = {json.dumps(v) if isinstance(v, str) else v}" for k, v in settings.items()]
+    return "\n[diameter]\n" + "\n".join(lines) + "\n"
+
+
+CHARGING = """
+[charging]
+default_quota = { octets = 2000000, seconds = 60, events = 1 }
+quota_threshold_percent = 20
+"""
+
+
+async def prepare(store) -> dict[str, int]:
+    """Plans and subscribers of the scenarios; returns account ids by name."""
+    data = await store.create_plan(
+        name="gy-data", currency="EUR",
+        allowances=[{"kind": "octets", "units": 5 * MB, "validity_days": 30}],
+        final_unit={"action": "redirect", "redirect_url": REDIRECT})
+    voice = await store.create_plan(
+        name="ro-voice", currency="EUR",
+        allowances=[{"kind": "seconds", "units": 120, "validity_days": 30}],
+        final_unit={"action": "terminate"})
+    sms = await store.create_plan(
+        name="sms", currency="EUR", allowances=[{"kind": "events", "units": 2}])
+    ids = {}
+    for name, plan, identity in (
+            ("gy", data, dict(msisdn="41790000001", imsi="228011234567891")),
+            ("voice", voice, dict(msisdn="41790000002", sip_user="alice@ims.example")),
+            ("sms", sms, dict(msisdn="41790000003")),
+            ("suspend", data, dict(msisdn="41790000004")),
+            ("dup", data, dict(msisdn="41790000005")),
+            ("misc", data, dict(msisdn="41790000006"))):
+        acct = await store.create_account(name=name, currency="EUR", billing="prepaid")
+        await store.create_subscriber(account_id=acct.id, plan_id=plan.id, **identity)
+        ids[name] = acct.id
+    return ids
+
+
+@pytest.fixture(scope="module")
+def ocsd(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("diameter-daemon")
+    port = free_port()
+    d = Ocsd(tmp, extra=f'bootstrap_token = "{TOKEN}"\n' + CHARGING + diameter_config(
+        port, rating_groups={}).replace("rating_groups = {}",
+                                        "rating_groups = { 20 = { quota = 1000000 } }"))
+    d.accounts = in_store(d.store_url, prepare)
+    d.diameter_port = port
+    d.start()
+    yield d
+    d.stop()
+
+
+def api(d: Ocsd, path: str, method: str = "GET", body: dict | None = None) -> dict:
+    req = urllib.request.Request(d.url + path, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": f"Bearer {TOKEN}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def bucket(d: Ocsd, account: str, kind: str) -> dict:
+    """The account's bucket of `kind` as the API shows it (an emptied one is not listed)."""
+    detail = api(d, f"/v1/accounts/{d.accounts[account]}")
+    found = [b for b in detail["balance"]["buckets"] if b["kind"] == kind]
+    assert len(found) <= 1
+    return found[0] if found else {"kind": kind, "balance": 0, "reserved": 0}
+
+
+async def client(d: Ocsd, **kw) -> DiameterClient:
+    kw.setdefault("origin_host", "pgw1.pgw.example")
+    kw.setdefault("origin_realm", "pgw.example")
+    c = DiameterClient("127.0.0.1", d.diameter_port, destination_realm="test.example", **kw)
+    cea = await c.connect()
+    assert value(cea.avps, T.RESULT_CODE) == 2001
+    return c
+
+
+def msccs_of(answer: Message) -> dict[int, tuple]:
+    return {value(m, T.RATING_GROUP): m for m in answer.all(T.MULTIPLE_SERVICES_CREDIT_CONTROL)}
+
+
+def granted(group) -> int | None:
+    gsu = value(group, T.GRANTED_SERVICE_UNIT)
+    return None if gsu is None else value(gsu, T.CC_TOTAL_OCTETS, value(gsu, T.CC_TIME))
+
+
+def fui(group) -> tuple | None:
+    f = value(group, T.FINAL_UNIT_INDICATION)
+    if f is None:
+        return None
+    server = value(f, T.REDIRECT_SERVER)
+    return (value(f, T.FINAL_UNIT_ACTION),
+            value(server, T.REDIRECT_SERVER_ADDRESS) if server else value(f, T.FILTER_ID))
+
+
+# ---------------------------------------------------------------------- capabilities exchange
+async def test_capabilities_exchange_and_refusals(ocsd):
+    c = DiameterClient("127.0.0.1", ocsd.diameter_port, origin_host="pgw1.pgw.example",
+                       origin_realm="pgw.example")
+    cea = await c.connect()
+    assert value(cea.avps, T.RESULT_CODE) == 2001 and not cea.error
+    assert value(cea.avps, T.ORIGIN_HOST) == "ocs.test.example"
+    assert value(cea.avps, T.AUTH_APPLICATION_ID) == 4
+    assert values(cea.avps, T.SUPPORTED_VENDOR_ID) == [10415]
+    assert str(value(cea.avps, T.HOST_IP_ADDRESS)) == "127.0.0.1"
+    assert isinstance(value(cea.avps, T.ORIGIN_STATE_ID), int)
+    assert (await c.close()) is not None
+
+    # An unknown peer: 3010 with the E bit, then the connection is closed.
+    stranger = DiameterClient("127.0.0.1", ocsd.diameter_port, origin_host="evil.example",
+                              origin_realm="evil.example")
+    cea = await stranger.connect()
+    assert value(cea.avps, T.RESULT_CODE) == 3010 and cea.error
+    await asyncio.wait_for(stranger.closed.wait(), 5)
+    ocsd.wait_log(r"peer refused from 127\.0\.0\.1: evil\.example \(realm evil\.example\) "
+                  r"from 127\.0\.0\.1 is not an allowed peer \(3010\)")
+
+    # No application in common: 5010, closed.
+    other = DiameterClient("127.0.0.1", ocsd.diameter_port, origin_host="pcrf.pgw.example",
+                           origin_realm="pgw.example")
+    cer = base.cer(base.LocalIdentity("pcrf.pgw.example", "pgw.example",
+                                      auth_applications=(16777238,)), 1, 1)
+    cea = await other.connect(cer)
+    assert value(cea.avps, T.RESULT_CODE) == 5010
+    await asyncio.wait_for(other.closed.wait(), 5)
+
+    # A CER without Origin-Realm: 5005 naming it in Failed-AVP.
+    lacking = DiameterClient("127.0.0.1", ocsd.diameter_port, origin_host="x.pgw.example")
+    cer = base.cer(lacking.local, 2, 2)
+    cer = cer.with_avps(a for a in cer.avps if a.code != T.ORIGIN_REALM)
+    cea = await lacking.connect(cer)
+    assert value(cea.avps, T.RESULT_CODE) == 5005
+    failed = value(cea.avps, T.FAILED_AVP)
+    assert [a.code for a in failed] == [T.ORIGIN_REALM]
+    await asyncio.wait_for(lacking.closed.wait(), 5)
+
+    # Anything before CER closes the connection.
+    early = DiameterClient("127.0.0.1", ocsd.diameter_port)
+    await early.open()
+    early.write(encode(early.ccr("early", INITIAL, 0, msisdn="41790000001")))
+    await asyncio.wait_for(early.closed.wait(), 5)
+    ocsd.wait_log(r"CCR before the capabilities exchange")
+
+
+# ---------------------------------------------------------------------- Gy data
+async def test_data_session_with_two_rating_groups_to_exhaustion(ocsd):
+    """CCR-I/U/U/T of two rating groups drawing one 5 MB allowance: grants, the last
+    grant with the plan's redirect, 4012 per MSCC then at command level, balances
+    and CDRs as the API shows them."""
+    c = await client(ocsd)
+    sid, who = "pgw1.pgw.example;gy;1", dict(msisdn="41790000001")
+    try:
+        a = await c.request(c.ccr(sid, INITIAL, 0, **who,
+                                  msccs=[mscc(10, requested={}), mscc(20, requested={})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        assert value(a.avps, T.CC_SESSION_FAILOVER) == 1
+        m = msccs_of(a)
+        # RG 10: [charging] default quota; RG 20: its [diameter.rating_groups] quota.
+        assert granted(m[10]) == 2 * MB and granted(m[20]) == 1 * MB
+        assert value(m[10], T.VOLUME_QUOTA_THRESHOLD) == 400_000
+        assert value(m[10], T.VALIDITY_TIME) == 3600 and value(m[10], T.RESULT_CODE) == 2001
+        b = bucket(ocsd, "gy", "octets")
+        assert (b["balance"], b["reserved"]) == (5 * MB, 3 * MB)
+
+        a = await c.request(c.ccr(sid, UPDATE, 1, **who, msccs=[
+            mscc(10, requested={}, used={"total": 1_500_000}),
+            mscc(20, requested={}, used={"input": 400_000, "output": 600_000})]))
+        m = msccs_of(a)
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        assert granted(m[10]) == 2 * MB and fui(m[10]) is None
+        # Only 0.5 MB left for RG 20: the last grant carries the redirect.
+        assert granted(m[20]) == 500_000 and fui(m[20]) == (1, REDIRECT)
+        b = bucket(ocsd, "gy", "octets")
+        assert (b["balance"], b["reserved"]) == (2_500_000, 2_500_000)
+
+        a = await c.request(c.ccr(sid, UPDATE, 2, **who, msccs=[
+            mscc(10, requested={}, used={"total": 2 * MB}),
+            mscc(20, requested={}, used={"total": 500_000})]))
+        m = msccs_of(a)
+        assert value(a.avps, T.RESULT_CODE) == 4012  # nothing for any service
+        for rg in (10, 20):
+            assert value(m[rg], T.RESULT_CODE) == 4012 and granted(m[rg]) is None
+            assert fui(m[rg]) == (1, REDIRECT)
+            assert value(m[rg], T.VALIDITY_TIME) == 300  # ask again after a top-up
+        b = bucket(ocsd, "gy", "octets")
+        assert (b["balance"], b["reserved"]) == (0, 0)
+
+        a = await c.request(c.ccr(sid, TERMINATION, 3, **who, msccs=[mscc(10, used={})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001 and not a.all(
+            T.MULTIPLE_SERVICES_CREDIT_CONTROL)
+        cdrs = {x["service"]: x for x in api(ocsd, f"/v1/cdrs?session={sid}")["items"]}
+        assert cdrs["rg:10"]["units"] == 3_500_000 and cdrs["rg:20"]["units"] == 1_500_000
+        session = api(ocsd, f"/v1/sessions/{sid}")
+        assert session["status"] == "closed" and session["proto"] == "diameter"
+        ocsd.wait_log(r"CCR-U #1 rg:10 used=1500000 granted=2000000 "
+                      r"rg:20 used=1000000 granted=500000 fui=redirect -> 2001")
+    finally:
+        await c.close()
+
+
+async def test_unknown_user_suspended_account_and_unknown_session(ocsd):
+    c = await client(ocsd)
+    try:
+        a = await c.request(c.ccr("u1", INITIAL, 0, msisdn="41799999999",
+                                  msccs=[mscc(10, requested={})]))
+        assert value(a.avps, T.RESULT_CODE) == 5030
+        assert "no subscriber" in value(a.avps, T.ERROR_MESSAGE)
+
+        api(ocsd, f"/v1/accounts/{ocsd.accounts['suspend']}/suspend", "POST",
+            {"reason": "unpaid invoice"})
+        a = await c.request(c.ccr("u2", INITIAL, 0, msisdn="41790000004",
+                                  msccs=[mscc(10, requested={})]))
+        assert value(a.avps, T.RESULT_CODE) == 4010
+        assert value(msccs_of(a)[10], T.RESULT_CODE) == 4010
+
+        a = await c.request(c.ccr("never-started", UPDATE, 1, msisdn="41790000006",
+                                  msccs=[mscc(10, requested={}, used={"total": 10})]))
+        assert value(a.avps, T.RESULT_CODE) == 5002
+    finally:
+        await c.close()
+
+
+async def test_duplicate_ccr_is_answered_from_cache_and_charges_nothing_more(ocsd):
+    c = await client(ocsd)
+    sid, who = "pgw1.pgw.example;dup;1", dict(msisdn="41790000005")
+    try:
+        await c.request(c.ccr(sid, INITIAL, 0, **who, msccs=[mscc(10, requested={})]))
+        update = c.ccr(sid, UPDATE, 1, **who, msccs=[mscc(10, requested={},
+                                                          used={"total": 1_000_000})])
+        first = await c.request(update)
+        before = bucket(ocsd, "dup", "octets")
+        assert before["balance"] == 4 * MB
+
+        # The same request again after a "failover": T flag, same End-to-End id,
+        # new Hop-by-Hop id -> the cached answer, byte for byte but that id.
+        again = Message(update.code, update.flags | 0x10, update.app_id, update.hop_by_hop + 7,
+                        update.end_to_end, update.avps)
+        second = await c.request(again)
+        assert second.hop_by_hop == again.hop_by_hop
+        assert encode(second)[16:] == encode(first)[16:]
+        ocsd.wait_log(r"duplicate CCR from pgw1\.pgw\.example answered from the cache")
+
+        # The same CC-Request-Number in a new request (another End-to-End id): the core
+        # replays its first decision.
+        third = await c.request(c.ccr(sid, UPDATE, 1, **who, msccs=[
+            mscc(10, requested={}, used={"total": 1_000_000})]))
+        assert msccs_of(third)[10] == msccs_of(first)[10]
+        ocsd.wait_log(r"CCR-U #1 rg:10 used=1000000 granted=2000000 -> 2001 \(replayed\)")
+        assert bucket(ocsd, "dup", "octets") == before
+    finally:
+        await c.close()
+
+
+# ---------------------------------------------------------------------- validation
+async def test_bad_requests_get_their_result_codes_and_the_connection_stays(ocsd):
+    c = await client(ocsd)
+    try:
+        ccr = c.ccr("v1", INITIAL, 0, msisdn="41790000006", msccs=[mscc(10, requested={})])
+        # Missing mandatory AVP -> 5005 with an example of it in Failed-AVP.
+        no_number = ccr.with_avps(a for a in ccr.avps if a.code != T.CC_REQUEST_NUMBER)
+        a = await c.request(no_number)
+        assert value(a.avps, T.RESULT_CODE) == 5005
+        assert [x.code for x in value(a.avps, T.FAILED_AVP)] == [T.CC_REQUEST_NUMBER]
+        assert value(a.avps, T.SESSION_ID) == "v1"
+
+        # Unknown AVP with the M bit -> 5001 with that AVP.
+        hbh, e2e = c.ids()
+        odd = Message(ccr.code, ccr.flags, ccr.app_id, hbh, e2e,
+                      ccr.avps + (avp(777 | (10415 << 32), b"?"),))
+        raw = bytearray(encode(odd))
+        raw[-16 + 4] |= 0x40  # its M bit (the AVP is the last 16 octets)
+        a = await c.request_raw(bytes(raw), hbh)
+        assert value(a.avps, T.RESULT_CODE) == 5001
+        (failed,) = value(a.avps, T.FAILED_AVP)
+        assert (failed.code, failed.vendor) == (777, 10415)
+
+        # An Unsigned32 of 3 octets -> 5014; an invalid CC-Request-Type -> 5004.
+        hbh, e2e = c.ids()
+        raw = bytearray(encode(c.ccr("v1", INITIAL, 0, msisdn="41790000006", ids=(hbh, e2e))))
+        i = raw.find(bytes.fromhex("0000019f4000000c"))
+        raw[i + 7] = 11
+        a = await c.request_raw(bytes(raw), hbh)
+        assert value(a.avps, T.RESULT_CODE) == 5014
+        bad_type = c.ccr("v1", 9, 0, msisdn="41790000006")
+        a = await c.request(bad_type)
+        assert value(a.avps, T.RESULT_CODE) == 5004
+        assert value(value(a.avps, T.FAILED_AVP), T.CC_REQUEST_TYPE) == 9
+        # CCR-Event without Requested-Action -> 5005.
+        a = await c.request(c.ccr("v2", EVENT, 0, msisdn="41790000006", context=CONTEXT_SMS))
+        assert value(a.avps, T.RESULT_CODE) == 5005
+
+        # Not our application: 3007 (E bit); a command credit control lacks: 3001.
+        hbh, e2e = c.ids()
+        acr = Message(T.CMD_ACCOUNTING, FLAG_REQUEST | 0x40, 3, hbh, e2e,
+                      (avp(T.SESSION_ID, "acct"), *base.origin(c.local)))
+        a = await c.request(acr)
+        assert value(a.avps, T.RESULT_CODE) == 3007 and a.error
+        hbh, e2e = c.ids()
+        str_ = Message(T.CMD_SESSION_TERMINATION, FLAG_REQUEST | 0x40, 4, hbh, e2e,
+                       (avp(T.SESSION_ID, "v1"), *base.origin(c.local)))
+        a = await c.request(str_)
+        assert value(a.avps, T.RESULT_CODE) == 3001 and a.error
+
+        # After all that the connection still serves.
+        a = await c.request(ccr)
+        assert value(a.avps, T.RESULT_CODE) == 2001
+    finally:
+        await c.close()
+
+
+# ---------------------------------------------------------------------- Ro voice and events
+async def test_ro_voice_call_and_sms_events(ocsd):
+    c = await client(ocsd, origin_host="as.ims.example", origin_realm="ims.example")
+    sid = "as.ims.example;call;1"
+    try:
+        a = await c.request(c.ccr(
+            sid, INITIAL, 0, context=CONTEXT_VOICE, sip_uri="sip:alice@ims.example",
+            msccs=[mscc(100, requested={"time": 300})],
+            extra=[ims_information("tel:+41 79 123 45 67", "sip:alice@ims.example")]))
+        m = msccs_of(a)[100]
+        # 120 s allowance: all of it, as the final units, then the call must end.
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        assert granted(m) == 120 and fui(m) == (0, None)
+        assert value(m, T.TIME_QUOTA_THRESHOLD) == 24
+        a = await c.request(c.ccr(sid, TERMINATION, 1, context=CONTEXT_VOICE,
+                                  sip_uri="sip:alice@ims.example",
+                                  msccs=[mscc(100, used={"time": 95})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        assert bucket(ocsd, "voice", "seconds")["balance"] == 25
+        (cdr,) = api(ocsd, f"/v1/cdrs?session={sid}")["items"]
+        assert (cdr["service"], cdr["units"]) == ("voice", 95)
+
+        # SMS: two events in the allowance, the third is refused.
+        results = []
+        for i in range(3):
+            a = await c.request(c.ccr(f"as.ims.example;sms;{i}", EVENT, 0, context=CONTEXT_SMS,
+                                      msisdn="41790000003", requested_action=0,
+                                      requested={"units": 1}))
+            gsu = value(a.avps, T.GRANTED_SERVICE_UNIT)
+            results.append((value(a.avps, T.RESULT_CODE),
+                            value(gsu, T.CC_SERVICE_SPECIFIC_UNITS) if gsu else None))
+        assert results == [(2001, 1), (2001, 1), (4012, None)]
+        assert bucket(ocsd, "sms", "events")["balance"] == 0
+
+        # CHECK_BALANCE: an enquiry, nothing charged.
+        a = await c.request(c.ccr("as.ims.example;check;1", EVENT, 0, msisdn="41790000001",
+                                  requested_action=2, requested={"total": 1}))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        assert value(a.avps, T.CHECK_BALANCE_RESULT) in (0, 1)
+    finally:
+        await c.close()
+
+
+# ---------------------------------------------------------------------- peers
+async def test_watchdog_and_disconnect_from_the_client(ocsd):
+    c = await client(ocsd)
+    hbh, e2e = c.ids()
+    dwa = await c.request(base.dwr(c.local, hbh, e2e))
+    assert value(dwa.avps, T.RESULT_CODE) == 2001
+    assert value(dwa.avps, T.ORIGIN_HOST) == "ocs.test.example"
+    dpa = await c.close()
+    assert value(dpa.avps, T.RESULT_CODE) == 2001
+    ocsd.wait_log(r"peer pgw1\.pgw\.example: peer disconnects \(REBOOTING\)")
+
+
+async def test_malformed_framing_closes_that_connection_only(ocsd):
+    good = await client(ocsd)
+    bad = await client(ocsd, origin_host="pgw2.pgw.example")
+    try:
+        bad.write(b"\x02\x00\x00\x14" + b"\x00" * 16)  # version 2
+        await asyncio.wait_for(bad.closed.wait(), 5)
+        ocsd.wait_log(r"from 127\.0\.0\.1: unsupported Diameter version 2; closing")
+        hbh, e2e = good.ids()
+        assert value((await good.request(base.dwr(good.local, hbh, e2e))).avps,
+                     T.RESULT_CODE) == 2001
+        assert http(ocsd.url + "/healthz")[0] == 200
+    finally:
+        await good.close()
+        await bad.close(dpr=False)
+
+
+async def test_metrics_count_messages_by_peer_command_and_result(ocsd):
+    c = await client(ocsd, origin_host="pgw3.pgw.example")
+    await c.request(c.ccr("m1", INITIAL, 0, msisdn="41799999999"))
+    status, _, body = http(ocsd.url + "/metrics")
+    text = body.decode()
+    assert metric(text, "ocs_diameter_messages_total",
+                  '{cmd="CCA",peer="pgw3.pgw.example",result_code="5030"}') == 1
+    assert metric(text, "ocs_diameter_messages_total",
+                  '{cmd="CEA",peer="pgw3.pgw.example",result_code="2001"}') == 1
+    assert metric(text, "ocs_diameter_connections") >= 1
+    assert metric(text, "ocs_request_duration_seconds_count",
+                  '{op="ccr-i",proto="diameter"}') >= 1
+    await c.close()
+
+
+# ---------------------------------------------------------------------- own daemons
+def test_watchdog_detects_a_dead_peer_within_two_intervals(tmp_path):
+    """Tw = 1 s: a peer that answers DWRs stays; one that does not is suspect after
+    about 2 Tw and disconnected after about 3 Tw."""
+    port = free_port()
+    d = Ocsd(tmp_path, extra=diameter_config(port, watchdog_interval=1)).start()
+
+    async def run():
+        alive = DiameterClient("127.0.0.1", port, origin_host="ok.pgw.example",
+                               origin_realm="pgw.example")
+        dead = DiameterClient("127.0.0.1", port, origin_host="dead.pgw.example",
+                              origin_realm="pgw.example", answer_watchdog=False)
+        await alive.connect()
+        await dead.connect()
+        opened = time.monotonic()
+        await asyncio.wait_for(dead.closed.wait(), 6)
+        gone = time.monotonic() - opened
+        assert 2.5 < gone < 4.5, gone
+        await asyncio.sleep(0.5)
+        assert not alive.closed.is_set()
+        assert sum(1 for m in alive.server_requests if m.code == T.CMD_DEVICE_WATCHDOG) >= 2
+        await alive.close()
+    try:
+        asyncio.run(run())
+        suspect = d.wait_log(r"peer dead\.pgw\.example suspect: watchdog: no DWA within 1s")
+        d.wait_log(r"watchdog: peer silent for 3s, disconnecting")
+        assert "ok.pgw.example suspect" not in d.log()
+        assert suspect
+    finally:
+        d.stop()
+
+
+def test_overload_is_answered_too_busy(tmp_path):
+    port = free_port()
+    d = Ocsd(tmp_path, extra=diameter_config(port, max_in_flight=1))
+    in_store(d.store_url, prepare)
+    d.start()
+
+    async def run():
+        c = DiameterClient("127.0.0.1", port, origin_host="pgw1.pgw.example",
+                           origin_realm="pgw.example")
+        await c.connect()
+        reqs = [c.ccr(f"busy{i}", INITIAL, 0, msisdn="41790000001",
+                      msccs=[mscc(10, requested={"total": 1000})]) for i in range(4)]
+        futs = []
+        loop = asyncio.get_running_loop()
+        for r in reqs:
+            fut = loop.create_future()
+            c._pending[r.hop_by_hop] = fut
+            futs.append(fut)
+        c.write(b"".join(encode(r) for r in reqs))  # one segment: all arrive together
+        answers = await asyncio.wait_for(asyncio.gather(*futs), 10)
+        codes = [value(a.avps, T.RESULT_CODE) for a in answers]
+        assert codes == [2001, 3004, 3004, 3004], codes
+        assert all(a.error for a in answers[1:])
+        await c.close()
+    try:
+        asyncio.run(run())
+        status, _, body = http(d.url + "/metrics")
+        assert metric(body.decode(), "ocs_diameter_errors_total", '{reason="overload"}') == 3
+    finally:
+        d.stop()
+
+
+def test_shutdown_sends_dpr_to_every_peer_and_exits_0(tmp_path):
+    port = free_port()
+    d = Ocsd(tmp_path, extra=diameter_config(port)).start()
+
+    async def run():
+        clients = [DiameterClient("127.0.0.1", port, origin_host=f"p{i}.pgw.example",
+                                  origin_realm="pgw.example") for i in range(2)]
+        for c in clients:
+            await c.connect()
+        d.signal(signal.SIGTERM)
+        for c in clients:
+            await asyncio.wait_for(c.closed.wait(), 8)
+            (dpr,) = [m for m in c.server_requests if m.code == T.CMD_DISCONNECT_PEER]
+            assert value(dpr.avps, T.DISCONNECT_CAUSE) == 0  # REBOOTING
+    asyncio.run(run())
+    assert d.wait() == 0
+    d.wait_log(r"Diameter stopped \(2 peers sent DPR\)")
+    d.stop()
