@@ -47,7 +47,7 @@ the store, so any ocsd node can continue the session.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping
 
@@ -126,6 +126,21 @@ class CreditControl:
     services: tuple[ServiceRequest, ...]
     charge: ChargeRequest
     requested_action: int | None = None  # event requests only
+
+    @property
+    def destination(self) -> str | None:
+        """The called party of a voice or SMS request, when it names one."""
+        for s in self.services:
+            if s.usage.destination:
+                return s.usage.destination
+        return None
+
+    @property
+    def lacks_destination(self) -> bool:
+        """A voice/SMS update or termination that does not repeat the called party."""
+        return (self.context in (CONTEXT_VOICE, CONTEXT_SMS)
+                and self.request_type in (UPDATE, TERMINATION)
+                and any(s.usage.destination is None for s in self.services))
 
     @property
     def op(self) -> str:
@@ -400,6 +415,8 @@ def parse_ccr(msg: Message, policy: GyPolicy, *, now_us: int, nas: str | None = 
         apn = msg.value(T.CALLED_STATION_ID)
         if isinstance(apn, str):
             attrs["apn"] = apn
+        if destination:
+            attrs["destination"] = destination
     charge = ChargeRequest(
         identity=identity(msg), session_id=session_id, kind=kind, seq=number,
         services=tuple(s.usage for s in services), timestamp=timestamp, proto="diameter",
@@ -407,6 +424,15 @@ def parse_ccr(msg: Message, policy: GyPolicy, *, now_us: int, nas: str | None = 
         require_session=request_type in (UPDATE, TERMINATION), attrs=attrs)
     return CreditControl(session_id, origin_host, msg.value(T.ORIGIN_REALM), request_type,
                          number, context, bool(msccs), tuple(services), charge, action)
+
+
+def with_destination(ccr: CreditControl, destination: str) -> CreditControl:
+    """`ccr` with `destination` for the services that lack one."""
+    services = tuple(s if s.usage.destination else ServiceRequest(
+        replace(s.usage, destination=destination), s.rating_group, s.service_ids)
+        for s in ccr.services)
+    return replace(ccr, services=services,
+                   charge=replace(ccr.charge, services=tuple(s.usage for s in services)))
 
 
 def _merge(services: list[ServiceRequest]) -> list[ServiceRequest]:

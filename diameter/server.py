@@ -114,7 +114,8 @@ class DiameterServer:
         self._locals: dict[str, base.LocalIdentity] = {}
         self._counters: dict[tuple, Any] = {}
         self._durations: dict[str, Any] = {}
-        self._directory_put: dict[str, float] = {}
+        # session id -> (monotonic time of our last directory write, destination)
+        self._directory_put: dict[str, tuple[float, str | None]] = {}
         self.stopping = False
 
     # ------------------------------------------------------------ identity, admission
@@ -311,6 +312,7 @@ class DiameterServer:
                 answer = await self._enquiry(msg, ccr, local)
                 self._access(conn, ccr, base.result_code(answer))
                 return answer, ccr.op, None
+            ccr = await self._known_destination(ccr)
             decision = await self.charging.charge(ccr.charge)
         except StoreUnavailable:
             raise
@@ -370,7 +372,8 @@ class DiameterServer:
             pass  # the claim lapses by itself after duplicate_ttl
 
     async def _directory(self, ccr: gy.CreditControl, answer: Message) -> None:
-        """Keep the session's client in the session directory (for RAR/ASR)."""
+        """Keep the session's client (for RAR/ASR) and called party (to rate the
+        usage of later requests that do not repeat it) in the session directory."""
         sid = ccr.session_id
         try:
             if ccr.request_type == gy.TERMINATION:
@@ -381,14 +384,39 @@ class DiameterServer:
                 return
             now = time.monotonic()
             last = self._directory_put.get(sid)
-            if last is not None and now - last < self.session_ttl / 2:
+            if last is not None and now - last[0] < self.session_ttl / 2:
                 return
-            await self.cluster.sessions.put(sid, {"origin_host": ccr.origin_host,
-                                                  "origin_realm": ccr.origin_realm,
-                                                  "proto": "diameter"}, self.session_ttl)
-            self._directory_put[sid] = now
+            destination = ccr.destination or (last[1] if last else None)
+            record = {"origin_host": ccr.origin_host, "origin_realm": ccr.origin_realm,
+                      "proto": "diameter"}
+            if destination:
+                record["destination"] = destination
+            await self.cluster.sessions.put(sid, record, self.session_ttl)
+            self._remember(sid, now, destination)
         except (StoreUnavailable, ValueError) as exc:
             log.warning("session directory not updated for %s: %s", sid, exc)
+
+    def _remember(self, sid: str, now: float, destination: str | None) -> None:
+        known = self._directory_put
+        known[sid] = (now, destination)
+        if len(known) > 100_000 and len(known) % 10_000 == 0:
+            # Sessions that ended without CCR-T (closed by supervision) are forgotten
+            # once their directory record has expired anyway.
+            cutoff = now - self.session_ttl
+            for key in [k for k, (t, _) in known.items() if t < cutoff]:
+                del known[key]
+
+    async def _known_destination(self, ccr: gy.CreditControl) -> gy.CreditControl:
+        """A voice/SMS update or termination without a called party: the one of its
+        CCR-I, from this node's memory or the session directory."""
+        if not ccr.lacks_destination:
+            return ccr
+        last = self._directory_put.get(ccr.session_id)
+        destination = last[1] if last else None
+        if destination is None:
+            record = await self.cluster.sessions.get(ccr.session_id)
+            destination = (record or {}).get("destination")
+        return gy.with_destination(ccr, destination) if destination else ccr
 
     # ------------------------------------------------------------ server-initiated
     async def re_auth(self, session_id: str, *, rating_group: int | None = None

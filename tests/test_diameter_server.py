@@ -1,0 +1,299 @@
+"""The Diameter server in process, over real sockets, with the real charging core
+and store: server-initiated RAR/ASR, two nodes sharing PostgreSQL and Redis,
+money events and refunds, rating by the called party.
+
+These need what the daemon process cannot show from outside: the API the
+policy layer calls (`re_auth`, `abort_session`), and two nodes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import pytest
+
+from diameter import tables as T
+from diameter.client import (EVENT, INITIAL, TERMINATION, UPDATE, DiameterClient,
+                             ims_information, mscc)
+from diameter.codec import value
+from diameter.gy import CONTEXT_SMS, CONTEXT_VOICE
+from diameter.server import DiameterServer
+from ocs.charging import ChargingCore, FlatPrices
+from ocs.cluster import build
+from ocs.config import ChargingConfig, DiameterConfig, RedisConfig
+from ocs.metrics import Metrics
+from ocs.model import Kind
+from ocs.pricing import LinearPrice
+from ocs.store import Store, make_driver
+from tests.test_balance import assert_ledger_matches
+
+EUR = 1_000_000
+MB = 1_000_000
+CONFIG = DiameterConfig(listen="127.0.0.1:0", origin_host="ocs.test.example",
+                        origin_realm="test.example", allowed_realms=["pgw.example"],
+                        request_timeout=0.3, request_attempts=3)
+CHARGING = ChargingConfig(default_quota={"octets": 2 * MB, "seconds": 60, "events": 1})
+
+
+class ByDestination:
+    """Prices voice by the called number's longest known prefix (a stand-in for the
+    tariff engine's rate decks: what matters here is that the called party taken
+    from IMS-Information is what gets rated)."""
+
+    RATES = {"4179": LinearPrice(price=EUR // 2, per=60, first=60, next=60),   # 0.50/min
+             "4420": LinearPrice(price=EUR, per=60, first=60, next=60)}        # 1.00/min
+
+    def __init__(self):
+        self.seen: list[str | None] = []
+
+    def price(self, *, plan, account, usage, at):
+        if usage.kind is Kind.SECONDS:
+            self.seen.append(usage.destination)
+            digits = (usage.destination or "").lstrip("+")
+            for prefix in sorted(self.RATES, key=len, reverse=True):
+                if digits.startswith(prefix):
+                    return self.RATES[prefix]
+            from ocs.charging import RatingFailed
+            raise RatingFailed(f"no rate for {usage.destination}")
+        return FlatPrices(by_kind={Kind.OCTETS: LinearPrice(price=10_000, per=MB)},
+                          by_service={"event:sms": LinearPrice(price=EUR // 10)}).price(
+            plan=plan, account=account, usage=usage, at=at)
+
+
+class Node:
+    def __init__(self, store, cluster, prices=None, config=CONFIG):
+        self.store, self.cluster = store, cluster
+        self.charging = ChargingCore(store, prices or ByDestination(), CHARGING)
+        self.server = DiameterServer(config, charging=self.charging, cluster=cluster,
+                                     metrics=Metrics(), session_ttl=600)
+
+    async def start(self) -> "Node":
+        await self.charging.reload()
+        await self.server.listen("diameter", "127.0.0.1", 0)
+        self.port = self.server.addresses["diameter"][1]
+        return self
+
+    async def close(self):
+        await self.server.close(1.0)
+
+
+@pytest.fixture
+async def node(store):
+    cluster = build(RedisConfig(), node="n1")
+    await cluster.start()
+    n = await Node(store, cluster).start()
+    yield n
+    await n.close()
+    await cluster.stop()
+
+
+async def subscriber(store, msisdn: str, *, balance: int = 10 * EUR) -> int:
+    acct = await store.create_account(name=f"a{msisdn}", currency="EUR", billing="prepaid",
+                                      opening_balance=balance)
+    await store.create_subscriber(account_id=acct.id, msisdn=msisdn)
+    return acct.id
+
+
+async def connect(port: int, **kw) -> DiameterClient:
+    c = DiameterClient("127.0.0.1", port, origin_host=kw.pop("origin_host", "pgw1.pgw.example"),
+                       origin_realm="pgw.example", destination_realm="test.example", **kw)
+    assert value((await c.connect()).avps, T.RESULT_CODE) == 2001
+    return c
+
+
+# ---------------------------------------------------------------------- RAR / ASR
+async def test_re_auth_and_abort_session_reach_the_sessions_client(node, store):
+    await subscriber(store, "41790000101")
+    c = await connect(node.port)
+    try:
+        a = await c.request(c.ccr("s-rar", INITIAL, 0, msisdn="41790000101",
+                                  msccs=[mscc(10, requested={})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        result = await node.server.re_auth("s-rar", rating_group=10)
+        assert (result.answered, result.result_code, result.attempts) == (True, 2001, 1)
+        assert result.peer == "pgw1.pgw.example"
+        (rar,) = [m for m in c.server_requests if m.code == T.CMD_RE_AUTH]
+        assert rar.app_id == 4 and rar.request and not rar.retransmit
+        assert value(rar.avps, T.SESSION_ID) == "s-rar"
+        assert value(rar.avps, T.DESTINATION_HOST) == "pgw1.pgw.example"
+        assert value(rar.avps, T.DESTINATION_REALM) == "pgw.example"
+        assert value(rar.avps, T.RE_AUTH_REQUEST_TYPE) == 0
+        assert value(rar.avps, T.RATING_GROUP) == 10
+
+        result = await node.server.abort_session("s-rar")
+        assert (result.answered, result.result_code) == (True, 2001)
+        (asr,) = [m for m in c.server_requests if m.code == T.CMD_ABORT_SESSION]
+        assert value(asr.avps, T.AUTH_APPLICATION_ID) == 4
+
+        # After CCR-T the session is gone from the directory: nothing to address.
+        await c.request(c.ccr("s-rar", TERMINATION, 1, msisdn="41790000101",
+                              msccs=[mscc(10, used={"total": 1})]))
+        result = await node.server.re_auth("s-rar")
+        assert not result.answered and "unknown to the session directory" in result.error
+    finally:
+        await c.close()
+
+
+async def test_unanswered_re_auth_is_resent_with_the_t_flag(node, store):
+    await subscriber(store, "41790000102")
+    calls = []
+
+    async def sometimes(msg):
+        calls.append(msg)
+        return None if len(calls) == 1 else T.DIAMETER_SUCCESS  # ignore the first one
+
+    c = await connect(node.port, on_request=sometimes)
+    try:
+        await c.request(c.ccr("s-retry", INITIAL, 0, msisdn="41790000102",
+                              msccs=[mscc(10, requested={})]))
+        result = await node.server.re_auth("s-retry")
+        assert (result.answered, result.result_code, result.attempts) == (True, 2001, 2)
+        first, second = calls
+        assert not first.retransmit and second.retransmit
+        assert first.end_to_end == second.end_to_end
+        assert first.hop_by_hop != second.hop_by_hop
+    finally:
+        await c.close()
+
+
+async def test_re_auth_reports_the_clients_answer_and_a_missing_peer(node, store):
+    await subscriber(store, "41790000103")
+
+    async def forgot(msg):
+        return T.DIAMETER_UNKNOWN_SESSION_ID
+
+    c = await connect(node.port, on_request=forgot)
+    await c.request(c.ccr("s-gone", INITIAL, 0, msisdn="41790000103",
+                          msccs=[mscc(10, requested={})]))
+    result = await node.server.re_auth("s-gone")
+    assert (result.answered, result.result_code) == (True, 5002)
+    await c.close()
+    result = await node.server.abort_session("s-gone")
+    assert not result.answered and result.attempts == 0
+    assert result.error == "peer pgw1.pgw.example is not connected to this node"
+
+
+# ---------------------------------------------------------------------- money events, voice
+async def test_sms_direct_debit_and_refund_move_money(node, store):
+    account = await subscriber(store, "41790000104", balance=EUR // 4)  # 0.25: two SMS
+    c = await connect(node.port)
+    try:
+        codes = []
+        for i in range(3):
+            a = await c.request(c.ccr(f"sms-{i}", EVENT, 0, context=CONTEXT_SMS,
+                                      msisdn="41790000104", requested_action=0,
+                                      requested={"units": 1}))
+            codes.append(value(a.avps, T.RESULT_CODE))
+        assert codes == [2001, 2001, 4012]
+        assert (await store.balance(account))["balance"] == EUR // 20
+        a = await c.request(c.ccr("refund-1", EVENT, 0, context=CONTEXT_SMS,
+                                  msisdn="41790000104", requested_action=1,
+                                  requested={"units": 1}))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        assert (await store.balance(account))["balance"] == EUR // 20 + EUR // 10
+        # The same refund again (same session and number): nothing more.
+        a = await c.request(c.ccr("refund-1", EVENT, 0, context=CONTEXT_SMS,
+                                  msisdn="41790000104", requested_action=1,
+                                  requested={"units": 1}))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        assert (await store.balance(account))["balance"] == EUR // 20 + EUR // 10
+        await assert_ledger_matches(store, account)
+    finally:
+        await c.close()
+
+
+async def test_voice_is_rated_by_the_called_party(node, store):
+    """The called party of IMS-Information decides the price of the grant, and the
+    CCR-T, which does not repeat it, is rated for the same destination."""
+    account = await subscriber(store, "41790000105", balance=2 * EUR)
+    c = await connect(node.port, origin_host="as.pgw.example")
+    try:
+        grants = {}
+        for sid, called, talked in (("call-ch", "tel:+41791234567", 30),
+                                    ("call-uk", "sip:+442071234567@ims.example;user=phone", 0)):
+            a = await c.request(c.ccr(sid, INITIAL, 0, context=CONTEXT_VOICE,
+                                      msisdn="41790000105",
+                                      msccs=[mscc(100, requested={"time": 600})],
+                                      extra=[ims_information(called)]))
+            m = value(a.avps, T.MULTIPLE_SERVICES_CREDIT_CONTROL)
+            grants[sid] = value(value(m, T.GRANTED_SERVICE_UNIT), T.CC_TIME)
+            a = await c.request(c.ccr(sid, TERMINATION, 1, context=CONTEXT_VOICE,
+                                      msisdn="41790000105",
+                                      msccs=[mscc(100, used={"time": talked})]))
+            assert value(a.avps, T.RESULT_CODE) == 2001
+        # 2.00 EUR buys 240 s to Switzerland at 0.50/min; 30 s of it cost one 60 s
+        # increment (0.50); the 1.50 left buy one minute to the UK at 1.00/min.
+        assert grants == {"call-ch": 240, "call-uk": 60}
+        assert node.charging.prices.seen[:4] == ["+41791234567", "+41791234567",
+                                                 "+442071234567", "+442071234567"]
+        assert (await store.balance(account))["balance"] == 3 * EUR // 2
+        (cdr,) = await store.list_cdrs(session="call-ch")
+        assert (cdr.units, cdr.cost) == (30, EUR // 2)
+        a = await c.request(c.ccr("call-nowhere", INITIAL, 0, context=CONTEXT_VOICE,
+                                  msisdn="41790000105", msccs=[mscc(100, requested={"time": 60})],
+                                  extra=[ims_information("tel:+999123")]))
+        assert value(a.avps, T.RESULT_CODE) == 5031  # DIAMETER_RATING_FAILED
+        await assert_ledger_matches(store, account)
+    finally:
+        await c.close()
+
+
+# ---------------------------------------------------------------------- two nodes
+async def test_two_nodes_share_sessions_duplicates_and_re_auth(pg_dsn, pg_schema, redis_url):
+    """A PGW connected to two ocsd nodes (shared PostgreSQL and Redis): the session
+    starts on one node and continues on the other; a T-flagged resend of an update
+    answered by one node is answered from the cache by the other; a RAR issued on
+    either node reaches the client."""
+    prefix = f"ocs-t-{secrets.token_hex(4)}:"
+    stores, clusters, nodes, clients = [], [], [], []
+    try:
+        for name in ("node-a", "node-b"):
+            st = Store(make_driver(pg_dsn, schema=pg_schema))
+            await st.open(migrate_schema=True)
+            stores.append(st)
+            cl = build(RedisConfig(url=redis_url, key_prefix=prefix), node=name)
+            await cl.start()
+            clusters.append(cl)
+            nodes.append(await Node(st, cl).start())
+        account = await subscriber(stores[0], "41790000106", balance=EUR)  # 100 MB at 0.01/MB
+        for n in nodes:
+            clients.append(await connect(n.port))
+        ca, cb = clients
+        sid, who = "pgw1.pgw.example;multi;1", dict(msisdn="41790000106")
+        a = await ca.request(ca.ccr(sid, INITIAL, 0, **who, msccs=[mscc(10, requested={})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        update = cb.ccr(sid, UPDATE, 1, **who, msccs=[mscc(10, requested={},
+                                                           used={"total": 2 * MB})])
+        a = await cb.request(update)
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        after = (await stores[0].balance(account))["balance"]
+        assert after == EUR - 20_000
+        # The PGW fails over and resends the update to node A with the T flag.
+        hbh, _ = ca.ids()
+        from diameter.codec import Message
+        resent = Message(update.code, update.flags | 0x10, update.app_id, hbh,
+                         update.end_to_end, update.avps)
+        again = await ca.request(resent)
+        assert value(again.avps, T.RESULT_CODE) == 2001
+        assert (await stores[0].balance(account))["balance"] == after
+        # RAR from node A for the session node B served last: via the directory.
+        cb_rar = len([m for m in cb.server_requests if m.code == T.CMD_RE_AUTH])
+        result = await nodes[0].server.re_auth(sid)
+        assert (result.answered, result.result_code) == (True, 2001)
+        assert len([m for m in ca.server_requests if m.code == T.CMD_RE_AUTH]) \
+            + len([m for m in cb.server_requests if m.code == T.CMD_RE_AUTH]) == cb_rar + 1
+        a = await ca.request(ca.ccr(sid, TERMINATION, 2, **who,
+                                    msccs=[mscc(10, used={"total": 1 * MB})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        assert (await stores[1].balance(account))["balance"] == EUR - 30_000
+        await assert_ledger_matches(stores[1], account)
+    finally:
+        for c in clients:
+            await c.close()
+        for n in nodes:
+            await n.close()
+        for cl in clusters:
+            await cl.stop()
+        for st in stores:
+            await st.close()
