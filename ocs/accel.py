@@ -10,6 +10,7 @@ import os
 from types import ModuleType
 
 from . import rounding as _rounding_py
+from .rating import engine as _rating_py
 
 
 def _pick(compiled_name: str, twin: ModuleType) -> tuple[ModuleType, bool]:
@@ -25,6 +26,7 @@ def _pick(compiled_name: str, twin: ModuleType) -> tuple[ModuleType, bool]:
 
 
 rounding, _compiled = _pick("rounding", _rounding_py)
+rating, _rating_compiled = _pick("rating", _rating_py)
 
 #: "compiled" when the Cython extensions are in use, else "pure-python".
-ACTIVE = "compiled" if _compiled else "pure-python"
+ACTIVE = "compiled" if _compiled and _rating_compiled else "pure-python"
