@@ -26,7 +26,13 @@ class PolicyComponent:
         if not self.ctx.config.policy.enabled:
             log.info("enforcement disabled (policy.enabled = false)")
             return
-        log.info("enforcement: no actuator available yet")
+        from .service import PolicyService
+        service = PolicyService(self.ctx)
+        await service.start()
+        self.service = self.ctx.policy = service
 
     async def stop(self) -> None:
         self.ctx.policy = None
+        if self.service is not None:
+            await self.service.stop()
+            self.service = None

@@ -1,0 +1,167 @@
+"""Shared harness of the enforcement tests: a real UDP RADIUS DAE listener (the NAS
+side of RFC 5176), a daemon-like context for `PolicyService`, and seed data."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ocs.cluster import build
+from ocs.components import Context, Registry
+from ocs.config import from_dict
+from ocs.metrics import Metrics
+from ocs.model import Session, now_us
+from radius import codec
+from radius.codec import A, Code
+from radius.dictionary import Dictionary
+
+NAS_SECRET = "policy-test-secret-0123456789"
+DICT = Dictionary()
+_ACK = {Code.COA_REQUEST: Code.COA_ACK, Code.DISCONNECT_REQUEST: Code.DISCONNECT_ACK}
+_NAK = {Code.COA_REQUEST: Code.COA_NAK, Code.DISCONNECT_REQUEST: Code.DISCONNECT_NAK}
+
+
+@dataclass
+class Received:
+    code: int
+    identifier: int
+    authenticator: bytes
+    attrs: dict[str, Any]
+    at: float
+    valid: bool          # Request Authenticator and Message-Authenticator check out
+    raw: bytes = b""
+
+
+@dataclass
+class DaeNas:
+    """A NAS's CoA port on a real UDP socket. `answer(received)` returns
+    ("ack" | "nak" | "drop", [Error-Cause values]); the default acks everything."""
+
+    secret: str = NAS_SECRET
+    answer: Callable[[Received], tuple[str, list[int]]] = lambda r: ("ack", [])
+    received: list[Received] = field(default_factory=list)
+    port: int = 0
+    answer_invalid: bool = False   # answer even requests that fail the signature checks
+
+    async def start(self) -> "DaeNas":
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_datagram_endpoint(
+            lambda: _DaeProtocol(self), local_addr=("127.0.0.1", 0), family=socket.AF_INET)
+        self.port = self.transport.get_extra_info("sockname")[1]
+        return self
+
+    def stop(self) -> None:
+        self.transport.close()
+
+    def handle(self, data: bytes, addr) -> None:
+        packet = codec.decode(data)
+        secret = self.secret.encode()
+        valid = codec.request_authenticator_ok(packet, secret) and (
+            packet.has_message_authenticator and codec.message_authenticator_ok(packet, secret))
+        r = Received(packet.code, packet.identifier, packet.authenticator,
+                     DICT.named(packet.attributes, skip=frozenset({A.MESSAGE_AUTHENTICATOR})),
+                     time.monotonic(), valid, data)
+        self.received.append(r)
+        what, causes = self.answer(r)
+        if what == "drop" or (not valid and not self.answer_invalid):
+            return
+        code = (_ACK if what == "ack" else _NAK)[packet.code]
+        attrs = [(A.ERROR_CAUSE, codec.u32(c)) for c in causes]
+        self.transport.sendto(codec.encode_reply(packet, code, attrs, secret), addr)
+
+    async def wait(self, n: int, timeout: float = 5.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.received
+
+
+class _DaeProtocol(asyncio.DatagramProtocol):
+    def __init__(self, nas: DaeNas):
+        self.nas = nas
+
+    def datagram_received(self, data, addr):
+        self.nas.handle(data, addr)
+
+
+def policy_config(*, redis: dict | None = None, **policy) -> Any:
+    base = {"daemon": {"node_name": "policy-test"}, "redis": redis or {},
+            "policy": {"coa_timeout": 0.2, "coa_max_timeout": 0.4, "coa_retransmissions": 2,
+                       "coa_max_duration": 1.5, "backoff_initial": 0.1, "backoff_max": 0.2,
+                       "poll_interval": 0.1, "confirm_timeout": 2, "lease": 5, **policy}}
+    return from_dict(base)
+
+
+async def context(store, config=None) -> Context:
+    """A daemon context around `store`: in-process cluster, registry loaded."""
+    config = config or policy_config()
+    ctx = Context(config=config, config_path="-", metrics=Metrics())
+    ctx.store = store
+    ctx.cluster = build(config.redis, node=config.daemon.node_name)
+    await ctx.cluster.start()
+    ctx.registry = await Registry.load(store)
+    return ctx
+
+
+async def reload(ctx: Context) -> None:
+    ctx.registry = await Registry.load(ctx.store)
+
+
+async def seed(store, *, nas_port: int, vendor: str = "mikrotik", policy: dict | None = None,
+               speed: dict | None = None, fair: dict | None = None, username: str = "alice",
+               framed_ip: str = "10.20.0.5", control: dict | None = None,
+               nas_name: str = "bras-1", nas_kind: str = "nas", nas_address="127.0.0.1",
+               balance: int = 5_000_000, sessions: int = 1, proto: str = "radius") -> dict:
+    """A prepaid account with one subscriber on a plan with `policy`, a NAS
+    listening for CoA on `nas_port`, and active sessions on it."""
+    plan = await store.create_plan(
+        name=f"plan-{username}", currency="EUR",
+        speed_profile=speed if speed is not None else {"down_kbps": 20000, "up_kbps": 5000},
+        fair_usage=fair, policy=policy)
+    try:
+        nas = next(n for n in await store.list_nas() if n.name == nas_name)
+    except StopIteration:
+        nas = await store.create_nas(name=nas_name, address=nas_address, secret=NAS_SECRET,
+                                     vendor=vendor, coa_port=nas_port, kind=nas_kind,
+                                     control=control or {})
+    account = await store.create_account(name=f"acct-{username}", currency="EUR",
+                                         billing="prepaid", opening_balance=balance)
+    sub = await store.create_subscriber(account_id=account.id, plan_id=plan.id,
+                                        username=username, framed_ip=framed_ip)
+    ids = []
+    for i in range(sessions):
+        sid = f"{proto}:{nas.name}:{username}-{i}"
+        now = now_us()
+        await store.upsert_session(Session(
+            id=sid, account_id=account.id, subscriber_id=sub.id, proto=proto, nas=nas.name,
+            nas_session_id=f"{username}-{i}", framed_ip=framed_ip, status="active",
+            last_seq=0, started_at=now, updated_at=now, ended_at=None,
+            attrs={"NAS-Port-Id": f"ether{i}", "Calling-Station-Id": "00:11:22:33:44:55"}))
+        ids.append(sid)
+    return {"plan": plan, "nas": nas, "account": account, "subscriber": sub, "sessions": ids}
+
+
+async def close_session(store, session_id: str) -> None:
+    s = await store.get_session(session_id)
+    from dataclasses import replace
+    await store.upsert_session(replace(s, status="closed", ended_at=now_us(),
+                                       updated_at=now_us()))
+
+
+async def until(predicate, timeout: float = 5.0, interval: float = 0.02):
+    """Await until `predicate()` (sync or async) is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value or time.monotonic() >= deadline:
+            return value
+        await asyncio.sleep(interval)
+
+
+__all__ = ["DaeNas", "Received", "NAS_SECRET", "policy_config", "context", "reload", "seed",
+           "close_session", "until", "DICT"]
