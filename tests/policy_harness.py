@@ -165,3 +165,168 @@ async def until(predicate, timeout: float = 5.0, interval: float = 0.02):
 
 __all__ = ["DaeNas", "Received", "NAS_SECRET", "policy_config", "context", "reload", "seed",
            "close_session", "until", "DICT"]
+
+
+# ---------------------------------------------------------------------- FreeRADIUS as the NAS
+FREERADIUS_CONF = """
+prefix = /usr
+exec_prefix = /usr
+sysconfdir = /etc
+localstatedir = {dir}
+sbindir = /usr/sbin
+logdir = {dir}/log
+raddbdir = {dir}
+confdir = {dir}
+run_dir = {dir}/run
+libdir = /usr/lib/freeradius
+pidfile = {dir}/run/radiusd.pid
+max_request_time = 30
+cleanup_delay = 5
+max_requests = 1024
+hostname_lookups = no
+log {{
+	destination = stdout
+}}
+security {{
+	allow_core_dumps = no
+	max_attributes = 200
+	reject_delay = 0
+	status_server = no
+}}
+proxy_requests = no
+client ocs {{
+	ipaddr = 127.0.0.1
+	secret = {secret}
+	require_message_authenticator = yes
+}}
+thread pool {{
+	start_servers = 1
+	max_servers = 4
+	min_spare_servers = 1
+	max_spare_servers = 2
+}}
+modules {{
+	always reject {{
+		rcode = reject
+	}}
+	always ok {{
+		rcode = ok
+	}}
+}}
+listen {{
+	type = coa
+	ipaddr = 127.0.0.1
+	port = {port}
+	virtual_server = coa
+}}
+server coa {{
+	recv-coa {{
+{policy}
+		ok
+	}}
+	send-coa {{
+		ok
+	}}
+}}
+"""
+
+#: NAK (Error-Cause Unsupported-Attribute) every CoA-Request for User-Name "nak-me".
+NAK_POLICY = """
+		if (&Packet-Type == CoA-Request && &User-Name == "nak-me") {
+			update reply {
+				&Error-Cause := Unsupported-Attribute
+			}
+			reject
+		}
+"""
+
+
+@dataclass
+class Logged:
+    number: int
+    code: str
+    attrs: dict[str, str]
+    reply: str | None = None
+
+
+class FreeRadiusNas:
+    """FreeRADIUS in the foreground (``-X``) as the NAS side of RFC 5176: it
+    receives our CoA and Disconnect requests on a free UDP port, answers per
+    `policy` (unlang), and its debug log says what it received and answered."""
+
+    def __init__(self, directory, *, policy: str = NAK_POLICY, secret: str = NAS_SECRET):
+        import os
+        self.dir = str(directory)
+        self.secret = secret
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        for sub in ("log", "run"):
+            os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        with open(os.path.join(self.dir, "radiusd.conf"), "w") as fh:
+            fh.write(FREERADIUS_CONF.format(dir=self.dir, secret=secret, port=self.port,
+                                            policy=policy))
+        self.log_path = os.path.join(self.dir, "radiusd.out")
+        self.proc = None
+
+    def start(self) -> "FreeRadiusNas":
+        import subprocess
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(["freeradius", "-X", "-f", "-d", self.dir, "-n", "radiusd"],
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if "Ready to process requests" in self.text():
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise AssertionError("FreeRADIUS did not start:\n" + self.text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except Exception:  # noqa: BLE001 - a stuck test peer is killed
+                self.proc.kill()
+                self.proc.wait(5)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def text(self) -> str:
+        with open(self.log_path, errors="replace") as fh:
+            return fh.read()
+
+    def requests(self) -> list[Logged]:
+        """Every request FreeRADIUS logged, with its attributes and the reply it sent."""
+        import re
+        out: dict[int, Logged] = {}
+        lines = self.text().splitlines()
+        for i, line in enumerate(lines):
+            m = re.match(r"^\((\d+)\) Received (\S+) Id \d+ from", line)
+            if m:
+                n = int(m.group(1))
+                attrs: dict[str, str] = {}
+                for follow in lines[i + 1:]:
+                    a = re.match(rf"^\({n}\)   (\S+) = (.*)$", follow)
+                    if not a:
+                        break
+                    value = a.group(2)
+                    attrs[a.group(1)] = value[1:-1] if value.startswith('"') else value
+                out[n] = Logged(n, m.group(2), attrs)
+            m = re.match(r"^\((\d+)\) Sent (\S+) Id", line)
+            if m and int(m.group(1)) in out:
+                out[int(m.group(1))].reply = m.group(2)
+        return [out[k] for k in sorted(out)]
+
+    async def wait(self, n: int, timeout: float = 5.0) -> list[Logged]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.requests()
+            if len(got) >= n and all(r.reply for r in got[:n]):
+                return got
+            await asyncio.sleep(0.05)
+        return self.requests()
