@@ -163,7 +163,7 @@ class PeerMachine:
                 actions += [Note("dpr", f"peer disconnects ({label or cause})"),
                             Send(base.dpa(msg, self.local)),
                             Close("peer sent DPR")]
-            else:
+            elif self.state is State.CLOSING:  # the answer to our DPR
                 self.state = State.CLOSED
                 actions.append(Close("DPA received"))
             return actions
