@@ -19,7 +19,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from . import (openapi, routes_accounts, routes_activity, routes_catalog,  # noqa: F401
-               routes_subscribers, routes_tokens)
+               routes_policy, routes_subscribers, routes_tokens)
 from .app import CATALOG_CHANGED, install
 from .routing import ROUTES
 

@@ -113,9 +113,9 @@ def cli(ctx: click.Context, config, api, token, token_file, json_, timeout):
                   timeout=timeout)
 
 
-from . import accounts, local, resources, subscribers  # noqa: E402  (register commands)
+from . import accounts, local, policy, resources, subscribers  # noqa: E402  (register commands)
 
-for module in (subscribers, accounts, resources, local):
+for module in (subscribers, accounts, resources, local, policy):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -1,0 +1,218 @@
+"""End to end through the real `ocsd`: RADIUS accounting charges a prepaid
+subscriber until the balance runs dry, and enforcement reaches the NAS --
+FreeRADIUS listening for CoA (``listen { type = coa }``) -- within a second;
+a top-up through the API restores the plan's speed; operators use `ocsctl`
+to kill, throttle, restore and inspect the queue; a disabled node says so.
+
+Everything here is a real process or socket: ocsd, radclient, FreeRADIUS,
+ocsctl, the REST API."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ocs.model import Session, now_us
+from tests.conftest import ROOT
+from tests.policy_harness import FreeRadiusNas
+from tests.radius_harness import SECRET, TOKEN, RadiusOcsd
+
+FAST = """
+[policy]
+coa_timeout = 0.3
+coa_max_timeout = 0.6
+coa_retransmissions = 2
+coa_max_duration = 2.0
+backoff_initial = 0.2
+backoff_max = 0.5
+max_attempts = 2
+poll_interval = 0.2
+confirm_timeout = 3
+"""
+CUT = {"on_exhausted": "disconnect"}
+SLOW = {"on_exhausted": "throttle", "throttle_profile": {"down_kbps": 256, "up_kbps": 128},
+        "on_restored": "restore"}
+
+
+async def seed(store, coa_port: int) -> dict:
+    await store.create_nas(name="bras", address="127.0.0.1", secret=SECRET, vendor="mikrotik",
+                           coa_port=coa_port)
+    # A NAS that never answers CoA (closed port): its actions end dead-lettered.
+    await store.create_nas(name="mute", address="192.0.2.77", secret=SECRET, vendor="generic",
+                           coa_port=9, control={"coa_address": "127.0.0.1"})
+    ids = {}
+    for name, policy in (("cut", CUT), ("slow", SLOW)):
+        await store.create_plan(name=name, currency="EUR", policy=policy,
+                                allowances=[{"kind": "octets", "units": 1_000_000}],
+                                speed_profile={"down_kbps": 20000, "up_kbps": 5000})
+    for user, plan in (("cut1", "cut"), ("slow1", "slow"), ("slow2", "slow"),
+                       ("kill1", "cut"), ("mute1", "cut")):
+        acct = await store.create_account(name=user, currency="EUR", billing="prepaid")
+        sub = await store.create_subscriber(account_id=acct.id, username=user,
+                                            plan_id=(await store.find_plan(plan)).id)
+        ids[user] = (acct.id, sub.id)
+    now = now_us()
+    acct_id, sub_id = ids["mute1"]
+    await store.upsert_session(Session(
+        id="radius:mute:m-1", account_id=acct_id, subscriber_id=sub_id, proto="radius",
+        nas="mute", nas_session_id="m-1", framed_ip="10.0.9.1", status="active", last_seq=0,
+        started_at=now, updated_at=now, ended_at=None, attrs={}))
+    return ids
+
+
+@pytest.fixture(scope="module")
+def freeradius(tmp_path_factory):
+    fr = FreeRadiusNas(tmp_path_factory.mktemp("fr-nas"), secret=SECRET).start()
+    yield fr
+    fr.stop()
+
+
+@pytest.fixture(scope="module")
+def ocsd(tmp_path_factory, freeradius):
+    d = RadiusOcsd(tmp_path_factory.mktemp("ocsd"), extra_radius=FAST)
+    d.ids = d.seed(lambda store: seed(store, freeradius.port))
+    d.start()
+    yield d
+    d.stop()
+
+
+def accounting(d: RadiusOcsd, user: str, sid: str, status: str, octets: int = 0) -> None:
+    code, _ = d.radclient("acct", f'User-Name = "{user}", Acct-Status-Type = {status}, '
+                                  f'Acct-Session-Id = "{sid}", Framed-IP-Address = 10.7.0.1, '
+                                  f'Acct-Output-Octets = {octets}, Acct-Session-Time = 10')
+    assert code == "Accounting-Response", (user, status)
+
+
+def seen(fr: FreeRadiusNas, before: int, n: int, timeout: float):
+    """(the new requests FreeRADIUS logged, seconds until the n-th was answered)."""
+    started = time.monotonic()
+    while True:
+        got = fr.requests()[before:]
+        if len(got) >= n and all(r.reply for r in got[:n]):
+            return got, time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            return got, None
+        time.sleep(0.01)
+
+
+def ocsctl(d: RadiusOcsd, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCS_")}
+    env["PYTHONPATH"] = ROOT
+    return subprocess.run([sys.executable, "-m", "ocs.cli", "--api", d.url, "--token", TOKEN,
+                           *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_exhausted_interim_disconnects_within_a_second_and_the_stop_confirms(ocsd, freeradius):
+    before = len(freeradius.requests())
+    accounting(ocsd, "cut1", "c-1", "Start")
+    accounting(ocsd, "cut1", "c-1", "Interim-Update", octets=3_000_000)
+    got, delay = seen(freeradius, before, 1, timeout=3)
+    assert delay is not None and delay < 1.0, (got, delay)
+    dm = got[0]
+    assert dm.code == "Disconnect-Request" and dm.reply == "Disconnect-ACK"
+    assert dm.attrs["User-Name"] == "cut1" and dm.attrs["Acct-Session-Id"] == "c-1"
+    assert dm.attrs["Framed-IP-Address"] == "10.7.0.1"
+    # The NAS ends the session: its Stop confirms the disconnect.
+    accounting(ocsd, "cut1", "c-1", "Stop", octets=3_000_000)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        status, page = ocsd.api("GET", "/v1/policy/actions?status=done")
+        results = {a["session"]: a["result"] for a in page["items"]}
+        if results.get("radius:bras:c-1") == "confirmed":
+            break
+        time.sleep(0.1)
+    assert results.get("radius:bras:c-1") == "confirmed", page
+    assert 'ocs_policy_confirmations_total{result="confirmed"} 1.0' in ocsd.metrics_text()
+
+
+def test_exhausted_interim_throttles_then_api_top_up_restores(ocsd, freeradius):
+    before = len(freeradius.requests())
+    accounting(ocsd, "slow1", "s-1", "Start")
+    accounting(ocsd, "slow1", "s-1", "Interim-Update", octets=3_000_000)
+    got, delay = seen(freeradius, before, 1, timeout=3)
+    assert delay is not None and delay < 1.0, (got, delay)
+    assert got[0].code == "CoA-Request" and got[0].reply == "CoA-ACK"
+    assert got[0].attrs["Mikrotik-Rate-Limit"] == "128k/256k"
+    # Another interim while throttled: still exhausted, but no second CoA.
+    accounting(ocsd, "slow1", "s-1", "Interim-Update", octets=3_500_000)
+    account_id = ocsd.ids["slow1"][0]
+    status, _ = ocsd.api("POST", f"/v1/accounts/{account_id}/topup", {"amount": "5.00"})
+    assert status == 200
+    got, delay = seen(freeradius, before, 2, timeout=3)
+    assert delay is not None and len(got) == 2, got
+    assert got[1].code == "CoA-Request" and got[1].attrs["Mikrotik-Rate-Limit"] == "5000k/20000k"
+    audit = ocsd.api("GET", "/v1/audit?actor=policy")[1]["items"]
+    assert [a["action"] for a in audit if a["target"] == "session:radius:bras:s-1"] == [
+        "policy restore via coa", "policy throttle via coa"]
+
+
+def test_operator_commands_through_ocsctl(ocsd, freeradius):
+    before = len(freeradius.requests())
+    accounting(ocsd, "slow2", "s-2", "Start")
+    accounting(ocsd, "kill1", "k-1", "Start")
+    run = ocsctl(ocsd, "subscriber", "throttle", "slow2", "--speed", "1000/500")
+    assert run.returncode == 0, run.stderr
+    assert "queued throttle of session radius:bras:s-2 via coa" in run.stdout
+    got, _ = seen(freeradius, before, 1, timeout=3)
+    assert got[0].attrs["Mikrotik-Rate-Limit"] == "500k/1000k"
+    run = ocsctl(ocsd, "subscriber", "restore", "slow2")
+    assert run.returncode == 0 and "queued restore" in run.stdout
+    run = ocsctl(ocsd, "session", "kill", "radius:bras:k-1")
+    assert run.returncode == 0 and "queued disconnect of session radius:bras:k-1" in run.stdout
+    got, _ = seen(freeradius, before, 3, timeout=3)
+    assert sorted(r.code for r in got[:3]) == ["CoA-Request", "CoA-Request",
+                                               "Disconnect-Request"]
+    # A session that is not active: refused with the reason, exit 1.
+    run = ocsctl(ocsd, "session", "kill", "radius:bras:c-1")
+    assert run.returncode == 1 and "is closed" in run.stderr
+    run = ocsctl(ocsd, "subscriber", "throttle", "nobody-at-all")
+    assert run.returncode == 1 and "no subscriber" in run.stderr
+
+
+def test_dead_letter_listed_and_retried_with_ocsctl(ocsd):
+    run = ocsctl(ocsd, "session", "kill", "radius:mute:m-1")
+    assert run.returncode == 0, run.stderr
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        run = ocsctl(ocsd, "policy", "queue", "--dead")
+        if "radius:mute:m-1" in run.stdout:
+            break
+        time.sleep(0.3)
+    assert "radius:mute:m-1" in run.stdout and "timeout" in run.stdout, run.stdout
+    line = next(x for x in run.stdout.splitlines() if "radius:mute:m-1" in x)
+    action_id = line.split()[0]
+    assert re.search(r"^ocs_policy_dead_letters 1\.0$", ocsd.metrics_text(), re.M) or \
+        _eventually(lambda: re.search(r"^ocs_policy_dead_letters 1\.0$", ocsd.metrics_text(),
+                                      re.M))
+    run = ocsctl(ocsd, "policy", "retry", action_id)
+    assert run.returncode == 0 and "queued again: disconnect of session radius:mute:m-1" \
+        in run.stdout
+    run = ocsctl(ocsd, "--json", "policy", "queue")
+    assert '"radius:mute:m-1"' in run.stdout
+    run = ocsctl(ocsd, "policy", "retry", "999999")
+    assert run.returncode == 1 and "no dead-lettered action 999999" in run.stderr
+
+
+def _eventually(check, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_policy_disabled_answers_503(tmp_path):
+    d = RadiusOcsd(tmp_path, extra_radius="\n[policy]\nenabled = false\n")
+    d.start()
+    try:
+        status, body = d.api("POST", "/v1/sessions/radius:x:1/kill")
+        assert status == 503 and body["error"]["code"] == "policy_disabled"
+        d.wait_log(r"enforcement disabled \(policy.enabled = false\)")
+    finally:
+        d.stop()
