@@ -124,6 +124,15 @@ def test_billed_seconds_are_laid_from_the_start(engine):
     assert c.cost == (30 * 300_000 + 90 * 100_000) // 60
 
 
+def test_local_times_are_read_in_the_tariff_zone(engine):
+    t = tariff(engine, deck([dict(prefix="44", price=1)]), **PEAK)
+    assert t.instant("2026-11-25T18:59") == WED_1859
+    assert t.instant("2026-11-25T17:59:00Z") == WED_1859
+    assert t.instant("2026-11-25") == at("2026-11-25T00:00")
+    with pytest.raises(ValidationError):
+        t.instant("yesterday")
+
+
 def test_weekend_holiday_and_dst(engine):
     t = tariff(engine, deck([DeckRow("44", 300_000, band_prices={"offpeak": 100_000,
                                                                  "weekend": 50_000})]), **PEAK)

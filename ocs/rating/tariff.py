@@ -17,12 +17,13 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
+from zoneinfo import ZoneInfo
 
 from ..errors import ValidationError
 from ..model import Kind
 from . import engine as _pure
 from .compile import build_error, build_tables, check_exchange_rates, engine_class
-from .decks import COL_DEST, key_prefix
+from .decks import COL_DEST, key_prefix, parse_instant
 from .model import FX_SCALE, USAGE_LIMIT, ExchangeRate, RatingError, TariffDefinition
 
 START_MAX = _pure.START_MAX
@@ -173,6 +174,14 @@ class CompiledTariff:
             return Kind(self.services()[service])
         except KeyError:
             raise self._unknown(service) from None
+
+    def instant(self, text: str) -> int:
+        """An ISO date or date-time as µs since the epoch; without an offset it is
+        read in the tariff's time zone (`ocsctl rate --at 2026-11-25T19:00`)."""
+        try:
+            return parse_instant(text, ZoneInfo(self.timezone))
+        except ValueError:
+            raise ValidationError(f"not a date or date-time: {text!r}") from None
 
     def normalise(self, number: str) -> str | None:
         """E.164 digits of a dialled number under this tariff's numbering rule."""
