@@ -27,6 +27,7 @@ from .consumer import EventConsumer
 from .model import (COA, DISCONNECT, RESTORE, THROTTLE, Target)
 from .queue import DEAD, PENDING, RUNNING, entry
 from .radius_dae import DaeActuator, Retransmission
+from .softswitch import AsteriskActuator, FreeswitchActuator, KamailioActuator
 from .store_queue import StoreQueue
 from .vendors import CoaWriter, load_profiles
 
@@ -101,6 +102,10 @@ class PolicyService:
                                 cfg.coa_max_duration)
         self.actuators[COA] = DaeActuator(CoaWriter(profiles, dictionary), timing,
                                           self.metrics)
+        for actuator in (FreeswitchActuator(cfg.control_timeout),
+                         AsteriskActuator(cfg.control_timeout),
+                         KamailioActuator(cfg.control_timeout)):
+            self.actuators[actuator.backend] = actuator
         for actuator in self.actuators.values():
             await actuator.start()
 
