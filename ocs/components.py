@@ -244,12 +244,24 @@ class ChargingComponent:
     async def start(self) -> None:
         from .charging import ChargingCore
         from .charging.tariffs import PlanTariffs
-        resolver = PlanTariffs()
-        self.ctx.tariffs = resolver.book
-        core = ChargingCore(self.ctx.store, resolver, self.ctx.config.charging,
+        from .rating import TariffBook
+        from .rating.storage import reload_tariffs
+        book = TariffBook()
+        await reload_tariffs(self.ctx.store, book)
+        log.info("tariffs in force: %s", ", ".join(book.names()) or "none")
+        self.ctx.tariffs = book
+        core = ChargingCore(self.ctx.store, PlanTariffs(book), self.ctx.config.charging,
                             on_events=self.ctx.relay.notify if self.ctx.relay else None)
         await core.reload()
         self.ctx.charging = core
+
+    async def reload(self) -> None:
+        """SIGHUP: recompile changed tariffs (swapped whole), reload plans."""
+        from .rating.storage import reload_tariffs
+        if self.ctx.tariffs is not None:
+            await reload_tariffs(self.ctx.store, self.ctx.tariffs)
+        if self.ctx.charging is not None:
+            await self.ctx.charging.reload()
 
     async def stop(self) -> None:
         self.ctx.charging = None
@@ -449,7 +461,12 @@ class HttpListeners:
         return response
 
     async def _catalog_changed(self, kind: str) -> None:
-        """A NAS or plan changed through the API: reload now rather than at SIGHUP."""
+        """A NAS, plan or tariff changed through the API: reload now, not at SIGHUP."""
+        if kind == "tariff":
+            from .rating.storage import reload_tariffs
+            if self.ctx.tariffs is not None:
+                await reload_tariffs(self.ctx.store, self.ctx.tariffs)
+            return
         before = self.ctx.registry
         self.ctx.registry = await self.ctx.load_registry()
         if self.ctx.charging is not None:

@@ -323,8 +323,9 @@ class Daemon:
         logs.setup(effective.log)
         before = self.ctx.registry
         self.ctx.config, self.ctx.registry = effective, registry
-        if self.ctx.charging is not None:
-            await self.ctx.charging.reload()
+        for component in self._started:
+            if isinstance(component, ChargingComponent):
+                await component.reload()  # tariffs recompiled, plans reloaded
         self.ctx.generation += 1
         for change in restart:
             log.warning("%s needs restart; still running with the old value", change)
