@@ -6,6 +6,10 @@ new one, never a mix. Definitions are validated (compiled) before anything is
 written, so a bad deck never reaches the store; a failure while writing rolls
 everything back.
 
+Exchange rates belong to currency pairs, not to tariffs: saving a tariff
+inserts or updates the rates it carries, and loading a tariff gives it every
+rate from its currency.
+
     await save_tariff(store, definition)          # insert or replace, returns revision
     await save_deck(store, "retail", deck)        # replace one deck (CSV import)
     definition = await load_tariff(store, "retail")
