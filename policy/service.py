@@ -27,6 +27,7 @@ from .consumer import EventConsumer
 from .model import (COA, DISCONNECT, RESTORE, THROTTLE, Target)
 from .queue import DEAD, PENDING, RUNNING, entry
 from .radius_dae import DaeActuator, Retransmission
+from .snmp import SnmpActuator
 from .softswitch import AsteriskActuator, FreeswitchActuator, KamailioActuator
 from .store_queue import StoreQueue
 from .vendors import CoaWriter, load_profiles
@@ -104,7 +105,8 @@ class PolicyService:
                                           self.metrics)
         for actuator in (FreeswitchActuator(cfg.control_timeout),
                          AsteriskActuator(cfg.control_timeout),
-                         KamailioActuator(cfg.control_timeout)):
+                         KamailioActuator(cfg.control_timeout),
+                         SnmpActuator(cfg.control_timeout / 2, retries=1)):
             self.actuators[actuator.backend] = actuator
         for actuator in self.actuators.values():
             await actuator.start()
