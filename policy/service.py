@@ -22,14 +22,15 @@ from ocs.errors import ConfigError, Conflict, NotFound, OcsError, ValidationErro
 from ocs.model import Nas, Plan, Session, Subscriber, now_us
 from radius.dictionary import Dictionary
 
-from . import decide
+from . import decide, state
 from .consumer import EventConsumer
-from .model import (COA, DISCONNECT, RESTORE, THROTTLE, Target)
+from .model import COA, DISCONNECT, RESTORE, TC, THROTTLE, Target
 from .queue import DEAD, PENDING, RUNNING, entry
 from .radius_dae import DaeActuator, Retransmission
 from .snmp import SnmpActuator
 from .softswitch import AsteriskActuator, FreeswitchActuator, KamailioActuator
 from .store_queue import StoreQueue
+from .tc import TcActuator
 from .vendors import CoaWriter, load_profiles
 
 log = logging.getLogger("ocs.policy")
@@ -110,6 +111,27 @@ class PolicyService:
             self.actuators[actuator.backend] = actuator
         for actuator in self.actuators.values():
             await actuator.start()
+        if cfg.tc_interface:
+            tc = TcActuator(cfg.tc_interface, cfg.tc_rate_kbit, cleanup=cfg.tc_cleanup)
+            await tc.start()
+            self.actuators[TC] = tc
+            await self._resync_tc(tc)
+        else:
+            self.unavailable[TC] = "policy.tc_interface is not set"
+
+    async def _resync_tc(self, tc) -> None:
+        """Shaping lives in the kernel: re-apply the throttles the store says are in force."""
+        rows = await self.store.driver.run(state.throttled_program, write=False)
+        applied = 0
+        for session, nas_name, framed_ip, params in rows:
+            nas = self.nas(nas_name)
+            enforce = (nas.control or {}).get("enforce") if nas is not None else None
+            profile = params.get("profile") or {}
+            if framed_ip and TC in (enforce or ()) and profile.get("down_kbps"):
+                await tc.apply(framed_ip, int(profile["down_kbps"]))
+                applied += 1
+        if applied:
+            log.info("tc: re-applied %d throttle(s) in force", applied)
 
     async def stop(self) -> None:
         for task in self._tasks:

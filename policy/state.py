@@ -84,4 +84,14 @@ def json_params(params: Any) -> str:
 
 
 __all__ = ["states_program", "account_states_program", "save_state", "save_states_program",
-           "purge_states_program", "json_params"]
+           "purge_states_program", "throttled_program", "json_params"]
+
+
+def throttled_program():
+    """Active sessions whose enforcement state is a throttle: (session, nas,
+    framed_ip, params), to re-apply shaping kept only in the kernel."""
+    rows = yield fetch("SELECT p.session, p.params, s.framed_ip, s.nas FROM policy_sessions p "
+                       "JOIN sessions s ON s.id = p.session "
+                       "WHERE p.action = 'throttle' AND s.status = 'active'")
+    return [(r["session"], r["nas"], r["framed_ip"], json.loads(r["params"] or "{}"))
+            for r in rows]
