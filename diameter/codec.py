@@ -205,8 +205,9 @@ def first(avps: Iterable[Avp], key: int) -> Avp | None:
 
 def avp(key: int, val: Any, dictionary: Dictionary = DEFAULT) -> Avp:
     """An AVP with the flags its definition asks for (unknown keys: no M bit)."""
-    return Avp(key & 0xFFFFFFFF, val, key >> 32,
-               dictionary.flags.get(key, FLAG_V if key >> 32 else 0))
+    vendor = key >> 32
+    return _make_avp(key & 0xFFFFFFFF, val, vendor,
+                     dictionary.flags.get(key, FLAG_V if vendor else 0))
 
 
 # ---------------------------------------------------------------------- decoding
@@ -278,6 +279,70 @@ def _decode_value(t: int, data: bytes, strict: bool, depth: int, d: Dictionary):
     return _F64.unpack(data)[0]
 
 
+def _slow_value(t: int, data: bytes, strict: bool, depth: int, d: Dictionary, key: int,
+                code: int, flags: int, vendor: int, raw: bytes):
+    """Any type, with every check and the fault each failure deserves."""
+    size = _FIXED.get(t)
+    try:
+        if size is not None and len(data) != size:
+            raise _Fault(INVALID_AVP_LENGTH, _zero_avp(code, flags, vendor, t),
+                         f"{d.name(key)} has {len(data)} octets, its type needs {size}")
+        return _decode_value(t, data, strict, depth, d)
+    except _Fault as inner:
+        return _fault_in(inner, t, data, strict, d, key, code, flags, vendor, raw)
+    except UnicodeDecodeError:
+        if strict:
+            raise _Fault(INVALID_AVP_VALUE, _padded(raw),
+                         f"{d.name(key)} is not valid UTF-8") from None
+        return bytes(data)
+    except (ValueError, struct.error) as exc:
+        if strict:
+            fault = INVALID_AVP_LENGTH if t == ADDRESS else INVALID_AVP_VALUE
+            failed = (_zero_avp(code, flags, vendor, t) if fault == INVALID_AVP_LENGTH
+                      else _padded(raw))
+            raise _Fault(fault, failed, f"{d.name(key)}: {exc}") from None
+        return bytes(data)
+
+
+def _fault_in(inner: _Fault, t: int, data: bytes, strict: bool, d: Dictionary, key: int,
+              code: int, flags: int, vendor: int, raw: bytes):
+    """A fault inside this AVP's value: raw bytes when lenient, else the fault to
+    report, decoded once (never re-decoding the group at each level)."""
+    if not strict:
+        return bytes(data)
+    if not inner.failed:  # e.g. nested too deep: this AVP is the culprit
+        raise _Fault(inner.result_code, _padded(raw), inner.reason) from None
+    if t == GROUPED:
+        # Report the group holding only the offending AVP (RFC 6733 7.5).
+        raise _Fault(inner.result_code,
+                     _avp_header(code, flags & ~AVP_RESERVED_BITS, vendor,
+                                 len(inner.failed)) + inner.failed,
+                     f"in {d.name(key)}: {inner.reason}") from None
+    raise inner
+
+
+# Avp and Message are frozen dataclasses; building them through their slot
+# descriptors skips the generated __init__ (which sets each field through
+# object.__setattr__) and takes half the time. Same objects, same equality.
+_new = object.__new__
+
+
+def _make_avp(code, val, vendor, flags, _new=_new, _c=Avp.code.__set__, _v=Avp.value.__set__,
+              _d=Avp.vendor.__set__, _f=Avp.flags.__set__):
+    o = _new(Avp)
+    _c(o, code)
+    _v(o, val)
+    _d(o, vendor)
+    _f(o, flags)
+    return o
+
+
+_TEXT = frozenset((UTF8, IDENTITY, URI, IPFILTER, QOSFILTER))
+_u32 = _U32.unpack
+_i32 = _I32.unpack
+_u64 = _U64.unpack
+
+
 def _decode_avps(buf: bytes, pos: int, end: int, strict: bool, depth: int, d: Dictionary,
                  into: list | None) -> tuple:
     if depth > MAX_DEPTH:
@@ -285,11 +350,12 @@ def _decode_avps(buf: bytes, pos: int, end: int, strict: bool, depth: int, d: Di
     types = d.types
     out = [] if into is None else into
     append = out.append
+    unpack_header = _AVP.unpack_from
     while pos < end:
         if end - pos < 8:
             raise _Fault(INVALID_AVP_LENGTH, _padded(bytes(buf[pos:end]) + b"\0" * 8)[:8],
                          f"{end - pos} octets left where an AVP header needs 8")
-        code, word = _AVP.unpack_from(buf, pos)
+        code, word = unpack_header(buf, pos)
         flags, length = word >> 24, word & 0xFFFFFF
         if flags & FLAG_V:
             if length < 12 or end - pos < 12:
@@ -310,48 +376,40 @@ def _decode_avps(buf: bytes, pos: int, end: int, strict: bool, depth: int, d: Di
                          f"{d.name(key)} length {length} overruns its container by "
                          f"{stop - end} octets")
         data = buf[start:stop]
-        if strict and flags & AVP_RESERVED_BITS:
+        if flags & AVP_RESERVED_BITS and strict:
             raise _Fault(INVALID_AVP_BITS, _padded(bytes(buf[pos:stop])),
                          f"{d.name(key)} has reserved flag bits set ({flags:#04x})")
+        # The common cases inline; anything unusual (or wrong) takes the slow path.
+        n = stop - start
         if t is None:
             if strict and flags & FLAG_M:
                 raise _Fault(AVP_UNSUPPORTED, _padded(bytes(buf[pos:stop])),
                              f"unknown {d.name(key)} has the M bit set")
             val = bytes(data)
-        else:
-            size = _FIXED.get(t)
+        elif t in _TEXT:
             try:
-                if size is not None and len(data) != size:
-                    raise _Fault(INVALID_AVP_LENGTH, _zero_avp(code, flags, vendor, t),
-                                 f"{d.name(key)} has {len(data)} octets, its type needs {size}")
-                val = _decode_value(t, data, strict, depth, d)
-            except _Fault as inner:
-                if not strict:
-                    val = bytes(data)
-                elif not inner.failed:  # e.g. nested too deep: this AVP is the culprit
-                    raise _Fault(inner.result_code, _padded(bytes(buf[pos:stop])),
-                                 inner.reason) from None
-                elif t == GROUPED:
-                    # Report the group holding only the offending AVP (RFC 6733 7.5).
-                    raise _Fault(inner.result_code,
-                                 _avp_header(code, flags & ~AVP_RESERVED_BITS, vendor,
-                                             len(inner.failed)) + inner.failed,
-                                 f"in {d.name(key)}: {inner.reason}") from None
-                else:
-                    raise
+                val = data.decode()
             except UnicodeDecodeError:
-                if strict:
-                    raise _Fault(INVALID_AVP_VALUE, _padded(bytes(buf[pos:stop])),
-                                 f"{d.name(key)} is not valid UTF-8") from None
-                val = bytes(data)
-            except (ValueError, struct.error) as exc:
-                if strict:
-                    fault = INVALID_AVP_LENGTH if t == ADDRESS else INVALID_AVP_VALUE
-                    failed = (_zero_avp(code, flags, vendor, t) if fault == INVALID_AVP_LENGTH
-                              else _padded(bytes(buf[pos:stop])))
-                    raise _Fault(fault, failed, f"{d.name(key)}: {exc}") from None
-                val = bytes(data)
-        append(Avp(code, val, vendor, flags))
+                val = _slow_value(t, data, strict, depth, d, key, code, flags, vendor,
+                                  bytes(buf[pos:stop]))
+        elif t == UINT32 and n == 4:
+            val = _u32(data)[0]
+        elif t == GROUPED:
+            try:
+                val = _decode_avps(data, 0, n, strict, depth + 1, d, None)
+            except _Fault as inner:
+                val = _fault_in(inner, t, data, strict, d, key, code, flags, vendor,
+                                bytes(buf[pos:stop]))
+        elif (t == ENUMERATED or t == INT32) and n == 4:
+            val = _i32(data)[0]
+        elif t == UINT64 and n == 8:
+            val = _u64(data)[0]
+        elif t == OCTETS:
+            val = data
+        else:
+            val = _slow_value(t, data, strict, depth, d, key, code, flags, vendor,
+                              bytes(buf[pos:stop]))
+        append(_make_avp(code, val, vendor, flags))
         pos = stop + (-length & 3)
     return tuple(out)
 
@@ -386,7 +444,21 @@ def decode(data: bytes, dictionary: Dictionary = DEFAULT, *, strict: bool | None
         header = Message(code, flags, app_id, hbh, e2e, ())
         raise AvpError(fault.reason, fault.result_code, fault.failed, header,
                        tuple(partial)) from None
-    return Message(code, flags, app_id, hbh, e2e, avps)
+    return _make_message(code, flags, app_id, hbh, e2e, avps)
+
+
+def _make_message(code, flags, app_id, hbh, e2e, avps, _new=_new,
+                  _c=Message.code.__set__, _f=Message.flags.__set__,
+                  _a=Message.app_id.__set__, _h=Message.hop_by_hop.__set__,
+                  _e=Message.end_to_end.__set__, _v=Message.avps.__set__) -> Message:
+    o = _new(Message)
+    _c(o, code)
+    _f(o, flags)
+    _a(o, app_id)
+    _h(o, hbh)
+    _e(o, e2e)
+    _v(o, avps)
+    return o
 
 
 # ---------------------------------------------------------------------- encoding
@@ -422,30 +494,45 @@ _ENCODERS = {
 
 def encode_avp(a: "Avp | bytes", dictionary: Dictionary = DEFAULT) -> bytes:
     """One AVP, padded. Pre-encoded AVPs (bytes) pass through (Failed-AVP contents)."""
-    if not isinstance(a, Avp):
+    if a.__class__ is not Avp:
         return bytes(a)
-    key = a.vendor << 32 | a.code
-    t = dictionary.types.get(key)
-    v = a.value
+    code, vendor, v = a.code, a.vendor, a.value
+    t = dictionary.types.get(vendor << 32 | code)
+    vc = v.__class__
     try:
-        if isinstance(v, (bytes, bytearray)):  # raw payload: unknown AVP, lenient decode
+        # The common cases inline; the table of encoders for the rest.
+        if vc is int and t == UINT32:
+            data = _u32_pack(v)
+        elif vc is str and (t in _TEXT or t == OCTETS):
+            data = v.encode()
+        elif vc is tuple and (t == GROUPED or t is None):
+            data = b"".join([encode_avp(c, dictionary) for c in v])
+        elif vc is bytes or isinstance(v, (bytes, bytearray)):  # raw: unknown or lenient
             data = bytes(v)
-        elif t == GROUPED or (t is None and isinstance(v, (tuple, list))):
+        elif t == GROUPED or (t is None and isinstance(v, list)):
             data = b"".join([encode_avp(c, dictionary) for c in v])
         elif t is None:
             data = _ENCODERS[OCTETS](v)
         else:
             data = _ENCODERS[t](v)
     except (struct.error, TypeError, ValueError, AttributeError) as exc:
-        raise EncodeError(f"{dictionary.name(key)}: cannot encode {v!r}: {exc}") from None
-    flags = (a.flags & ~(FLAG_V | AVP_RESERVED_BITS)) | (FLAG_V if a.vendor else 0)
+        raise EncodeError(f"{dictionary.name(vendor << 32 | code)}: cannot encode {v!r}: "
+                          f"{exc}") from None
+    flags = (a.flags & _KEEP) | (FLAG_V if vendor else 0)
     n = len(data)
-    if a.vendor:
-        head = _AVPV.pack(a.code, (flags << 24) | (12 + n), a.vendor)
+    if vendor:
+        head = _avpv_pack(code, (flags << 24) | (12 + n), vendor)
     else:
-        head = _AVP.pack(a.code, (flags << 24) | (8 + n))
+        head = _avp_pack(code, (flags << 24) | (8 + n))
     pad = -n & 3
-    return head + data + b"\0" * pad if pad else head + data
+    return head + data + _PAD[pad] if pad else head + data
+
+
+_u32_pack = _U32.pack
+_avp_pack = _AVP.pack
+_avpv_pack = _AVPV.pack
+_KEEP = 0xFF & ~(FLAG_V | AVP_RESERVED_BITS)
+_PAD = (b"", b"\0", b"\0\0", b"\0\0\0")
 
 
 def encode(msg: Message, dictionary: Dictionary = DEFAULT) -> bytes:

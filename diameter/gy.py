@@ -313,6 +313,38 @@ def framed_ip(msg: Message) -> str | None:
     return None
 
 
+class _Index:
+    """The top-level AVPs of a message by key, built in one pass: `value`, `first`
+    and `all` like `Message`'s, without a scan per lookup."""
+
+    __slots__ = ("_first", "_more")
+
+    def __init__(self, avps):
+        first: dict[int, Avp] = {}
+        more: dict[int, list[Avp]] = {}
+        for a in avps:
+            k = a.vendor << 32 | a.code
+            if k in first:
+                more.setdefault(k, [first[k]]).append(a)
+            else:
+                first[k] = a
+        self._first, self._more = first, more
+
+    def first(self, key: int) -> Avp | None:
+        return self._first.get(key)
+
+    def value(self, key: int, default=None):
+        a = self._first.get(key)
+        return default if a is None else a.value
+
+    def all(self, key: int) -> list:
+        many = self._more.get(key)
+        if many is not None:
+            return [a.value for a in many]
+        a = self._first.get(key)
+        return [] if a is None else [a.value]
+
+
 def _invalid(a: Avp, why: str) -> CcrInvalid:
     return CcrInvalid(why, T.DIAMETER_INVALID_AVP_VALUE, encode_avp(a))
 
@@ -321,6 +353,7 @@ def parse_ccr(msg: Message, policy: GyPolicy, *, now_us: int, nas: str | None = 
               ) -> CreditControl:
     """The CCR as a `CreditControl`. Raises CcrInvalid (5004/5005) for values the
     core cannot be asked about; required AVPs are checked before (`base.missing`)."""
+    msg = _Index(msg.avps)
     session_id = msg.value(T.SESSION_ID)
     type_avp = msg.first(T.CC_REQUEST_TYPE)
     request_type = type_avp.value
@@ -379,11 +412,11 @@ def parse_ccr(msg: Message, policy: GyPolicy, *, now_us: int, nas: str | None = 
         return ServiceRequest(usage, rg, tuple(sids))
 
     services: list[ServiceRequest] = []
-    msccs = [a for a in msg.avps if a.code == T.MULTIPLE_SERVICES_CREDIT_CONTROL and not a.vendor]
+    msccs = msg.all(T.MULTIPLE_SERVICES_CREDIT_CONTROL)
     if msccs:
         for m in msccs:
             rg, sids, rsu, usus = None, [], None, []
-            for a in m.value:
+            for a in m:
                 if a.vendor:
                     continue
                 c = a.code

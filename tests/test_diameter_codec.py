@@ -257,6 +257,27 @@ def test_groups_nested_too_deep_are_5004():
     assert e.result_code == 5004
 
 
+def test_a_fault_deep_in_nested_groups_is_decoded_once(monkeypatch):
+    """A bad AVP at the bottom of nested groups costs one pass, not one per level
+    (re-decoding each level would be exponential: a denial of service)."""
+    import diameter.codec as codec
+    calls = []
+    real = codec._decode_avps
+
+    def counting(*args):
+        calls.append(args[4])
+        return real(*args)
+    monkeypatch.setattr(codec, "_decode_avps", counting)
+    payload = raw_avp(99999, 0x40, b"x")
+    for _ in range(MAX_DEPTH - 1):
+        payload = raw_avp(456, 0x40, payload)
+    e = _fault(message_bytes(payload))
+    assert e.result_code == 5001 and len(calls) == MAX_DEPTH
+    calls.clear()
+    decode(message_bytes(payload, flags=0x40))  # an answer: lenient, still one pass
+    assert len(calls) == MAX_DEPTH
+
+
 def test_answers_are_decoded_leniently():
     """An answer cannot be refused: bad values stay raw bytes instead of raising."""
     raw = message_bytes(raw_avp(268, 0x40, b"\0\0\x07\xd1"), raw_avp(415, 0x40, b"\0\1"),
