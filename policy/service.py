@@ -24,7 +24,8 @@ from radius.dictionary import Dictionary
 
 from . import decide, state
 from .consumer import EventConsumer
-from .model import COA, DISCONNECT, RESTORE, TC, THROTTLE, Target
+from .diameter_rar import DiameterActuator
+from .model import COA, DIAMETER, DISCONNECT, RESTORE, TC, THROTTLE, Target
 from .queue import DEAD, PENDING, RUNNING, entry
 from .radius_dae import DaeActuator, Retransmission
 from .snmp import SnmpActuator
@@ -109,6 +110,8 @@ class PolicyService:
                          KamailioActuator(cfg.control_timeout),
                          SnmpActuator(cfg.control_timeout / 2, retries=1)):
             self.actuators[actuator.backend] = actuator
+        # The Diameter front-end starts after policy: reached when an action runs.
+        self.actuators[DIAMETER] = DiameterActuator(lambda: getattr(self.ctx, "diameter", None))
         for actuator in self.actuators.values():
             await actuator.start()
         if cfg.tc_interface:
