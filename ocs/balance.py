@@ -62,6 +62,7 @@ class Reserve:
     ttl: int = 3600           # seconds until supervision may release it
     price: Price | None = None  # how money pays for units; None = buckets only
     min_units: int = 1        # grant nothing unless at least this much fits
+    match: str | None = None  # what bucket filters see (e.g. "voice:4179..."); default service
 
     def __post_init__(self):
         _check_units(self.units, "units")
@@ -101,6 +102,7 @@ class Commit:
     counter: str | None = None
     counter_threshold: int | None = None  # emit "fair_usage" when the counter crosses it
     strict: bool = False  # all or nothing: refuse (INSUFFICIENT) rather than overdraw
+    match: str | None = None  # what bucket filters see (e.g. "voice:4179..."); default service
 
     def __post_init__(self):
         _check_units(self.used, "used")
@@ -315,8 +317,8 @@ class BucketState:
         return ((self.valid_from is None or self.valid_from <= now)
                 and (self.valid_to is None or now < self.valid_to))
 
-    def pays(self, kind: Kind, service: str, now: int) -> bool:
-        return bucket_pays(self, kind, service, now)
+    def pays(self, kind: Kind, service: str, now: int, match: str | None = None) -> bool:
+        return bucket_pays(self, kind, service, now, match)
 
     @property
     def available(self) -> int:
@@ -547,7 +549,7 @@ class _Engine:
             return Result(_status_outcome(acct.status), released=released,
                           message=f"account is {acct.status.value}")
         return self._hold(acct, op.session, op.service, op.kind, op.units, op.min_units,
-                          op.price, op.seq, op.ttl, released=released)
+                          op.price, op.seq, op.ttl, released=released, match=op.match)
 
     def _commit(self, acct: AccountState, op: Commit) -> Result:
         # Give back what this service held, then draw the usage in the normal order:
@@ -557,14 +559,15 @@ class _Engine:
         charge = self._charge_state(acct, op.session, op.service, op.kind)
         used = max(0, op.used - charge.units) if op.cumulative else op.used
         if op.strict and self._affordable(acct, op.kind, op.service, used, op.price,
-                                          charge.units) < used:
+                                          charge.units, op.match) < used:
             if held is not None:
                 self._restore_reservation(acct, held)
             return Result(Outcome.INSUFFICIENT, session_units=charge.units,
                           session_cost=charge.cost,
                           message=f"balance cannot pay {used} {op.kind.value}")
         charged, cost, unpaid, below, draws = self._draw(
-            acct, op.kind, op.service, used, op.price, op.session, op.op_key, charge.units)
+            acct, op.kind, op.service, used, op.price, op.session, op.op_key, charge.units,
+            op.match)
         charge.units += used
         charge.cost += cost
         charge.seq = max(charge.seq, op.seq)
@@ -583,23 +586,23 @@ class _Engine:
             return replace(base, outcome=_status_outcome(acct.status),
                            message=f"account is {acct.status.value}")
         grant = self._hold(acct, op.session, op.service, op.kind, op.reserve, op.min_units,
-                           op.price, op.seq, op.ttl)
+                           op.price, op.seq, op.ttl, match=op.match)
         return replace(base, outcome=grant.outcome, granted=grant.granted,
                        expires_at=grant.expires_at, message=grant.message)
 
-    def _affordable(self, acct, kind, service, units, price, already) -> int:
+    def _affordable(self, acct, kind, service, units, price, already, match=None) -> int:
         """How many of `units` the balance can pay without going below a floor."""
         from_buckets = 0
         if kind is not Kind.MONEY:
             from_buckets = min(units, sum(b.available
-                                          for b in self._candidates(acct, kind, service)))
+                                          for b in self._candidates(acct, kind, service, match)))
         rest = units - from_buckets
         if rest == 0:
             return units
         price = MONEY if kind is Kind.MONEY else price
         if price is None:
             return from_buckets
-        money = sum(b.available for b in self._candidates(acct, Kind.MONEY, service))
+        money = sum(b.available for b in self._candidates(acct, Kind.MONEY, service, match))
         return from_buckets + min(rest, price.max_units(money, already + from_buckets))
 
     def _restore_reservation(self, acct: AccountState, res: ReservationState) -> None:
@@ -645,13 +648,13 @@ class _Engine:
         return Result(Outcome.OK, released=released)
 
     def _hold(self, acct, session, service, kind, units, min_units, price, seq, ttl,
-              released=0) -> Result:
+              released=0, match=None) -> Result:
         holds: list[tuple[int, int]] = []
         remaining = units
         charge = self.state.charges.get((session, service))
         already = charge.units if charge else 0
         if kind is not Kind.MONEY:
-            for b in self._candidates(acct, kind, service):
+            for b in self._candidates(acct, kind, service, match):
                 if remaining == 0:
                     break
                 take = min(b.available, remaining)
@@ -662,7 +665,7 @@ class _Engine:
             if kind is Kind.MONEY:
                 price = MONEY
             if price is not None:
-                money_buckets = self._candidates(acct, Kind.MONEY, service)
+                money_buckets = self._candidates(acct, Kind.MONEY, service, match)
                 total = sum(b.available for b in money_buckets)
                 paid_before = already + (units - remaining)
                 need = price.cost(remaining, paid_before)
@@ -714,12 +717,12 @@ class _Engine:
         return self.state.reservations.get(session, {})
 
     # -- debits -------------------------------------------------------------------------
-    def _draw(self, acct, kind, service, used, price, session, op_key, already):
+    def _draw(self, acct, kind, service, used, price, session, op_key, already, match=None):
         """Debit `used` units after `already`; returns (charged, cost, unpaid, below, draws)."""
         draws: list[tuple[int, int]] = []
         remaining = used
         if kind is not Kind.MONEY:
-            for b in self._candidates(acct, kind, service):
+            for b in self._candidates(acct, kind, service, match):
                 if remaining == 0:
                     break
                 take = min(b.available, remaining)
@@ -736,7 +739,7 @@ class _Engine:
             else:
                 cost = price.cost(remaining, already + used - remaining)
                 left = cost
-                for b in self._candidates(acct, Kind.MONEY, service):
+                for b in self._candidates(acct, Kind.MONEY, service, match):
                     if left == 0:
                         break
                     take = min(b.available, left)
@@ -787,8 +790,10 @@ class _Engine:
         return Result(Outcome.OK, bucket_id=b.id, draws=((b.id, op.amount),))
 
     # -- helpers ------------------------------------------------------------------------
-    def _candidates(self, acct: AccountState, kind: Kind, service: str) -> list[BucketState]:
-        found = [b for b in acct.buckets.values() if bucket_pays(b, kind, service, self.now)]
+    def _candidates(self, acct: AccountState, kind: Kind, service: str,
+                    match: str | None = None) -> list[BucketState]:
+        found = [b for b in acct.buckets.values()
+                 if bucket_pays(b, kind, service, self.now, match)]
         found.sort(key=BucketState.order_key)
         return found
 
@@ -800,14 +805,22 @@ class _Engine:
             actor, self.now))
 
 
-def bucket_pays(bucket, kind: Kind, service: str, now: int) -> bool:
+def bucket_pays(bucket, kind: Kind, service: str, now: int, match: str | None = None) -> bool:
     """Whether `bucket` (a BucketState or an ocs.model.Bucket) can pay usage of
-    `kind` for `service` at `now`: same kind, a matching (or no) service filter,
-    within its validity. The main bucket never expires."""
-    return (bucket.kind is kind
-            and (bucket.service is None or bucket.service == service)
-            and (bucket.main or ((bucket.valid_from is None or bucket.valid_from <= now)
-                                 and (bucket.valid_to is None or now < bucket.valid_to))))
+    `kind` for `service` at `now`: same kind, within its validity (the main
+    bucket never expires), and a filter that admits it. A bucket's filter is
+    none (everything), a service key ("rg:10", "voice"), or a prefix ending in
+    "*" tried against `match`, the usage as bucket filters see it (e.g.
+    "voice:4179*" admits a call to 41791234567 whose match is "voice:41791234567";
+    `match` defaults to the service key)."""
+    if bucket.kind is not kind:
+        return False
+    wanted = bucket.service
+    if wanted is not None and wanted != service:
+        if not wanted.endswith("*") or not (match or service).startswith(wanted[:-1]):
+            return False
+    return bucket.main or ((bucket.valid_from is None or bucket.valid_from <= now)
+                           and (bucket.valid_to is None or now < bucket.valid_to))
 
 
 SESSION_TOUCH_US = 60_000_000

@@ -310,3 +310,19 @@ async def test_lookup_cache_is_bounded_in_time_and_forgotten_on_change(store):
     cached.forget()  # what the daemon does after a change through its API
     assert (await cached.authorize(Identity(username="alice"))).result \
         is ResultCode.SERVICE_DENIED
+
+
+async def test_a_bucket_filtered_by_destination_prefix_pays_only_that_range(core, store):
+    a, s = await subscriber(store, balance=10 * EUR)
+    await store.credit(a.id, 300, kind=Kind.SECONDS, service="voice:4179*", name="mobile CH")
+    to_mobile = await core.charge(req(RequestKind.EVENT, 0, voice(used=120,
+                                                                   destination="+41791234567"),
+                                      session="c1"))
+    to_uk = await core.charge(req(RequestKind.EVENT, 0, voice(used=120,
+                                                               destination="004420712345"),
+                                  session="c2"))
+    assert to_mobile.cost == 0 and to_uk.cost == 2 * EUR
+    left = [b.balance for b in (await store.balance(a.id))["buckets"] if b.kind is Kind.SECONDS]
+    assert left == [180]
+    auth = await core.authorize(Identity(username="alice"), voice(destination="41795550000"))
+    assert auth.max_units == 180 + 480  # the bucket, then the 8.00 left at 1.00/min

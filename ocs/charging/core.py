@@ -81,6 +81,17 @@ _OUTCOME = {
 }
 
 
+def bucket_match(usage: ServiceUsage) -> str | None:
+    """What bucket filters see of a usage: "voice:41791234567" for a call, so a
+    bucket filtered "voice:4179*" pays calls to that range (ocs.balance.bucket_pays)."""
+    if not usage.destination:
+        return None
+    digits = "".join(ch for ch in usage.destination if ch.isdigit())
+    if usage.destination.lstrip().startswith("00"):
+        digits = digits[2:]
+    return f"{usage.service}:{digits}"
+
+
 def fair_usage_period(at_us: int, period: str) -> str:
     t = time.gmtime(at_us // 1_000_000)
     if period == "day":
@@ -171,8 +182,10 @@ class ChargingCore:
         except RatingFailed as exc:
             return Authorization(ResultCode.RATING_FAILED, **found, message=str(exc))
         position = await self.store.balance(account.id)
+        match = bucket_match(usage)
         from_buckets = sum(max(0, b.balance - b.reserved) for b in position["buckets"]
-                           if not b.main and bucket_pays(b, usage.kind, usage.service, at))
+                           if not b.main and bucket_pays(b, usage.kind, usage.service, at,
+                                                         match))
         money = max(0, position["available"])
         if usage.kind is Kind.MONEY:
             more = money
@@ -238,7 +251,8 @@ class ChargingCore:
             if kind is Kind.OCTETS and plan is not None and plan.fair_usage is not None:
                 counter = f"fup:{sub.id}:{fair_usage_period(req.timestamp, cfg.fair_usage_period)}"
                 threshold = plan.fair_usage.threshold_octets
-            common = dict(kind=kind, service=usage.service, seq=req.seq, price=price)
+            common = dict(kind=kind, service=usage.service, seq=req.seq, price=price,
+                          match=bucket_match(usage))
             if req.kind is RequestKind.INITIAL and usage.used == 0:
                 parts.append(Reserve(account.id, req.session_id, want, ttl=ttl, **common))
             elif req.kind in (RequestKind.INITIAL, RequestKind.UPDATE):

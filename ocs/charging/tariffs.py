@@ -14,26 +14,6 @@ from .core import RatingFailed
 from .types import ServiceUsage
 
 
-class _BoundPrice:
-    """Adapts a tariff's price (bound to the units already used when made) to the
-    balance engine's `cost(units, already)` / `max_units(money, already)`."""
-
-    __slots__ = ("base",)
-
-    def __init__(self, base):
-        self.base = base
-
-    def _at(self, already: int):
-        return self.base if already == self.base.already else self.base.after(
-            already - self.base.already)
-
-    def cost(self, units: int, already: int = 0) -> int:
-        return self._at(already).cost(units)
-
-    def max_units(self, money: int, already: int = 0) -> int:
-        return self._at(already).max_units(money)
-
-
 class PlanTariffs:
     """`book` is the `ocs.rating.TariffBook` in force (None until tariffs are loaded)."""
 
@@ -47,7 +27,9 @@ class PlanTariffs:
             raise RatingFailed(f"plan {plan.name}: tariff {plan.tariff!r} is not loaded")
         try:
             tariff = self.book.get(plan.tariff)
-            return _BoundPrice(tariff.price(usage.service, start=at, to=usage.destination,
-                                            currency=account.currency))
+            # TariffPrice speaks the balance engine's protocol: cost(units, used)
+            # and max_units(money, used), `used` being the session's units so far.
+            return tariff.price(usage.service, start=at, to=usage.destination,
+                                currency=account.currency)
         except OcsError as exc:  # ocs.rating.RatingError: no route, bad number, no FX...
             raise RatingFailed(f"plan {plan.name}: {exc}") from exc
