@@ -335,26 +335,32 @@ async def bench_backend(name: str, url: str, schema: str, args, workdir: Path) -
         load.updates = args.updates
         await load.connect()
         pid = daemon.proc.pid
-        backends, background = ([], [])
-        if name == "postgres":
+        async def database_cpu() -> tuple[float, float]:
+            """CPU of ocsd's PostgreSQL backends and of the shared background processes.
+            Pids are found again at every snapshot: the pool grows under load, and a
+            backend first seen at the end started during the phase (all its CPU counts)."""
+            if name != "postgres":
+                return 0.0, 0.0
             backends, background = await postgres_pids(args.pg_dsn, pid)
+            return (sum(cpu_seconds(p) for p in backends),
+                    sum(cpu_seconds(p) for p in background))
 
-        def snapshot():
-            return (tree_cpu(pid), sum(cpu_seconds(p) for p in backends),
-                    sum(cpu_seconds(p) for p in background), *thread_cpu(pid))
+        async def snapshot():
+            own, shared = await database_cpu()
+            return (tree_cpu(pid), own, shared, *thread_cpu(pid))
 
         # Baseline: DWR/DWA, the Diameter stack without charging.
-        before = snapshot()
+        before = await snapshot()
         dwr = await load.watchdogs(args.watchdogs)
-        after = snapshot()
+        after = await snapshot()
         dwr["server_cpu_us_per_msg"] = round((after[0] - before[0]) / dwr["requests"] * 1e6, 1)
         out["dwr_baseline"] = dwr
 
         out["ccr_i"] = await load.phase(INITIAL, 1)
         m0 = daemon.metrics()
-        before = snapshot()
+        before = await snapshot()
         upd = await load.phase(UPDATE, args.updates, rate=args.rate)
-        after = snapshot()
+        after = await snapshot()
         m1 = daemon.metrics()
         n = max(1, upd["requests"])
         upd["server_cpu_us_per_ccr_u"] = {

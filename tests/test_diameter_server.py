@@ -297,3 +297,63 @@ async def test_two_nodes_share_sessions_duplicates_and_re_auth(pg_dsn, pg_schema
             await cl.stop()
         for st in stores:
             await st.close()
+
+
+# ---------------------------------------------------------------------- admission, quota settings
+async def test_a_diameter_nas_record_admits_its_peer(store):
+    """A NAS of kind "diameter" (`ocsctl nas add`) lets its address in; with
+    control.origin_host it must also be that Origin-Host."""
+    from ocs.components import Registry
+    await store.create_nas(name="pgw-lab", address="127.0.0.0/8", kind="diameter",
+                           control={"origin_host": "pgw9.lab.example"})
+    registry = await Registry.load(store)
+    cluster = build(RedisConfig(), node="n1")
+    await cluster.start()
+    closed = DiameterConfig(listen="127.0.0.1:0", origin_host="ocs.test.example",
+                            origin_realm="test.example")  # no allowed_* at all
+    n = Node(store, cluster, config=closed)
+    n.server.registry = lambda: registry
+    await n.start()
+    try:
+        ok = DiameterClient("127.0.0.1", n.port, origin_host="pgw9.lab.example",
+                            origin_realm="lab.example")
+        assert value((await ok.connect()).avps, T.RESULT_CODE) == 2001
+        await ok.close()
+        other = DiameterClient("127.0.0.1", n.port, origin_host="pgw8.lab.example",
+                               origin_realm="lab.example")
+        cea = await other.connect()
+        assert value(cea.avps, T.RESULT_CODE) == 3010
+        assert value(cea.avps, T.ERROR_MESSAGE) == (
+            "pgw8.lab.example is not the Origin-Host (pgw9.lab.example) of peer pgw-lab at "
+            "127.0.0.1")
+    finally:
+        await n.close()
+        await cluster.stop()
+
+
+async def test_rating_group_settings_and_quota_holding_time(store):
+    """[diameter] rating_groups: RG 30 is charged in seconds with its own default
+    quota; quota_holding_time goes with every grant."""
+    cluster = build(RedisConfig(), node="n1")
+    await cluster.start()
+    config = CONFIG.model_copy(update={
+        "quota_holding_time": 120,
+        "rating_groups": {"30": DiameterConfig.RatingGroup(kind="seconds", quota=900)}})
+    prices = FlatPrices(by_kind={Kind.OCTETS: LinearPrice(price=10_000, per=MB),
+                                 Kind.SECONDS: LinearPrice(price=EUR // 100)})
+    n = await Node(store, cluster, prices=prices, config=config).start()
+    await subscriber(store, "41790000107")
+    c = await connect(n.port)
+    try:
+        a = await c.request(c.ccr("qht", INITIAL, 0, msisdn="41790000107",
+                                  msccs=[mscc(30, requested={}), mscc(10, requested={})]))
+        by_rg = {value(m, T.RATING_GROUP): m for m in a.all(T.MULTIPLE_SERVICES_CREDIT_CONTROL)}
+        assert value(value(by_rg[30], T.GRANTED_SERVICE_UNIT), T.CC_TIME) == 900
+        assert value(by_rg[30], T.TIME_QUOTA_THRESHOLD) == 180  # 20 % of the grant
+        assert value(value(by_rg[10], T.GRANTED_SERVICE_UNIT), T.CC_TOTAL_OCTETS) == 2 * MB
+        assert value(by_rg[30], T.QUOTA_HOLDING_TIME) == 120
+        assert value(by_rg[10], T.QUOTA_HOLDING_TIME) == 120
+    finally:
+        await c.close()
+        await n.close()
+        await cluster.stop()
