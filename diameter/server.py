@@ -248,6 +248,18 @@ class DiameterServer:
         self.tasks.discard(task)
 
     async def _credit_control(self, conn: Connection, msg: Message) -> None:
+        try:
+            await self._handle_ccr(conn, msg)
+        except Exception:  # noqa: BLE001 - a bug must cost one answer, not the daemon
+            log.exception("CCR from %s failed unexpectedly", conn.peer_host,
+                          extra={"peer": conn.peer_host})
+            try:
+                conn.send(gy.cca_error(msg, conn.machine.local, outcomes.INTERNAL,
+                                       "internal error"))
+            except Exception:  # noqa: BLE001 - e.g. the request itself cannot be echoed
+                log.exception("cannot answer a failed CCR from %s", conn.peer_host)
+
+    async def _handle_ccr(self, conn: Connection, msg: Message) -> None:
         started = time.perf_counter()
         local = conn.machine.local
         lacking = base.missing(msg)
@@ -431,7 +443,11 @@ class DiameterServer:
 
     async def _server_request(self, command: str, session_id: str, rating_group: int | None
                               ) -> ServerRequestResult:
-        record = await self.cluster.sessions.get(session_id)
+        try:
+            record = await self.cluster.sessions.get(session_id)
+        except StoreUnavailable as exc:
+            return ServerRequestResult(session_id, command, False,
+                                       error=f"session directory unavailable: {exc}")
         if not record or not record.get("origin_host"):
             return ServerRequestResult(session_id, command, False,
                                        error="session unknown to the session directory")

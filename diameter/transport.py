@@ -112,6 +112,16 @@ class Connection(asyncio.Protocol):
     def eof_received(self):
         return False  # close our side too
 
+    def pause_writing(self) -> None:
+        # The peer does not read its answers: stop reading its requests until it
+        # does, so its backlog cannot grow our buffers without bound.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
     def connection_lost(self, exc) -> None:
         if self._timer is not None:
             self._timer.cancel()
