@@ -465,8 +465,11 @@ def test_watchdog_detects_a_dead_peer_within_two_intervals(tmp_path):
 
 
 def test_overload_is_answered_too_busy(tmp_path):
+    """Beyond max_in_flight: 3004 with the E bit, counted. (This daemon also turns
+    the access lines off through their own logger, as conf/ocs.toml suggests.)"""
     port = free_port()
-    d = Ocsd(tmp_path, extra=diameter_config(port, max_in_flight=1))
+    d = Ocsd(tmp_path, extra=diameter_config(port, max_in_flight=1)
+             + '\n[log.levels]\n"ocs.diameter.access" = "warning"\n')
     in_store(d.store_url, prepare)
     d.start()
 
@@ -492,6 +495,7 @@ def test_overload_is_answered_too_busy(tmp_path):
         asyncio.run(run())
         status, _, body = http(d.url + "/metrics")
         assert metric(body.decode(), "ocs_diameter_errors_total", '{reason="overload"}') == 3
+        assert "CCR-I #0" not in d.log() and "peer open: pgw1.pgw.example" in d.log()
     finally:
         d.stop()
 
