@@ -65,7 +65,15 @@ def hide_url_password(text: str) -> str:
 
 
 def build_components(ctx: Context) -> list[Component]:
-    """The start order. Stopping walks it backwards."""
+    """The start order. Stopping walks it backwards.
+
+    The daemon is the one place where the charging core (ocs) meets the
+    protocol front-ends and enforcement (radius/, diameter/, policy/): they are
+    imported here and nowhere else in ocs.
+    """
+    from diameter.component import DiameterComponent
+    from policy.component import PolicyComponent
+    from radius.component import RadiusComponent
     return [
         StoreComponent(ctx),
         ClusterComponent(ctx),
@@ -73,12 +81,13 @@ def build_components(ctx: Context) -> list[Component]:
         RegistryComponent(ctx),
         ChargingComponent(ctx),
         Supervision(ctx),
-        # Policy (enforcement back-ends) goes here.
-        __import__("policy.component", fromlist=["PolicyComponent"]).PolicyComponent(ctx),
-        # RADIUS and Diameter listeners bind here: after everything they call
-        # into, before the HTTP API, so they are closed first on stop.
-        __import__("radius.component", fromlist=["RadiusComponent"]).RadiusComponent(ctx),
-        __import__("diameter.component", fromlist=["DiameterComponent"]).DiameterComponent(ctx),
+        # Enforcement starts before the listeners and stops after them, so an
+        # event caused by a listener's last request is still acted on.
+        PolicyComponent(ctx),
+        # Protocol listeners: after everything they call into, before the HTTP
+        # API, so they are closed first on stop.
+        RadiusComponent(ctx),
+        DiameterComponent(ctx),
         HttpListeners(ctx),
     ]
 
