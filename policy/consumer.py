@@ -28,6 +28,9 @@ log = logging.getLogger("ocs.policy")
 
 GROUP = "policy"
 _PAGE = 1000
+#: Event types the charging core emits (ocs.balance, ocs.store.Store.set_account_status).
+KNOWN = (frozenset(decide.SESSION_EVENTS) | frozenset(decide.ACCOUNT_EVENTS) | decide.NOTICES
+         | decide.PLAN_EVENTS)
 
 
 class EventConsumer:
@@ -85,7 +88,8 @@ class EventConsumer:
                     break
                 except Exception:  # noqa: BLE001 - a poison event must not stop enforcement
                     log.exception("event %s could not be handled; dropped", event.get("id"))
-                    self.service.count_event(str(event.get("type")), "failed")
+                    etype = event.get("type")
+                    self.service.count_event(etype if etype in KNOWN else "other", "failed")
                 try:
                     await events.ack(GROUP, [entry_id])
                 except StoreUnavailable as exc:
@@ -102,6 +106,8 @@ class EventConsumer:
                         str(event)[:200])
             return []
         self.handled += 1
+        if etype not in KNOWN:
+            etype = "other"   # metric labels stay a bounded set
         scope = decide.affected(event)
         if scope == "none":
             self.service.count_event(etype, "none")
@@ -122,6 +128,8 @@ class EventConsumer:
 
     async def _sessions(self, event: Mapping[str, Any], scope: str) -> list[Session]:
         store = self.service.store
+        if scope == "subscriber" and event.get("subscriber_id") is not None:
+            return await _all(store, subscriber_id=int(event["subscriber_id"]))
         if scope in ("session", "subscriber"):
             sid = event.get("session")
             if not sid:

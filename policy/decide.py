@@ -22,8 +22,14 @@ topped_up              sessions enforced because   ``on_restored``, if money is
                        they ran dry                available again
 account_restored       sessions enforced because   ``on_restored``
                        of the suspension
+plan_changed           every active session of     restore: the new plan's speed,
+                       the subscriber              unless the session is enforced
 low_balance            -                           nothing (notification, not enforcement)
 =====================  ==========================  =================================
+
+``plan_changed`` (``{"type": "plan_changed", "subscriber_id": ..., "account_id":
+..., "at": ...}``) is what a plan change should put in the outbox; until the
+store emits it, ``ocsctl subscriber restore`` pushes a new plan's speed.
 
 A decision equal to the session's current state is not repeated (a throttled
 session keeps reporting and keeps being "exhausted": one CoA, not one per
@@ -50,6 +56,8 @@ ACCOUNT_EVENTS = {"account_suspended": "on_suspended", "account_closed": None,
 #: Restoring events lift only what their counterpart imposed.
 RESTORES = {"topped_up": frozenset({"exhausted"}),
             "account_restored": frozenset({"account_suspended", "suspended_seen"})}
+#: Events about a subscriber's plan: its sessions get the new plan's speed.
+PLAN_EVENTS = frozenset({"plan_changed"})
 #: Events that never cause enforcement.
 NOTICES = frozenset({"low_balance"})
 
@@ -106,13 +114,16 @@ class Skip:
     """No action for this session, and why (a metric label and a log word)."""
 
     session: str
-    why: str   # unchanged | stale | none | no_route | unsupported | not_enforced | no_profile
+    why: str   # unchanged | stale | none | no_route | unsupported | not_enforced | enforced |
+    #            no_profile
 
 
 def wanted(event_type: str, policy: EnforcementPolicy) -> str | None:
     """The plan's action for an event type ("none" and unknown types: None)."""
     if event_type == "account_closed":
         return DISCONNECT
+    if event_type in PLAN_EVENTS:
+        return RESTORE
     setting = SESSION_EVENTS.get(event_type) or ACCOUNT_EVENTS.get(event_type)
     if setting is None:
         return None
@@ -217,6 +228,8 @@ def decide(event: Mapping[str, Any], session: Session, plan: Plan | None,
             return Skip(session.id, "not_enforced")
         if etype == "topped_up" and int(event.get("available", 1)) <= 0:
             return Skip(session.id, "not_enforced")
+    if etype in PLAN_EVENTS and state is not None and state.action != RESTORE:
+        return Skip(session.id, "enforced")   # the new speed applies once it is lifted
     return _decision(session, action, etype, at, plan, state, nas, target)
 
 
@@ -274,7 +287,7 @@ def fallback(action: Action, why: str) -> Decision:
 def affected(event: Mapping[str, Any]) -> str:
     """Which sessions an event concerns: "session", "subscriber", "account" or "none"."""
     etype = event.get("type", "")
-    if etype == "fair_usage":
+    if etype == "fair_usage" or etype in PLAN_EVENTS:
         return "subscriber"
     if etype in SESSION_EVENTS:
         return "session" if event.get("session") else "none"
@@ -284,4 +297,4 @@ def affected(event: Mapping[str, Any]) -> str:
 
 
 __all__ = ["Decision", "Skip", "State", "decide", "decide_operator", "wanted", "params_for",
-           "backends_for", "route", "affected", "fallback", "redo", "NOTICES"]
+           "backends_for", "route", "affected", "fallback", "redo", "NOTICES", "PLAN_EVENTS"]

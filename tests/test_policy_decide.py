@@ -154,3 +154,14 @@ def test_operator_requests_are_always_new_decisions():
                                Target("s1", "radius", "bras"), NOW,
                                profile={"down_kbps": 1000, "up_kbps": 500, "name": None})
     assert d.params["profile"]["down_kbps"] == 1000
+
+
+def test_plan_change_gives_the_new_speed_unless_the_session_is_enforced():
+    ev = {"id": "pc-1", "type": "plan_changed", "account_id": 7, "subscriber_id": 3,
+          "session": None, "at": NOW}
+    assert decide.affected(ev) == "subscriber"
+    d = run(ev)
+    assert d.action == "restore" and d.params["profile"]["down_kbps"] == 20000
+    assert run(ev, state=state("restore", "topped_up", profile={"down_kbps": 1})).action == \
+        "restore"
+    assert run(ev, state=state("throttle", "exhausted")) == Skip("s1", "enforced")
