@@ -216,3 +216,48 @@ def test_policy_disabled_answers_503(tmp_path):
         d.wait_log(r"enforcement disabled \(policy.enabled = false\)")
     finally:
         d.stop()
+
+
+def test_two_nodes_share_postgres_redis_and_the_action_queue(tmp_path, pg_dsn, redis_url,
+                                                             freeradius):
+    """Multi-node mode: two ocsd share PostgreSQL and Redis; the event and the action
+    go through Redis Streams consumer groups, so exactly one node enforces."""
+    import asyncio
+    import secrets
+
+    import redis as redis_client
+
+    from tests.conftest import _admin
+    schema = "ocs_t_" + secrets.token_hex(6)
+    prefix = f"ocs-2n-{secrets.token_hex(4)}:"
+    asyncio.run(_admin(pg_dsn, f"CREATE SCHEMA {schema}"))
+    shared = f'\n[redis]\nurl = "{redis_url}"\nkey_prefix = "{prefix}"\n' + FAST
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    nodes = [RadiusOcsd(tmp_path / name, store_url=pg_dsn, extra_store=f'schema = "{schema}"',
+                        extra_radius=shared) for name in ("a", "b")]
+    try:
+        nodes[0].ids = nodes[0].seed(lambda store: seed(store, freeradius.port),
+                                     schema=schema)
+        for n in nodes:
+            n.start()
+        before = len(freeradius.requests())
+        accounting(nodes[0], "cut1", "n-1", "Start")
+        accounting(nodes[1], "cut1", "n-1", "Interim-Update", octets=3_000_000)
+        got, delay = seen(freeradius, before, 1, timeout=3)
+        assert delay is not None and delay < 1.0, (got, delay)
+        assert got[0].code == "Disconnect-Request" and got[0].attrs["Acct-Session-Id"] == "n-1"
+        time.sleep(0.5)
+        assert len(freeradius.requests()) == before + 1   # one node acted, once
+        status, page = nodes[1].api("GET", "/v1/policy/actions?status=done")
+        assert [a["session"] for a in page["items"]] == ["radius:bras:n-1"]
+        run = ocsctl(nodes[0], "--json", "policy", "queue", "--status", "all")
+        assert '"radius:bras:n-1"' in run.stdout
+    finally:
+        for n in nodes:
+            n.stop()
+        asyncio.run(_admin(pg_dsn, f"DROP SCHEMA {schema} CASCADE"))
+        r = redis_client.Redis.from_url(redis_url)
+        for key in r.scan_iter(match=f"{prefix}*"):
+            r.delete(key)
+        r.close()
