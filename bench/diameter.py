@@ -69,11 +69,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU of a process and its threads (threads are included in /proc/<pid>/stat)."""
-    return cpu_seconds(pid)
-
-
 def thread_cpu(pid: int) -> tuple[float, float]:
     """(event-loop thread, every other thread) CPU of `pid`: the sqlite driver and
     the default executor run outside the loop's thread."""
@@ -305,21 +300,15 @@ class Load:
 
 # ---------------------------------------------------------------------- one backend
 async def prepare_store(url: str, schema: str | None, sessions: int) -> None:
+    """K prepaid subscribers on a plan with a practically endless octets allowance."""
     store = Store(make_driver(url, schema=schema) if schema else make_driver(url))
     await store.open(migrate_schema=True)
     try:
-        plan = await store.create_plan(name="bench", currency="EUR", allowances=[
+        await store.create_plan(name="bench", currency="EUR", allowances=[
             {"kind": "octets", "units": 10**15, "validity_days": 30}])
-        rows = [{"account": f"bench-{n}", "currency": "EUR", "billing": "prepaid", "plan": "bench",
-                 "msisdn": f"4179{n:07d}"} for n in range(sessions)]
-        if hasattr(store, "import_subscribers"):
-            await store.import_subscribers(rows)
-        else:  # pragma: no cover
-            for n in range(sessions):
-                a = await store.create_account(name=f"bench-{n}", currency="EUR",
-                                               billing="prepaid")
-                await store.create_subscriber(account_id=a.id, plan_id=plan.id,
-                                              msisdn=f"4179{n:07d}")
+        await store.import_subscribers([
+            {"account": f"bench-{n}", "currency": "EUR", "billing": "prepaid", "plan": "bench",
+             "msisdn": f"4179{n:07d}"} for n in range(sessions)])
     finally:
         await store.close()
 
@@ -347,7 +336,7 @@ async def bench_backend(name: str, url: str, schema: str, args, workdir: Path) -
 
         async def snapshot():
             own, shared = await database_cpu()
-            return (tree_cpu(pid), own, shared, *thread_cpu(pid))
+            return (cpu_seconds(pid), own, shared, *thread_cpu(pid))
 
         # Baseline: DWR/DWA, the Diameter stack without charging.
         before = await snapshot()

@@ -8,7 +8,6 @@ policy layer calls (`re_auth`, `abort_session`), and two nodes at once.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 
 import pytest
