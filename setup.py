@@ -4,6 +4,7 @@ The pure-Python twins in ocs/ behave identically, so a machine without a C
 compiler (or with OCS_NO_EXTENSIONS=1) still gets a working install; this script
 says which build it produced, and `ocsd --version` says which one is active.
 """
+import glob
 import os
 import sys
 
@@ -55,4 +56,16 @@ def extensions():
         return []
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+def shipped_files():
+    """conf/ (dictionaries, vendor profiles, the documented ocs.toml) installed to
+    <prefix>/share/ocsd, where ocs.paths finds it outside a source checkout."""
+    out = {}
+    for path in glob.glob("conf/**/*", recursive=True):
+        if os.path.isfile(path):
+            target = os.path.join("share", "ocsd", os.path.dirname(os.path.relpath(path, "conf")))
+            out.setdefault(target.rstrip("/"), []).append(path)
+    return sorted(out.items())
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt},
+      data_files=shipped_files())

@@ -20,11 +20,12 @@ from typing import Any
 from pyrad.dictionary import Dictionary as _PyradDictionary
 
 from ocs.errors import OcsError
+from ocs.paths import shipped
 
 from .wire import VENDOR_SHIFT
 
-#: The dictionaries shipped with ocsd (conf/dictionaries in the source tree).
-DEFAULT_PATH = str(Path(__file__).resolve().parent.parent / "conf" / "dictionaries" / "dictionary")
+#: The dictionaries shipped with ocsd (conf/dictionaries, or share/ocsd when installed).
+DEFAULT_PATH = str(shipped("dictionaries/dictionary"))
 
 
 class DictionaryError(OcsError):
