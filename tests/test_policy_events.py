@@ -118,3 +118,29 @@ async def test_redis_queue_without_redis_is_refused_with_its_key(tmp_path):
     finally:
         await ctx.cluster.stop()
         await store.close()
+
+
+async def test_operator_coa_profiles_are_checked_at_start(tmp_path):
+    from policy.vendors import load_profiles
+    good = tmp_path / "coa.toml"
+    good.write_text('[vendors.acme]\nidentify = ["Acct-Session-Id", "NAS-Port-Id"]\n'
+                    'unshaped = { "Filter-Id" = "open" }\n'
+                    'speed = { "Filter-Id" = "rate-{down_kbps}" }\n')
+    profiles = load_profiles(str(good))
+    assert profiles["acme"].identify == ("Acct-Session-Id", "NAS-Port-Id")
+    assert "mikrotik" in profiles      # the shipped ones stay
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[vendors.acme]\nidentify = ["Acct-Sesion-Id"]\n')
+    with pytest.raises(ConfigError, match="'Acct-Sesion-Id' is not in the RADIUS dictionary"):
+        load_profiles(str(bad))
+    with pytest.raises(ConfigError, match="file not found"):
+        load_profiles(str(tmp_path / "missing.toml"))
+    store = Store(make_driver(f"sqlite:{tmp_path}/ocs.db", sqlite_synchronous="NORMAL"))
+    await store.open(migrate_schema=True)
+    ctx = await context(store, policy_config(coa_profiles=str(bad)))
+    try:
+        with pytest.raises(ConfigError):
+            await PolicyService(ctx).start()
+    finally:
+        await ctx.cluster.stop()
+        await store.close()

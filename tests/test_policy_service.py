@@ -281,3 +281,32 @@ async def test_wrong_secret_answers_are_ignored(store, nas, config):
         assert nas.received and not any(r.valid for r in nas.received)
     finally:
         await stopped(ctx, svc)
+
+
+async def test_a_decision_recorded_but_not_queued_is_queued_when_the_event_returns(
+        store, nas, config):
+    """A crash after the state was saved and before the actions were queued (the Redis
+    queue writes them in two steps): the unacknowledged event comes back, the decision
+    step finds its own state, and the actions are queued then (idempotently)."""
+    from policy import decide, state
+    from tests.policy_harness import reload
+    info = await seed(store, nas_port=nas.port, policy=THROTTLE)
+    sid = info["sessions"][0]
+    ctx, svc = await running(store, config())
+    try:
+        await reload(ctx)
+        ev = event("exhausted", info["account"].id, sid)
+        session = await store.get_session(sid)
+        sub, plan = await svc._subscriber_plan(session)
+        d = decide.decide(ev, session, plan, None, svc.nas(session.nas),
+                          svc.target(session, sub))
+        await store.driver.run(state.save_states_program, [(d, ev["id"])], now_us())
+        assert nas.received == [] and await svc.listing(("pending", "running")) == []
+        await ctx.cluster.events.publish(ev)     # redelivered
+        got = await nas.wait(1)
+        assert len(got) == 1 and got[0].attrs["Mikrotik-Rate-Limit"] == "128k/256k"
+        await ctx.cluster.events.publish(ev)     # and again: still one CoA
+        await asyncio.sleep(0.4)
+        assert len(nas.received) == 1
+    finally:
+        await stopped(ctx, svc)
