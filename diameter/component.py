@@ -7,7 +7,7 @@ Customer sessions stay alive: their state is in the store, and clients
 resume them with this node after a restart or with another node at once.
 
 For the policy layer (enforcement after a top-up, plan change or
-suspension)::
+suspension), published as ``ctx.diameter`` while it runs::
 
     result = await component.re_auth(session_id)        # RAR -> client asks again
     result = await component.abort_session(session_id)  # ASR -> client ends it
@@ -75,6 +75,8 @@ class DiameterComponent:
             await server.close(0.1)
             self.server = None
             raise
+        # The policy layer finds this API as ctx.diameter (it starts before us).
+        self.ctx.diameter = self
         if not (cfg.allowed_hosts or cfg.allowed_realms or cfg.allowed_addresses) and not any(
                 n.kind.value == "diameter" for n in self.ctx.registry.nas):
             log.warning("no Diameter peer is allowed yet: set [diameter] allowed_* or add a "
@@ -90,6 +92,8 @@ class DiameterComponent:
         log.info("%s listening on %s as %s", name, listen, self.ctx.config.diameter.origin_host)
 
     async def stop(self) -> None:
+        if getattr(self.ctx, "diameter", None) is self:
+            self.ctx.diameter = None
         server, self.server = self.server, None
         if server is None:
             return

@@ -356,3 +356,39 @@ async def test_rating_group_settings_and_quota_holding_time(store):
         await c.close()
         await n.close()
         await cluster.stop()
+
+
+async def test_component_publishes_its_api_and_disconnects_peers_on_stop(store, tmp_path):
+    """The daemon component: listens, is `ctx.diameter` for the policy layer while it
+    runs, sends DPR to its peers when stopped, and answers RAR calls after that
+    with an error instead of raising."""
+    from types import SimpleNamespace
+
+    from diameter.component import DiameterComponent
+    from ocs.components import Registry
+    from ocs.config import from_dict
+    from tests.services import free_port
+    port = free_port()
+    config = from_dict({"diameter": {"listen": f"127.0.0.1:{port}",
+                                     "origin_host": "ocs.test.example",
+                                     "allowed_realms": ["pgw.example"]}})
+    cluster = build(RedisConfig(), node="n1")
+    await cluster.start()
+    charging = ChargingCore(store, FlatPrices(), CHARGING)
+    ctx = SimpleNamespace(config=config, charging=charging, cluster=cluster, metrics=Metrics(),
+                          registry=Registry())
+    component = DiameterComponent(ctx)
+    await component.start()
+    try:
+        assert ctx.diameter is component
+        c = await connect(port)
+        await component.stop()
+        assert ctx.diameter is None
+        assert [m.code for m in c.server_requests] == [T.CMD_DISCONNECT_PEER]
+        assert c.closed.is_set()
+        result = await component.re_auth("any")
+        assert not result.answered and result.error == "Diameter is not running"
+        await c.close(dpr=False)
+    finally:
+        await component.stop()
+        await cluster.stop()
