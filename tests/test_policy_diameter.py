@@ -13,7 +13,6 @@ from diameter.codec import value
 from diameter.component import DiameterComponent
 from diameter.server import DiameterServer
 from ocs.config import ChargingConfig, DiameterConfig
-from ocs.metrics import Metrics
 from ocs.model import now_us
 from ocs.store import Store, make_driver
 from policy.service import PolicyService
