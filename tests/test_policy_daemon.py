@@ -261,3 +261,68 @@ def test_two_nodes_share_postgres_redis_and_the_action_queue(tmp_path, pg_dsn, r
         for key in r.scan_iter(match=f"{prefix}*"):
             r.delete(key)
         r.close()
+
+
+def test_gy_exhaustion_sends_asr_through_the_daemons_diameter_listener(tmp_path):
+    """A PGW's Gy session on the real ocsd runs out of allowance: the Diameter
+    front-end (ctx.diameter) carries the Abort-Session-Request to it within a second."""
+    import asyncio
+
+    from diameter import tables as T
+    from diameter.client import INITIAL, UPDATE, DiameterClient, mscc
+    from diameter.codec import value
+    from tests.services import free_port
+
+    port = free_port()
+    d = RadiusOcsd(tmp_path, extra_radius=FAST + f"""
+[diameter]
+listen = "127.0.0.1:{port}"
+origin_host = "ocs.test.example"
+origin_realm = "test.example"
+allowed_realms = ["pgw.example"]
+request_timeout = 0.5
+""")
+
+    async def seed_gy(store):
+        plan = await store.create_plan(name="gy", currency="EUR", policy=CUT,
+                                       allowances=[{"kind": "octets", "units": 1_000_000}])
+        acct = await store.create_account(name="gy1", currency="EUR", billing="prepaid")
+        await store.create_subscriber(account_id=acct.id, msisdn="41790000301",
+                                      plan_id=plan.id)
+
+    d.seed(seed_gy)
+    d.start()
+
+    async def pgw():
+        c = DiameterClient("127.0.0.1", port, origin_host="pgw1.pgw.example",
+                           origin_realm="pgw.example", destination_realm="test.example")
+        assert value((await c.connect()).avps, T.RESULT_CODE) == 2001
+        try:
+            a = await c.request(c.ccr("pgw1;gy-1", INITIAL, 0, msisdn="41790000301",
+                                      msccs=[mscc(10, requested={})]))
+            assert value(a.avps, T.RESULT_CODE) == 2001
+            await c.request(c.ccr("pgw1;gy-1", UPDATE, 1, msisdn="41790000301",
+                                  msccs=[mscc(10, requested={}, used={"total": 3_000_000})]))
+            answered = time.monotonic()
+            while time.monotonic() - answered < 3:
+                asrs = [m for m in c.server_requests if m.code == T.CMD_ABORT_SESSION]
+                if asrs:
+                    return asrs, time.monotonic() - answered
+                await asyncio.sleep(0.01)
+            return [], None
+        finally:
+            await c.close()
+    try:
+        asrs, delay = asyncio.run(pgw())
+        assert delay is not None and delay < 1.0, delay
+        assert value(asrs[0].avps, T.SESSION_ID) == "pgw1;gy-1"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            _, page = d.api("GET", "/v1/policy/actions?status=done")
+            if page["items"]:
+                break
+            time.sleep(0.1)
+        assert [(a["backend"], a["action"], a["result"]) for a in page["items"]] == [
+            ("diameter", "disconnect", "ok")]
+    finally:
+        d.stop()
