@@ -82,13 +82,18 @@ def _take_program(limit: int, per_nas: int, lease_us: int, owner: str, now: int)
                   "lease_until = NULL, last_error = $2, updated_at = $1 "
                   "WHERE status = 'running' AND lease_until < $1", now,
                   "lease expired: the worker holding it stopped or hung")
-    rows = yield fetch("SELECT * FROM policy_actions WHERE status = 'pending' AND next_at <= $1 "
-                       "ORDER BY next_at, id LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit * 4)
-    if not rows:
-        return []
     busy = yield fetch("SELECT nas, count(*) AS n FROM policy_actions WHERE status = 'running' "
                        "GROUP BY nas")
     running = {r["nas"]: int(r["n"]) for r in busy}
+    # NAS at their limit are left out in SQL, so a backlog on one NAS cannot hide
+    # the due actions of the others behind it.
+    full = [nas or "" for nas, n in running.items() if n >= per_nas]
+    rows = yield fetch("SELECT * FROM policy_actions WHERE status = 'pending' AND next_at <= $1 "
+                       "AND NOT (coalesce(nas, '') = ANY($3)) "
+                       "ORDER BY next_at, id LIMIT $2 FOR UPDATE SKIP LOCKED", now, limit * 4,
+                       full)
+    if not rows:
+        return []
     picked = []
     for r in rows:
         n = running.get(r["nas"], 0)

@@ -195,3 +195,16 @@ async def test_purge_forgets_finished_actions_and_closed_sessions(make_queue):
     await q.done(a, "ack")
     assert await q.purge(now_us() + 1) >= 2
     assert await q.listing(("done",)) == [] and await q.states(["s-p"]) == {}
+
+
+async def test_a_backlog_on_one_nas_does_not_starve_the_others(make_queue):
+    q = await make_queue("n1", per_nas=1)
+    await q.commit([(decision(f"busy{i}"), None) for i in range(30)], now_us())
+    await q.commit([(decision("quiet", nas="bras-9"), None)], now_us())
+    taken = []
+    for _ in range(20):
+        taken += await q.take(2)
+        if {x.nas for x in taken} == {"bras-1", "bras-9"}:
+            break
+        await asyncio.sleep(0.05)
+    assert sorted(x.nas for x in taken) == ["bras-1", "bras-9"]
