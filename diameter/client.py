@@ -73,6 +73,13 @@ def ims_information(called: str, calling: str | None = None) -> Avp:
     return avp(T.SERVICE_INFORMATION, (avp(T.IMS_INFORMATION, tuple(ims)),))
 
 
+def sms_information(recipient: str) -> Avp:
+    """Service-Information with the SMS recipient (TS 32.299 SMS-Information)."""
+    address = avp(T.RECIPIENT_ADDRESS, (avp(T.ADDRESS_TYPE, 1), avp(T.ADDRESS_DATA, recipient)))
+    return avp(T.SERVICE_INFORMATION, (avp(T.SMS_INFORMATION, (
+        avp(T.RECIPIENT_INFO, (address,)),)),))
+
+
 class DiameterClient:
     """One client connection; see the module docstring."""
 

@@ -580,8 +580,13 @@ def cca(msg: Message, ccr: CreditControl, decision: ChargeDecision,
             sr = ccr.services[0]
             body += _grant_avps(sr, by_service.get(sr.usage.service), ccr.request_type, policy,
                                 in_mscc=False)
-    if code != T.DIAMETER_SUCCESS and decision.message:
-        body.append(avp(T.ERROR_MESSAGE, decision.message[:200]))
+    if code != T.DIAMETER_SUCCESS:
+        # Why, for the operator reading a trace: the core's message, else the services.
+        why = decision.message or "; ".join(
+            f"{g.service}: {g.result.value.replace('_', ' ')}" for g in decision.services
+            if g.result.value != "success")
+        if why:
+            body.append(avp(T.ERROR_MESSAGE, why[:200]))
     return base.answer(msg, local, code, body)
 
 

@@ -14,11 +14,12 @@ import pytest
 
 from diameter import tables as T
 from diameter.client import (EVENT, INITIAL, TERMINATION, UPDATE, DiameterClient,
-                             ims_information, mscc)
+                             ims_information, mscc, sms_information)
 from diameter.codec import value
 from diameter.gy import CONTEXT_SMS, CONTEXT_VOICE
 from diameter.server import DiameterServer
 from ocs.charging import ChargingCore, FlatPrices
+from ocs.charging.tariffs import PlanTariffs
 from ocs.cluster import build
 from ocs.config import ChargingConfig, DiameterConfig, RedisConfig
 from ocs.metrics import Metrics
@@ -35,35 +36,27 @@ CONFIG = DiameterConfig(listen="127.0.0.1:0", origin_host="ocs.test.example",
 CHARGING = ChargingConfig(default_quota={"octets": 2 * MB, "seconds": 60, "events": 1})
 
 
-class ByDestination:
-    """Prices voice by the called number's longest known prefix (a stand-in for the
-    tariff engine's rate decks: what matters here is that the called party taken
-    from IMS-Information is what gets rated)."""
-
-    RATES = {"4179": LinearPrice(price=EUR // 2, per=60, first=60, next=60),   # 0.50/min
-             "4420": LinearPrice(price=EUR, per=60, first=60, next=60)}        # 1.00/min
-
-    def __init__(self):
-        self.seen: list[str | None] = []
-
-    def price(self, *, plan, account, usage, at):
-        if usage.kind is Kind.SECONDS:
-            self.seen.append(usage.destination)
-            digits = (usage.destination or "").lstrip("+")
-            for prefix in sorted(self.RATES, key=len, reverse=True):
-                if digits.startswith(prefix):
-                    return self.RATES[prefix]
-            from ocs.charging import RatingFailed
-            raise RatingFailed(f"no rate for {usage.destination}")
-        return FlatPrices(by_kind={Kind.OCTETS: LinearPrice(price=10_000, per=MB)},
-                          by_service={"event:sms": LinearPrice(price=EUR // 10)}).price(
-            plan=plan, account=account, usage=usage, at=at)
+def retail_tariffs():
+    """A real tariff (ocs.rating): voice by called prefix with 60/60 increments,
+    SMS per event by recipient prefix, data per MB for rating group 10."""
+    from ocs.rating import (TariffBook, TariffDefinition, Tier, UsageRate, compile,
+                            parse_deck_csv)
+    voice = parse_deck_csv("prefix,destination,price,increment,next_increment\n"
+                           "4179,Switzerland mobile,0.50,60,60\n"
+                           "4420,London,1.00,60,60\n", name="voice", service="voice")
+    sms = parse_deck_csv("prefix,price\n41,0.10\n", name="sms", service="event:sms",
+                         unit="event")
+    data = UsageRate("rg:10", Kind.OCTETS, (Tier(None, 10_000),), unit=MB)  # 0.01 per MB
+    book = TariffBook()
+    book.put(compile(TariffDefinition(name="retail", currency="EUR", decks=(voice, sms),
+                                      usage_rates=(data,))))
+    return PlanTariffs(book)
 
 
 class Node:
     def __init__(self, store, cluster, prices=None, config=CONFIG):
         self.store, self.cluster = store, cluster
-        self.charging = ChargingCore(store, prices or ByDestination(), CHARGING)
+        self.charging = ChargingCore(store, prices or retail_tariffs(), CHARGING)
         self.server = DiameterServer(config, charging=self.charging, cluster=cluster,
                                      metrics=Metrics(), session_ttl=600)
 
@@ -88,9 +81,15 @@ async def node(store):
 
 
 async def subscriber(store, msisdn: str, *, balance: int = 10 * EUR) -> int:
+    """A prepaid subscriber on the plan rated by the "retail" tariff."""
+    from ocs.errors import NotFound
+    try:
+        plan = await store.find_plan("retail")
+    except NotFound:
+        plan = await store.create_plan(name="retail", currency="EUR", tariff="retail")
     acct = await store.create_account(name=f"a{msisdn}", currency="EUR", billing="prepaid",
                                       opening_balance=balance)
-    await store.create_subscriber(account_id=acct.id, msisdn=msisdn)
+    await store.create_subscriber(account_id=acct.id, msisdn=msisdn, plan_id=plan.id)
     return acct.id
 
 
@@ -182,19 +181,22 @@ async def test_sms_direct_debit_and_refund_move_money(node, store):
         for i in range(3):
             a = await c.request(c.ccr(f"sms-{i}", EVENT, 0, context=CONTEXT_SMS,
                                       msisdn="41790000104", requested_action=0,
-                                      requested={"units": 1}))
+                                      requested={"units": 1},
+                                      extra=[sms_information("41791112233")]))
             codes.append(value(a.avps, T.RESULT_CODE))
         assert codes == [2001, 2001, 4012]
         assert (await store.balance(account))["balance"] == EUR // 20
         a = await c.request(c.ccr("refund-1", EVENT, 0, context=CONTEXT_SMS,
                                   msisdn="41790000104", requested_action=1,
-                                  requested={"units": 1}))
+                                  requested={"units": 1},
+                                  extra=[sms_information("41791112233")]))
         assert value(a.avps, T.RESULT_CODE) == 2001
         assert (await store.balance(account))["balance"] == EUR // 20 + EUR // 10
         # The same refund again (same session and number): nothing more.
         a = await c.request(c.ccr("refund-1", EVENT, 0, context=CONTEXT_SMS,
                                   msisdn="41790000104", requested_action=1,
-                                  requested={"units": 1}))
+                                  requested={"units": 1},
+                                  extra=[sms_information("41791112233")]))
         assert value(a.avps, T.RESULT_CODE) == 2001
         assert (await store.balance(account))["balance"] == EUR // 20 + EUR // 10
         await assert_ledger_matches(store, account)
@@ -203,7 +205,7 @@ async def test_sms_direct_debit_and_refund_move_money(node, store):
 
 
 async def test_voice_is_rated_by_the_called_party(node, store):
-    """The called party of IMS-Information decides the price of the grant, and the
+    """The called party of IMS-Information is rated by the tariff's rate deck, and the
     CCR-T, which does not repeat it, is rated for the same destination."""
     account = await subscriber(store, "41790000105", balance=2 * EUR)
     c = await connect(node.port, origin_host="as.pgw.example")
@@ -224,15 +226,14 @@ async def test_voice_is_rated_by_the_called_party(node, store):
         # 2.00 EUR buys 240 s to Switzerland at 0.50/min; 30 s of it cost one 60 s
         # increment (0.50); the 1.50 left buy one minute to the UK at 1.00/min.
         assert grants == {"call-ch": 240, "call-uk": 60}
-        assert node.charging.prices.seen[:4] == ["+41791234567", "+41791234567",
-                                                 "+442071234567", "+442071234567"]
         assert (await store.balance(account))["balance"] == 3 * EUR // 2
         (cdr,) = await store.list_cdrs(session="call-ch")
         assert (cdr.units, cdr.cost) == (30, EUR // 2)
         a = await c.request(c.ccr("call-nowhere", INITIAL, 0, context=CONTEXT_VOICE,
                                   msisdn="41790000105", msccs=[mscc(100, requested={"time": 60})],
                                   extra=[ims_information("tel:+999123")]))
-        assert value(a.avps, T.RESULT_CODE) == 5031  # DIAMETER_RATING_FAILED
+        assert value(a.avps, T.RESULT_CODE) == 5031  # DIAMETER_RATING_FAILED: no route
+        assert value(a.avps, T.ERROR_MESSAGE) == "voice: rating failed"
         await assert_ledger_matches(store, account)
     finally:
         await c.close()
