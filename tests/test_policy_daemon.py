@@ -326,3 +326,23 @@ request_timeout = 0.5
             ("diameter", "disconnect", "ok")]
     finally:
         d.stop()
+
+
+def test_bad_requests_get_clear_answers(ocsd):
+    status, body = ocsd.api("POST", "/v1/subscribers/999999/throttle", {})
+    assert status == 404 and "subscriber 999999 not found" in body["error"]["message"]
+    sub_id = ocsd.ids["kill1"][1]
+    status, body = ocsd.api("POST", f"/v1/subscribers/{sub_id}/throttle", {"down_kbps": 100})
+    assert status == 422 and "give both down_kbps and up_kbps" in body["error"]["message"]
+    status, body = ocsd.api("POST", f"/v1/subscribers/{sub_id}/throttle",
+                            {"down_kbps": 0, "up_kbps": 1})
+    assert status == 422 and body["error"]["details"][0]["field"] == "down_kbps"
+    status, body = ocsd.api("POST", "/v1/sessions/radius:bras:nope/kill")
+    assert status == 404 and "radius:bras:nope" in body["error"]["message"]
+    status, body = ocsd.api("GET", "/v1/policy/actions?status=bogus")
+    assert status == 422 and body["error"]["details"][0]["field"] == "status"
+    status, body = ocsd.api("POST", "/v1/policy/actions/424242/retry")
+    assert status == 404 and "no dead-lettered action 424242" in body["error"]["message"]
+    # A subscriber without an active session: nothing to enforce, and it says so.
+    status, body = ocsd.api("POST", f"/v1/subscribers/{ocsd.ids['cut1'][1]}/restore")
+    assert status == 409 and "no active session" in body["error"]["message"]
