@@ -131,6 +131,8 @@ class Context:
     cluster: Any = None   # ocs.cluster.Cluster once started
     relay: Any = None     # ocs.charging.EventRelay once started
     charging: Any = None  # ocs.charging.ChargingCore once started
+    policy: Any = None    # policy.PolicyService while enforcement runs
+    diameter: Any = None  # diameter.DiameterComponent (RAR/ASR for policy) while it runs
     tariffs: Any = None   # ocs.rating.TariffBook: the compiled tariffs in force
     registry: Registry = field(default_factory=Registry)
     generation: int = 1

@@ -78,6 +78,7 @@ _OUTCOME = {
     Outcome.ACCOUNT_CLOSED: ResultCode.SERVICE_DENIED,
     Outcome.UNKNOWN_ACCOUNT: ResultCode.UNKNOWN_SUBSCRIBER,
     Outcome.REJECTED: ResultCode.RATING_FAILED,
+    Outcome.UNKNOWN_SESSION: ResultCode.UNKNOWN_SESSION,
 }
 
 
