@@ -13,17 +13,18 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 from ocs.errors import ConfigError
 from ocs.model import FinalUnit, Nas, SpeedProfile
+from ocs.paths import shipped
 from radius.dictionary import Dictionary
 from radius.profiles import profile_for
 
 from .model import DISCONNECT, REDIRECT, RESTORE, THROTTLE, Action, ActuatorError, Target
 
-SHIPPED = Path(__file__).resolve().parent.parent / "conf" / "policy" / "coa.toml"
+#: The shipped profiles (conf/policy/coa.toml, or share/ocsd/policy when installed).
+SHIPPED = shipped("policy/coa.toml")
 _KEYS = frozenset({"identify", "unshaped", "redirect_filter", "speed"})
 
 Attrs = list[tuple[int, bytes]]
