@@ -36,6 +36,7 @@ import logging
 import time
 from typing import Any
 
+from pyasn1.error import PyAsn1Error
 from pysnmp.hlapi.v3arch import asyncio as hl
 from pysnmp.proto import rfc1902
 
@@ -151,7 +152,10 @@ class SnmpActuator:
         binds = varbinds(action, conf)
         request = {"to": f"{host}:{port}", "version": str(conf.get("version", "2c")),
                    "set": [{"oid": o, "type": t, "value": v} for o, t, v in binds]}
-        objects = [hl.ObjectType(hl.ObjectIdentity(o), _value(t, v)) for o, t, v in binds]
+        try:
+            objects = [hl.ObjectType(hl.ObjectIdentity(o), _value(t, v)) for o, t, v in binds]
+        except (ValueError, TypeError, PyAsn1Error) as exc:   # "i" with "abc", "a" with "x"
+            raise ActuatorError(f"SNMP template value: {exc}", retry=False) from None
         assert self.engine is not None, "start() first"
         started = time.perf_counter()
         target = await hl.UdpTransportTarget.create(

@@ -166,3 +166,15 @@ async def test_refused_set_is_dead_lettered_and_a_silent_agent_retried(agent, sv
     await svc.kill(info["sessions"][0])
     dead = await until(lambda: finished(svc, "dead", 2), timeout=8)
     assert dead[0]["attempts"] == 2 and dead[0]["result"] == "timeout"
+
+
+async def test_a_template_value_of_the_wrong_type_is_dead_lettered_at_once(agent, svc):
+    info = await switch(svc, agent, "typo1", {"port": PORT, "version": "2c",
+                                              "community": "private", "templates": {
+                                                  "disconnect": [{"oid": SYS_CONTACT,
+                                                                  "type": "i",
+                                                                  "value": "down"}]}},
+                        {"on_exhausted": "disconnect"})
+    await svc.ctx.cluster.events.publish(exhausted(info))
+    dead = await until(lambda: finished(svc, "dead"))
+    assert dead[0]["attempts"] == 1 and "SNMP template value" in dead[0]["last_error"]
