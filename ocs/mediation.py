@@ -120,6 +120,7 @@ class Reject:
     message: str
     call_id: str = ""
     callee: str = ""
+    caller: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,13 +214,13 @@ def _seconds(text: str) -> int | None:
 
 
 def _duration_reject(line: int, seconds: int | None, raw: str, call_id: str, callee: str,
-                     what: str) -> Reject | None:
+                     caller: str, what: str) -> Reject | None:
     if seconds is None:
         return Reject(line, "bad_duration", f"{what} {_clip(raw)!r} is not a whole number of "
-                      "seconds", call_id, callee)
+                      "seconds", call_id, callee, caller)
     if seconds < 0:
         return Reject(line, "negative_duration", f"{what} is negative ({seconds})", call_id,
-                      callee)
+                      callee, caller)
     return None
 
 
@@ -248,7 +249,8 @@ def _positional(text: str, layout: _Layout, zone) -> tuple[list[Cdr], list[Rejec
         callee = _clip(fields[layout.callee])
         caller = _clip(fields[layout.caller])
         billsec = _seconds(fields[layout.billsec])
-        bad = _duration_reject(line, billsec, fields[layout.billsec], call_id, callee, "billsec")
+        bad = _duration_reject(line, billsec, fields[layout.billsec], call_id, callee, caller,
+                               "billsec")
         if bad is not None:
             rejects.append(bad)
             continue
@@ -257,11 +259,11 @@ def _positional(text: str, layout: _Layout, zone) -> tuple[list[Cdr], list[Rejec
                      else "") or ("not answered" if not fields[layout.answer].strip()
                                   else "answered")
             rejects.append(Reject(line, "zero_duration", f"nothing to bill: billsec 0 ({state})",
-                                  call_id, callee))
+                                  call_id, callee, caller))
             continue
         start = _billing_start(fields, layout, billsec, zone)
         if isinstance(start, str):
-            rejects.append(Reject(line, "bad_time", start, call_id, callee))
+            rejects.append(Reject(line, "bad_time", start, call_id, callee, caller))
             continue
         cdrs.append(Cdr(line, call_id, caller, callee, start, billsec))
     return cdrs, rejects
@@ -321,19 +323,19 @@ def _generic(text: str, zone) -> tuple[list[Cdr], list[Reject]]:
         callee = _clip(fields[columns["to"]])
         raw = fields[columns["duration"]]
         seconds = _seconds(raw)
-        bad = _duration_reject(line, seconds, raw, call_id, callee, "duration")
+        bad = _duration_reject(line, seconds, raw, call_id, callee, caller, "duration")
         if bad is not None:
             rejects.append(bad)
             continue
         if seconds == 0:
             rejects.append(Reject(line, "zero_duration", "nothing to bill: duration 0",
-                                  call_id, callee))
+                                  call_id, callee, caller))
             continue
         start_text = fields[columns["start"]]
         start = _time(start_text, zone)
         if start is None:
             rejects.append(Reject(line, "bad_time", f"start {_clip(start_text)!r} is not an "
-                                  "ISO 8601 date-time", call_id, callee))
+                                  "ISO 8601 date-time", call_id, callee, caller))
             continue
         cdrs.append(Cdr(line, call_id, caller, callee, start, seconds))
     return cdrs, rejects
@@ -408,7 +410,8 @@ def _rating_reject(tariff, cdr: Cdr, reason: str, currency: str) -> Reject:
         "overflow": "the charge is beyond the largest amount",
         "no_fx": f"no exchange rate {tariff.currency}->{currency} in force at {when}",
     }
-    return Reject(cdr.line, reason, messages.get(reason, reason), cdr.call_id, cdr.callee)
+    return Reject(cdr.line, reason, messages.get(reason, reason), cdr.call_id, cdr.callee,
+                  cdr.caller)
 
 
 # ----------------------------------------------------------------------------- output
@@ -434,7 +437,7 @@ def call_dict(c: RatedCall, currency: str) -> dict[str, Any]:
 
 def reject_dict(r: Reject) -> dict[str, Any]:
     return {"line": r.line, "reason": r.reason, "message": r.message, "call_id": r.call_id,
-            "callee": r.callee}
+            "caller": r.caller, "callee": r.callee}
 
 
 def write_csv(out: TextIO, rated: Iterable[dict[str, Any]], rejects: Iterable[dict[str, Any]],
@@ -444,7 +447,8 @@ def write_csv(out: TextIO, rated: Iterable[dict[str, Any]], rejects: Iterable[di
     `reject_dict` (or the API's JSON answer). Returns the number of rows."""
     rows = [dict(r, status="ok", currency=currency, message="") for r in rated]
     rows += [{"line": r["line"], "status": r["reason"], "call_id": r.get("call_id", ""),
-              "callee": r.get("callee", ""), "message": r["message"]} for r in rejects]
+              "caller": r.get("caller", ""), "callee": r.get("callee", ""),
+              "message": r["message"]} for r in rejects]
     rows.sort(key=lambda r: r["line"])
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n",
                             extrasaction="ignore", restval="")

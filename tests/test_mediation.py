@@ -71,6 +71,8 @@ def test_freeswitch_default_template_rated_by_hand(engine):
     assert "not answered" in rejects[3].message
     assert "at least 13 fields" in rejects[4].message and "got 5" in rejects[4].message
     assert rejects[5].callee == "8612345678" and "no rate for 8612345678" in rejects[5].message
+    assert (rejects[5].caller, rejects[5].call_id) == ("1005",
+                                                       "a1b2c3d4-0005-4000-8000-000000000005")
     assert "'sixty'" in rejects[7].message
     assert "2026-13-45 99:00:00" in rejects[10].message
     assert result.total_cost == 5_530_000
@@ -167,6 +169,12 @@ def test_header_rows_blank_lines_and_quoted_fields(engine):
     broken = mediation.rate_cdrs(tariff, line + '"x","1002","4479\n', "freeswitch")
     assert [c.line for c in broken.rated] == [1]
     assert [(r.line, r.reason) for r in broken.rejects] == [(2, "unparseable")]
+    # A field over the CSV reader's limit is refused on its line; reading goes on.
+    huge = mediation.rate_cdrs(tariff, line + '"' + "x" * 200_000 + '",1\n' + line,
+                               "freeswitch")
+    assert [c.line for c in huge.rated] == [1, 3]
+    assert [(r.line, r.reason) for r in huge.rejects] == [(2, "unparseable")]
+    assert "field larger than field limit" in huge.rejects[0].message
 
 
 def test_rated_csv_has_one_row_per_line_in_order(engine):

@@ -283,6 +283,7 @@ class RejectView(Out):
                     "no_fx"]
     message: str
     call_id: str
+    caller: str
     callee: str
 
 
