@@ -113,9 +113,10 @@ def cli(ctx: click.Context, config, api, token, token_file, json_, timeout):
                   timeout=timeout)
 
 
-from . import accounts, local, policy, resources, subscribers  # noqa: E402  (register commands)
+from . import (accounts, local, policy, resources, subscribers,  # noqa: E402  (register commands)
+               tariffs)
 
-for module in (subscribers, accounts, resources, local, policy):
+for module in (subscribers, accounts, resources, local, policy, tariffs):
     for command in module.COMMANDS:
         cli.add_command(command)
 
