@@ -17,8 +17,6 @@ import io
 import json
 import os
 
-import pytest
-
 from ocs.api import CATALOG_CHANGED
 from tests.test_api_harness import Api, api  # noqa: F401
 

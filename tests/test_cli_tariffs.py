@@ -10,8 +10,15 @@ import io
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
-from tests.test_cli import Served, served, value  # noqa: F401
+from tests.conftest import ROOT
+from tests.services import free_port
+from tests.test_cli import Served, _wait_healthy, served, value  # noqa: F401
+from tests.test_cli_local import ocsctl as ocsctl_sync, write_config
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "cdrs")
 
@@ -193,3 +200,54 @@ async def test_rate_cdrs_summary_rejects_and_rated_file(served: Served):
     unknown = await served.run("rate-cdrs", "Master.csv", "--format", "asterisk", "--tariff",
                                "nothing")
     assert unknown.code == 1 and "no tariff named 'nothing'" in unknown.err
+
+
+def test_the_running_daemon_reloads_tariffs_changed_through_ocsctl(tmp_path):
+    """ocsd as an operator runs it: a tariff put or a deck imported is compiled into the
+    daemon's tariffs at once (its log says so), without SIGHUP."""
+    port = free_port()
+    (tmp_path / "conf").mkdir()
+    write_config(str(tmp_path / "conf"), "sqlite:var/ocs.db", {},
+                 api_listen=f"127.0.0.1:{port}")
+    for name in ("retail.json", "retail-base.csv"):
+        shutil.copy(os.path.join(DATA, name), tmp_path)
+    assert ocsctl_sync("db", "migrate", cwd=tmp_path).code == 0
+    assert ocsctl_sync("demo", cwd=tmp_path).code == 0
+    log_path = tmp_path / "ocsd.log"
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    env.pop("NOTIFY_SOCKET", None)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", "from ocs.daemon import main; main()",
+                                 "--config", "conf/ocs.toml"], cwd=tmp_path, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            _wait_healthy(f"http://127.0.0.1:{port}", proc)
+            assert "tariffs in force: none" in log_path.read_text()
+            put = ocsctl_sync("tariff", "put", "retail", "retail.json", cwd=tmp_path)
+            assert put.code == 0, put.err
+            assert _logged(log_path, "tariffs reloaded: retail", 1) == 1
+            (tmp_path / "promo.csv").write_text("prefix,destination,price,increment\n"
+                                                "4420,London promo,0.10,60\n")
+            imported = ocsctl_sync("tariff", "import", "retail", "promo.csv", "--deck", "promo",
+                                   "--priority", "5", cwd=tmp_path)
+            assert imported.code == 0, imported.err
+            assert _logged(log_path, "tariffs reloaded: retail", 2) == 2
+            rated = ocsctl_sync("--json", "rate", "--tariff", "retail", "--to", "442079460000",
+                                "--duration", "185", "--at", "2026-11-25T19:00", cwd=tmp_path)
+            assert rated.code == 0, rated.err
+            assert (rated.json()["cost"], rated.json()["revision"]) == ("0.40", 2)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(30)
+    assert code == 0, log_path.read_text()
+
+
+def _logged(path, text: str, times: int, timeout: float = 10.0) -> int:
+    """How many times the log says `text`, waiting (a little) until it says it `times`
+    times: the log is written by another process."""
+    deadline = time.monotonic() + timeout
+    while True:
+        count = path.read_text().count(text)
+        if count >= times or time.monotonic() > deadline:
+            return count
+        time.sleep(0.05)
