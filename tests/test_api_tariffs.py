@@ -248,6 +248,8 @@ async def test_rate_golden_charges_and_how_they_were_computed(api: Api):
     assert (c["at"], c["local_time"], c["time_zone"]) == (
         "2026-11-25T18:00:00.000000Z", "2026-11-25T19:00:00+01:00", "Europe/Zurich")
     assert c["number"] == "442079460000" and c["fx"] is None and c["tiers"] == []
+    # A quote changes nothing: it is not an audited change (the PUT before it is).
+    assert [e.action for e in await api.store.list_audit()] == ["PUT /v1/tariffs/retail"]
 
     # From 18:59, across the peak/off-peak boundary: 60 s at 2.00 + 180 s at 1.00.
     c = (await rate(api, to="00442079460000", duration=185,

@@ -110,7 +110,9 @@ async def api_middleware(request: web.Request, handler) -> web.StreamResponse:
         return response
     finally:
         elapsed = time.perf_counter() - started
-        if token is not None and request.method in MUTATING:
+        changes = endpoint.changes if endpoint is not None and endpoint.changes is not None \
+            else request.method in MUTATING
+        if token is not None and changes:
             await _audit(state, request, token, status)
         method = request.method if request.method in _KNOWN_METHODS else "other"
         state.metrics.api_requests.labels(method=method, route=label, status=str(status)).inc()

@@ -348,7 +348,7 @@ def _deck_row(definition: TariffDefinition, dest) -> tv.DeckRowView:
                           next_increment=row.next_increment)
 
 
-@route("POST", "/v1/rate", role=Role.READ_ONLY, tag=TAG,
+@route("POST", "/v1/rate", role=Role.READ_ONLY, tag=TAG, changes=False,
        summary="Rate one call, message, volume or event", body=s.RateIn,
        response=tv.RateView)
 async def rate(call: Call):
@@ -407,7 +407,7 @@ def _wants_csv(request: web.Request) -> bool:
     return best_csv > 0 and best_csv > best_json
 
 
-@route("POST", "/v1/rate-cdrs", role=Role.READ_ONLY, tag=TAG,
+@route("POST", "/v1/rate-cdrs", role=Role.READ_ONLY, tag=TAG, changes=False,
        summary="Rate a file of CDRs with a tariff (offline mediation, what-if)",
        content_type="text/csv", query=s.RateCdrsQuery, response=tv.RateCdrsView)
 async def rate_cdrs(call: Call):

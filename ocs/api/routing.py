@@ -85,6 +85,7 @@ class Endpoint:
     target: str | None = None      # audit target kind: "account" -> "account:7"
     description: str = ""
     errors: tuple[int, ...] = field(default=())
+    changes: bool | None = None    # audited; default: POST/PUT/PATCH/DELETE change state
 
     @property
     def template(self) -> str:

@@ -29,6 +29,9 @@ Usage::
     ocsctl audit [--actor NAME] [--limit N]
     ocsctl token list | add NAME [--role operator] [--save] | delete NAME
     ocsctl token add NAME --direct [--save]  # into the store, without the API
+    ocsctl tariff list | show NAME | put NAME FILE.json | import NAME DECK.csv | delete NAME
+    ocsctl rate --tariff T --to N --duration S [--at ISO] [--currency C]
+    ocsctl rate-cdrs FILE --format freeswitch|asterisk|generic --tariff T [--out rated.csv]
     ocsctl db migrate
     ocsctl demo
 
