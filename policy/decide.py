@@ -28,8 +28,8 @@ low_balance            -                           nothing (notification, not en
 =====================  ==========================  =================================
 
 ``plan_changed`` (``{"type": "plan_changed", "subscriber_id": ..., "account_id":
-..., "at": ...}``) is what a plan change should put in the outbox; until the
-store emits it, ``ocsctl subscriber restore`` pushes a new plan's speed.
+..., "plan_id": ..., "at": ...}``) is put in the outbox by the store in the
+same transaction as the subscriber's new plan.
 
 A decision equal to the session's current state is not repeated (a throttled
 session keeps reporting and keeps being "exhausted": one CoA, not one per

@@ -198,3 +198,17 @@ async def test_bulk_import_is_all_or_nothing(store):
         await store.find_account("acct9")
     with pytest.raises(NotFound):
         await store.find_subscriber(username="fresh")
+
+
+async def test_a_new_plan_is_an_event_for_enforcement(store):
+    a = await store.create_account(name="acme", currency="EUR", billing="prepaid")
+    basic = await store.create_plan(name="basic", currency="EUR")
+    fast = await store.create_plan(name="fast", currency="EUR")
+    s = await store.create_subscriber(account_id=a.id, username="u1", plan_id=basic.id)
+    await store.update_subscriber(s.id, max_sessions=2)  # not a plan change: no event
+    await store.update_subscriber(s.id, plan_id=fast.id)
+    (event,) = await store.events(account_id=a.id)
+    assert (event["type"], event["subscriber_id"], event["plan_id"],
+            event["previous_plan_id"]) == ("plan_changed", s.id, fast.id, basic.id)
+    with pytest.raises(NotFound):
+        await store.update_subscriber(999_999, plan_id=fast.id)

@@ -456,9 +456,29 @@ class Store:
 
     async def update_subscriber(self, subscriber_id: int, *, password: str | None = None,
                                 **changes) -> Subscriber:
+        """Change a subscriber. A new plan is a `plan_changed` event in the outbox
+        (same transaction), so enforcement pushes the new plan's speed."""
         changes = _only(changes, _SUBSCRIBER_FIELDS)
         changes.update(self.passwords.material(password))
-        row = await self.driver.run(_update_program, "subscribers", subscriber_id, changes)
+
+        def program():
+            before = yield fetchrow("SELECT account_id, plan_id FROM subscribers "
+                                    "WHERE id = $1", subscriber_id)
+            if before is None:
+                return None
+            row = yield from _update_program("subscribers", subscriber_id, changes)
+            if "plan_id" in changes and changes["plan_id"] != before["plan_id"]:
+                now = now_us()
+                event = {"id": f"plan|{subscriber_id}|{now}:plan_changed",
+                         "type": "plan_changed", "subscriber_id": subscriber_id,
+                         "account_id": before["account_id"], "session": None,
+                         "service": None, "at": now, "previous_plan_id": before["plan_id"],
+                         "plan_id": changes["plan_id"]}
+                yield execute("INSERT INTO outbox (event_id, account_id, type, payload, "
+                              "created_at) VALUES ($1, $2, $3, $4, $5)", event["id"],
+                              before["account_id"], "plan_changed", _json(event), now)
+            return row
+        row = await self.driver.run(program)
         if row is None:
             raise NotFound(f"subscriber {subscriber_id} not found")
         return Subscriber.from_row(row)
