@@ -169,7 +169,8 @@ CALL_ID_KEYS = (A.ACCT_SESSION_ID, A.ACCT_MULTI_SESSION_ID, A.CALLED_STATION_ID,
                 A.CALLING_STATION_ID, FS_SRC, FS_DST, FS_HANGUP, vsa(FREESWITCH, 2),
                 vsa(FREESWITCH, 12), vsa(FREESWITCH, 20), vsa(FREESWITCH, 21),
                 vsa(FREESWITCH, 23), AST_SRC, AST_DST, AST_UNIQUE, vsa(DIGIUM, 105),
-                vsa(DIGIUM, 115), vsa(DIGIUM, 110), vsa(DIGIUM, 112), H323_CONF_ID,
+                vsa(DIGIUM, 106), vsa(DIGIUM, 115), vsa(DIGIUM, 110), vsa(DIGIUM, 112),
+                H323_CONF_ID,
                 vsa(CISCO, 23), vsa(CISCO, 30), A.ACCT_TERMINATE_CAUSE)
 #: ... and on a data session's.
 DATA_KEYS = (A.CALLING_STATION_ID, A.CALLED_STATION_ID, A.NAS_PORT_ID, A.NAS_PORT_TYPE,
