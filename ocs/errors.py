@@ -5,6 +5,8 @@ Protocol layers map these to their wire answers (see the outcome tables in
 `radius/` and `diameter/`), the API maps them to HTTP statuses.
 """
 
+from dataclasses import dataclass
+
 
 class OcsError(Exception):
     """Base of every error this project raises on purpose."""
@@ -23,6 +25,24 @@ class ConfigError(OcsError):
 
 class ValidationError(OcsError):
     """A request or record is invalid (bad API body, bad CSV row...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    """One problem in an uploaded file (CSV import, rate deck, CDRs): the 1-based
+    `line` of the source (a header is line 1), the `column` (None for the whole
+    row) and what is wrong."""
+
+    line: int
+    column: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" + (f", column {self.column}" if self.column else "")
+        return f"{where}: {self.message}"
+
+    def as_dict(self) -> dict:
+        return {"line": self.line, "column": self.column, "message": self.message}
 
 
 class NotFound(OcsError):

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from . import passwords
-from .errors import ValidationError
+from .errors import LineError, ValidationError
 from .money import format_money, parse_money
 from .store.sql import fetch
 
@@ -69,20 +69,8 @@ _MAX_NAME = 253  # RADIUS attributes carry at most 253 octets (RFC 2865 §5)
 _MAX_PASSWORD = 128  # RFC 2865 §5.2: User-Password is at most 128 octets
 
 
-@dataclass(frozen=True, slots=True)
-class RowError:
-    """One problem in the file: `line` is 1-based (the header is line 1)."""
-
-    line: int
-    column: str | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"line {self.line}" + (f", column {self.column}" if self.column else "")
-        return f"{where}: {self.message}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"line": self.line, "column": self.column, "message": self.message}
+#: One problem in the file (`line` is 1-based, the header is line 1).
+RowError = LineError
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ..errors import ValidationError
+from ..errors import LineError, ValidationError
 from ..money import format_money, parse_money
 from .model import (_BAND, _NAME, MAX_DIGITS, MAX_INCREMENT, MAX_PRICE, OPEN_FROM, OPEN_TO,
                     US)
@@ -58,20 +58,6 @@ _ALIASES = {
     "effective_from": "effective_from", "effective_to": "effective_to",
 }
 _REQUIRED = ("prefix", "price")
-
-
-@dataclass(frozen=True, slots=True)
-class LineError:
-    """One problem of one row: 1-based `line` of the source, the `column` (None
-    for the whole row) and what is wrong."""
-
-    line: int
-    column: str | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"line {self.line}" + (f", column {self.column}" if self.column else "")
-        return f"{where}: {self.message}"
 
 
 class RateDeckError(ValidationError):
