@@ -63,6 +63,7 @@ class Reserve:
     price: Price | None = None  # how money pays for units; None = buckets only
     min_units: int = 1        # grant nothing unless at least this much fits
     match: str | None = None  # what bucket filters see (e.g. "voice:4179..."); default service
+    tier_counter: str | None = None  # price on this counter's units, not the session's
 
     def __post_init__(self):
         _check_units(self.units, "units")
@@ -103,6 +104,10 @@ class Commit:
     counter_threshold: int | None = None  # emit "fair_usage" when the counter crosses it
     strict: bool = False  # all or nothing: refuse (INSUFFICIENT) rather than overdraw
     match: str | None = None  # what bucket filters see (e.g. "voice:4179..."); default service
+    # Price on this usage counter's units (e.g. the subscriber's usage of the service in
+    # the billing period: tiers across sessions) rather than the session's; it advances
+    # with the usage charged.
+    tier_counter: str | None = None
 
     def __post_init__(self):
         _check_units(self.used, "used")
@@ -549,24 +554,35 @@ class _Engine:
             return Result(_status_outcome(acct.status), released=released,
                           message=f"account is {acct.status.value}")
         return self._hold(acct, op.session, op.service, op.kind, op.units, op.min_units,
-                          op.price, op.seq, op.ttl, released=released, match=op.match)
+                          op.price, op.seq, op.ttl, released=released, match=op.match,
+                          base=self._tier_base(op.tier_counter))
+
+    def _tier_base(self, counter: str | None) -> int | None:
+        return self.state.counters.get(counter, 0) if counter is not None else None
 
     def _commit(self, acct: AccountState, op: Commit) -> Result:
         # Give back what this service held, then draw the usage in the normal order:
         # the hold guarantees the usage it covered is there to draw.
         held = self._session_reservations(op.session).get(op.service)
         self._drop_reservation(op.session, op.service)
+        fresh = (op.session, op.service) not in self.state.charges
         charge = self._charge_state(acct, op.session, op.service, op.kind)
         used = max(0, op.used - charge.units) if op.cumulative else op.used
+        # What the price counts as already used: the session's units, or the tier counter's.
+        priced_after = self._tier_base(op.tier_counter)
+        if priced_after is None:
+            priced_after = charge.units
         if op.strict and self._affordable(acct, op.kind, op.service, used, op.price,
-                                          charge.units, op.match) < used:
+                                          priced_after, op.match) < used:
             if held is not None:
                 self._restore_reservation(acct, held)
+            if fresh:  # nothing was charged: no charging record, no CDR
+                del self.state.charges[(op.session, op.service)]
             return Result(Outcome.INSUFFICIENT, session_units=charge.units,
                           session_cost=charge.cost,
                           message=f"balance cannot pay {used} {op.kind.value}")
         charged, cost, unpaid, below, draws = self._draw(
-            acct, op.kind, op.service, used, op.price, op.session, op.op_key, charge.units,
+            acct, op.kind, op.service, used, op.price, op.session, op.op_key, priced_after,
             op.match)
         charge.units += used
         charge.cost += cost
@@ -574,9 +590,9 @@ class _Engine:
         self.writes.charges[(op.session, op.service)] = charge
         counter = None
         if op.counter is not None:
-            counter = self.state.counters.get(op.counter, 0) + used
-            self.state.counters[op.counter] = counter
-            self.writes.counters[op.counter] = (acct.id, counter)
+            counter = self._advance(acct, op.counter, used)
+        if op.tier_counter is not None and op.tier_counter != op.counter:
+            self._advance(acct, op.tier_counter, used)
         base = Result(Outcome.OK, charged=charged, cost=cost, unpaid=unpaid,
                       below_floor=below, draws=tuple(draws), session_units=charge.units,
                       session_cost=charge.cost, counter_units=counter)
@@ -586,9 +602,16 @@ class _Engine:
             return replace(base, outcome=_status_outcome(acct.status),
                            message=f"account is {acct.status.value}")
         grant = self._hold(acct, op.session, op.service, op.kind, op.reserve, op.min_units,
-                           op.price, op.seq, op.ttl, match=op.match)
+                           op.price, op.seq, op.ttl, match=op.match,
+                           base=self._tier_base(op.tier_counter))
         return replace(base, outcome=grant.outcome, granted=grant.granted,
                        expires_at=grant.expires_at, message=grant.message)
+
+    def _advance(self, acct: AccountState, key: str, units: int) -> int:
+        value = self.state.counters.get(key, 0) + units
+        self.state.counters[key] = value
+        self.writes.counters[key] = (acct.id, value)
+        return value
 
     def _affordable(self, acct, kind, service, units, price, already, match=None) -> int:
         """How many of `units` the balance can pay without going below a floor."""
@@ -648,11 +671,14 @@ class _Engine:
         return Result(Outcome.OK, released=released)
 
     def _hold(self, acct, session, service, kind, units, min_units, price, seq, ttl,
-              released=0, match=None) -> Result:
+              released=0, match=None, base=None) -> Result:
         holds: list[tuple[int, int]] = []
         remaining = units
-        charge = self.state.charges.get((session, service))
-        already = charge.units if charge else 0
+        if base is None:
+            charge = self.state.charges.get((session, service))
+            already = charge.units if charge else 0
+        else:
+            already = base
         if kind is not Kind.MONEY:
             for b in self._candidates(acct, kind, service, match):
                 if remaining == 0:

@@ -213,8 +213,11 @@ async def test_event_direct_debit_and_refund(core, store):
     sms = ServiceUsage("event:sms", Kind.EVENTS, used=2)
     d = await core.charge(req(RequestKind.EVENT, 0, sms, session="sms-1"))
     assert d.result is ResultCode.SUCCESS and d.cost == EUR // 5
+    (cdr,) = await store.list_cdrs(session="sms-1")  # an event is rated at once
+    assert (cdr.service, cdr.units, cdr.cost) == ("event:sms", 2, EUR // 5)
     d = await core.charge(req(RequestKind.EVENT, 0, sms, session="sms-2"))
     assert d.result is ResultCode.CREDIT_LIMIT_REACHED and d.cost == 0
+    assert await store.list_cdrs(session="sms-2") == []  # refused: nothing to bill
     d = await core.charge(req(RequestKind.REFUND, 0, ServiceUsage("event:sms", Kind.EVENTS,
                                                                    used=1), session="sms-1r"))
     assert d.result is ResultCode.SUCCESS
@@ -326,3 +329,40 @@ async def test_a_bucket_filtered_by_destination_prefix_pays_only_that_range(core
     assert left == [180]
     auth = await core.authorize(Identity(username="alice"), voice(destination="41795550000"))
     assert auth.max_units == 180 + 480  # the bucket, then the 8.00 left at 1.00/min
+
+
+async def test_tariff_tiers_count_the_billing_period_across_sessions(store):
+    """A usage rate with tier_scope "period" prices the subscriber's month, not each
+    session: 2 sessions of 80 MB with the first 100 MB at 0.02/MB and the rest at
+    0.01/MB cost 1.60 + 1.00, not 1.60 twice; the rate used (with the exchange
+    rate to the account's currency) is kept on each rated CDR."""
+    from ocs.charging.tariffs import PlanTariffs
+    from ocs.rating import ExchangeRate, TariffBook, TariffDefinition, Tier, UsageRate, compile
+    defn = TariffDefinition(
+        name="data-tiers", currency="EUR",
+        usage_rates=(UsageRate("rg:10", Kind.OCTETS,
+                               (Tier(100 * MB, 20_000), Tier(None, 10_000)), unit=MB,
+                               tier_scope="period"),
+                     UsageRate("rg:20", Kind.OCTETS,
+                               (Tier(100 * MB, 20_000), Tier(None, 10_000)), unit=MB)),
+        exchange_rates=(ExchangeRate("EUR", "CHF", 1_000_000_000, 0),))
+    book = TariffBook({"data-tiers": compile(defn)})
+    core = ChargingCore(store, PlanTariffs(book), CONFIG)
+    plan = await store.create_plan(name="tiered", currency="CHF", tariff="data-tiers")
+    a = await store.create_account(name="t", currency="CHF", billing="prepaid",
+                                   opening_balance=10 * EUR)
+    await store.create_subscriber(account_id=a.id, username="tiers", plan_id=plan.id)
+    costs = []
+    for n in (1, 2):
+        for service in ("rg:10", "rg:20"):
+            r = await core.charge(req(RequestKind.EVENT, 0, ServiceUsage(service, Kind.OCTETS,
+                                                                         used=80 * MB),
+                                      session=f"s{n}-{service}", user="tiers"))
+            costs.append(r.cost)
+    # rg:10 counts the month: 80 MB at 0.02, then 20 MB at 0.02 + 60 MB at 0.01.
+    # rg:20 counts each session: 80 MB at 0.02 both times.
+    assert costs == [1_600_000, 1_600_000, 1_000_000, 1_600_000]
+    (cdr,) = await store.list_cdrs(session="s2-rg:10")
+    how = cdr.details["rating:rg:10"]
+    assert how["tariff"] == "data-tiers" and how["currency"] == "CHF"
+    assert how["fx"]["from"] == "EUR" and how["fx"]["to"] == "CHF"

@@ -175,7 +175,8 @@ def _build(name: str, b: s.TariffPut, current: TariffDefinition | None) -> Tarif
         decks=decks,
         usage_rates=tuple(UsageRate(u.service, Kind(u.kind),
                                     tuple(Tier(t.upto, t.price) for t in u.tiers), u.unit,
-                                    u.increment, u.next_increment or u.increment)
+                                    u.increment, u.next_increment or u.increment,
+                                    u.tier_scope)
                           for u in b.usage_rates),
         exchange_rates=tuple(ExchangeRate(r.from_ or b.currency, r.to, r.rate,
                                           OPEN_FROM if r.effective_from is None

@@ -179,6 +179,9 @@ class UsageRateIn(Body):
     increment: Units = 1
     next_increment: Units | None = Field(None, description="Defaults to `increment`.")
     tiers: Annotated[list[TierIn], Field(min_length=1, max_length=100)]
+    tier_scope: Literal["session", "period"] = Field(
+        "session", description="What the tiers count: the session's usage, or the "
+                               "subscriber's usage of the service in the billing period.")
 
 
 class ExchangeRateIn(_Aliased):

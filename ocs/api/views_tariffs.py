@@ -70,6 +70,7 @@ class UsageRateView(Out):
     increment: int
     next_increment: int
     tiers: list[TierView]
+    tier_scope: Literal["session", "period"]
 
 
 class ExchangeRateView(_Aliased):
@@ -179,6 +180,7 @@ def definition_view(defn) -> DefinitionView:
         holidays=[HolidayView(**h.to_dict()) for h in defn.holidays],
         usage_rates=[UsageRateView(service=u.service, kind=u.kind.value, unit=u.unit,
                                    increment=u.increment, next_increment=u.next_increment,
+                                   tier_scope=u.tier_scope,
                                    tiers=[TierView(upto=t.upto, price=money(t.price, cur))
                                           for t in u.tiers])
                      for u in defn.usage_rates],

@@ -208,15 +208,16 @@ class ChargingCore:
         account = await self.account(sub.account_id)
         plan = await self.plan(sub.plan_id)
 
-        parts, failed = self._parts(req, account, plan, sub)
-        closing = req.kind is RequestKind.TERMINATE
-        if closing:
+        parts, failed, rating = self._parts(req, account, plan, sub)
+        # A session's end, or a one-off event, writes its rated CDR(s).
+        closing = req.kind in (RequestKind.TERMINATE, RequestKind.EVENT)
+        if req.kind is RequestKind.TERMINATE:
             parts.append(Release(account.id, req.session_id))
         # The stored session (start, attributes, sequence) is merged with this
         # request's view inside the transaction: no read here on the hot path.
         result = await self.store.apply(Composite(
             account.id, req.session_id, req.seq, tuple(parts),
-            record=self._record(req, sub, closing), close=closing,
+            record=self._record(req, sub, closing, rating), close=closing,
             require_session=req.require_session and req.kind in (RequestKind.UPDATE,
                                                                  RequestKind.TERMINATE),
             opens=req.kind is RequestKind.INITIAL))
@@ -230,11 +231,14 @@ class ChargingCore:
         return decision
 
     def _parts(self, req: ChargeRequest, account: Account, plan: Plan | None,
-               sub: Subscriber) -> tuple[list, dict[str, ResultCode]]:
+               sub: Subscriber) -> tuple[list, dict[str, ResultCode], dict[str, Any]]:
+        """The balance operations of a request, the services that failed rating, and
+        how each service is priced (kept on the session and its CDR)."""
         cfg = self.config
         ttl = cfg.validity_time + cfg.reservation_grace
         parts: list = []
         failed: dict[str, ResultCode] = {}
+        rating: dict[str, Any] = {}
         for usage in req.services:
             try:
                 price = self.prices.price(plan=plan, account=account, usage=usage,
@@ -248,12 +252,18 @@ class ChargingCore:
             want = usage.requested if usage.requested is not None else cfg.default_quota.of(
                 kind.value)
             want = min(want, cfg.max_quota.of(kind.value))
+            period = fair_usage_period(req.timestamp, cfg.fair_usage_period)
             counter = threshold = None
             if kind is Kind.OCTETS and plan is not None and plan.fair_usage is not None:
-                counter = f"fup:{sub.id}:{fair_usage_period(req.timestamp, cfg.fair_usage_period)}"
+                counter = f"fup:{sub.id}:{period}"
                 threshold = plan.fair_usage.threshold_octets
+            tier_counter = None
+            if getattr(price, "tier_scope", "session") == "period":
+                tier_counter = f"tier:{sub.id}:{usage.service}:{period}"
             common = dict(kind=kind, service=usage.service, seq=req.seq, price=price,
-                          match=bucket_match(usage))
+                          match=bucket_match(usage), tier_counter=tier_counter)
+            if hasattr(price, "describe"):  # how it was priced, kept on the CDR
+                rating[usage.service] = price.describe()
             if req.kind is RequestKind.INITIAL and usage.used == 0:
                 parts.append(Reserve(account.id, req.session_id, want, ttl=ttl, **common))
             elif req.kind in (RequestKind.INITIAL, RequestKind.UPDATE):
@@ -276,17 +286,21 @@ class ChargingCore:
                                         ref=f"refund|{req.session_id}|{usage.service}|{req.seq}"))
                 else:
                     failed[usage.service] = ResultCode.RATING_FAILED
-        return parts, failed
+        return parts, failed, rating
 
-    def _record(self, req: ChargeRequest, sub: Subscriber, closing: bool) -> Session:
+    def _record(self, req: ChargeRequest, sub: Subscriber, closing: bool,
+                rating: dict[str, Any]) -> Session:
         now = now_us()
         one_off = req.kind in (RequestKind.EVENT, RequestKind.REFUND)
+        attrs = dict(req.attrs)
+        for service, how in rating.items():  # one key per service: merges across requests
+            attrs[f"rating:{service}"] = how
         return Session(
             id=req.session_id, account_id=sub.account_id, subscriber_id=sub.id,
             proto=req.proto, nas=req.nas, nas_session_id=req.nas_session_id,
             framed_ip=req.framed_ip, status="closed" if closing or one_off else "active",
             last_seq=req.seq, started_at=req.timestamp, updated_at=now,
-            ended_at=now if closing or one_off else None, attrs=dict(req.attrs))
+            ended_at=now if closing or one_off else None, attrs=attrs)
 
     def _decide(self, req, account, plan, sub, parts, result: Result,
                 failed: dict[str, ResultCode]) -> ChargeDecision:

@@ -206,6 +206,9 @@ class UsageRate:
     Cumulative usage is rounded up to the increments (`increment` first, then
     `next_increment`), then each tier prices the part of it that falls inside
     the tier, at `price` per `unit` units (e.g. unit=10**9 for a price per GB).
+    `tier_scope` says what "cumulative" counts: the session's usage
+    ("session") or the subscriber's usage of the service in the billing period
+    ("period": the first 10 GB of the month at one price, across sessions).
     """
 
     service: str
@@ -214,6 +217,7 @@ class UsageRate:
     unit: int = 1
     increment: int = 1
     next_increment: int = 1
+    tier_scope: str = "session"
 
     def __post_init__(self):
         kind = Kind(self.kind)
@@ -226,6 +230,8 @@ class UsageRate:
             raise ValidationError(f"{where}: kind must be octets or events")
         if not self.tiers:
             raise ValidationError(f"{where}: needs at least one tier")
+        if self.tier_scope not in ("session", "period"):
+            raise ValidationError(f"{where}: tier_scope must be session or period")
         for name in ("unit", "increment", "next_increment"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= USAGE_LIMIT[kind]:
@@ -247,13 +253,15 @@ class UsageRate:
             tiers = tuple(Tier(upto=t.get("upto"), price=int(t["price"])) for t in d["tiers"])
             return cls(service=d["service"], kind=Kind(d["kind"]), tiers=tiers,
                        unit=int(d.get("unit", 1)), increment=int(d.get("increment", 1)),
-                       next_increment=int(d.get("next_increment", d.get("increment", 1))))
+                       next_increment=int(d.get("next_increment", d.get("increment", 1))),
+                       tier_scope=d.get("tier_scope", "session"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValidationError(f"bad usage rate {d!r}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {"service": self.service, "kind": self.kind.value, "unit": self.unit,
                 "increment": self.increment, "next_increment": self.next_increment,
+                "tier_scope": self.tier_scope,
                 "tiers": [{"upto": t.upto, "price": t.price} for t in self.tiers]}
 
 

@@ -88,9 +88,10 @@ def save_tariff_program(defn: TariffDefinition, now: int):
         [(tariff_id, h.day.isoformat(), h.band, h.name) for h in defn.holidays])
     yield executemany(
         "INSERT INTO tariff_usage_rates (tariff_id, service, kind, unit, increment, "
-        "next_increment, tiers) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "next_increment, tiers, tier_scope) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         [(tariff_id, u.service, u.kind.value, u.unit, u.increment, u.next_increment,
-          json.dumps([[t.upto, t.price] for t in u.tiers])) for u in defn.usage_rates])
+          json.dumps([[t.upto, t.price] for t in u.tiers]), u.tier_scope)
+         for u in defn.usage_rates])
     for position, deck in enumerate(defn.decks):
         yield from _insert_deck(tariff_id, deck, position)
     yield from _upsert_rates(defn.exchange_rates, now)
@@ -210,7 +211,8 @@ def load_tariff_program(name: str):
                        for h in holidays),
         usage_rates=tuple(UsageRate(u["service"], u["kind"],
                                     tuple(Tier(up, price) for up, price in json.loads(u["tiers"])),
-                                    u["unit"], u["increment"], u["next_increment"])
+                                    u["unit"], u["increment"], u["next_increment"],
+                                    u["tier_scope"])
                           for u in usage),
         decks=tuple(loaded),
         exchange_rates=tuple(ExchangeRate(r["from_currency"], r["to_currency"], r["rate"],

@@ -159,6 +159,11 @@ class CompiledTariff:
                 f"{sorted(self.services())}, engine={self.implementation})")
 
     # ------------------------------------------------------------------ introspection
+    def tier_scope(self, service: str) -> str:
+        """"period" when `service`'s tiers count the billing period's usage, else "session"."""
+        rate = self._usage_rates.get(service)
+        return rate.tier_scope if rate is not None else "session"
+
     def services(self) -> dict[str, str]:
         """Service ids this tariff rates -> "seconds" (voice decks), "events" or "octets"."""
         out = {}
@@ -387,6 +392,27 @@ class TariffPrice:
     @property
     def kind(self) -> Kind:
         return self.bound.kind
+
+    @property
+    def tier_scope(self) -> str:
+        return self.tariff.tier_scope(self.bound.service)
+
+    def describe(self) -> dict[str, Any]:
+        """How this usage is priced, for the session and its rated CDR: the tariff,
+        the deck row of a destination, the exchange rate converting to the account's
+        currency."""
+        b = self.bound
+        d: dict[str, Any] = {"tariff": self.tariff.name, "revision": self.tariff.revision,
+                             "currency": b.currency}
+        if b.destination is not None:
+            dst = b.destination
+            d["destination"] = {"deck": dst.deck, "prefix": dst.prefix, "name": dst.name,
+                                "line": dst.line}
+        if b.fx_used is not None:
+            fx = b.fx_used
+            d["fx"] = {"from": fx.source, "to": fx.target, "rate": fx.rate, "scale": fx.scale,
+                       "effective_from": fx.effective_from}
+        return d
 
     @property
     def service(self) -> str:

@@ -71,7 +71,9 @@ def balance_program(ops: list[Operation], now: int):
         rows = yield fetch("SELECT * FROM sessions WHERE id = ANY($1)", with_record)
         state.sessions = {r["id"]: Session.from_row(r) for r in rows}
 
-    counter_keys = sorted({op.counter for op in parts if getattr(op, "counter", None)})
+    counter_keys = sorted({key for op in parts
+                           for key in (getattr(op, "counter", None),
+                                       getattr(op, "tier_counter", None)) if key})
     if counter_keys:
         rows = yield fetch("SELECT key, units FROM usage_counters WHERE key = ANY($1)",
                            counter_keys)
