@@ -74,6 +74,7 @@ async def test_put_show_list_and_round_trip(api: Api):
                            "to": "19:00"}]
     assert d["usage_rates"][0]["tiers"] == [{"upto": 1_000_000_000, "price": "2.00"},
                                             {"upto": None, "price": "1.00"}]
+    assert [u["tier_scope"] for u in d["usage_rates"]] == ["period", "session"]
     assert d["exchange_rates"] == [{"from": "EUR", "to": "CHF", "rate": "0.95",
                                     "effective_from": "2026-01-01T00:00:00.000000Z"}]
     assert d["numbering"] == {"international_prefix": "00", "national_prefix": "0",
