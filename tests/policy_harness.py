@@ -4,16 +4,18 @@ side of RFC 5176), a daemon-like context for `PolicyService`, and seed data."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from ocs.cluster import build
 from ocs.components import Context, Registry
 from ocs.config import from_dict
 from ocs.metrics import Metrics
 from ocs.model import Session, now_us
+from ocs.store import Store, make_driver
 from radius import codec
 from radius.codec import A, Code
 from radius.dictionary import Dictionary
@@ -330,3 +332,34 @@ class FreeRadiusNas:
                 return got
             await asyncio.sleep(0.05)
         return self.requests()
+
+
+@contextlib.asynccontextmanager
+async def running_service(tmp_path, **policy) -> AsyncIterator[Any]:
+    """A started `PolicyService` on a fresh embedded store, stopped afterwards."""
+    from policy.service import PolicyService
+    store = Store(make_driver(f"sqlite:{tmp_path}/ocs.db", sqlite_synchronous="NORMAL"))
+    await store.open(migrate_schema=True)
+    ctx = await context(store, policy_config(**policy))
+    service = PolicyService(ctx)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+        await ctx.cluster.stop()
+        await store.close()
+
+
+def exhausted(info, service: str = "data") -> dict:
+    """An "exhausted" event for the first seeded session, as the charging core emits it."""
+    at = now_us()
+    sid = info["sessions"][0]
+    return {"id": f"t|{sid}|{at}", "type": "exhausted", "account_id": info["account"].id,
+            "session": sid, "service": service, "at": at}
+
+
+async def finished(svc, status: str = "done", n: int = 1):
+    """The actions in `status` once there are at least `n` of them, else None (for `until`)."""
+    rows = await svc.listing((status,))
+    return rows if len(rows) >= n else None

@@ -16,7 +16,7 @@ from ocs.config import ChargingConfig, DiameterConfig
 from ocs.model import now_us
 from ocs.store import Store, make_driver
 from policy.service import PolicyService
-from tests.policy_harness import context, policy_config, reload, until
+from tests.policy_harness import context, finished, policy_config, reload, until
 
 CONFIG = DiameterConfig(listen="127.0.0.1:0", origin_host="ocs.test.example",
                         origin_realm="test.example", allowed_realms=["pgw.example"],
@@ -73,10 +73,6 @@ def event(etype, account_id, sid=None, **extra):
     return {"id": f"t|{etype}|{at}", "type": etype, "account_id": account_id, "session": sid,
             "service": "rg:10", "at": at, **extra}
 
-
-async def finished(svc, status="done", n=1):
-    rows = await svc.listing((status,))
-    return rows if len(rows) >= n else None
 
 
 async def test_exhaustion_sends_asr_to_the_sessions_client(setup):

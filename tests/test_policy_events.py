@@ -11,7 +11,8 @@ from ocs.model import now_us
 from ocs.store import Store, make_driver
 from policy.consumer import GROUP
 from policy.service import PolicyService
-from tests.policy_harness import DaeNas, close_session, context, policy_config, seed, until
+from tests.policy_harness import (DaeNas, close_session, context, policy_config, reload,
+                                  running_service, seed, until)
 
 
 @pytest.fixture
@@ -23,15 +24,8 @@ async def nas():
 
 @pytest.fixture
 async def svc(tmp_path):
-    store = Store(make_driver(f"sqlite:{tmp_path}/ocs.db", sqlite_synchronous="NORMAL"))
-    await store.open(migrate_schema=True)
-    ctx = await context(store, policy_config())
-    service = PolicyService(ctx)
-    await service.start()
-    yield service
-    await service.stop()
-    await ctx.cluster.stop()
-    await store.close()
+    async with running_service(tmp_path) as service:
+        yield service
 
 
 def sample(svc, name, **labels) -> float:
@@ -39,7 +33,6 @@ def sample(svc, name, **labels) -> float:
 
 
 async def test_poison_entries_are_counted_acknowledged_and_skipped(svc, nas):
-    from tests.policy_harness import reload
     info = await seed(svc.store, nas_port=nas.port, policy={"on_exhausted": "disconnect"})
     await reload(svc.ctx)
     events = svc.ctx.cluster.events
@@ -62,7 +55,6 @@ async def _no_pending(events):
 
 
 async def test_fair_usage_throttles_every_session_of_the_subscriber(svc, nas):
-    from tests.policy_harness import reload
     info = await seed(svc.store, nas_port=nas.port, sessions=3, fair={
         "threshold_octets": 8 * 2**30, "throttle_profile": {"down_kbps": 1024, "up_kbps": 512}})
     await close_session(svc.store, info["sessions"][2])
@@ -78,7 +70,6 @@ async def test_fair_usage_throttles_every_session_of_the_subscriber(svc, nas):
 
 
 async def test_closing_an_account_disconnects_whatever_the_plan_says(svc, nas):
-    from tests.policy_harness import reload
     info = await seed(svc.store, nas_port=nas.port, sessions=2,
                       policy={"on_suspended": "none", "on_exhausted": "none"})
     await reload(svc.ctx)
@@ -94,7 +85,6 @@ async def test_closing_an_account_disconnects_whatever_the_plan_says(svc, nas):
 
 
 async def test_an_event_for_a_closed_session_does_nothing(svc, nas):
-    from tests.policy_harness import reload
     info = await seed(svc.store, nas_port=nas.port)
     await close_session(svc.store, info["sessions"][0])
     await reload(svc.ctx)

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from ocs.model import now_us
-from ocs.store import Store, make_driver
-from policy.service import PolicyService
-from tests.policy_harness import FreeRadiusNas, context, policy_config, reload, seed, until
+from tests.policy_harness import FreeRadiusNas, exhausted, reload, running_service, seed, until
 
 THROTTLE = {"on_exhausted": "throttle", "throttle_profile": {"down_kbps": 512, "up_kbps": 256},
             "on_restored": "restore"}
@@ -27,22 +24,9 @@ def freeradius(tmp_path_factory):
 
 @pytest.fixture
 async def svc(tmp_path):
-    store = Store(make_driver(f"sqlite:{tmp_path}/ocs.db", sqlite_synchronous="NORMAL"))
-    await store.open(migrate_schema=True)
-    ctx = await context(store, policy_config())
-    service = PolicyService(ctx)
-    await service.start()
-    yield service
-    await service.stop()
-    await ctx.cluster.stop()
-    await store.close()
+    async with running_service(tmp_path) as service:
+        yield service
 
-
-def exhausted(info) -> dict:
-    at = now_us()
-    sid = info["sessions"][0]
-    return {"id": f"t|{sid}|{at}", "type": "exhausted", "account_id": info["account"].id,
-            "session": sid, "service": "data", "at": at}
 
 
 async def test_throttle_coa_decoded_by_freeradius_for_each_vendor(freeradius, svc):

@@ -17,7 +17,7 @@ import redis
 from ocs.model import now_us
 from ocs.store import Store, make_driver
 from policy.service import PolicyService
-from tests.policy_harness import (DaeNas, close_session, context, policy_config, seed, until)
+from tests.policy_harness import DaeNas, close_session, context, policy_config, seed, until
 
 #: Store backend and queue mode: the store queue on both backends, the Redis
 #: Streams queue (multi-node mode) beside PostgreSQL.

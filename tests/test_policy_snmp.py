@@ -12,11 +12,8 @@ import time
 
 import pytest
 
-from ocs.model import now_us
-from ocs.store import Store, make_driver
-from policy.service import PolicyService
 from tests.netns import Netns, sh
-from tests.policy_harness import context, policy_config, reload, seed, until
+from tests.policy_harness import exhausted, finished, reload, running_service, seed, until
 
 IF_ADMIN = "1.3.6.1.2.1.2.2.1.7"
 SYS_CONTACT, SYS_DESCR = "1.3.6.1.2.1.1.4.0", "1.3.6.1.2.1.1.1.0"
@@ -48,7 +45,7 @@ class Agent:
                                            "MIBS": ""},
                                       stdout=self.log, stderr=subprocess.STDOUT)
             deadline = time.monotonic() + 10
-            while self.get(f"1.3.6.1.2.1.1.3.0") is None:
+            while self.get("1.3.6.1.2.1.1.3.0") is None:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise AssertionError("snmpd did not start")
                 time.sleep(0.1)
@@ -79,15 +76,8 @@ def agent(tmp_path_factory):
 
 @pytest.fixture
 async def svc(tmp_path):
-    store = Store(make_driver(f"sqlite:{tmp_path}/ocs.db", sqlite_synchronous="NORMAL"))
-    await store.open(migrate_schema=True)
-    ctx = await context(store, policy_config(max_attempts=2, control_timeout=1))
-    service = PolicyService(ctx)
-    await service.start()
-    yield service
-    await service.stop()
-    await ctx.cluster.stop()
-    await store.close()
+    async with running_service(tmp_path, max_attempts=2, control_timeout=1) as service:
+        yield service
 
 
 async def switch(svc, agent, user: str, snmp: dict, policy: dict):
@@ -101,15 +91,6 @@ async def switch(svc, agent, user: str, snmp: dict, policy: dict):
     return info
 
 
-def exhausted(info) -> dict:
-    at = now_us()
-    return {"id": f"t|{at}", "type": "exhausted", "account_id": info["account"].id,
-            "session": info["sessions"][0], "service": "data", "at": at}
-
-
-async def finished(svc, status="done", n=1):
-    rows = await svc.listing((status,))
-    return rows if len(rows) >= n else None
 
 
 async def test_v2c_if_admin_status_takes_the_port_down_and_up(agent, svc):

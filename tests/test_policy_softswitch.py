@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from ocs.model import now_us
-from ocs.store import Store, make_driver
-from policy.service import PolicyService
-from tests.policy_harness import context, policy_config, reload, seed, until
+from tests.policy_harness import exhausted, finished, reload, running_service, seed, until
 from tests.softswitch_servers import AmiServer, EslServer, KamailioRpc
 
 CUT = {"on_exhausted": "disconnect", "on_suspended": "disconnect"}
@@ -17,15 +14,8 @@ CUT = {"on_exhausted": "disconnect", "on_suspended": "disconnect"}
 
 @pytest.fixture
 async def svc(tmp_path):
-    store = Store(make_driver(f"sqlite:{tmp_path}/ocs.db", sqlite_synchronous="NORMAL"))
-    await store.open(migrate_schema=True)
-    ctx = await context(store, policy_config(max_attempts=2, control_timeout=2))
-    service = PolicyService(ctx)
-    await service.start()
-    yield service
-    await service.stop()
-    await ctx.cluster.stop()
-    await store.close()
+    async with running_service(tmp_path, max_attempts=2, control_timeout=2) as service:
+        yield service
 
 
 async def voice(svc, *, vendor: str, control: dict, user: str, policy=CUT, attrs=None):
@@ -40,15 +30,6 @@ async def voice(svc, *, vendor: str, control: dict, user: str, policy=CUT, attrs
     return info
 
 
-def exhausted(info) -> dict:
-    at = now_us()
-    return {"id": f"t|{at}", "type": "exhausted", "account_id": info["account"].id,
-            "session": info["sessions"][0], "service": "voice", "at": at}
-
-
-async def finished(svc, status="done", n=1):
-    rows = await svc.listing((status,))
-    return rows if len(rows) >= n else None
 
 
 async def test_freeswitch_uuid_kill_over_the_event_socket(svc):
@@ -58,7 +39,7 @@ async def test_freeswitch_uuid_kill_over_the_event_socket(svc):
             "host": "127.0.0.1", "port": esl.port, "password": "fs-secret",
             "cause": "CALL_REJECTED"}})
         esl.calls.add("fs1-0")   # the session's Acct-Session-Id is the channel UUID
-        await svc.ctx.cluster.events.publish(exhausted(info))
+        await svc.ctx.cluster.events.publish(exhausted(info, "voice"))
         done = await until(lambda: finished(svc))
         assert done[0]["backend"] == "freeswitch" and done[0]["result"] == "ok"
         assert "fs1-0" not in esl.calls
@@ -82,7 +63,7 @@ async def test_freeswitch_wrong_password_is_dead_lettered_not_retried(svc):
         info = await voice(svc, vendor="freeswitch", user="fs2", control={"freeswitch": {
             "host": "127.0.0.1", "port": esl.port, "password": "wrong"}})
         esl.calls.add("fs2-0")
-        await svc.ctx.cluster.events.publish(exhausted(info))
+        await svc.ctx.cluster.events.publish(exhausted(info, "voice"))
         dead = await until(lambda: finished(svc, "dead"))
         assert "refused the login" in dead[0]["last_error"] and dead[0]["attempts"] == 1
         assert esl.received == ["auth <wrong>"] and "fs2-0" in esl.calls
@@ -97,7 +78,7 @@ async def test_asterisk_manager_login_and_hangup_matched_by_action_id(svc):
             "host": "127.0.0.1", "port": ami.port, "username": "ocs", "secret": "ami-secret",
             "cause": 16}}, attrs={"Asterisk-Chan": "SIP/1001-00000042"})
         ami.channels.add("SIP/1001-00000042")
-        await svc.ctx.cluster.events.publish(exhausted(info))
+        await svc.ctx.cluster.events.publish(exhausted(info, "voice"))
         done = await until(lambda: finished(svc))
         assert done[0]["backend"] == "asterisk" and done[0]["result"] == "ok"
         assert not ami.channels
@@ -117,7 +98,7 @@ async def test_kamailio_json_rpc_finds_the_dialog_then_ends_it(svc):
         info = await voice(svc, vendor="kamailio", user="kam1", control={"kamailio": {
             "url": f"http://127.0.0.1:{kam.port}/RPC"}})
         kam.dialogs["kam1-0"] = (3421, 56)   # Acct-Session-Id is the SIP Call-ID
-        await svc.ctx.cluster.events.publish(exhausted(info))
+        await svc.ctx.cluster.events.publish(exhausted(info, "voice"))
         done = await until(lambda: finished(svc))
         assert done[0]["backend"] == "kamailio" and done[0]["result"] == "ok"
         assert [(r["method"], r["params"]) for r in kam.received] == [
@@ -136,7 +117,7 @@ async def test_throttle_on_a_softswitch_falls_back_to_hang_up(svc):
             control={"freeswitch": {"host": "127.0.0.1", "port": esl.port,
                                     "password": "ClueCon"}})
         esl.calls.add("fs3-0")
-        await svc.ctx.cluster.events.publish(exhausted(info))
+        await svc.ctx.cluster.events.publish(exhausted(info, "voice"))
         done = await until(lambda: finished(svc))
         assert done[0]["action"] == "disconnect" and "fs3-0" not in esl.calls
     finally:
@@ -146,6 +127,6 @@ async def test_throttle_on_a_softswitch_falls_back_to_hang_up(svc):
 async def test_unreachable_softswitch_is_retried_then_dead_lettered(svc):
     info = await voice(svc, vendor="asterisk", user="ast2", control={"asterisk": {
         "host": "127.0.0.1", "port": 9, "username": "ocs", "secret": "x"}})
-    await svc.ctx.cluster.events.publish(exhausted(info))
+    await svc.ctx.cluster.events.publish(exhausted(info, "voice"))
     dead = await until(lambda: finished(svc, "dead"), timeout=8)
     assert dead[0]["attempts"] == 2 and "ConnectionRefusedError" in dead[0]["last_error"]
