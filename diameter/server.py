@@ -454,7 +454,8 @@ class DiameterServer:
         if not record or not record.get("origin_host"):
             return ServerRequestResult(session_id, command, False,
                                        error="session unknown to the session directory")
-        host, realm = record["origin_host"], record.get("origin_realm") or host
+        host = record["origin_host"]
+        realm = record.get("origin_realm") or host
         cfg = self.config
         e2e = self.next_e2e()
         error = ""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 import json
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 from .model import AccountStatus, Billing, EntryType, Kind, Session

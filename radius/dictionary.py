@@ -14,7 +14,6 @@ import ipaddress
 import os
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pyrad.dictionary import Dictionary as _PyradDictionary

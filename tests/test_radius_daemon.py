@@ -12,7 +12,6 @@ import time
 import pytest
 
 from ocs import demo
-from ocs.model import MICRO
 from radius import codec, mschap
 from radius.auth import MS_CHAP2_RESPONSE, MS_CHAP2_SUCCESS, MS_CHAP_CHALLENGE, \
     MS_MPPE_RECV_KEY, MS_MPPE_SEND_KEY
