@@ -146,11 +146,15 @@ class SqliteDriver:
 def _execute(conn: sqlite3.Connection, q: Query) -> Any:
     sql = translate(q.sql)
     if q.mode == "executemany":
-        rows = [tuple(_arg(v) for v in row) for row in q.args[0]]
-        if rows:
-            conn.executemany(sql, rows)
+        # Rows are scalars (programs build them; lists only appear as ANY($n)
+        # arguments of single statements): no per-value conversion here.
+        if q.args[0]:
+            conn.executemany(sql, q.args[0])
         return None
-    cur = conn.execute(sql, tuple(_arg(v) for v in q.args))
+    args = q.args
+    if any(isinstance(v, (list, tuple, set)) for v in args):
+        args = tuple(_arg(v) for v in args)
+    cur = conn.execute(sql, args)
     if q.mode == "fetch":
         return cur.fetchall()
     if q.mode == "fetchrow":
