@@ -2,7 +2,7 @@
 # twin is ocs/rating/engine.py, whose docstring defines what both compute.
 
 cimport cython
-from libc.stdint cimport int32_t, int64_t, uint16_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
 
 ctypedef long long i64
 
@@ -18,12 +18,12 @@ cdef extern from *:
     void ocs_prefetch "__builtin_prefetch"(const void* p) nogil
 
 cdef enum:
+    NO_PREFIX = -2     # Slot.direct of an interval no prefix covers
     MAXB = 16          # bands
     BLOCK_DIGITS = 4   # the first digits index a direct table
     BLOCKS = 10000     # 10 ** BLOCK_DIGITS
-    BATCH_GROUP = 16   # calls a batch carries through each stage together
-    SUB_BLOCKS = 100   # a crowded block is split by its next two digits
-    CROWDED = 8        # bounds in a block above which it gets sub-blocks
+    BATCH_GROUP = 32   # calls a batch carries through each stage together
+    SUB_BLOCKS = 100   # a block with bounds inside is split by its next two digits
 
 # Row layout of the destination tables (ocs.rating.decks.Deck.table).
 cdef enum:
@@ -45,19 +45,26 @@ ctypedef struct Entry:
     int32_t parent     # the longest shorter prefix that is an entry, or -1
     int32_t length     # digits of the prefix
 
-ctypedef struct Bound:
+ctypedef struct Bound:       # only while the index is built
     i64 point
-    int32_t owner      # entry of the innermost prefix around the interval, or -1
-    int32_t direct     # (row << 4) | length when that entry has one row, else -1
+    int32_t owner
+
+ctypedef struct Slot:
+    uint32_t key       # where the interval starts within its 6-digit sub-block
+    int32_t direct     # its prefix's (row << 4) | length when that prefix has one row,
+                       # NO_PREFIX when no prefix covers the interval, else -1
 
 ctypedef struct Block:
     int32_t lo         # the interval holding the block's first number
-    int32_t sub        # its sub-block table when the block is crowded, else -1
+    int32_t sub        # its sub-block table when a bound falls inside the block, else -1
 
 # A call on its way through the stages of rate_batch.
 ctypedef struct CallState:
     i64 point
     i64 fx
+    i64 lo             # intervals to search
+    i64 hi
+    i64 slot           # the interval found
     i64 e
     i64 row
     int n
@@ -73,13 +80,17 @@ ctypedef struct Dest:
     i64 pcol[MAXB]     # column of each band's price
     i64 nentries
     Entry* entries
-    int32_t* order     # rows by (prefix interval, priority desc, effective_from, row)
-    # The 15-digit number space cut into elementary intervals: from bounds[i].point
-    # on (up to bounds[i + 1].point) the innermost prefix is bounds[i].owner (-1: none).
+    int32_t* order     # rows of the prefixes with several, by (prefix interval,
+                       # priority desc, effective_from, row)
+    # The 15-digit number space cut into elementary intervals: interval i starts at
+    # a point p_i and its innermost prefix is owners[i] (-1: none). slots[i].key is
+    # p_i within its 6-digit sub-block, in (0, 10**9] (p_0 = 0: key 0); the search
+    # never reads the key of the interval a sub-block starts in.
     i64 nbounds
-    Bound* bounds
+    Slot* slots
+    int32_t* owners
     Block* blocks      # per 4-digit block (BLOCKS + 1 of them)
-    int32_t* sub       # sub-block tables, SUB_BLOCKS + 1 bound indexes each
+    int32_t* sub       # sub-block tables, SUB_BLOCKS + 1 interval indexes each
     i64 bytes_owned
 
 

@@ -11,15 +11,21 @@ differs:
 * prefixes are intervals of the 15-digit number space (prefix 447 covers
   447000000000000 up to 448000000000000); nested intervals are cut into
   elementary intervals, each owned by its innermost prefix. A number is padded
-  to 15 digits and found by a branch-free binary search among the bounds of
-  its 4-digit block (a direct table), or of its 6-digit sub-block when the
-  block is crowded. Owners link to their longest shorter prefix, which serves
-  both prefixes longer than the number and rows not in effect at the instant;
-  the bound also carries the row of a one-row prefix so the common case reads
-  no entry at all. Compared with probing a hash once per prefix length, this
-  touches two or three cache lines per lookup whatever the deck's lengths;
+  to 15 digits; a direct table by its first 4 digits, then (when an interval
+  starts inside that block) one by the next 2, gives the few intervals of its
+  6-digit sub-block, found by a branch-free binary search on 8-byte slots: the
+  interval's start within the sub-block (it fits 32 bits) and the row of its
+  prefix when that prefix has one row. A million-prefix deck rarely puts more
+  than a cache line or two of slots in a sub-block, so a lookup touches the
+  sub-block table, those slots and the row. Owners (a separate array, read only
+  off the common path) link to their longest shorter prefix, which serves both
+  prefixes longer than the number and rows not in effect at the instant.
+  Compared with probing a hash once per prefix length, this touches three or
+  four cache lines per lookup whatever the deck's lengths;
 * `rate_batch` runs without the GIL in groups of calls, stage by stage, each
-  stage prefetching what the next needs, so cache misses overlap;
+  stage prefetching what the next needs, so the cache misses of a group overlap
+  (32 calls to a group measured best: fewer leave misses exposed, more exceed
+  the misses a core keeps in flight);
 * products of usage and prices use 128-bit intermediates; divisions by the
   time constants are by compile-time constants;
 * the clock keeps per-day indexes for the zone and the holidays.
@@ -78,6 +84,17 @@ cdef extern from *:
     #endif
         return p;
     }
+    /* Scratch for building an index: mapped and unmapped whole, so it leaves
+       neither resident pages nor a raised malloc threshold behind. */
+    static void *ocs_scratch_alloc(size_t size) {
+        void *p = mmap(NULL, size ? size : 1, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        return p == MAP_FAILED ? NULL : p;
+    }
+    static void ocs_scratch_free(void *p, size_t size) {
+        if (p != NULL)
+            munmap(p, size ? size : 1);
+    }
     static void ocs_huge_hint(const void *start, size_t size) {
     #ifdef MADV_HUGEPAGE
         uintptr_t lo = ((uintptr_t)start + OCS_HUGE - 1) & ~(uintptr_t)(OCS_HUGE - 1);
@@ -91,6 +108,8 @@ cdef extern from *:
     """
     void* ocs_table_alloc(size_t size) nogil
     void ocs_huge_hint(const void* start, size_t size) nogil
+    void* ocs_scratch_alloc(size_t size) nogil
+    void ocs_scratch_free(void* p, size_t size) nogil
 cdef i64 POW10[19]
 cdef i64 _EMPTY[1]
 
@@ -208,15 +227,16 @@ cdef inline i64 _interval_end(const Dest* d, int32_t e) noexcept nogil:
     return ((key >> 4) + 1) * POW10[MAX_DIGITS - en.length]
 
 
-cdef inline Py_ssize_t _emit(Dest* d, Py_ssize_t nb, i64 point, int32_t owner) noexcept nogil:
+cdef inline Py_ssize_t _emit(Bound* bounds, Py_ssize_t nb, i64 point,
+                             int32_t owner) noexcept nogil:
     """Record that from `point` on the innermost prefix is `owner`."""
-    if d.bounds[nb - 1].point == point:
-        d.bounds[nb - 1].owner = owner
+    if bounds[nb - 1].point == point:
+        bounds[nb - 1].owner = owner
         return nb
-    if d.bounds[nb - 1].owner == owner:
+    if bounds[nb - 1].owner == owner:
         return nb
-    d.bounds[nb].point = point
-    d.bounds[nb].owner = owner
+    bounds[nb].point = point
+    bounds[nb].owner = owner
     return nb + 1
 
 
@@ -226,14 +246,15 @@ cdef inline i64 _point(const i64* vals, int n) noexcept nogil:
 
 
 cdef inline void _range(const Dest* d, i64 point, i64* lo, i64* hi) noexcept nogil:
-    """Bounds to search for `point`: its 4-digit block's, or in a crowded block
-    its 6-digit sub-block's."""
+    """The intervals `point` may fall in, lo..hi: the one its 6-digit sub-block
+    starts in and those starting inside the sub-block (or at its end, which the
+    search never picks). A block with no interval starting inside has lo == hi."""
     cdef i64 blk = point / BLOCK_SCALE
     cdef const int32_t* tab
     cdef int32_t s = d.blocks[blk].sub
     if s < 0:
         lo[0] = d.blocks[blk].lo
-        hi[0] = d.blocks[blk + 1].lo
+        hi[0] = lo[0]
     else:
         tab = d.sub + <i64>s * (SUB_BLOCKS + 1)
         blk = (point / SUB_SCALE) % SUB_BLOCKS
@@ -241,17 +262,24 @@ cdef inline void _range(const Dest* d, i64 point, i64* lo, i64* hi) noexcept nog
         hi[0] = tab[blk + 1]
 
 
-cdef inline i64 _locate(const Dest* d, i64 point) noexcept nogil:
-    """The elementary interval holding `point`: the last bound <= point."""
-    cdef i64 base, top, size, half
-    _range(d, point, &base, &top)
-    size = top - base + 1
-    # bounds[base].point <= point; branch-free halving (compiles to a conditional move).
+cdef inline i64 _search(const Dest* d, i64 point, i64 base, i64 top) noexcept nogil:
+    """The last interval of base..top starting at or before `point`. The key of
+    `base` is never read: interval base holds the sub-block's first number."""
+    cdef i64 size = top - base + 1, half
+    cdef uint32_t off = <uint32_t>(point % SUB_SCALE)
+    # 8-byte slots, 8 to a cache line; branch-free halving (a conditional move).
     while size > 1:
         half = size >> 1
-        base = base + half if d.bounds[base + half].point <= point else base
+        base = base + half if d.slots[base + half].key <= off else base
         size -= half
     return base
+
+
+cdef inline i64 _locate(const Dest* d, i64 point) noexcept nogil:
+    """The elementary interval holding `point`."""
+    cdef i64 base, top
+    _range(d, point, &base, &top)
+    return _search(d, point, base, top)
 
 
 cdef inline i64 _resolve(const Dest* d, i64 e, int n, i64 at) noexcept nogil:
@@ -282,45 +310,49 @@ cdef inline i64 _resolve(const Dest* d, i64 e, int n, i64 at) noexcept nogil:
 
 cdef inline i64 _find(const Dest* d, const i64* vals, int n, i64 at) noexcept nogil:
     """Row for the digits whose prefix values are vals[1..n], effective at `at`."""
-    return _resolve(d, d.bounds[_locate(d, _point(vals, n))].owner, n, at)
+    return _resolve(d, d.owners[_locate(d, _point(vals, n))], n, at)
 
 
 cdef inline void _stage_range(const Dest* d, CallState* c) noexcept nogil:
-    """Batch stage 2: the bounds to search; prefetch them."""
-    cdef i64 lo, hi
-    if c.status == C_OK:
-        _range(d, c.point, &lo, &hi)
-        ocs_prefetch(&d.bounds[(lo + hi + 1) >> 1])
+    """Batch stage 2: the intervals to search; prefetch their slots (a sub-block
+    rarely holds more than two cache lines of them)."""
+    if c.status != C_OK:
+        return
+    _range(d, c.point, &c.lo, &c.hi)
+    ocs_prefetch(&d.slots[c.lo])
+    if c.hi > c.lo:
+        ocs_prefetch(&d.slots[c.hi])
+        if c.hi - c.lo > 8:
+            ocs_prefetch(&d.slots[(c.lo + c.hi) >> 1])
 
 
 cdef inline void _stage_search(const Dest* d, CallState* c) noexcept nogil:
-    """Batch stage 3: the interval; prefetch the row (one-row prefix) or the entry."""
-    cdef const Bound* bound
+    """Batch stage 3: the interval; prefetch the row of a one-row prefix, else the
+    interval's owner."""
+    cdef const Slot* slot
     cdef const i64* row
     if c.status != C_OK:
         return
-    bound = &d.bounds[_locate(d, c.point)]
-    c.e = bound.owner
+    c.slot = _search(d, c.point, c.lo, c.hi)
+    slot = &d.slots[c.slot]
     c.row = -1
-    if bound.direct >= 0 and (bound.direct & 15) <= c.n:
-        c.row = bound.direct >> 4
+    c.e = -1
+    if slot.direct >= 0 and (slot.direct & 15) <= c.n:
+        c.row = slot.direct >> 4
         row = d.rows + c.row * d.stride
         ocs_prefetch(row)
         ocs_prefetch(row + d.stride - 1)
-    elif bound.owner >= 0:
-        ocs_prefetch(&d.entries[bound.owner])
+    elif slot.direct != NO_PREFIX:
+        ocs_prefetch(&d.owners[c.slot])
 
 
 cdef inline void _stage_entry(const Dest* d, CallState* c) noexcept nogil:
-    """Batch stage 4: the row of a one-row prefix reached through its entry; prefetch it."""
-    cdef const Entry* en
-    cdef const i64* row
-    if c.status == C_OK and c.row < 0 and c.e >= 0:
-        en = &d.entries[c.e]
-        if en.count == 1 and en.length <= c.n:
-            row = d.rows + <i64>en.first * d.stride
-            ocs_prefetch(row)
-            ocs_prefetch(row + d.stride - 1)
+    """Batch stage 4: the owner of an interval with no usable direct row; prefetch
+    its entry."""
+    if c.status == C_OK and c.row < 0 and d.slots[c.slot].direct != NO_PREFIX:
+        c.e = d.owners[c.slot]
+        if c.e >= 0:
+            ocs_prefetch(&d.entries[c.e])
 
 
 cdef class Engine:
@@ -344,7 +376,8 @@ cdef class Engine:
                 d = &self.dests[i]
                 free(d.order)
                 free(d.entries)
-                free(d.bounds)
+                free(d.slots)
+                free(d.owners)
                 free(d.blocks)
                 free(d.sub)
             free(self.dests)
@@ -554,50 +587,65 @@ cdef class Engine:
         return 0
 
     cdef int _index(self, Dest* d, void* sorted_items, Py_ssize_t n) except -1:
-        """Entries, parent links, elementary intervals and the block table."""
+        """Entries, parent links, elementary intervals and the block tables."""
         cdef SortItem* items = <SortItem*>sorted_items
-        cdef Py_ssize_t i, j, k, ne = 0, nb = 0, top = 0, blk, nsub = 0
+        cdef Py_ssize_t i, j, k, ne = 0, nb = 0, top = 0, blk, nsub = 0, no = 0
         cdef int32_t* tab
         cdef i64 end, point
         cdef int32_t* stack = NULL
-        for i in range(n):
-            if i == 0 or items[i].start != items[i - 1].start \
-                    or items[i].length != items[i - 1].length:
-                ne += 1
+        cdef Bound* bounds = NULL
+        cdef size_t scratch
+        i = 0
+        while i < n:
+            j = i + 1
+            while j < n and items[j].start == items[i].start \
+                    and items[j].length == items[i].length:
+                j += 1
+            ne += 1
+            if j - i > 1:
+                no += j - i
+            i = j
         d.nentries = ne
+        scratch = (2 * ne + 1) * sizeof(Bound)
         d.entries = <Entry*>ocs_table_alloc(max(1, ne) * sizeof(Entry))
-        d.order = <int32_t*>ocs_table_alloc(max(1, n) * sizeof(int32_t))
-        d.bounds = <Bound*>ocs_table_alloc((2 * ne + 1) * sizeof(Bound))
+        d.order = <int32_t*>ocs_table_alloc(max(1, no) * sizeof(int32_t))
         d.blocks = <Block*>malloc((BLOCKS + 1) * sizeof(Block))
         stack = <int32_t*>malloc((MAX_DIGITS + 2) * sizeof(int32_t))
-        if (d.entries == NULL or d.order == NULL or d.bounds == NULL
-                or d.blocks == NULL or stack == NULL):
+        bounds = <Bound*>ocs_scratch_alloc(scratch)
+        if (d.entries == NULL or d.order == NULL or d.blocks == NULL or stack == NULL
+                or bounds == NULL):
             free(stack)
+            ocs_scratch_free(bounds, scratch)
             raise MemoryError()
         with nogil:
-            d.bounds[0].point = 0
-            d.bounds[0].owner = -1
+            bounds[0].point = 0
+            bounds[0].owner = -1
             nb = 1
             ne = 0
+            no = 0
             i = 0
             while i < n:
-                j = i
+                j = i + 1
                 while j < n and items[j].start == items[i].start \
                         and items[j].length == items[i].length:
-                    d.order[j] = <int32_t>items[j].row
                     j += 1
+                if j - i > 1:
+                    for k in range(i, j):
+                        d.order[no + k - i] = <int32_t>items[k].row
                 # Close the intervals that end at or before this one starts.
                 while top > 0:
                     end = _interval_end(d, stack[top - 1])
                     if end > items[i].start:
                         break
                     top -= 1
-                    nb = _emit(d, nb, end, stack[top - 1] if top > 0 else -1)
-                d.entries[ne].first = <int32_t>(items[i].row if j - i == 1 else i)
+                    nb = _emit(bounds, nb, end, stack[top - 1] if top > 0 else -1)
+                d.entries[ne].first = <int32_t>(items[i].row if j - i == 1 else no)
+                if j - i > 1:
+                    no += j - i
                 d.entries[ne].count = <int32_t>(j - i)
                 d.entries[ne].parent = stack[top - 1] if top > 0 else -1
                 d.entries[ne].length = <int32_t>items[i].length
-                nb = _emit(d, nb, items[i].start, <int32_t>ne)
+                nb = _emit(bounds, nb, items[i].start, <int32_t>ne)
                 stack[top] = <int32_t>ne
                 top += 1
                 ne += 1
@@ -605,27 +653,45 @@ cdef class Engine:
             while top > 0:
                 end = _interval_end(d, stack[top - 1])
                 top -= 1
-                nb = _emit(d, nb, end, stack[top - 1] if top > 0 else -1)
-            d.nbounds = nb
+                nb = _emit(bounds, nb, end, stack[top - 1] if top > 0 else -1)
+        free(stack)
+        d.nbounds = nb
+        d.slots = <Slot*>ocs_table_alloc(nb * sizeof(Slot))
+        d.owners = <int32_t*>ocs_table_alloc(nb * sizeof(int32_t))
+        if d.slots == NULL or d.owners == NULL:
+            ocs_scratch_free(bounds, scratch)
+            raise MemoryError()
+        with nogil:
             for j in range(nb):
-                k = d.bounds[j].owner
-                if k >= 0 and d.entries[k].count == 1:
-                    d.bounds[j].direct = (d.entries[k].first << 4) | d.entries[k].length
+                # Where the interval starts within its 6-digit sub-block, in (0, 10**9]:
+                # one starting exactly on a sub-block's edge only ever ends the search
+                # range of the sub-block before it, where it must never be picked.
+                point = bounds[j].point
+                d.slots[j].key = <uint32_t>((point - 1) % SUB_SCALE + 1) if point > 0 else 0
+                k = bounds[j].owner
+                d.owners[j] = <int32_t>k
+                if k < 0:
+                    d.slots[j].direct = NO_PREFIX
+                elif d.entries[k].count == 1:
+                    d.slots[j].direct = (d.entries[k].first << 4) | d.entries[k].length
                 else:
-                    d.bounds[j].direct = -1
+                    d.slots[j].direct = -1
             j = 0
             for blk in range(BLOCKS + 1):
-                while j + 1 < nb and d.bounds[j + 1].point <= blk * BLOCK_SCALE:
+                while j + 1 < nb and bounds[j + 1].point <= blk * BLOCK_SCALE:
                     j += 1
                 d.blocks[blk].lo = <int32_t>j
                 d.blocks[blk].sub = -1
             for blk in range(BLOCKS):
-                if d.blocks[blk + 1].lo - d.blocks[blk].lo > CROWDED:
+                # Sub-blocks when an interval starts strictly inside the block.
+                j = d.blocks[blk + 1].lo
+                if j > d.blocks[blk].lo and (j - d.blocks[blk].lo > 1
+                                            or bounds[j].point != (blk + 1) * BLOCK_SCALE):
                     d.blocks[blk].sub = <int32_t>nsub
                     nsub += 1
-        free(stack)
         d.sub = <int32_t*>malloc(max(1, nsub) * (SUB_BLOCKS + 1) * sizeof(int32_t))
         if d.sub == NULL:
+            ocs_scratch_free(bounds, scratch)
             raise MemoryError()
         with nogil:
             for blk in range(BLOCKS):
@@ -635,11 +701,13 @@ cdef class Engine:
                 tab = d.sub + <i64>d.blocks[blk].sub * (SUB_BLOCKS + 1)
                 for k in range(SUB_BLOCKS + 1):
                     point = blk * BLOCK_SCALE + k * SUB_SCALE
-                    while j + 1 < nb and d.bounds[j + 1].point <= point:
+                    while j + 1 < nb and bounds[j + 1].point <= point:
                         j += 1
                     tab[k] = <int32_t>j
-        d.bytes_owned = (ne * sizeof(Entry) + n * sizeof(int32_t)
-                         + (2 * ne + 1) * sizeof(Bound) + (BLOCKS + 1) * sizeof(Block)
+            ocs_scratch_free(bounds, scratch)
+        d.bytes_owned = (ne * sizeof(Entry) + no * sizeof(int32_t)
+                         + nb * (sizeof(Slot) + sizeof(int32_t))
+                         + (BLOCKS + 1) * sizeof(Block)
                          + nsub * (SUB_BLOCKS + 1) * sizeof(int32_t))
         return 0
 
@@ -972,9 +1040,12 @@ cdef class Engine:
         if c.status != C_OK:
             return 0
         found = c.row
-        if found < 0 or not (d.rows[found * d.stride + COL_FROM] <= t0
-                             and t0 < d.rows[found * d.stride + COL_TO]):
+        if found < 0:
             found = _resolve(d, c.e, c.n, t0)
+        elif not (d.rows[found * d.stride + COL_FROM] <= t0
+                  and t0 < d.rows[found * d.stride + COL_TO]):
+            # The prefix's one row is not in effect: shorter prefixes may be.
+            found = _resolve(d, d.owners[c.slot], c.n, t0)
         if found < 0:
             status_out[0] = -found
             return 0

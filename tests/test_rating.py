@@ -252,6 +252,52 @@ def test_longest_prefix_wins(engine):
     assert err.value.reason == "no_route"
 
 
+def test_longest_prefix_at_the_edges_of_the_index(engine):
+    # The compiled index cuts the 15-digit space into 4-digit blocks and 6-digit
+    # sub-blocks: prefixes that start or end exactly on those edges, blocks with a
+    # single interval edge inside, 15-digit prefixes, the first and last numbers of
+    # the space, and a number whose padded digits start a longer prefix.
+    prefixes = ["0", "4420", "442099", "44209999", "4421000", "442100000000000",
+                "99999", "999999999999999", "1", "12345678901234", "123456",
+                "55129", "55130", "7", "71239"]
+    t = tariff(engine, deck([dict(prefix=p, price=1000 * (i + 1), destination=p)
+                             for i, p in enumerate(prefixes)]))
+
+    def match(number):
+        try:
+            return t.rate("voice", 60, start=WED_1859, to=number).destination.prefix
+        except RatingError as exc:
+            return exc.reason
+    expected = {
+        "+0": "0", "+000000000000000": "0", "+099999999999999": "0",
+        "+442098": "4420", "+442099": "442099", "+4420991": "442099",
+        "+4420999": "442099", "+442099999": "44209999", "+44209999123": "44209999",
+        "+442100000000000": "442100000000000", "+442100000000001": "4421000",
+        "+44210001": "4421000", "+4421001": "no_route", "+4421": "no_route",
+        "+442199": "no_route", "+4419": "no_route", "+44": "no_route",
+        "+999999999999999": "999999999999999", "+999999999999998": "99999",
+        "+99999": "99999", "+9999": "no_route", "+100000000000000": "1", "+1": "1",
+        "+12345678901234": "12345678901234", "+123456789012349": "12345678901234",
+        "+12345678901235": "123456", "+1234567": "123456", "+123457": "1",
+        "+5512912": "55129", "+551299": "55129", "+5512812": "no_route",
+        "+5513012": "55130", "+5513512": "no_route", "+5513": "no_route",
+        "+7123912": "71239", "+7123812": "7", "+71240": "7", "+7": "7",
+    }
+    assert {n: match(n) for n in expected} == expected
+
+
+def test_a_crowded_sub_block_is_searched_exactly(engine):
+    # Hundreds of prefixes inside one 6-digit sub-block (442099), some nested: the
+    # search there takes many steps.
+    prefixes = ["4420", "442099"] + [f"442099{k:03d}" for k in range(0, 1000, 3)] + \
+        [f"442099{k:03d}5" for k in range(0, 1000, 7)]
+    t = tariff(engine, deck([dict(prefix=p, price=1000, destination=p) for p in prefixes]))
+    for k in range(1000):
+        number = f"+442099{k:03d}{k % 10}7"
+        want = max((p for p in prefixes if number[1:].startswith(p)), key=len)
+        assert t.rate("voice", 60, start=WED_1859, to=number).destination.prefix == want
+
+
 def test_promo_deck_over_base_deck(engine):
     dec1, jan1 = at("2026-12-01T00:00"), at("2027-01-01T00:00")
     base = deck([dict(prefix="44", price=100_000), dict(prefix="4420", price=80_000),

@@ -235,6 +235,55 @@ def test_engines_agree_on_random_tariffs(defn, calls, data):
                       min(limit, tables.usage.limit[i] - a))
 
 
+# Digits that pile prefixes up near the edges of the compiled index (4-digit blocks,
+# 6-digit sub-blocks): long runs of 0 and 9 under a few shared stems.
+edge_digits = st.text("0995", min_size=0, max_size=11)
+edge_stems = st.sampled_from(["", "0", "44", "4420", "44209", "442099", "9999", "1"])
+long_prefixes = st.builds(lambda stem, tail: (stem + tail)[:15] or "4",
+                          edge_stems, edge_digits)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(names=st.lists(long_prefixes, min_size=1, max_size=80, unique=True),
+       change=instants, data=st.data())
+def test_engines_agree_on_long_prefixes_at_index_edges(names, change, data):
+    c = compiled()
+    keys = [(int(p) << 4) | len(p) for p in names]
+    valid_from, valid_to = [OPEN_FROM] * len(names), [OPEN_TO] * len(names)
+    # Some prefixes end at `change`, others start there: shorter ones fill in.
+    for i in data.draw(st.lists(st.integers(0, len(names) - 1), max_size=8, unique=True)):
+        if data.draw(st.booleans()):
+            valid_to[i] = change
+        else:
+            valid_from[i] = change
+    # Numbers under the deck's prefixes (some shorter than them) and anywhere else.
+    under = st.builds(lambda p, d, cut: (p + d)[:max(1, len(p) - cut)],
+                      st.sampled_from(names), st.text("0123456789", max_size=4),
+                      st.sampled_from([0, 0, 0, 1, 3]))
+    calls = data.draw(st.lists(st.tuples(st.one_of(under, long_prefixes),
+                                         st.one_of(instants, st.just(change),
+                                                   st.just(change - 1))),
+                               min_size=1, max_size=40))
+    deck = Deck.from_columns(name="edges", keys=keys, price=list(range(1, len(names) + 1)),
+                             valid_from=valid_from, valid_to=valid_to)
+    tables, _, dests, _ = build_tables(TariffDefinition("edges", "EUR", decks=(deck,)))
+    e_py, e_c = twin.Engine(tables), c.Engine(tables)
+    numbers = ["+" + n[:15] for n, _ in calls]
+    starts = [t for _, t in calls]
+    for number, t0 in zip(numbers, starts):
+        raw = number.encode()
+        assert e_py.lookup(0, raw, t0) == e_c.lookup(0, raw, t0), number
+    packed = pack_numbers(numbers)
+    results = []
+    for e in (e_py, e_c):
+        out = [bytearray(8 * len(calls)) for _ in range(4)]
+        arrays = [memoryview(o).cast("q") for o in out]
+        ok = e.rate_batch(0, packed.data, packed.offsets, array("q", starts),
+                          array("q", [60] * len(calls)), array("q"), array("q"), *arrays)
+        results.append((ok, [list(a) for a in arrays]))
+    assert results[0] == results[1]
+
+
 def check_inverse(cost, a, money, u, top):
     """rate(max_usage(b)) <= b, and one more unit costs more (unless capped)."""
     base = cost(a)
