@@ -48,45 +48,18 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.procstat import cpu_seconds, thread_cpu
 from diameter import base
 from diameter import tables as T
 from diameter.client import INITIAL, TERMINATION, UPDATE, DiameterClient, mscc
 from diameter.codec import value
 from ocs.store import Store, make_driver
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 OCSD = shutil.which("ocsd") or str(Path(sys.executable).with_name("ocsd"))
 USED = 1_000_000  # octets reported per update
 
 
 # ---------------------------------------------------------------------- /proc
-def cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
-def thread_cpu(pid: int) -> tuple[float, float]:
-    """(event-loop thread, every other thread) CPU of `pid`: the sqlite driver and
-    the default executor run outside the loop's thread."""
-    main = other = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            with open(task / "stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-        if int(task.name) == pid:
-            main += cpu
-        else:
-            other += cpu
-    return main, other
-
-
 def socket_ports(pid: int, remote_port: int) -> set[int]:
     """Local ports of `pid`'s TCP connections to `remote_port`."""
     inodes = set()

@@ -49,11 +49,11 @@ if str(ROOT) not in sys.path:
 
 import asyncpg  # noqa: E402
 
+from bench.procstat import cpu_seconds  # noqa: E402
 from radius import codec  # noqa: E402
 from radius.codec import A, Code  # noqa: E402
 
 SECRET = "bench-secret-0123456789"
-CLK = os.sysconf("SC_CLK_TCK")
 OCSD = str(Path(sys.executable).with_name("ocsd"))
 FR_SQL = Path("/etc/freeradius/3.0/mods-config/sql/main/postgresql")
 
@@ -65,18 +65,6 @@ def free_port(kind=socket.SOCK_DGRAM) -> int:
 
 
 # ---------------------------------------------------------------- CPU from /proc
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        except (OSError, IndexError):
-            pass
-    return total / CLK
-
-
 def postgres_pids() -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
@@ -184,7 +172,7 @@ def run_load(port: int, mode: str, n: int, interims: int, procs: int, window: in
     shares = [users[k::procs] for k in range(procs)]
     queue: mp.Queue = mp.Queue()
     pids = server_pids()
-    cpu0 = cpu_seconds(pids)
+    cpu0 = cpu_seconds(*pids)
     t0 = time.perf_counter()
     workers = [mp.Process(target=worker, args=(port, mode, share, interims, window,
                                                rate / procs if rate else 0.0, timeout,
@@ -195,7 +183,7 @@ def run_load(port: int, mode: str, n: int, interims: int, procs: int, window: in
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - t0
-    cpu = cpu_seconds(server_pids()) - cpu0  # includes backends started meanwhile
+    cpu = cpu_seconds(*server_pids()) - cpu0  # includes backends started meanwhile
     answered = sum(r[0] for r in results)
     lat = sorted(x for r in results for x in r[2])
 
