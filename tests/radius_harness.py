@@ -3,7 +3,6 @@ data, FreeRADIUS's radclient and a raw UDP client."""
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import subprocess
@@ -39,16 +38,9 @@ class RadiusOcsd(Ocsd):
         return in_store(self.store_url, job, **options)
 
     # ------------------------------------------------------------ API
-    def api(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        req = urllib.request.Request(self.url + path, method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"Bearer {TOKEN}",
-                                              "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
+    def api(self, method: str, path: str, body: dict | None = None,
+            token: str = TOKEN) -> tuple[int, dict]:
+        return super().api(method, path, token, body)
 
     def buckets(self, account_id: int) -> dict[str, int]:
         """{kind: balance} of the account's buckets, money as micro-units, via the API."""

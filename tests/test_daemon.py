@@ -149,6 +149,19 @@ class Ocsd:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def api(self, method: str, path: str, token: str,
+            body: dict | None = None) -> tuple[int, dict]:
+        """(status, JSON body) of one REST API call with a Bearer token."""
+        req = urllib.request.Request(
+            self.url + path, method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
     def log(self) -> str:
         return self.log_path.read_text()
 

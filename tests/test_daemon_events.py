@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import secrets
 import time
-import urllib.request
 
 import redis
 
@@ -15,12 +14,9 @@ from tests.test_daemon import Ocsd, health
 
 
 def api(d: Ocsd, method: str, path: str, token: str, body: dict | None = None) -> dict:
-    req = urllib.request.Request(d.url + path, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": f"Bearer {token}",
-                                          "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
+    status, answer = d.api(method, path, token, body)
+    assert status < 300, (status, answer)
+    return answer
 
 
 def test_account_suspension_reaches_the_redis_event_stream(tmp_path, redis_url):

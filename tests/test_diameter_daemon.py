@@ -14,7 +14,6 @@ import json
 import secrets
 import signal
 import time
-import urllib.request
 
 import pytest
 
@@ -88,12 +87,9 @@ def ocsd(tmp_path_factory):
 
 
 def api(d: Ocsd, path: str, method: str = "GET", body: dict | None = None) -> dict:
-    req = urllib.request.Request(d.url + path, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": f"Bearer {TOKEN}",
-                                          "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
+    status, answer = d.api(method, path, TOKEN, body)
+    assert status < 300, (status, answer)
+    return answer
 
 
 def bucket(d: Ocsd, account: str, kind: str) -> dict:

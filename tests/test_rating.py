@@ -5,8 +5,6 @@ the `Price` the balance engine uses."""
 from __future__ import annotations
 
 import datetime as dt
-import importlib
-import os
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -17,6 +15,7 @@ from ocs.model import AccountStatus, Billing, Kind
 from ocs.rating import (BandRule, Deck, DeckRow, ExchangeRate, Holiday, Numbering, RatingError,
                         Rounding, TariffBook, TariffDefinition, Tier, UsageRate, compile)
 from ocs.rating.clock import zone_table
+from tests.compiled import compiled
 
 ZURICH = ZoneInfo("Europe/Zurich")
 EUR = 1_000_000
@@ -28,15 +27,7 @@ def at(text: str, zone=ZURICH) -> int:
 
 
 def require_compiled():
-    if os.environ.get("OCS_NO_EXTENSIONS") == "1":
-        pytest.fail("OCS_NO_EXTENSIONS=1 is set: the compiled engine cannot be tested "
-                    "(unset it to run the contract on both engines)", pytrace=False)
-    try:
-        module = importlib.import_module("cext.rating")
-    except ImportError as exc:
-        pytest.fail(f"the Cython rating engine is not built ({exc}); run 'make build'",
-                    pytrace=False)
-    assert module.__file__.endswith(".so")
+    compiled("rating")
 
 
 @pytest.fixture(params=["pure", "compiled"])

@@ -5,13 +5,11 @@ one more unit (so one more increment) would cost more than b."""
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import os
 import subprocess
 import sys
 from array import array
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ocs import accel
@@ -22,6 +20,7 @@ from ocs.rating import (BandRule, Deck, ExchangeRate, Holiday, Numbering, Rating
 from ocs.rating import engine as twin
 from ocs.rating.compile import build_tables
 from ocs.rating.model import OPEN_FROM, OPEN_TO
+from tests.compiled import compiled
 
 US = 1_000_000
 T0 = int(dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc).timestamp()) * US
@@ -29,19 +28,6 @@ SPAN = 3 * 365 * 86400 * US
 ZONES = ["UTC", "Europe/Zurich", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe",
          "Asia/Kathmandu"]
 BANDS = ["peak", "evening", "weekend", "night"]
-
-
-def compiled():
-    if os.environ.get("OCS_NO_EXTENSIONS") == "1":
-        pytest.fail("OCS_NO_EXTENSIONS=1 is set: the compiled engine cannot be compared",
-                    pytrace=False)
-    try:
-        module = importlib.import_module("cext.rating")
-    except ImportError as exc:
-        pytest.fail(f"the Cython rating engine is not built ({exc}); run 'make build'",
-                    pytrace=False)
-    assert module.__file__.endswith(".so")
-    return module
 
 
 instants = st.integers(T0, T0 + SPAN)
@@ -176,7 +162,7 @@ SETTINGS = settings(max_examples=400, deadline=None,
                                       min_size=1, max_size=25),
        data=st.data())
 def test_engines_agree_on_random_tariffs(defn, calls, data):
-    c = compiled()
+    c = compiled("rating")
     tables, _, dests, usage = build_tables(defn)
     e_py, err_py = build(twin.Engine, tables)
     e_c, err_c = build(c.Engine, tables)
@@ -247,7 +233,7 @@ long_prefixes = st.builds(lambda stem, tail: (stem + tail)[:15] or "4",
 @given(names=st.lists(long_prefixes, min_size=1, max_size=80, unique=True),
        change=instants, data=st.data())
 def test_engines_agree_on_long_prefixes_at_index_edges(names, change, data):
-    c = compiled()
+    c = compiled("rating")
     keys = [(int(p) << 4) | len(p) for p in names]
     valid_from, valid_to = [OPEN_FROM] * len(names), [OPEN_TO] * len(names)
     # Some prefixes end at `change`, others start there: shorter ones fill in.
@@ -299,7 +285,7 @@ def check_inverse(cost, a, money, u, top):
 @given(defn=tariffs(), money=st.integers(0, 10 ** 7), start=instants,
        already=st.integers(0, 3600), number=numbers())
 def test_max_usage_is_the_largest_affordable_usage(defn, money, start, already, number):
-    compiled()
+    compiled("rating")
     for engine in ("pure", "compiled"):
         try:
             t = compile(defn, engine=engine)
@@ -328,7 +314,7 @@ def test_selector_reports_the_rating_engine():
     forced = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "OCS_NO_EXTENSIONS": "1"}, check=True)
     assert forced.stdout.split() == ["pure-python", "ocs.rating.engine"]
-    compiled()
+    compiled("rating")
     default = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env={k: v for k, v in os.environ.items()
                                   if k != "OCS_NO_EXTENSIONS"}, check=True)

@@ -3,7 +3,6 @@ and both give the hand-computed answers."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -14,19 +13,11 @@ from hypothesis import given, settings, strategies as st
 from ocs import accel
 from ocs import rounding as twin
 from ocs.pricing import LinearPrice
+from tests.compiled import compiled
 
 
 def compiled_module():
-    if os.environ.get("OCS_NO_EXTENSIONS") == "1":
-        pytest.fail("OCS_NO_EXTENSIONS=1 is set: the compiled twin cannot be compared "
-                    "(unset it to run the differential tests)", pytrace=False)
-    try:
-        module = importlib.import_module("cext.rounding")
-    except ImportError as exc:
-        pytest.fail(f"the Cython extension is not built ({exc}); install a C compiler "
-                    "(Debian: gcc, python3-dev) and run 'make build'", pytrace=False)
-    assert module.__file__.endswith(".so")
-    return module
+    return compiled("rounding")
 
 
 IMPLS = ["pure", "compiled"]
