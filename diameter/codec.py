@@ -44,6 +44,12 @@ Errors are typed and carry what the answer needs:
 Requests are decoded strictly; answers leniently (`strict=False`): a value
 that does not fit its type, or an unknown AVP with the M bit, is kept as
 its raw bytes instead of failing, because an answer cannot be refused.
+
+The walk over a sound message's AVPs and the AVP encoder have a compiled
+twin, `cext.diameter_codec`, picked once at import (`OCS_NO_EXTENSIONS=1`
+forces the pure functions; `IMPLEMENTATION` says which). It handles the
+common well-formed cases and hands everything else to the functions here,
+so both give the same values, bytes and errors.
 """
 
 from __future__ import annotations
@@ -437,6 +443,10 @@ def decode(data: bytes, dictionary: Dictionary = DEFAULT, *, strict: bool | None
         raise FramingError(f"header says {length} octets, got {len(data)}")
     if strict is None:
         strict = bool(flags & FLAG_REQUEST)
+    if _compiled is not None and data.__class__ is bytes:
+        avps = _compiled.decode_avps(data, HEADER_LENGTH, length, strict, dictionary)
+        if avps is not None:
+            return _make_message(code, flags, app_id, hbh, e2e, avps)
     partial: list = []
     try:
         avps = _decode_avps(data, HEADER_LENGTH, length, strict, 0, dictionary, partial)
@@ -536,7 +546,10 @@ _PAD = (b"", b"\0", b"\0\0", b"\0\0\0")
 
 
 def encode(msg: Message, dictionary: Dictionary = DEFAULT) -> bytes:
-    body = b"".join([encode_avp(a, dictionary) for a in msg.avps])
+    if _compiled is not None:
+        body = _compiled.encode_avps(msg.avps, dictionary)
+    else:
+        body = b"".join([encode_avp(a, dictionary) for a in msg.avps])
     length = HEADER_LENGTH + len(body)
     if length > 0xFFFFFF:
         raise EncodeError(f"message of {length} octets exceeds the 24-bit length")
@@ -575,3 +588,19 @@ def to_tree(avps: Iterable[Avp], dictionary: Dictionary = DEFAULT) -> list:
         else:
             out.append((name, a.value))
     return out
+
+
+# ---------------------------------------------------------------------- fast path
+def _select():
+    """The compiled twin (cext/diameter_codec.pyx) of the message walk and the AVP
+    encoder, or None; `OCS_NO_EXTENSIONS=1` forces the pure functions above.
+    Selected last, once everything it falls back on is defined."""
+    from ocs.accel import _pick
+    module, compiled = _pick("diameter_codec", None)
+    if not compiled:
+        return None, "pure-python"
+    module.bind(Avp, _slow_value, _Fault, encode_avp)
+    return module, "compiled"
+
+
+_compiled, IMPLEMENTATION = _select()
