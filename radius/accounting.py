@@ -52,7 +52,10 @@ SIP_SESSION = 15  # Service-Type Sip-Session (Kamailio)
 
 #: Attributes left out of the seq's CRC: hops and retransmissions change them.
 _VOLATILE = frozenset({A.ACCT_DELAY_TIME, A.MESSAGE_AUTHENTICATOR, A.PROXY_STATE})
-_STATUS_BITS = {AcctStatus.START: 0, AcctStatus.INTERIM_UPDATE: 1, AcctStatus.STOP: 2}
+_STATUS_BITS = {int(AcctStatus.START): 0, int(AcctStatus.INTERIM_UPDATE): 1,
+                int(AcctStatus.STOP): 2}
+#: The 4-octet form of each standard attribute key, as the CRC takes it.
+_KEY_OCTETS = tuple(key.to_bytes(4, "big") for key in range(256))
 _MAX_TIME = (1 << 31) - 1
 _DIGITS = re.compile(r"[^0-9+*#]")
 
@@ -70,28 +73,37 @@ class Usage:
     event_time: int | None  # Event-Timestamp, seconds since the epoch
 
 
+def _u32(value: bytes | None) -> int | None:
+    """An integer attribute's value (`Packet.get_int` without the method call)."""
+    return int.from_bytes(value, "big") if value is not None and len(value) == 4 else None
+
+
 def status_of(packet: Packet) -> int | None:
-    return packet.get_int(A.ACCT_STATUS_TYPE)
+    return _u32(packet.first.get(A.ACCT_STATUS_TYPE))
 
 
 def usage_of(packet: Packet) -> Usage:
-    g = packet.get_int
-    time_raw = g(A.ACCT_SESSION_TIME)
+    get = packet.first.get
+    time_raw = _u32(get(A.ACCT_SESSION_TIME))
+    session_id = get(A.ACCT_SESSION_ID)
     return Usage(
-        status=g(A.ACCT_STATUS_TYPE, 0),
-        acct_session_id=packet.get_str(A.ACCT_SESSION_ID, "") or "",
+        status=_u32(get(A.ACCT_STATUS_TYPE)) or 0,
+        acct_session_id=session_id.decode("utf-8", "replace") if session_id else "",
         session_time=time_raw or 0,
         has_session_time=time_raw is not None,
-        octets_in=(g(A.ACCT_INPUT_GIGAWORDS, 0) << 32) + g(A.ACCT_INPUT_OCTETS, 0),
-        octets_out=(g(A.ACCT_OUTPUT_GIGAWORDS, 0) << 32) + g(A.ACCT_OUTPUT_OCTETS, 0),
-        event_time=g(A.EVENT_TIMESTAMP))
+        octets_in=((_u32(get(A.ACCT_INPUT_GIGAWORDS)) or 0) << 32)
+        + (_u32(get(A.ACCT_INPUT_OCTETS)) or 0),
+        octets_out=((_u32(get(A.ACCT_OUTPUT_GIGAWORDS)) or 0) << 32)
+        + (_u32(get(A.ACCT_OUTPUT_OCTETS)) or 0),
+        event_time=_u32(get(A.EVENT_TIMESTAMP)))
 
 
 def seq_of(packet: Packet, usage: Usage) -> int:
     crc = 0
     for key, value in packet.attributes:
         if key not in _VOLATILE:
-            crc = zlib.crc32(value, zlib.crc32(key.to_bytes(4, "big"), crc))
+            key_octets = _KEY_OCTETS[key] if key < 256 else key.to_bytes(4, "big")
+            crc = zlib.crc32(value, zlib.crc32(key_octets, crc))
     t = min(usage.session_time, _MAX_TIME)
     return (((t << 24) | (crc & 0xFFFFFF)) << 2) | _STATUS_BITS.get(usage.status, 3)
 

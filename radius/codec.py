@@ -34,8 +34,7 @@ import hmac
 import os
 import struct
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Iterable
+from typing import Any, Iterable
 
 from . import wire
 from .wire import (HEADER, KNOWN_CODES, MAX_PACKET, MESSAGE_AUTHENTICATOR, VENDOR_SHIFT,
@@ -136,9 +135,10 @@ class AcctStatus(enum.IntEnum):
 
 
 # ---------------------------------------------------------------- packets
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Packet:
-    """One decoded packet. `raw` is the datagram up to its Length field."""
+    """One decoded packet. `raw` is the datagram up to its Length field; `first`
+    maps each attribute key to its first value (built once, by `decode`)."""
 
     code: int
     identifier: int
@@ -146,32 +146,30 @@ class Packet:
     attributes: tuple[tuple[int, bytes], ...]
     raw: bytes = field(repr=False, default=b"")
     ma_offset: int = -1  # where the Message-Authenticator value starts in `raw`, or -1
+    first: dict[int, bytes] = field(repr=False, compare=False, default=None)  # type: ignore
 
-    @cached_property
-    def _first(self) -> dict[int, bytes]:
-        first: dict[int, bytes] = {}
-        for key, value in self.attributes:
-            first.setdefault(key, value)
-        return first
+    def __post_init__(self) -> None:
+        if self.first is None:
+            object.__setattr__(self, "first", first_values(self.attributes))
 
     def get(self, key: int, default: bytes | None = None) -> bytes | None:
         """The first value of attribute `key`."""
-        return self._first.get(key, default)
+        return self.first.get(key, default)
 
     def get_all(self, key: int) -> list[bytes]:
         return [v for k, v in self.attributes if k == key]
 
     def __contains__(self, key: int) -> bool:
-        return key in self._first
+        return key in self.first
 
     def get_int(self, key: int, default: int | None = None) -> int | None:
-        value = self._first.get(key)
+        value = self.first.get(key)
         if value is None or len(value) != 4:
             return default
         return int.from_bytes(value, "big")
 
     def get_str(self, key: int, default: str | None = None) -> str | None:
-        value = self._first.get(key)
+        value = self.first.get(key)
         if value is None:
             return default
         return value.decode("utf-8", "replace")
@@ -181,10 +179,17 @@ class Packet:
         return self.ma_offset >= 0
 
 
+def first_values(attributes: Iterable[tuple[int, bytes]]) -> dict[int, bytes]:
+    """{key: first value}: walking backwards, the first occurrence is written last."""
+    return dict(reversed(list(attributes)))
+
+
 def decode(data: bytes) -> Packet:
     """The packet in `data`. Raises `DecodeError` (and nothing else) for any bad input."""
-    code, ident, auth, attrs, length, ma = _decode(bytes(data))
-    return Packet(code, ident, auth, tuple(attrs), bytes(data[:length]), ma)
+    data = bytes(data)
+    code, ident, auth, attrs, length, ma = _decode(data)
+    attrs = tuple(attrs)
+    return Packet(code, ident, auth, attrs, data[:length], ma, dict(reversed(attrs)))
 
 
 # ---------------------------------------------------------------- attributes
@@ -224,6 +229,11 @@ def untag_int(value: bytes) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- hiding (RFC 2865 §5.2)
+def _xor16(a: bytes, b: bytes) -> bytes:
+    """Two 16-octet blocks XORed (as integers: a loop over octets is ten times slower)."""
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(16, "big")
+
+
 def hide_password(password: bytes, secret: bytes, authenticator: bytes) -> bytes:
     """User-Password as sent: padded to 16n octets, XOR-chained MD5 with the secret."""
     if len(password) > 128:
@@ -232,8 +242,7 @@ def hide_password(password: bytes, secret: bytes, authenticator: bytes) -> bytes
     out = bytearray()
     last = authenticator
     for i in range(0, len(padded), 16):
-        key = hashlib.md5(secret + last).digest()
-        block = bytes(a ^ b for a, b in zip(padded[i:i + 16], key))
+        block = _xor16(padded[i:i + 16], hashlib.md5(secret + last).digest())
         out += block
         last = block
     return bytes(out)
@@ -246,9 +255,8 @@ def unhide_password(hidden: bytes, secret: bytes, authenticator: bytes) -> bytes
     out = bytearray()
     last = authenticator
     for i in range(0, len(hidden), 16):
-        key = hashlib.md5(secret + last).digest()
         block = hidden[i:i + 16]
-        out += bytes(a ^ b for a, b in zip(block, key))
+        out += _xor16(block, hashlib.md5(secret + last).digest())
         last = block
     return bytes(out).rstrip(b"\x00")
 
@@ -264,8 +272,7 @@ def salt_encrypt(plain: bytes, secret: bytes, request_authenticator: bytes, *,
     out = bytearray()
     last = request_authenticator + salt
     for i in range(0, len(data), 16):
-        key = hashlib.md5(secret + last).digest()
-        block = bytes(a ^ b for a, b in zip(data[i:i + 16], key))
+        block = _xor16(data[i:i + 16], hashlib.md5(secret + last).digest())
         out += block
         last = block
     prefix = bytes((tag,)) if tag is not None else b""
@@ -283,9 +290,8 @@ def salt_decrypt(value: bytes, secret: bytes, request_authenticator: bytes, *,
     out = bytearray()
     last = request_authenticator + salt
     for i in range(0, len(body), 16):
-        key = hashlib.md5(secret + last).digest()
         block = body[i:i + 16]
-        out += bytes(a ^ b for a, b in zip(block, key))
+        out += _xor16(block, hashlib.md5(secret + last).digest())
         last = block
     n = out[0]
     if n > len(out) - 1:
@@ -295,6 +301,30 @@ def salt_decrypt(value: bytes, secret: bytes, request_authenticator: bytes, *,
 
 # ---------------------------------------------------------------- authenticators
 _ZERO16 = b"\x00" * 16
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+#: secret -> MD5 states after the inner and outer HMAC pads (RFC 2104): a
+#: Message-Authenticator then costs two copies and two short hashes instead of
+#: a new HMAC object. Bounded: secrets are per NAS, and few.
+_HMAC_PADS: dict[bytes, tuple[Any, Any]] = {}
+_HMAC_PADS_MAX = 1024
+
+
+def hmac_md5(secret: bytes, message: bytes | bytearray) -> bytes:
+    """HMAC-MD5 (RFC 2104) of `message` under `secret`: `hmac.new(secret, message,
+    hashlib.md5).digest()`, with the per-secret pads computed once."""
+    pads = _HMAC_PADS.get(secret)
+    if pads is None:
+        if len(_HMAC_PADS) >= _HMAC_PADS_MAX:
+            _HMAC_PADS.clear()
+        key = (hashlib.md5(secret).digest() if len(secret) > 64 else secret).ljust(64, b"\x00")
+        pads = _HMAC_PADS[secret] = (hashlib.md5(key.translate(_IPAD)),
+                                     hashlib.md5(key.translate(_OPAD)))
+    inner = pads[0].copy()
+    inner.update(message)
+    outer = pads[1].copy()
+    outer.update(inner.digest())
+    return outer.digest()
 
 
 def request_authenticator_ok(packet: Packet, secret: bytes) -> bool:
@@ -321,7 +351,7 @@ def message_authenticator_ok(packet: Packet, secret: bytes,
     else:
         auth = raw[4:20]
     buf = raw[:4] + auth + raw[HEADER:off] + _ZERO16 + raw[off + 16:]
-    want = hmac.new(secret, buf, hashlib.md5).digest()
+    want = hmac_md5(secret, buf)
     return hmac.compare_digest(want, raw[off:off + 16])
 
 
@@ -349,16 +379,17 @@ def encode_reply(request: Packet, code: int, attributes: Iterable[tuple[int, byt
     """A reply to `request`. Message-Authenticator, when asked for, is the first
     attribute (the BlastRADIUS mitigation of draft-ietf-radext-deprecating-radius),
     and Proxy-State attributes of the request are copied back (RFC 2865 §5.33)."""
-    body = encode_attributes(attributes)
-    proxy = [(k, v) for k, v in request.attributes if k == A.PROXY_STATE]
-    if proxy:
-        body += encode_attributes(proxy)
+    body = encode_attributes(attributes) if attributes else b""
+    if A.PROXY_STATE in request.first:
+        body += encode_attributes([(k, v) for k, v in request.attributes if k == A.PROXY_STATE])
     if message_authenticator:
         body = _MA_EMPTY + body
     buf = _assemble(code, request.identifier, request.authenticator, body)
     if message_authenticator:
-        buf[HEADER + 2:HEADER + 18] = hmac.new(secret, buf, hashlib.md5).digest()
-    buf[4:20] = hashlib.md5(bytes(buf) + secret).digest()
+        buf[HEADER + 2:HEADER + 18] = hmac_md5(secret, buf)
+    digest = hashlib.md5(buf)
+    digest.update(secret)
+    buf[4:20] = digest.digest()
     return bytes(buf)
 
 
@@ -375,7 +406,7 @@ def encode_request(code: int, identifier: int, attributes: Iterable[tuple[int, b
     auth = _ZERO16 if signed else (authenticator or os.urandom(16))
     buf = _assemble(code, identifier, auth, body)
     if message_authenticator:
-        buf[HEADER + 2:HEADER + 18] = hmac.new(secret, buf, hashlib.md5).digest()
+        buf[HEADER + 2:HEADER + 18] = hmac_md5(secret, buf)
     if signed:
         buf[4:20] = hashlib.md5(bytes(buf) + secret).digest()
     return bytes(buf)
@@ -387,7 +418,7 @@ def new_authenticator() -> bytes:
 
 __all__ = ["A", "AcctStatus", "Code", "DecodeError", "IMPLEMENTATION", "KNOWN_CODES",
            "MAX_PACKET", "Packet", "SIGNED_REQUESTS", "decode", "encode_attributes",
-           "encode_reply", "encode_request", "hide_password", "message_authenticator_ok",
-           "new_authenticator", "reply_authenticator_ok", "request_authenticator_ok",
-           "salt_decrypt", "salt_encrypt", "tagged", "u32", "unhide_password", "untag_int",
-           "vsa"]
+           "encode_reply", "encode_request", "first_values", "hide_password", "hmac_md5",
+           "message_authenticator_ok", "new_authenticator", "reply_authenticator_ok",
+           "request_authenticator_ok", "salt_decrypt", "salt_encrypt", "tagged", "u32",
+           "unhide_password", "untag_int", "vsa"]

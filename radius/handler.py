@@ -53,13 +53,14 @@ class NasState:
     by_prefix: bool
     voice: bool
     require_ma: str  # yes | no | auto
+    vendor: str      # lower case ("generic" when the record names none)
 
 
 def nas_state(nas: Nas, voice_vendors: frozenset[str] = VOICE_VENDORS) -> NasState:
     vendor = (nas.vendor or "generic").lower()
     by_prefix = "/" in nas.address and not nas.address.endswith(("/32", "/128"))
     return NasState(nas, nas.name, nas.secret.encode(), profile_for(vendor), by_prefix,
-                    vendor in voice_vendors, nas.require_message_authenticator or "yes")
+                    vendor in voice_vendors, nas.require_message_authenticator or "yes", vendor)
 
 
 class Handler:
@@ -68,6 +69,8 @@ class Handler:
         self.dictionary = dictionary
         self.cfg = ctx.config.radius
         self._metering: OrderedDict[str, str] = OrderedDict()
+        # (NAS name, reply code) -> bound counter child, so the hot path skips .labels()
+        self._replies: dict[tuple[str, str], Any] = {}
 
     # ------------------------------------------------------------ Access-Request
     async def access(self, st: NasState, p: Packet) -> bytes:
@@ -179,7 +182,11 @@ class Handler:
         return False
 
     def _count(self, st: NasState, code: str) -> None:
-        self.ctx.metrics.radius_replies.labels(nas=st.name, code=code).inc()
+        child = self._replies.get((st.name, code))
+        if child is None:
+            child = self._replies[st.name, code] = self.ctx.metrics.radius_replies.labels(
+                nas=st.name, code=code)
+        child.inc()
 
     # ------------------------------------------------------------ Status-Server
     def status(self, st: NasState, p: Packet, port: str) -> bytes:
@@ -209,7 +216,7 @@ class Handler:
         delay = p.get_int(A.ACCT_DELAY_TIME, 0) or 0
         at = u.event_time * 1_000_000 if u.event_time else now_us() - delay * 1_000_000
         cfg = self.cfg
-        if st.voice or acct.is_call(p, st.nas.vendor.lower(), VOICE_VENDORS):
+        if st.voice or acct.is_call(p, st.vendor, VOICE_VENDORS):
             identity = Identity(sip_user=username, msisdn=acct.calling_number(p))
             seconds = acct.call_seconds(p, u)
             if seconds is None and kind is RequestKind.TERMINATE:

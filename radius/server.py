@@ -81,7 +81,12 @@ class RadiusServer:
         self._by_ip: dict[str, NasState | None] = {}
         self._warned: set[int] = set()
         self._ma_seen: set[int] = set()  # NAS ids that sent Message-Authenticator (auto mode)
-        self._drop = {}  # reason -> bound counter child, so the hot path skips .labels()
+        # Bound metric children, so the hot path skips .labels(): drops by reason,
+        # requests by (NAS name, code), duplicates by NAS name, durations by op.
+        self._drop: dict[str, Any] = {}
+        self._requests: dict[tuple[str, int], Any] = {}
+        self._duplicates: dict[str, Any] = {}
+        self._duration: dict[str, Any] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
 
     # ------------------------------------------------------------ lifecycle
@@ -161,7 +166,11 @@ class RadiusServer:
             return
         if not self._signed(st, packet):
             return
-        self.metrics.radius_requests.labels(nas=st.name, code=_CODE_LABEL[code]).inc()
+        counter = self._requests.get((st.name, code))
+        if counter is None:
+            counter = self._requests[st.name, code] = self.metrics.radius_requests.labels(
+                nas=st.name, code=_CODE_LABEL[code])
+        counter.inc()
         self.in_flight += 1
         task = asyncio.get_running_loop().create_task(self._serve(endpoint, st, packet, addr))
         self._tasks.add(task)
@@ -217,7 +226,7 @@ class RadiusServer:
                         if cached is None:
                             self._dropped("in_progress")
                             return
-                        self.metrics.radius_duplicates.labels(nas=st.name).inc()
+                        self._duplicate(st)
                         self._send(endpoint, cached, addr)
                         return
                 if packet.code == Code.ACCESS_REQUEST:
@@ -248,8 +257,17 @@ class RadiusServer:
                     await dedup.release(key)  # processed afresh when retransmitted
                 except StoreUnavailable:
                     pass
-            self.metrics.request_duration.labels(proto="radius", op=op).observe(
-                time.perf_counter() - started)
+            histogram = self._duration.get(op)
+            if histogram is None:
+                histogram = self._duration[op] = self.metrics.request_duration.labels(
+                    proto="radius", op=op)
+            histogram.observe(time.perf_counter() - started)
+
+    def _duplicate(self, st: NasState) -> None:
+        child = self._duplicates.get(st.name)
+        if child is None:
+            child = self._duplicates[st.name] = self.metrics.radius_duplicates.labels(nas=st.name)
+        child.inc()
 
     @staticmethod
     def _send(endpoint: _Endpoint, reply: bytes, addr) -> None:

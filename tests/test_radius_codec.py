@@ -4,6 +4,8 @@ pure-Python twin (differential and mutation fuzzing)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import random
 from pathlib import Path
@@ -126,6 +128,35 @@ def test_salt_encryption_round_trip(plain, secret, auth, tag):
     enc = codec.salt_encrypt(plain, secret, auth, tag=tag)
     assert (enc[1] if tag is not None else enc[0]) & 0x80  # salt high bit (RFC 2868 §3.5)
     assert codec.salt_decrypt(enc, secret, auth, tagged_=tag is not None) == plain
+
+
+@given(st.binary(min_size=0, max_size=128), st.binary(min_size=1, max_size=40),
+       st.binary(min_size=16, max_size=16))
+def test_user_password_hiding_is_rfc2865_octet_for_octet(password, secret, auth):
+    """The hidden form is c(i) = p(i) XOR MD5(S + c(i-1)), c(0) = the Authenticator."""
+    padded = password + b"\x00" * (-len(password) % 16 or (16 if not password else 0))
+    want, last = b"", auth
+    for i in range(0, len(padded), 16):
+        key = hashlib.md5(secret + last).digest()
+        last = bytes(a ^ b for a, b in zip(padded[i:i + 16], key))
+        want += last
+    assert codec.hide_password(password, secret, auth) == want
+
+
+@given(st.binary(min_size=0, max_size=100), st.binary(min_size=0, max_size=300))
+def test_hmac_md5_is_rfc2104(secret, message):
+    assert codec.hmac_md5(secret, message) == hmac.new(secret, message, hashlib.md5).digest()
+    assert codec.hmac_md5(secret, bytearray(message)) == codec.hmac_md5(secret, message)
+
+
+def test_first_value_of_a_repeated_attribute():
+    data = codec.encode_request(Code.ACCESS_REQUEST, 1, [(A.CLASS, b"one"), (A.USER_NAME, b"u"),
+                                                         (A.CLASS, b"two")], SECRET)
+    p = codec.decode(data)
+    assert p.get(A.CLASS) == b"one" and p.get_all(A.CLASS) == [b"one", b"two"]
+    assert A.USER_NAME in p and A.STATE not in p and p.get(A.STATE, b"-") == b"-"
+    built = codec.Packet(p.code, p.identifier, p.authenticator, p.attributes, p.raw)
+    assert built.first == p.first and built == p
 
 
 def test_reply_puts_message_authenticator_first_and_copies_proxy_state():
