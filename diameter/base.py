@@ -8,12 +8,13 @@ answer and, when an AVP is to blame, a Failed-AVP (section 7.5).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 
 from . import tables as T
-from .codec import (FLAG_ERROR, FLAG_PROXIABLE, FLAG_REQUEST, Avp, Message, avp, value,
-                    values)
+from .codec import (FLAG_ERROR, FLAG_PROXIABLE, FLAG_REQUEST, Avp, Message, _make_message, avp,
+                    first, value, values)
 from .dictionary import DEFAULT, RELAY_APPLICATION, Dictionary, make_key
 
 VENDOR_3GPP = 10415
@@ -50,8 +51,26 @@ class PeerInfo:
     supported_vendors: tuple = ()
 
 
+@functools.lru_cache(maxsize=256)
+def constant(key: int, val: int) -> Avp:
+    """`avp(key, val)` for the integer AVPs every answer repeats (Result-Code,
+    Auth-Application-Id, ...): AVPs are immutable, so one object serves them all."""
+    return avp(key, val)
+
+
+# Our own Origin-Host/Realm, built once per identity (a daemon has one per local
+# address); keyed by id() with the identity kept alive beside its AVPs.
+_origins: dict[int, tuple[LocalIdentity, tuple[Avp, Avp]]] = {}
+
+
 def origin(local: LocalIdentity) -> list[Avp]:
-    return [avp(T.ORIGIN_HOST, local.origin_host), avp(T.ORIGIN_REALM, local.origin_realm)]
+    hit = _origins.get(id(local))
+    if hit is None or hit[0] is not local:
+        if len(_origins) >= 64:
+            _origins.clear()
+        hit = _origins[id(local)] = (local, (avp(T.ORIGIN_HOST, local.origin_host),
+                                             avp(T.ORIGIN_REALM, local.origin_realm)))
+    return list(hit[1])
 
 
 def answer(request: Message, local: LocalIdentity, result_code: int, avps=(), *,
@@ -66,10 +85,12 @@ def answer(request: Message, local: LocalIdentity, result_code: int, avps=(), *,
     if protocol_error is None:
         protocol_error = 3000 <= result_code < 4000
     head: list = []
-    sid = value(request.avps, T.SESSION_ID) if request.avps else None
-    if isinstance(sid, str):
-        head.append(avp(T.SESSION_ID, sid))
-    head += [avp(T.RESULT_CODE, result_code), *origin(local)]
+    sid = first(request.avps, T.SESSION_ID) if request.avps else None
+    if sid is not None and isinstance(sid.value, str):
+        # The request's own AVP when it has our flags: the same AVP, not built again.
+        head.append(sid if sid.flags == _SESSION_ID_FLAGS else avp(T.SESSION_ID, sid.value))
+    head.append(constant(T.RESULT_CODE, result_code))
+    head += origin(local)
     tail: list = []
     if error_message:
         tail.append(avp(T.ERROR_MESSAGE, error_message[:200]))
@@ -81,8 +102,11 @@ def answer(request: Message, local: LocalIdentity, result_code: int, avps=(), *,
         body = head + [avp(T.ORIGIN_STATE_ID, local.origin_state_id)] + tail
     else:
         body = head + list(avps) + tail
-    return Message(request.code, flags, request.app_id, request.hop_by_hop,
-                   request.end_to_end, tuple(body))
+    return _make_message(request.code, flags, request.app_id, request.hop_by_hop,
+                         request.end_to_end, tuple(body))
+
+
+_SESSION_ID_FLAGS = avp(T.SESSION_ID, "").flags
 
 
 def example_avp(key: int, dictionary: Dictionary = DEFAULT) -> bytes:

@@ -542,7 +542,7 @@ def _grant_avps(sr: ServiceRequest, grant: ServiceGrant | None, request_type: in
     if validity and request_type != EVENT:
         out.append(avp(T.VALIDITY_TIME, validity))
     if in_mscc:
-        out.append(avp(T.RESULT_CODE, code))
+        out.append(base.constant(T.RESULT_CODE, code))
     if fui is not None:
         out.append(fui)
     if units and request_type != EVENT and grant.threshold:
@@ -554,21 +554,30 @@ def _grant_avps(sr: ServiceRequest, grant: ServiceGrant | None, request_type: in
 
 def _echo(ccr_msg: Message) -> list[Avp]:
     """Auth-Application-Id, CC-Request-Type, CC-Request-Number as every CCA needs them."""
-    out = [avp(T.AUTH_APPLICATION_ID, T.APP_DIAMETER_CREDIT_CONTROL)]
-    for key in (T.CC_REQUEST_TYPE, T.CC_REQUEST_NUMBER):
-        v = ccr_msg.value(key)
-        if isinstance(v, int):
-            out.append(avp(key, v))
+    return _echo_values(ccr_msg.value(T.CC_REQUEST_TYPE), ccr_msg.value(T.CC_REQUEST_NUMBER))
+
+
+def _echo_values(request_type, number) -> list[Avp]:
+    out = [base.constant(T.AUTH_APPLICATION_ID, T.APP_DIAMETER_CREDIT_CONTROL)]
+    if isinstance(request_type, int):
+        out.append(base.constant(T.CC_REQUEST_TYPE, request_type) if request_type in _KNOWN_TYPES
+                   else avp(T.CC_REQUEST_TYPE, request_type))
+    if isinstance(number, int):
+        out.append(avp(T.CC_REQUEST_NUMBER, number))
     return out
+
+
+_KNOWN_TYPES = frozenset((INITIAL, UPDATE, TERMINATION, EVENT))
 
 
 def cca(msg: Message, ccr: CreditControl, decision: ChargeDecision,
         local: base.LocalIdentity, policy: GyPolicy) -> Message:
     """The Credit-Control-Answer for `decision`."""
     code = RESULT_CODES[decision.result]
-    body: list[Avp] = _echo(msg)
+    # The parsed CCR holds the first CC-Request-Type/-Number, as `_echo(msg)` reads them.
+    body: list[Avp] = _echo_values(ccr.request_type, ccr.request_number)
     if ccr.request_type != EVENT:
-        body.append(avp(T.CC_SESSION_FAILOVER, FAILOVER_SUPPORTED))
+        body.append(base.constant(T.CC_SESSION_FAILOVER, FAILOVER_SUPPORTED))
     if ccr.request_type != TERMINATION and decision.services:
         by_service = {g.service: g for g in decision.services}
         if ccr.multiple:
