@@ -23,21 +23,44 @@ from typing import Awaitable, Callable
 from ..balance import (AccountState, BatchState, BucketState, ChargeState, Operation,
                        ReservationState, Result, apply, flatten, remap_result)
 from ..errors import StoreUnavailable
-from ..model import AccountStatus, Billing, Kind, Reservation, Session
+from ..model import AccountStatus, Billing, Kind, Session
+from .cache import BalanceCache, CachedAccount, CachedSession
 from .sql import execute, executemany, fetch, fetchval
 
 log = logging.getLogger("ocs.store")
 
 
-def balance_program(ops: list[Operation], now: int):
-    """Program: apply `ops` atomically; returns their results in order."""
-    account_ids = sorted({op.account_id for op in ops})
-    accounts: dict[int, AccountState] = {}
-    rows = yield fetch(_LOCK_ACCOUNTS, account_ids)
-    for r in rows:
-        accounts[r["id"]] = _account_state(r)
-    state = BatchState(now=now, accounts=accounts)
+def balance_program(ops: list[Operation], now: int, cache: BalanceCache | None = None):
+    """Program: apply `ops` atomically; returns their results in order.
+
+    With a `cache` (ocs.store.cache), the state of accounts nobody else changed
+    since this node's last batch is taken from it instead of read; the caller
+    must `publish` or `abort` the cache after the transaction.
+    """
+    cache = cache if cache is not None else BalanceCache(0, 0)
     parts = list(flatten(ops))
+    state = BatchState(now=now)
+    valid: dict[int, CachedAccount] = {}  # accounts whose cached state this batch uses
+    cold: list[int] = []                   # accounts whose buckets must be read
+
+    def take(rows) -> None:
+        named = named_buckets.get
+        for r in rows:
+            entry = cache.account(r["id"], r["version"])
+            if entry is not None and all(b in entry.state.buckets for b in named(r["id"], ())):
+                valid[r["id"]] = entry
+            else:
+                entry = CachedAccount(r["version"], _account_state(r))
+                cold.append(entry.state.id)
+            state.accounts[entry.state.id] = entry.state
+            cache.stage(entry, r["version"])
+
+    named_buckets: dict[int, list[int]] = {}
+    for op in parts:
+        if getattr(op, "bucket_id", None):
+            named_buckets.setdefault(op.account_id, []).append(op.bucket_id)
+    rows = yield fetch(_LOCK_ACCOUNTS, sorted({op.account_id for op in ops}))
+    take(rows)
 
     keys = [op.op_key for op in ops if op.op_key is not None]
     if keys:
@@ -45,48 +68,73 @@ def balance_program(ops: list[Operation], now: int):
         state.done = {r["op_key"]: r["result"] for r in rows}
 
     sessions = sorted({op.session for op in parts if hasattr(op, "session")})
-    if sessions:
-        rows = yield fetch("SELECT * FROM reservations WHERE session = ANY($1)", sessions)
-        extra = sorted({r["account_id"] for r in rows} - accounts.keys())
+    with_record = {op.session for op in ops
+                   if getattr(op, "record", None) is not None or
+                   getattr(op, "require_session", False)}
+    unread: list[str] = []
+    records_unread: list[str] = []
+    for s in sessions:
+        entry = cache.session(s, valid)
+        if entry is None:
+            unread.append(s)
+            if s in with_record:
+                records_unread.append(s)
+            continue
+        if entry.reservations:
+            state.reservations[s] = entry.reservations
+        for service, charge in entry.charges.items():
+            state.charges[(s, service)] = charge
+        if s in with_record:
+            if entry.has_record:
+                if entry.record is not None:
+                    state.sessions[s] = entry.record
+            else:
+                records_unread.append(s)
+    if unread:
+        rows = yield fetch("SELECT * FROM reservations WHERE session = ANY($1)", unread)
+        extra = sorted({r["account_id"] for r in rows} - state.accounts.keys())
         if extra:  # a session charging another account than the op says: lock that one too
-            more = yield fetch(_LOCK_ACCOUNTS, extra)
-            for r in more:
-                accounts[r["id"]] = _account_state(r)
+            take((yield fetch(_LOCK_ACCOUNTS, extra)))
         charge_rows = yield fetch("SELECT * FROM session_charges WHERE session = ANY($1)",
-                                  sessions)
+                                  unread)
         for r in charge_rows:
             state.charges[(r["session"], r["service"])] = ChargeState(
                 r["session"], r["service"], r["account_id"], Kind(r["kind"]), r["units"],
                 r["cost"], r["seq"], bool(r["closed"]))
         for r in rows:
-            res = Reservation.from_row(r)
-            state.reservations.setdefault(res.session, {})[res.service] = ReservationState(
-                res.session, res.service, res.account_id, res.kind, res.units, list(res.holds),
-                res.seq, res.expires_at, res.created_at)
+            state.reservations.setdefault(r["session"], {})[r["service"]] = ReservationState(
+                r["session"], r["service"], r["account_id"], Kind(r["kind"]), r["units"],
+                _holds(r["holds"]), r["seq"], r["expires_at"],
+                r["created_at"])
+    if records_unread:
+        rows = yield fetch("SELECT * FROM sessions WHERE id = ANY($1)", records_unread)
+        state.sessions.update({r["id"]: Session.from_row(r) for r in rows})
 
-    with_record = sorted({op.session for op in ops
-                          if getattr(op, "record", None) is not None or
-                          getattr(op, "require_session", False)})
-    if with_record:
-        rows = yield fetch("SELECT * FROM sessions WHERE id = ANY($1)", with_record)
-        state.sessions = {r["id"]: Session.from_row(r) for r in rows}
-
-    counter_keys = sorted({key for op in parts
-                           for key in (getattr(op, "counter", None),
-                                       getattr(op, "tier_counter", None)) if key})
-    if counter_keys:
+    counter_keys = {key for op in parts
+                    for key in (getattr(op, "counter", None),
+                                getattr(op, "tier_counter", None)) if key}
+    unread_counters: list[str] = []
+    for key in sorted(counter_keys):
+        for entry in valid.values():
+            if key in entry.counters:
+                state.counters[key] = entry.counters[key]
+                break
+        else:
+            unread_counters.append(key)
+    if unread_counters:
         rows = yield fetch("SELECT key, units FROM usage_counters WHERE key = ANY($1)",
-                           counter_keys)
-        state.counters = {r["key"]: r["units"] for r in rows}
+                           unread_counters)
+        state.counters.update({r["key"]: r["units"] for r in rows})
+        for key in unread_counters:
+            state.counters.setdefault(key, 0)
 
-    if accounts:
-        named = sorted({op.bucket_id for op in parts if getattr(op, "bucket_id", None)})
+    if cold:
         rows = yield fetch(
             "SELECT * FROM buckets WHERE account_id = ANY($1) "
             "AND (main = 1 OR balance <> 0 OR reserved <> 0 OR id = ANY($2))",
-            sorted(accounts), named)
+            sorted(cold), sorted({b for a in cold for b in named_buckets.get(a, ())}))
         for r in rows:
-            acct = accounts[r["account_id"]]
+            acct = state.accounts[r["account_id"]]
             acct.buckets[r["id"]] = BucketState(
                 id=r["id"], kind=Kind(r["kind"]), service=r["service"], balance=r["balance"],
                 reserved=r["reserved"], priority=r["priority"], valid_from=r["valid_from"],
@@ -106,13 +154,24 @@ def balance_program(ops: list[Operation], now: int):
         ids[tmp] = real
         b.id = real
         b.dirty = False
+        buckets = state.accounts[account_id].buckets
+        buckets[real] = buckets.pop(tmp)
     writes.remap(ids)
     results = [remap_result(r, ids) for r in results]
+    _stage_sessions(cache, state, sessions, with_record,
+                    {op.session: op.account_id for op in parts if hasattr(op, "session")})
+    for op in parts:
+        entry = cache.staged(op.account_id)
+        for key in (getattr(op, "counter", None), getattr(op, "tier_counter", None)):
+            if key and entry is not None:
+                entry.counters[key] = state.counters.get(key, 0)
 
     dirty = writes.dirty_buckets(state)
     if dirty:
         yield executemany("UPDATE buckets SET balance = $2, reserved = $3 WHERE id = $1",
                           [(b.id, b.balance, b.reserved) for b in dirty])
+        for b in dirty:
+            b.dirty = False
     if writes.ledger:
         yield executemany(
             "INSERT INTO ledger (account_id, bucket_id, kind, amount, balance_after, entry_type, "
@@ -174,8 +233,54 @@ def balance_program(ops: list[Operation], now: int):
     return results
 
 
-_LOCK_ACCOUNTS = ("SELECT id, billing, credit_limit, status, low_balance_threshold, currency "
-                  "FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+# Locks the accounts (in id order, so two nodes never deadlock) and bumps their
+# version: the cache (ocs.store.cache) trusts an account only when the version it
+# committed last is the one this statement finds.
+_LOCK_ACCOUNTS = (
+    "UPDATE accounts SET version = version + 1 WHERE id IN "
+    "(SELECT id FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE) "
+    "RETURNING id, version, billing, credit_limit, status, low_balance_threshold, currency")
+
+
+def bump_accounts_program(account_ids: list[int]):
+    """Program fragment for writes outside the balance batch that change what it reads
+    (buckets, sessions, an account's terms): the cache reads these accounts afresh."""
+    yield execute("UPDATE accounts SET version = version + 1 WHERE id = ANY($1)",
+                  sorted(set(account_ids)))
+
+
+def _holds(value) -> list[tuple[int, int]]:
+    if isinstance(value, str):
+        value = json.loads(value)
+    return [(int(b), int(a)) for b, a in value]
+
+
+def _stage_sessions(cache: BalanceCache, state: BatchState, sessions: list[str],
+                    with_record: set[str], owners: dict[str, int]) -> None:
+    """Stage each session of the batch for the cache, under the account it charges:
+    what it holds, what it was charged, its record. A session whose rows belong to
+    several accounts, or that ended, is forgotten instead."""
+    charges: dict[str, dict[str, ChargeState]] = {}
+    for (session, service), charge in state.charges.items():
+        charges.setdefault(session, {})[service] = charge
+    for s in sessions:
+        owner = cache.staged(owners[s])
+        held = state.reservations.get(s) or {}
+        charged = charges.get(s, {})
+        record = state.sessions.get(s)
+        accounts = {x.account_id for x in (*held.values(), *charged.values())}
+        if owner is None or accounts - {owners[s]} or (record is not None and
+                                                       record.status == "closed"):
+            cache.stage_session(s, None)
+            continue
+        entry = CachedSession(owner, held, charged)
+        if s in with_record:
+            entry.record, entry.has_record = record, True
+        else:
+            before = cache.session(s, {owner.state.id: owner})
+            if before is not None:
+                entry.record, entry.has_record = before.record, before.has_record
+        cache.stage_session(s, entry)
 
 
 def _account_state(r) -> AccountState:

@@ -22,7 +22,9 @@ from ..model import (Account, AccountStatus, ApiToken, AuditEntry, Billing, Buck
                      LedgerEntry, Nas, Plan, RatedCdr, Reservation, Role, Session, Subscriber,
                      now_us)
 from . import migrate
-from .batch import (UPSERT_SESSION, GroupCommitter, balance_program, purge_operations_program,
+from .cache import BalanceCache
+from .batch import (UPSERT_SESSION, GroupCommitter, balance_program, bump_accounts_program,
+                    purge_operations_program,
                     session_args)
 from .sql import execute, executemany, fetch, fetchrow, fetchval
 
@@ -98,6 +100,7 @@ class Store:
         self.passwords = password_policy or PasswordPolicy()
         self._committer = GroupCommitter(self._run_balance_batch, window=group_commit_window,
                                          max_batch=max_batch, observe=observe_batch)
+        self.balance_cache = BalanceCache()
 
     # ------------------------------------------------------------------ lifecycle
     def describe(self) -> str:
@@ -146,7 +149,13 @@ class Store:
 
     # ------------------------------------------------------------------ balance operations
     async def _run_balance_batch(self, ops: list[Operation]) -> list[Result]:
-        return await self.driver.run(balance_program, ops, now_us())
+        try:
+            results = await self.driver.run(balance_program, ops, now_us(), self.balance_cache)
+        except BaseException:
+            self.balance_cache.abort()
+            raise
+        self.balance_cache.publish()
+        return results
 
     async def apply(self, op: Operation) -> Result:
         """Apply one balance operation durably (group-committed with its neighbours)."""
@@ -184,8 +193,9 @@ class Store:
         return released
 
     async def purge_operations(self, older_than_s: int) -> int:
-        return await self.driver.run(purge_operations_program,
-                                     now_us() - older_than_s * 1_000_000)
+        n = await self.driver.run(purge_operations_program, now_us() - older_than_s * 1_000_000)
+        self.balance_cache.clear()  # closed charging records it may remember are gone
+        return n
 
     # ------------------------------------------------------------------ accounts
     async def create_account(self, *, name: str, currency: str, billing: Billing | str,
@@ -467,6 +477,8 @@ class Store:
             if before is None:
                 return None
             row = yield from _update_program("subscribers", subscriber_id, changes)
+            if row["account_id"] != before["account_id"]:  # its sessions and counters move
+                yield from bump_accounts_program([before["account_id"], row["account_id"]])
             if "plan_id" in changes and changes["plan_id"] != before["plan_id"]:
                 now = now_us()
                 event = {"id": f"plan|{subscriber_id}|{now}:plan_changed",
@@ -491,6 +503,9 @@ class Store:
                 raise ValidationError(f"subscriber {subscriber_id} has {active} active "
                                       "session(s); end them first")
             yield execute("DELETE FROM sessions WHERE subscriber_id = $1", subscriber_id)
+            account_id = yield fetchval("SELECT account_id FROM subscribers WHERE id = $1",
+                                        subscriber_id)
+            yield from bump_accounts_program([account_id])
             return (yield execute("DELETE FROM subscribers WHERE id = $1", subscriber_id))
         if not await self.driver.run(program):
             raise NotFound(f"subscriber {subscriber_id} not found")
@@ -542,6 +557,7 @@ class Store:
     async def upsert_session(self, session: Session) -> None:
         def program():
             yield execute(UPSERT_SESSION, *session_args(session))
+            yield from bump_accounts_program([session.account_id])
         await self.driver.run(program)
 
     async def get_session(self, session_id: str) -> Session:
@@ -688,6 +704,8 @@ def _update_program(table: str, row_id: int, changes: dict[str, Any]):
     if not changes:
         return (yield fetchrow(f"SELECT * FROM {table} WHERE id = $1", row_id))
     sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(changes, start=2))
+    if table == "accounts":  # the balance cache must read the account afresh
+        sets += ", version = version + 1"
     args = [_col(k, v) for k, v in changes.items()]
     return (yield fetchrow(f"UPDATE {table} SET {sets}, updated_at = ${len(args) + 2} "
                            f"WHERE id = $1 RETURNING *", row_id, *args, now_us()))
@@ -715,6 +733,7 @@ def _grant_allowances(account_id: int, plan_row, actor, now):
     """Program fragment: the plan's allowance buckets for the current period."""
     if plan_row is None:
         return
+    yield from bump_accounts_program([account_id])
     for a in json.loads(plan_row["allowances"] or "[]"):
         valid_to = now + a["validity_days"] * 86_400_000_000 if a.get("validity_days") else None
         bucket_id = yield fetchval(
@@ -825,6 +844,7 @@ def _import_program(rows: list[dict], policy: PasswordPolicy, actor, now):
             "FROM buckets WHERE id > $3 AND main = 0 AND created_at = $2 "
             "AND account_id = ANY($4)",
             actor, now, before, sorted({b[0] for b in buckets}))
+        yield from bump_accounts_program([b[0] for b in buckets])
     return len(rows)
 
 
