@@ -146,20 +146,27 @@ def number(text: str | None) -> str | None:
     return digits or None
 
 
-def called_number(packet: Packet) -> str | None:
-    for key in (A.CALLED_STATION_ID, FS_DST, AST_DST):
-        found = number(packet.get_str(key))
-        if found:
-            return found
+def _first_number(packet: Packet, keys: tuple[int, ...]) -> str | None:
+    get = packet.first.get
+    for key in keys:
+        value = get(key)
+        if value:
+            found = number(value.decode("utf-8", "replace"))
+            if found:
+                return found
     return None
+
+
+_CALLED_KEYS = (A.CALLED_STATION_ID, FS_DST, AST_DST)
+_CALLING_KEYS = (A.CALLING_STATION_ID, FS_SRC, AST_SRC)
+
+
+def called_number(packet: Packet) -> str | None:
+    return _first_number(packet, _CALLED_KEYS)
 
 
 def calling_number(packet: Packet) -> str | None:
-    for key in (A.CALLING_STATION_ID, FS_SRC, AST_SRC):
-        found = number(packet.get_str(key))
-        if found:
-            return found
-    return None
+    return _first_number(packet, _CALLING_KEYS)
 
 
 def call_seconds(packet: Packet, usage: Usage) -> int | None:

@@ -54,6 +54,9 @@ class Proof:
     reject_attrs: tuple[tuple[int, bytes], ...] = ()  # MS-CHAP-Error
 
 
+_PAP_OK = Proof(True, "pap")
+
+
 def method_of(packet: Packet) -> str:
     if A.USER_PASSWORD in packet:
         return "pap"
@@ -87,7 +90,7 @@ def _pap(packet: Packet, secret: bytes, sub: Subscriber) -> Proof:
         return Proof(False, "pap", "wrong password")
     if not verify_password(text, sub.password_hash):
         return Proof(False, "pap", "wrong password")
-    return Proof(True, "pap")
+    return _PAP_OK
 
 
 def _chap(packet: Packet, sub: Subscriber) -> Proof:
