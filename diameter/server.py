@@ -265,7 +265,8 @@ class DiameterServer:
     async def _handle_ccr(self, conn: Connection, msg: Message) -> None:
         started = time.perf_counter()
         local = conn.machine.local
-        lacking = base.missing(msg)
+        index = gy.AvpIndex(msg.avps)
+        lacking = index.missing(DEFAULT.required_for(msg.code, msg.request))
         if lacking is not None:
             name = DEFAULT.name(lacking)
             log.info("CCR from %s refused: missing %s", conn.peer_host, name,
@@ -274,7 +275,7 @@ class DiameterServer:
                                    base.example_avp(lacking)))
             return
         dedup = self.cluster.dedup
-        key = f"diameter:{msg.value(T.ORIGIN_HOST)}:{msg.end_to_end}"
+        key = f"diameter:{index.value(T.ORIGIN_HOST)}:{msg.end_to_end}"
         ttl = self.config.duplicate_ttl
         claimed = False
         try:
@@ -293,7 +294,7 @@ class DiameterServer:
                         self.on_problem(conn, "duplicate-in-progress", "dropped")
                     return
                 claimed = True
-            answer, op, ccr = await self._answer(conn, msg, local)
+            answer, op, ccr = await self._answer(conn, msg, local, index)
         except StoreUnavailable as exc:
             log.warning("CCR from %s not answered with a grant: %s", conn.peer_host, exc,
                         extra={"peer": conn.peer_host, "session": msg.value(T.SESSION_ID)})
@@ -312,10 +313,12 @@ class DiameterServer:
         except StoreUnavailable as exc:
             log.warning("duplicate cache unavailable: %s", exc)
 
-    async def _answer(self, conn: Connection, msg: Message, local: base.LocalIdentity):
+    async def _answer(self, conn: Connection, msg: Message, local: base.LocalIdentity,
+                      index: gy.AvpIndex):
         """(answer, op label, parsed CCR or None). Raises StoreUnavailable."""
         try:
-            ccr = gy.parse_ccr(msg, self.policy, now_us=now_us(), nas=conn.peer_host)
+            ccr = gy.parse_ccr(msg, self.policy, now_us=now_us(), nas=conn.peer_host,
+                               index=index)
         except gy.CcrInvalid as exc:
             log.info("CCR from %s refused: %s (%d)", conn.peer_host, exc.reason,
                      exc.result_code, extra={"peer": conn.peer_host,
