@@ -217,3 +217,35 @@ async def test_store_unavailable_answers_no_one_as_if_committed(store_target):
         raise AssertionError("a reservation was acknowledged without a store")
     finally:
         await node._committer.stop(1)
+
+
+async def test_a_node_never_charges_from_state_another_node_changed(store, store_target):
+    """Each node keeps the balance state it committed (ocs.store.cache); a credit,
+    a suspension or a session's usage charged by the other node must be seen."""
+    other = await second_node(store_target)
+    try:
+        a = await store.create_account(name="two-nodes", currency="EUR", billing="prepaid",
+                                       opening_balance=10 * EUR)
+        price, mb, cent = PER_MB, 1_000_000, 10_000  # 0.01 EUR per MB
+
+        def commit(node, seq, used):
+            return node.commit(a.id, "sess", used, kind=Kind.OCTETS, price=price, seq=seq,
+                               reserve=10 * mb, cumulative=True)
+        await store.reserve(a.id, "sess", 10 * mb, kind=Kind.OCTETS, price=price, seq=0)
+        first = await commit(store, 1, 100 * mb)
+        assert first.cost == 100 * cent
+        # The other node charges the same session further, and tops the account up.
+        second = await commit(other, 2, 300 * mb)
+        assert second.charged == 200 * mb
+        await other.credit(a.id, 5 * EUR, ref="pay-1")
+        # This node must charge from the other node's point, not from its own.
+        third = await commit(store, 3, 350 * mb)
+        assert third.charged == 50 * mb and third.session_units == 350 * mb
+        assert third.balance == 15 * EUR - 350 * cent
+        # A suspension through the other node stops this node's next grant.
+        await other.set_account_status(a.id, "suspended")
+        fourth = await commit(store, 4, 360 * mb)
+        assert fourth.outcome is Outcome.ACCOUNT_SUSPENDED and fourth.granted == 0
+        await assert_ledger_matches(store, a.id)
+    finally:
+        await other.close()
