@@ -48,8 +48,11 @@ class Outcome(str, enum.Enum):
 
 
 # --------------------------------------------------------------------------- operations
+# Operations and results are values: nothing changes them once built, except the
+# engine filling in a result it has just made. They are not frozen dataclasses
+# because a frozen one costs several microseconds to build, per request.
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reserve:
     """Hold up to `units` of `kind` for (session, service), replacing any earlier hold."""
 
@@ -76,7 +79,7 @@ class Reserve:
         return f"reserve|{self.session}|{self.service}|{self.seq}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Commit:
     """Charge `used` units for (session, service), then optionally reserve `reserve` more.
 
@@ -120,7 +123,7 @@ class Commit:
         return f"commit|{self.session}|{self.service}|{self.seq}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Release:
     """Give back what (session, service) holds; `service=None` releases every service."""
 
@@ -138,7 +141,7 @@ class Release:
         return f"release|{self.session}|{self.service or '*'}|{self.seq}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Credit:
     """Add `amount` to a bucket: the main money bucket by default, or a new bucket
     when a kind other than money, a service, a validity or a priority is given."""
@@ -172,7 +175,7 @@ class Credit:
             or self.priority is not None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Adjust:
     """Operator correction by a signed `amount` on a bucket (main money bucket by default).
 
@@ -197,7 +200,7 @@ class Adjust:
         return f"adjust|{self.ref}" if self.ref else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Composite:
     """The operations of one request of one session, applied atomically under
     one key (session, seq), with the session's record written in the same
@@ -241,7 +244,7 @@ def _check_units(value: int, name: str) -> None:
 
 # --------------------------------------------------------------------------- results
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Result:
     """What an operation did. Stored as JSON under its key for replays."""
 
@@ -490,7 +493,8 @@ class _Engine:
                 result = self._one(acct, op, key)
             bal, avail = acct.money()
             self._account_events(acct, op, key, before, avail)
-            result = replace(result, balance=bal, available=avail, events=tuple(self._emitted))
+            result.balance, result.available = bal, avail
+            result.events = tuple(self._emitted)
         if key is not None:
             self.state.done[key] = result
             self.writes.operations.append((key, op.account_id, type(op).__name__.lower(), result))
@@ -599,13 +603,15 @@ class _Engine:
         if op.final or op.reserve == 0:
             return base
         if acct.status is not AccountStatus.ACTIVE:
-            return replace(base, outcome=_status_outcome(acct.status),
-                           message=f"account is {acct.status.value}")
+            base.outcome = _status_outcome(acct.status)
+            base.message = f"account is {acct.status.value}"
+            return base
         grant = self._hold(acct, op.session, op.service, op.kind, op.reserve, op.min_units,
                            op.price, op.seq, op.ttl, match=op.match,
                            base=self._tier_base(op.tier_counter))
-        return replace(base, outcome=grant.outcome, granted=grant.granted,
-                       expires_at=grant.expires_at, message=grant.message)
+        base.outcome, base.granted = grant.outcome, grant.granted
+        base.expires_at, base.message = grant.expires_at, grant.message
+        return base
 
     def _advance(self, acct: AccountState, key: str, units: int) -> int:
         value = self.state.counters.get(key, 0) + units
@@ -858,7 +864,11 @@ def _same_session(known: Session | None, merged: Session) -> bool:
     hours, so one write a minute per session is enough."""
     return (known is not None
             and merged.updated_at - known.updated_at < SESSION_TOUCH_US
-            and replace(merged, updated_at=known.updated_at, last_seq=known.last_seq) == known)
+            and all(getattr(merged, f) == getattr(known, f) for f in _SESSION_FIELDS))
+
+
+_SESSION_FIELDS = tuple(f for f in Session.__dataclass_fields__
+                        if f not in ("updated_at", "last_seq"))
 
 
 def _merge_session(known: Session | None, new: Session, opens: bool) -> Session:

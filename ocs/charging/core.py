@@ -252,13 +252,13 @@ class ChargingCore:
             want = usage.requested if usage.requested is not None else cfg.default_quota.of(
                 kind.value)
             want = min(want, cfg.max_quota.of(kind.value))
-            period = fair_usage_period(req.timestamp, cfg.fair_usage_period)
-            counter = threshold = None
+            counter = threshold = tier_counter = None
             if kind is Kind.OCTETS and plan is not None and plan.fair_usage is not None:
+                period = fair_usage_period(req.timestamp, cfg.fair_usage_period)
                 counter = f"fup:{sub.id}:{period}"
                 threshold = plan.fair_usage.threshold_octets
-            tier_counter = None
             if getattr(price, "tier_scope", "session") == "period":
+                period = fair_usage_period(req.timestamp, cfg.fair_usage_period)
                 tier_counter = f"tier:{sub.id}:{usage.service}:{period}"
             common = dict(kind=kind, service=usage.service, seq=req.seq, price=price,
                           match=bucket_match(usage), tier_counter=tier_counter)
