@@ -38,6 +38,11 @@ log = logging.getLogger("ocs.radius")
 
 _KIND = {AcctStatus.START: RequestKind.INITIAL, AcctStatus.INTERIM_UPDATE: RequestKind.UPDATE,
          AcctStatus.STOP: RequestKind.TERMINATE}
+# Enum members the accounting path reads per request, read once here: reading a
+# member off its class costs about 100 ns on Python 3.11.
+_UPDATE, _TERMINATE, _OCTETS = RequestKind.UPDATE, RequestKind.TERMINATE, Kind.OCTETS
+_UNKNOWN_SUBSCRIBER, _ACCOUNTING_RESPONSE = ResultCode.UNKNOWN_SUBSCRIBER, Code.ACCOUNTING_RESPONSE
+_NAS_RESTART = frozenset({AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF})
 _CLASS_PREFIX = b"ocs1:"
 _METERING_CACHE = 100_000
 
@@ -85,7 +90,7 @@ class Handler:
             usage = ServiceUsage(cfg.voice_service, Kind.SECONDS, destination=called)
         else:
             identity = Identity(username=username, msisdn=acct.calling_number(p))
-            usage = ServiceUsage(cfg.data_service, Kind.OCTETS)
+            usage = ServiceUsage(cfg.data_service, _OCTETS)
         authz = await charging.authorize(identity, usage)
         if authz.subscriber is None:
             return self._reject(st, p, outcomes.access(authz.result)[1], username, "none")
@@ -198,7 +203,7 @@ class Handler:
     # ------------------------------------------------------------ Accounting-Request
     async def accounting(self, st: NasState, p: Packet, source: str) -> bytes | None:
         status = acct.status_of(p)
-        if status in (AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF):
+        if status in _NAS_RESTART:
             closed = await self._close_nas_sessions(st, p, source)
             log.info("%s from %s: closed %d open sessions",
                      "Accounting-On" if status == AcctStatus.ACCOUNTING_ON else "Accounting-Off",
@@ -226,35 +231,38 @@ class Handler:
             keys = acct.CALL_ID_KEYS
         else:
             identity = Identity(username=username, msisdn=acct.calling_number(p))
-            data = ServiceUsage(cfg.data_service, Kind.OCTETS, used=u.octets_in + u.octets_out)
-            if await self._metered_time(p, session_id, identity):
+            data = ServiceUsage(cfg.data_service, _OCTETS, used=u.octets_in + u.octets_out)
+            metered = self._metered_time(p, session_id)
+            if metered is None:
+                metered = await self._look_up_metered_time(session_id, identity)
+            if metered:
                 services = (data, ServiceUsage(cfg.time_service, Kind.SECONDS,
                                                used=u.session_time))
             else:
                 services = (data,)
             keys = acct.DATA_KEYS
         attrs: dict[str, Any] = {}
-        if kind is not RequestKind.UPDATE:
+        if kind is not _UPDATE:
             wanted = set(keys)
             attrs = self.dictionary.named([(k, v) for k, v in p.attributes if k in wanted])
         req = ChargeRequest(identity, session_id, kind, acct.seq_of(p, u), services, at,
                             proto="radius", nas=st.name, nas_session_id=u.acct_session_id,
                             framed_ip=acct.framed_ip(p), cumulative=True, attrs=attrs)
         decision = await self.ctx.charging.charge(req)
-        if decision.result is ResultCode.UNKNOWN_SUBSCRIBER:
+        if decision.result is _UNKNOWN_SUBSCRIBER:
             log.warning("accounting for unknown subscriber %s from %s (session %s)", identity,
                         st.name, u.acct_session_id)
         elif cfg.log_accounting:
             log.info("accounting %s %s via %s: %s cost %d%s", kind.value, session_id, st.name,
                      decision.result.value, decision.cost,
                      " (replayed)" if decision.replayed else "")
-        if kind is RequestKind.TERMINATE:
+        if kind is _TERMINATE:
             self._metering.pop(session_id, None)
         return self._acct_response(st, p)
 
     def _acct_response(self, st: NasState, p: Packet) -> bytes:
         self._count(st, "accounting-response")
-        return encode_reply(p, Code.ACCOUNTING_RESPONSE, (), st.secret,
+        return encode_reply(p, _ACCOUNTING_RESPONSE, (), st.secret,
                             message_authenticator=p.has_message_authenticator)
 
     async def _elapsed(self, session_id: str, at: int) -> int:
@@ -265,24 +273,28 @@ class Handler:
             return 0
         return max(0, -(-(at - session.started_at) // 1_000_000))
 
-    async def _metered_time(self, p: Packet, session_id: str, identity: Identity) -> bool:
+    def _metered_time(self, p: Packet, session_id: str) -> bool | None:
+        """Whether a data session charges time too, from the Class the NAS echoes or
+        an earlier report; None when neither says (`_look_up_metered_time`)."""
         cls = p.get(A.CLASS)
         if cls is not None and cls.startswith(_CLASS_PREFIX):
             return cls.endswith(b":t")
         flag = self._metering.get(session_id)
-        if flag is None:
-            flag = "d"
-            for key, value in identity.lookups():
-                try:
-                    sub = await self.ctx.store.find_subscriber(**{key: value})
-                except NotFound:
-                    continue
-                plan = self.ctx.registry.plan(sub.plan_id) if sub.plan_id else None
-                flag = "t" if self._time_rated(plan) else "d"
-                break
-            self._metering[session_id] = flag
-            if len(self._metering) > _METERING_CACHE:
-                self._metering.popitem(last=False)
+        return None if flag is None else flag == "t"
+
+    async def _look_up_metered_time(self, session_id: str, identity: Identity) -> bool:
+        flag = "d"
+        for key, value in identity.lookups():
+            try:
+                sub = await self.ctx.store.find_subscriber(**{key: value})
+            except NotFound:
+                continue
+            plan = self.ctx.registry.plan(sub.plan_id) if sub.plan_id else None
+            flag = "t" if self._time_rated(plan) else "d"
+            break
+        self._metering[session_id] = flag
+        if len(self._metering) > _METERING_CACHE:
+            self._metering.popitem(last=False)
         return flag == "t"
 
     async def _close_nas_sessions(self, st: NasState, p: Packet, source: str) -> int:

@@ -46,6 +46,8 @@ log = logging.getLogger("ocs.radius")
 
 _AUTH_CODES = frozenset({Code.ACCESS_REQUEST, Code.STATUS_SERVER})
 _ACCT_CODES = frozenset({Code.ACCOUNTING_REQUEST, Code.STATUS_SERVER})
+# Read once: reading an enum member off its class costs about 100 ns on Python 3.11.
+_ACCESS_REQUEST, _STATUS_SERVER = Code.ACCESS_REQUEST, Code.STATUS_SERVER
 _CODE_LABEL = {Code.ACCESS_REQUEST: "access-request", Code.ACCOUNTING_REQUEST:
                "accounting-request", Code.STATUS_SERVER: "status-server"}
 
@@ -187,15 +189,15 @@ class RadiusServer:
                 self._dropped("bad_message_authenticator")
                 log.debug("bad Message-Authenticator from %s", st.name)
                 return False
-            if packet.code == Code.ACCESS_REQUEST:
+            if packet.code == _ACCESS_REQUEST:
                 if st.nas.id not in self._ma_seen:
                     self._ma_seen.add(st.nas.id)
                     self.metrics.radius_nas_without_ma.labels(nas=st.name).set(0)
             return True
-        if packet.code == Code.STATUS_SERVER:
+        if packet.code == _STATUS_SERVER:
             self._dropped("missing_message_authenticator")
             return False
-        if packet.code == Code.ACCESS_REQUEST:
+        if packet.code == _ACCESS_REQUEST:
             mode = st.require_ma
             if mode == "yes" or (mode == "auto" and st.nas.id in self._ma_seen):
                 self._dropped("missing_message_authenticator")
@@ -214,7 +216,7 @@ class RadiusServer:
         key = None
         dedup = self.ctx.cluster.dedup if self.ctx.cluster is not None else None
         try:
-            if packet.code == Code.STATUS_SERVER:  # RFC 5997 §3: never from the cache
+            if packet.code == _STATUS_SERVER:  # RFC 5997 §3: never from the cache
                 reply = self.handler.status(st, packet, endpoint.port)
             else:
                 if dedup is not None:
@@ -229,7 +231,7 @@ class RadiusServer:
                         self._duplicate(st)
                         self._send(endpoint, cached, addr)
                         return
-                if packet.code == Code.ACCESS_REQUEST:
+                if packet.code == _ACCESS_REQUEST:
                     op = "access"
                     reply = await self.handler.access(st, packet)
                 else:
