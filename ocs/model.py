@@ -340,9 +340,12 @@ class LedgerEntry:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Session:
-    """One network session (Acct-Session-Id or Diameter Session-Id)."""
+    """One network session (Acct-Session-Id or Diameter Session-Id).
+
+    A value like the other records, but not frozen: two are built per charged
+    request, and a frozen dataclass costs several times as much to build."""
 
     id: str  # globally unique session key chosen by the protocol layer
     account_id: int

@@ -406,3 +406,28 @@ async def test_closing_a_session_writes_one_rated_cdr_per_service(store):
         ("rg10", 30_000_000, 3 * EUR // 10), ("rg20", 3_000_000, 3 * EUR // 100)]
     assert cdrs[0].details == {"apn": "internet"} and cdrs[0].currency == "EUR"
     assert (await store.balance(a.id))["reserved"] == 0
+
+
+def test_a_stored_result_reads_back_whole_in_both_stored_forms():
+    from dataclasses import fields
+
+    from ocs.balance import Result
+    part = Result(Outcome.INSUFFICIENT, granted=1, expires_at=2, charged=3, cost=4, unpaid=5,
+                  below_floor=6, released=7, draws=((8, 9), (10, -11)), balance=12,
+                  available=13, bucket_id=14, session_units=15, session_cost=16,
+                  counter_units=17, events=("exhausted",), message="no more")
+    whole = Result(Outcome.OK, balance=-1, parts=(part, Result(Outcome.OK)))
+    assert {f.name for f in fields(Result)} - {"outcome", "parts", "replayed"} == {
+        name for name in part.__slots__ if getattr(part, name) != getattr(Result(Outcome.OK), name)
+    } - {"outcome"}  # the example sets every stored field
+    again = Result.from_json(whole.to_json())
+    assert again.replayed and again == Result(Outcome.OK, balance=-1, parts=(
+        Result(**{f.name: getattr(part, f.name) for f in fields(Result)
+                  if f.name != "replayed"}, replayed=True),
+        Result(Outcome.OK, replayed=True)), replayed=True)
+    # Rows written before results were stored positionally still read.
+    old = ('{"outcome":"ok","parts":[{"granted":5,"draws":[[1,2]],"outcome":"ok",'
+           '"events":["low_balance"]}],"balance":9}')
+    read = Result.from_json(old)
+    assert read.balance == 9 and read.parts[0].granted == 5
+    assert read.parts[0].draws == ((1, 2),) and read.parts[0].events == ("low_balance",)

@@ -4,6 +4,10 @@ RADIUS and Diameter translate their packets into a `ChargeRequest` and the
 core's `ChargeDecision` back into their replies (through each protocol's
 outcome table); neither invents charging of its own, and the core never sees
 an attribute or an AVP.
+
+Requests, usages, grants and decisions are values nobody changes once built;
+they are plain (not frozen) dataclasses only because one is built per request
+and a frozen one costs several times as much to build.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ class Identity:
         return ",".join(f"{k}={v}" for k, v in self.lookups()) or "-"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ServiceUsage:
     """One service of a request: a data rating group, a voice destination or an event.
 
@@ -71,7 +75,7 @@ class ServiceUsage:
     service_id: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChargeRequest:
     identity: Identity
     session_id: str
@@ -88,7 +92,7 @@ class ChargeRequest:
     attrs: dict[str, Any] = field(default_factory=dict)  # kept on the session and its CDR
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ServiceGrant:
     service: str
     kind: Kind
@@ -103,7 +107,7 @@ class ServiceGrant:
     session_cost: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChargeDecision:
     result: ResultCode
     services: tuple[ServiceGrant, ...] = ()

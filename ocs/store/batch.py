@@ -351,7 +351,9 @@ class GroupCommitter:
             self.start()
         fut = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((op, fut))
-        return await asyncio.shield(fut)
+        # A caller cancelled while waiting cancels only its own future: the batch
+        # still applies the operation and skips answering a future already done.
+        return await fut
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop accepting; commit what is queued (within `timeout`), then stop the worker."""
