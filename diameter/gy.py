@@ -47,7 +47,6 @@ the store, so any ocsd node can continue the session.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping
@@ -104,7 +103,10 @@ class GyPolicy:
     exhausted_validity_time: int = 300
 
 
-@dataclass(frozen=True, slots=True)
+# ServiceRequest and CreditControl are values nobody changes once parsed; like the
+# core's ChargeRequest they are plain slots dataclasses because one is built per
+# request, and a frozen one costs several times as much to build.
+@dataclass(slots=True)
 class ServiceRequest:
     """One service of a CCR as the answer must name it again."""
 
@@ -113,7 +115,7 @@ class ServiceRequest:
     service_ids: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CreditControl:
     """A parsed CCR: the charge request and what the answer echoes."""
 
@@ -354,30 +356,6 @@ class AvpIndex:
         return None
 
 
-def _builder(cls):
-    """`cls(**fields)` for a frozen, slotted dataclass, through its slot descriptors:
-    the same object without the generated __init__'s `object.__setattr__` per field
-    (about half the time; these records are made for every CCR). Given anything but
-    exactly its fields, or for a class with `__post_init__`, it is `cls(**fields)`."""
-    if hasattr(cls, "__post_init__") or not hasattr(cls, "__slots__"):
-        return cls
-    setters = {f.name: getattr(cls, f.name).__set__ for f in dataclasses.fields(cls)
-               if f.init}
-    count, new = len(setters), object.__new__
-
-    def build(**values):
-        if len(values) != count:
-            return cls(**values)
-        o = new(cls)
-        try:
-            for name, v in values.items():
-                setters[name](o, v)
-        except KeyError:
-            return cls(**values)
-        return o
-    return build
-
-
 def _invalid(a: Avp, why: str) -> CcrInvalid:
     return CcrInvalid(why, T.DIAMETER_INVALID_AVP_VALUE, encode_avp(a))
 
@@ -440,10 +418,10 @@ def parse_ccr(msg: Message, policy: GyPolicy, *, now_us: int, nas: str | None = 
             key = f"sid:{sids[0]}"
         else:
             key = "event" if event else "data"
-        usage = _service_usage(service=key, kind=kind_, used=used, requested=requested,
-                               destination=destination, rating_group=rg,
-                               service_id=sids[0] if sids else None)
-        return _service_request(usage=usage, rating_group=rg, service_ids=tuple(sids))
+        usage = ServiceUsage(key, kind_, used=used, requested=requested,
+                             destination=destination, rating_group=rg,
+                             service_id=sids[0] if sids else None)
+        return ServiceRequest(usage, rg, tuple(sids))
 
     services: list[ServiceRequest] = []
     msccs = msg.all(T.MULTIPLE_SERVICES_CREDIT_CONTROL)
@@ -484,22 +462,13 @@ def parse_ccr(msg: Message, policy: GyPolicy, *, now_us: int, nas: str | None = 
             attrs["apn"] = apn
         if destination:
             attrs["destination"] = destination
-    charge = _charge_request(
+    charge = ChargeRequest(
         identity=identity(msg), session_id=session_id, kind=kind, seq=number,
         services=tuple(s.usage for s in services), timestamp=timestamp, proto="diameter",
-        nas=nas or origin_host, nas_session_id=None,
-        framed_ip=framed_ip(msg) if request_type == INITIAL else None, cumulative=False,
+        nas=nas or origin_host, framed_ip=framed_ip(msg) if request_type == INITIAL else None,
         require_session=request_type in (UPDATE, TERMINATION), attrs=attrs)
-    return _credit_control(
-        session_id=session_id, origin_host=origin_host, origin_realm=msg.value(T.ORIGIN_REALM),
-        request_type=request_type, request_number=number, context=context,
-        multiple=bool(msccs), services=tuple(services), charge=charge, requested_action=action)
-
-
-_service_usage = _builder(ServiceUsage)
-_service_request = _builder(ServiceRequest)
-_charge_request = _builder(ChargeRequest)
-_credit_control = _builder(CreditControl)
+    return CreditControl(session_id, origin_host, msg.value(T.ORIGIN_REALM), request_type,
+                         number, context, bool(msccs), tuple(services), charge, action)
 
 
 def with_destination(ccr: CreditControl, destination: str) -> CreditControl:
