@@ -838,7 +838,8 @@ class _Engine:
                     match: str | None = None) -> list[BucketState]:
         found = [b for b in acct.buckets.values()
                  if bucket_pays(b, kind, service, self.now, match)]
-        found.sort(key=BucketState.order_key)
+        if len(found) > 1:
+            found.sort(key=BucketState.order_key)
         return found
 
     def _post(self, acct, b: BucketState, amount, entry_type, session, op_key, reason, actor):

@@ -122,9 +122,44 @@ async def _execute(conn: asyncpg.Connection, q: Query) -> Any:
     if q.mode == "executemany":
         rows = q.args[0]
         if rows:
-            await conn.executemany(q.sql, rows)
+            bulk = await _bulk_form(conn, q.sql)
+            if bulk is None:
+                await conn.executemany(q.sql, rows)
+            else:
+                await conn.execute(bulk, *zip(*rows))
         return None
     return rowcount_from_status(await conn.execute(q.sql, *q.args))
+
+
+# executemany sends one execution per row, and PostgreSQL's per-execution cost
+# dominates a balance batch; the same statement over arrays (unnest) is one
+# execution. Two shapes are rewritten: INSERT ... VALUES ($1, ..., $n) [rest]
+# and UPDATE t SET a = $2, ... WHERE id = $1. Rows of one batch never repeat an
+# ON CONFLICT key (the engine keys its writes), which INSERT ... SELECT needs.
+_INSERT = re.compile(r"^(INSERT INTO \w+ \([^)]*\)) VALUES \(([$\d, ]+)\)(.*)$", re.S)
+_UPDATE = re.compile(r"^UPDATE (\w+) SET ((?:\w+ = \$\d+(?:, )?)+) WHERE id = \$1$")
+_bulk_forms: dict[str, str | None] = {}
+
+
+async def _bulk_form(conn: asyncpg.Connection, sql: str) -> str | None:
+    if sql in _bulk_forms:
+        return _bulk_forms[sql]
+    form = None
+    insert, update = _INSERT.match(sql), _UPDATE.match(sql)
+    params = insert.group(2).replace(" ", "").split(",") if insert else []
+    if (insert and params == [f"${i}" for i in range(1, len(params) + 1)]) or update:
+        types = [t.name for t in (await conn.prepare(sql)).get_parameters()]
+        arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, start=1))
+        if insert:
+            form = f"{insert.group(1)} SELECT * FROM unnest({arrays}){insert.group(3)}"
+        else:
+            sets = [a.split(" = ") for a in update.group(2).split(", ")]
+            cols = ", ".join(f"c{i}" for i in range(1, len(types) + 1))
+            form = (f"UPDATE {update.group(1)} SET "
+                    + ", ".join(f"{col} = u.c{p[1:]}" for col, p in sets)
+                    + f" FROM unnest({arrays}) AS u({cols}) WHERE {update.group(1)}.id = u.c1")
+    _bulk_forms[sql] = form
+    return form
 
 
 _KEY = re.compile(r"Key \(([^)]+)\)")
