@@ -204,6 +204,28 @@ def test_start_interim_stop_charge_octets_with_gigawords(rad):
     assert cdrs["items"][0]["details"]["Acct-Terminate-Cause"] == "User-Request"
 
 
+def test_time_rated_session_charges_seconds_with_and_without_the_class_echo(rad):
+    acc = rad.ids["timed1"]
+    before = rad.buckets(acc)["seconds"]
+    # A NAS that does not echo Class: the plan is looked up once for the session.
+    base = 'User-Name = "timed1", Acct-Session-Id = "t-1", '
+    for text in ("Acct-Status-Type = Start",
+                 "Acct-Status-Type = Interim-Update, Acct-Session-Time = 60",
+                 "Acct-Status-Type = Interim-Update, Acct-Session-Time = 100",
+                 "Acct-Status-Type = Stop, Acct-Session-Time = 120"):
+        assert acct(rad, base + text) == "Accounting-Response"
+    assert rad.buckets(acc)["seconds"] == before - 120
+    # A NAS that echoes the Class of the Access-Accept: no lookup, the same charge.
+    code, attrs = auth(rad, "timed1", "pw-timed1")
+    assert code == "Access-Accept" and bytes.fromhex(attrs["Class"][2:]).endswith(b":t")
+    base = f'User-Name = "timed1", Acct-Session-Id = "t-2", Class = {attrs["Class"]}, '
+    for text in ("Acct-Status-Type = Start",
+                 "Acct-Status-Type = Interim-Update, Acct-Session-Time = 30",
+                 "Acct-Status-Type = Stop, Acct-Session-Time = 45"):
+        assert acct(rad, base + text) == "Accounting-Response"
+    assert rad.buckets(acc)["seconds"] == before - 165
+
+
 def test_retransmissions_are_not_charged_twice(rad):
     acc = rad.ids["retx"]
     before = rad.buckets(acc)["octets"]
