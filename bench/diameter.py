@@ -25,12 +25,21 @@ state machine, transport), against which the charging path is a ratio.
 `--profile DIR` runs ocsd under cProfile during a separate closed-loop
 CCR-U phase and prints where the time goes, grouped by area (the profiled
 run is slower; its timings are not the benchmark's).
+
+`--frontend` measures the Diameter layer alone, in process: CCR-Us go
+through the real connection (framing, codec, peer state machine), server
+(duplicate cache, metrics, access log) and Gy mapping to an answer on the
+wire, with the charging core replaced by one fixed decision and the socket by
+a transport that only counts writes. It reports the CPU per CCR-U (best and
+median of `--repeat` runs) with the codec as selected, with the pure-Python
+codec twin, and with the access log turned down, as ratios in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import pstats
@@ -406,6 +415,125 @@ def summarize_profile(path: Path) -> dict:
             "file": str(path)}
 
 
+# ---------------------------------------------------------------------- front-end alone
+class FixedDecision:
+    """The charging core's place in `--frontend`: every request is granted the same."""
+
+    def __init__(self):
+        from ocs.charging.types import ChargeDecision, ResultCode, ServiceGrant
+        from ocs.model import Kind
+        self.decision = ChargeDecision(ResultCode.SUCCESS, (ServiceGrant(
+            "rg:10", Kind.OCTETS, ResultCode.SUCCESS, granted=10_000_000, validity_time=3600,
+            threshold=1_000_000, charged=USED),), account_id=1, subscriber_id=1)
+
+    async def charge(self, request):
+        return self.decision
+
+
+class CountingTransport(asyncio.Transport):
+    """A connected socket's place in `--frontend`: writes are counted, not sent."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = 0
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 3868) if name in ("peername", "sockname") else default
+
+    def write(self, data) -> None:
+        self.writes += 1
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def frontend_run(requests: int, chunk: int, log_level: str, log_path: Path) -> float:
+    """CPU seconds per CCR-U through one connection of a fresh DiameterServer."""
+    from diameter.codec import encode
+    from diameter.server import DiameterServer
+    from ocs import logs
+    from ocs.cluster import build
+    from ocs.config import DiameterConfig, LogConfig, RedisConfig
+    from ocs.metrics import Metrics
+
+    with open(log_path, "w") as stream:
+        logs.setup(LogConfig(level=log_level), stream=stream)
+        cluster = build(RedisConfig(), node="bench")
+        await cluster.start()
+        config = DiameterConfig(listen="127.0.0.1:0", origin_host="ocs.bench.example",
+                                origin_realm="bench.example", allowed_addresses=["127.0.0.1"],
+                                max_in_flight=100_000)
+        server = DiameterServer(config, charging=FixedDecision(), cluster=cluster,
+                                metrics=Metrics())
+        conn = server.connection()
+        transport = CountingTransport()
+        conn.connection_made(transport)
+        client = DiameterClient("127.0.0.1", 0, origin_host="pgw0.bench.example",
+                                origin_realm="bench.example", destination_realm="bench.example")
+        conn.data_received(encode(base.cer(client.local, *client.ids())))
+        sessions = 200
+        raws = [encode(client.ccr(f"bench;{i % sessions}", UPDATE, 1 + i // sessions,
+                                  msisdn=f"4179{i % sessions:07d}",
+                                  msccs=[mscc(10, requested={}, used={"total": USED})]))
+                for i in range(requests)]
+
+        async def feed(batch: list[bytes]) -> None:
+            for k in range(0, len(batch), chunk):
+                conn.data_received(b"".join(batch[k:k + chunk]))
+                while server.tasks:
+                    await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the coalesced answers are flushed
+
+        await feed(raws[:requests // 10])  # warm-up: caches, metric children
+        measured = raws[requests // 10:]
+        gc.collect()  # each run starts from the same heap, not the last run's garbage
+        started = time.process_time()
+        await feed(measured)
+        cpu = time.process_time() - started
+        if transport.writes == 0:
+            raise RuntimeError("the server answered nothing")
+        conn.connection_lost(None)
+        await cluster.stop()
+        logs.teardown()
+    return cpu / len(measured)
+
+
+async def frontend(args) -> dict:
+    import diameter.codec as codec
+    selected = getattr(codec, "_compiled", None)  # None: no compiled twin to compare
+
+    async def variant(log_level: str, compiled) -> dict:
+        codec._compiled = compiled
+        try:
+            with tempfile.TemporaryDirectory(prefix="ocs-bench-") as d:
+                runs = [await frontend_run(args.requests, args.chunk, log_level,
+                                           Path(d) / "access.log")
+                        for _ in range(args.repeat)]
+        finally:
+            codec._compiled = selected
+        return {"best_us": round(min(runs) * 1e6, 1),
+                "median_us": round(statistics.median(runs) * 1e6, 1)}
+
+    out = {"codec": getattr(codec, "IMPLEMENTATION", "pure-python"),
+           "cpu_per_ccr_u": await variant(args.log_level, selected)}
+    if selected is not None:
+        out["cpu_per_ccr_u_pure_codec"] = await variant(args.log_level, None)
+    out["cpu_per_ccr_u_access_log_off"] = await variant("warning", selected)
+    best = out["cpu_per_ccr_u"]["best_us"]
+    out["ratios_of_best"] = {k: round(v["best_us"] / best, 2) for k, v in out.items()
+                             if isinstance(v, dict) and "best_us" in v}
+    return out
+
+
 # ---------------------------------------------------------------------- main
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -421,7 +549,18 @@ async def main() -> None:
     ap.add_argument("--profile", default=None, metavar="DIR")
     ap.add_argument("--pg-dsn", default=os.environ.get(
         "OCS_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    ap.add_argument("--frontend", action="store_true",
+                    help="measure the Diameter layer alone, in process (see above)")
+    ap.add_argument("--requests", type=int, default=20_000, help="--frontend: CCR-Us per run")
+    ap.add_argument("--chunk", type=int, default=50,
+                    help="--frontend: CCR-Us per read from the socket")
+    ap.add_argument("--repeat", type=int, default=5, help="--frontend: runs per variant")
     args = ap.parse_args()
+    if args.frontend:
+        print(json.dumps({"benchmark": "diameter-frontend", "requests": args.requests,
+                          "chunk": args.chunk, "repeat": args.repeat,
+                          "log_level": args.log_level, **await frontend(args)}, indent=2))
+        return
     version = subprocess.run([OCSD, "--version"], capture_output=True, text=True).stdout.strip()
     result = {"benchmark": "diameter", "ocsd": version, "sessions": args.sessions,
               "updates_per_session": args.updates, "connections": args.connections,
