@@ -9,6 +9,7 @@ the pure-Python codec, so results and errors are the same by construction:
   return, or None whenever that function would fault or take one of its
   lenient detours (reserved bits, unknown M-bit AVP, bad length, bad UTF-8,
   nesting too deep, ...): the caller then decodes the message in Python;
+* `make_avp` builds an `Avp` as `codec._make_avp` does (for `codec.avp`);
 * `encode_avps` returns the bytes of ``b"".join(encode_avp(a) for a in avps)``;
   a value it does not encode inline (out-of-range integers, addresses, times,
   floats, anything odd) is encoded by `codec.encode_avp` itself, so
@@ -62,6 +63,16 @@ def bind(avp_class, slow_value, fault, encode_avp):
     _Avp, _slow_value, _Fault, _encode_avp = avp_class, slow_value, fault, encode_avp
     _code, _value = avp_class.code, avp_class.value
     _vendor, _flags = avp_class.vendor, avp_class.flags
+
+
+def make_avp(code, val, vendor, flags):
+    """`codec._make_avp`, compiled: the `Avp` of these four field values, as given."""
+    o = _new(_Avp)
+    set_slot(_code, o, code)
+    set_slot(_value, o, val)
+    set_slot(_vendor, o, vendor)
+    set_slot(_flags, o, flags)
+    return o
 
 
 # ---------------------------------------------------------------------- decoding

@@ -53,8 +53,9 @@ class PeerInfo:
 
 @functools.lru_cache(maxsize=256)
 def constant(key: int, val: int) -> Avp:
-    """`avp(key, val)` for the integer AVPs every answer repeats (Result-Code,
-    Auth-Application-Id, ...): AVPs are immutable, so one object serves them all."""
+    """`avp(key, val)` for the integer AVPs answers repeat (Result-Code,
+    Auth-Application-Id, Rating-Group, Validity-Time, ...): AVPs are immutable, so
+    one object serves them all. Integers only (True would be served as 1)."""
     return avp(key, val)
 
 

@@ -604,3 +604,5 @@ def _select():
 
 
 _compiled, IMPLEMENTATION = _select()
+if _compiled is not None:
+    _make_avp = _compiled.make_avp  # noqa: F811 - what `avp` builds its AVPs with

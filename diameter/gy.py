@@ -52,7 +52,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from ocs.charging.types import (ChargeDecision, ChargeRequest, Identity, RequestKind,
-                                ServiceGrant, ServiceUsage)
+                                ResultCode, ServiceGrant, ServiceUsage)
 from ocs.errors import OcsError
 from ocs.model import Kind
 
@@ -539,12 +539,12 @@ def _grant_avps(sr: ServiceRequest, grant: ServiceGrant | None, request_type: in
     units = 0
     if grant is not None:
         units = grant.charged if request_type == EVENT else grant.granted
-    if units and grant.result.value == "success":
+    if units and grant.result == ResultCode.SUCCESS:
         out.append(avp(T.GRANTED_SERVICE_UNIT, (_unit_avp(kind, units),)))
     if in_mscc:
         out += [avp(T.SERVICE_IDENTIFIER, i) for i in sr.service_ids]
         if sr.rating_group is not None:
-            out.append(avp(T.RATING_GROUP, sr.rating_group))
+            out.append(base.constant(T.RATING_GROUP, sr.rating_group))
     validity = grant.validity_time if grant is not None and units else 0
     fui = None
     if grant is not None and grant.final_unit is not None and request_type != EVENT:
@@ -552,7 +552,7 @@ def _grant_avps(sr: ServiceRequest, grant: ServiceGrant | None, request_type: in
         if restricts and not units and policy.exhausted_validity_time:
             validity = policy.exhausted_validity_time
     if validity and request_type != EVENT:
-        out.append(avp(T.VALIDITY_TIME, validity))
+        out.append(base.constant(T.VALIDITY_TIME, validity))
     if in_mscc:
         out.append(base.constant(T.RESULT_CODE, code))
     if fui is not None:
@@ -560,7 +560,7 @@ def _grant_avps(sr: ServiceRequest, grant: ServiceGrant | None, request_type: in
     if units and request_type != EVENT and grant.threshold:
         out.append(avp(_THRESHOLDS[kind], grant.threshold))
     if units and request_type != EVENT and policy.quota_holding_time:
-        out.append(avp(T.QUOTA_HOLDING_TIME, policy.quota_holding_time))
+        out.append(base.constant(T.QUOTA_HOLDING_TIME, policy.quota_holding_time))
     return out
 
 

@@ -67,6 +67,15 @@ def assert_same_encoding(fast, avps) -> None:
 
 def test_the_daemon_uses_the_compiled_codec(fast):
     assert codec.IMPLEMENTATION == "compiled" and codec._compiled is fast
+    assert codec._make_avp is fast.make_avp
+
+
+@pytest.mark.parametrize("fields", [(415, 5, 0, 0x40), (1032, "x", 10415, 0xC0),
+                                    (456, (), 0, 0x40), (2**40, None, -1, "odd")])
+def test_compiled_avps_are_the_dataclass_s_own(fast, fields):
+    made = fast.make_avp(*fields)
+    assert type(made) is Avp and made == Avp(*fields) and hash(made) == hash(Avp(*fields))
+    assert (made.code, made.value, made.vendor, made.flags) == fields
 
 
 @pytest.mark.parametrize("path", sorted(VECTORS.glob("*.hex")), ids=lambda p: p.stem)
