@@ -401,15 +401,23 @@ def parse_ccr(msg: Message, policy: GyPolicy, *, now_us: int, nas: str | None = 
         usus = [_units(g) for g in usu_groups]
         configured_kind, configured_quota = policy.rating_groups.get(rg, (None, None)) \
             if rg is not None else (None, None)
-        kind_ = fixed_kind or configured_kind or (rsu and _kind_of(rsu)) or next(
-            (k for k in map(_kind_of, usus) if k is not None), None) or default_kind
-        if rsu is not None and _amount(rsu, kind_) is not None:
-            requested = _amount(rsu, kind_)
+        kind_ = fixed_kind or configured_kind or (rsu and _kind_of(rsu))
+        if not kind_:
+            for u in usus:  # the first USU that says
+                kind_ = _kind_of(u)
+                if kind_ is not None:
+                    break
+            kind_ = kind_ or default_kind
+        asked = _amount(rsu, kind_) if rsu is not None else None
+        if asked is not None:
+            requested = asked
         elif rsu is not None or asks_by_default:
             requested = configured_quota  # None: the core's default quota of the kind
         else:
             requested = 0
-        used = sum(_amount(u, kind_) or 0 for u in usus)
+        used = 0
+        for u in usus:
+            used += _amount(u, kind_) or 0
         if fixed_service is not None:
             key = fixed_service
         elif rg is not None:
@@ -464,7 +472,7 @@ def parse_ccr(msg: Message, policy: GyPolicy, *, now_us: int, nas: str | None = 
             attrs["destination"] = destination
     charge = ChargeRequest(
         identity=identity(msg), session_id=session_id, kind=kind, seq=number,
-        services=tuple(s.usage for s in services), timestamp=timestamp, proto="diameter",
+        services=tuple([s.usage for s in services]), timestamp=timestamp, proto="diameter",
         nas=nas or origin_host, framed_ip=framed_ip(msg) if request_type == INITIAL else None,
         require_session=request_type in (UPDATE, TERMINATION), attrs=attrs)
     return CreditControl(session_id, origin_host, msg.value(T.ORIGIN_REALM), request_type,
