@@ -301,6 +301,22 @@ async def test_authorize_sizes_the_session_without_reserving(core, store):
         is ResultCode.SERVICE_DENIED
 
 
+async def test_lookup_cache_sees_changes_made_elsewhere_within_its_interval(store):
+    core = ChargingCore(store, PRICES, CONFIG.model_copy(update={"cache_ttl": 0.2}))
+    a, s = await subscriber(store)
+    assert (await core.authorize(Identity(username="alice"))).result is ResultCode.SUCCESS
+    other = ChargingCore(store, PRICES, CONFIG)  # as if another node, or ocsctl
+    await store.set_account_status(a.id, "suspended")
+    await store.update_subscriber(s.id, username="alice2")
+    await asyncio.sleep(0.25)
+    assert (await core.authorize(Identity(username="alice"))).result \
+        is ResultCode.UNKNOWN_SUBSCRIBER
+    assert (await core.authorize(Identity(username="alice2"))).result \
+        is ResultCode.SERVICE_DENIED
+    assert (await other.authorize(Identity(username="alice2"))).result \
+        is ResultCode.SERVICE_DENIED
+
+
 async def test_lookup_cache_is_bounded_in_time_and_forgotten_on_change(store):
     cached = ChargingCore(store, PRICES, CONFIG.model_copy(update={"cache_ttl": 60}))
     a, s = await subscriber(store)

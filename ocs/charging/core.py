@@ -43,29 +43,28 @@ class PriceResolver(Protocol):
         """
 
 
-class TtlCache:
-    """A small time-bounded cache of lookups on the request path."""
+class LookupCache:
+    """Lookups on the request path (subscribers by identity, accounts by id), kept
+    until the store says accounts, subscribers or plans changed.
 
-    def __init__(self, ttl: float, max_size: int = 100_000):
-        self.ttl = ttl
+    A point read costs about as much as the rest of a request, and in production
+    a session's next interim comes minutes later, so a cache that expired entries
+    by age would miss nearly always. Instead the core asks the store's
+    provisioning version at most every `check_every` seconds and forgets every
+    entry when it moved. Bounded in size: when full it starts over.
+    """
+
+    def __init__(self, max_size: int = 200_000):
         self.max_size = max_size
-        self._data: dict[Any, tuple[float, Any]] = {}
+        self._data: dict[Any, Any] = {}
 
     def get(self, key: Any) -> Any:
-        hit = self._data.get(key)
-        if hit is None:
-            return None
-        if hit[0] < time.monotonic():
-            del self._data[key]
-            return None
-        return hit[1]
+        return self._data.get(key)
 
     def put(self, key: Any, value: Any) -> None:
-        if self.ttl <= 0:
-            return
         if len(self._data) >= self.max_size:
             self._data.clear()  # crude but bounded; refills from the store
-        self._data[key] = (time.monotonic() + self.ttl, value)
+        self._data[key] = value
 
     def clear(self) -> None:
         self._data.clear()
@@ -110,14 +109,34 @@ class ChargingCore:
         self.config = config
         self._on_events = on_events
         self._plans: dict[int, Plan] = {}
-        self._subscribers = TtlCache(config.cache_ttl)
-        self._accounts = TtlCache(config.cache_ttl)
+        self._subscribers = LookupCache()
+        self._accounts = LookupCache()
+        self._version: int | None = None   # the store's provisioning version seen last
+        self._next_check = 0.0             # time.monotonic() of the next look at it
 
     # ------------------------------------------------------------------ lookups
     async def reload(self) -> None:
         """Reload plans, forget cached subscribers (SIGHUP, catalog changed)."""
         self._plans = {p.id: p for p in await self.store.list_plans()}
         self.forget()
+
+    async def _check_changes(self) -> None:
+        """Forget cached lookups when accounts, subscribers or plans changed anywhere
+        (checked at most every `cache_ttl` seconds; 0: the caches are off)."""
+        ttl = self.config.cache_ttl
+        if ttl <= 0:
+            self.forget()
+            return
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + ttl
+        version = await self.store.provisioning_version()
+        if version != self._version:
+            if self._version is not None:
+                self._plans = {}  # refetched one by one as requests name them
+            self._version = version
+            self.forget()
 
     async def plan(self, plan_id: int | None) -> Plan | None:
         if plan_id is None:
@@ -128,7 +147,8 @@ class ChargingCore:
         return plan
 
     async def subscriber(self, identity: Identity) -> Subscriber | None:
-        """The subscriber with any of these identities (cached for `cache_ttl`)."""
+        """The subscriber with any of these identities (cached; see LookupCache)."""
+        await self._check_changes()
         for key, value in identity.lookups():
             found = self._subscribers.get((key, value))
             if found is not None:
@@ -142,8 +162,9 @@ class ChargingCore:
         return None
 
     async def account(self, account_id: int) -> Account:
-        """The account (cached for `cache_ttl`). Its status is enforced again inside
+        """The account (cached; see LookupCache). Its status is enforced again inside
         every balance transaction, so a suspension stops new grants at once."""
+        await self._check_changes()
         found = self._accounts.get(account_id)
         if found is None:
             found = await self.store.get_account(account_id)

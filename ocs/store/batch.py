@@ -156,8 +156,9 @@ def balance_program(ops: list[Operation], now: int, cache: BalanceCache | None =
         b.dirty = False
         buckets = state.accounts[account_id].buckets
         buckets[real] = buckets.pop(tmp)
-    writes.remap(ids)
-    results = [remap_result(r, ids) for r in results]
+    if ids:
+        writes.remap(ids)
+        results = [remap_result(r, ids) for r in results]
     _stage_sessions(cache, state, sessions, with_record,
                     {op.session: op.account_id for op in parts if hasattr(op, "session")})
     for op in parts:

@@ -138,6 +138,12 @@ class Store:
     async def schema_version(self) -> int:
         return await self.driver.run(migrate.version_program, self.dialect, write=False)
 
+    async def provisioning_version(self) -> int:
+        """A number that moves whenever accounts, subscribers or plans change through
+        any store on this database (another node, ocsctl): cached lookups are stale."""
+        row = await self._one("SELECT version FROM provisioning WHERE id = 1")
+        return row["version"]
+
     async def ping(self) -> bool:
         def program():
             return (yield fetchval("SELECT 1")) == 1
@@ -503,6 +509,7 @@ class Store:
                 raise ValidationError(f"subscriber {subscriber_id} has {active} active "
                                       "session(s); end them first")
             yield execute("DELETE FROM sessions WHERE subscriber_id = $1", subscriber_id)
+            yield from bump_provisioning_program()
             account_id = yield fetchval("SELECT account_id FROM subscribers WHERE id = $1",
                                         subscriber_id)
             yield from bump_accounts_program([account_id])
@@ -696,8 +703,18 @@ def _insert_program(table: str, values: dict[str, Any], now: int, updated: bool 
     cols = list(values) + (["created_at", "updated_at"] if updated else ["created_at"])
     args = [_col(k, v) for k, v in values.items()] + ([now, now] if updated else [now])
     marks = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+    if table in _PROVISIONING:
+        yield from bump_provisioning_program()
     return (yield fetchrow(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks}) "
                            "RETURNING *", *args))
+
+
+# Tables whose changes the charging core's lookup caches must see (Store.provisioning_version).
+_PROVISIONING = ("accounts", "subscribers", "plans")
+
+
+def bump_provisioning_program():
+    yield execute("UPDATE provisioning SET version = version + 1 WHERE id = 1")
 
 
 def _update_program(table: str, row_id: int, changes: dict[str, Any]):
@@ -706,6 +723,8 @@ def _update_program(table: str, row_id: int, changes: dict[str, Any]):
     sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(changes, start=2))
     if table == "accounts":  # the balance cache must read the account afresh
         sets += ", version = version + 1"
+    if table in _PROVISIONING:
+        yield from bump_provisioning_program()
     args = [_col(k, v) for k, v in changes.items()]
     return (yield fetchrow(f"UPDATE {table} SET {sets}, updated_at = ${len(args) + 2} "
                            f"WHERE id = $1 RETURNING *", row_id, *args, now_us()))
@@ -772,6 +791,7 @@ def _import_program(rows: list[dict], policy: PasswordPolicy, actor, now):
     """All-or-nothing bulk provisioning; see Store.import_subscribers."""
     plan_rows = yield fetch("SELECT * FROM plans")
     plans = {r["name"]: r for r in plan_rows}
+    yield from bump_provisioning_program()
     account_ids: dict[str, int] = {}
     names = sorted({r["account"] for r in rows})
     existing = yield fetch("SELECT id, name FROM accounts WHERE name = ANY($1)", names)
