@@ -254,7 +254,8 @@ class ChargingCore:
     def _parts(self, req: ChargeRequest, account: Account, plan: Plan | None,
                sub: Subscriber) -> tuple[list, dict[str, ResultCode], dict[str, Any]]:
         """The balance operations of a request, the services that failed rating, and
-        how each service is priced (kept on the session and its CDR)."""
+        how each service is priced (kept on the session and its CDR). There is one
+        operation per service not in `failed`, in the order of `req.services`."""
         cfg = self.config
         ttl = cfg.validity_time + cfg.reservation_grace
         parts: list = []
@@ -330,14 +331,12 @@ class ChargingCore:
         cfg = self.config
         final_unit = plan.final_unit if plan is not None else None
         grants: list[ServiceGrant] = []
-        by_part = dict(zip((id(p) for p in parts), result.parts))
+        charged = zip(parts, result.parts)  # one part per service that did not fail, in order
         for usage in req.services:
             if usage.service in failed:
                 grants.append(ServiceGrant(usage.service, usage.kind, failed[usage.service]))
                 continue
-            part = next(p for p in parts if getattr(p, "service", None) == usage.service
-                        or isinstance(p, Credit) and p.ref and usage.service in p.ref)
-            r = by_part[id(part)]
+            part, r = next(charged)
             code = _OUTCOME[r.outcome]
             wanted = getattr(part, "reserve", None) or getattr(part, "units", 0)
             if isinstance(part, Commit) and part.final:
