@@ -217,9 +217,9 @@ class Composite:
     opens: bool = False  # the request starts the session (may reopen a closed id)
 
     def __post_init__(self):
-        if any(p.account_id != self.account_id or isinstance(p, Composite)
-               for p in self.parts):
-            raise ValueError("parts of a composite operation charge its own account")
+        for p in self.parts:
+            if p.account_id != self.account_id or isinstance(p, Composite):
+                raise ValueError("parts of a composite operation charge its own account")
 
     @property
     def op_key(self) -> str:
@@ -227,6 +227,8 @@ class Composite:
 
 
 Operation = Reserve | Commit | Release | Credit | Adjust | Composite
+_OP_TYPE = {cls: cls.__name__.lower() for cls in (Reserve, Commit, Release, Credit, Adjust,
+                                                  Composite)}
 
 
 def flatten(ops: list[Operation]) -> Iterator[Operation]:
@@ -509,7 +511,7 @@ class _Engine:
             result.events = tuple(self._emitted)
         if key is not None:
             self.state.done[key] = result
-            self.writes.operations.append((key, op.account_id, type(op).__name__.lower(), result))
+            self.writes.operations.append((key, op.account_id, _OP_TYPE[type(op)], result))
         return result
 
     def _composite(self, acct: AccountState, op: Composite, key: str) -> Result:
@@ -529,7 +531,7 @@ class _Engine:
     def _one(self, acct: AccountState, op: Operation, key: str | None) -> Result:
         counter_before = (self.state.counters.get(op.counter, 0)
                           if isinstance(op, Commit) and op.counter else 0)
-        result = getattr(self, "_" + type(op).__name__.lower())(acct, op)
+        result = getattr(self, "_" + _OP_TYPE[type(op)])(acct, op)
         self._service_events(acct, op, key, result, counter_before)
         return result
 
@@ -891,11 +893,13 @@ def _merge_session(known: Session | None, new: Session, opens: bool) -> Session:
     if known is None or (opens and known.status == "closed"):
         return new
     status = "closed" if known.status == "closed" else new.status
-    return replace(new, started_at=known.started_at,
-                   framed_ip=new.framed_ip or known.framed_ip,
-                   last_seq=max(new.last_seq, known.last_seq),
+    return Session(id=new.id, account_id=new.account_id, subscriber_id=new.subscriber_id,
+                   proto=new.proto, nas=new.nas, nas_session_id=new.nas_session_id,
+                   framed_ip=new.framed_ip or known.framed_ip, status=status,
+                   last_seq=max(new.last_seq, known.last_seq), started_at=known.started_at,
+                   updated_at=new.updated_at,
                    ended_at=known.ended_at if known.status == "closed" else new.ended_at,
-                   attrs={**known.attrs, **new.attrs}, status=status)
+                   attrs={**known.attrs, **new.attrs} if new.attrs else known.attrs)
 
 
 def remap_result(result: Result, ids: dict[int, int]) -> Result:
