@@ -168,6 +168,16 @@ class TextFormatter(logging.Formatter):
     def __init__(self, *, journal: bool = False):
         super().__init__()
         self.journal = journal
+        self._last_second: tuple[int, str] = (-1, "")
+
+    def _second(self, record: logging.LogRecord) -> str:
+        """The local date and time to the second; formatted once per second (a busy
+        access log writes thousands of lines in each)."""
+        second = int(record.created)
+        if self._last_second[0] != second:
+            text = _timestamp(record).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+            self._last_second = (second, text)
+        return self._last_second[1]
 
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(f"{k}={_text_value(v)}" for k, v in _fields(record).items())
@@ -176,8 +186,7 @@ class TextFormatter(logging.Formatter):
             prio = self._PRIORITY.get(record.levelno, 6)
             line = f"<{prio}>{body}"
         else:
-            ts = _timestamp(record).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-            line = f"{ts}.{int(record.msecs):03d} {record.levelname:<7} {body}"
+            line = f"{self._second(record)}.{int(record.msecs):03d} {record.levelname:<7} {body}"
         if record.exc_text:
             line += "\n" + record.exc_text
         if record.stack_info:
@@ -185,10 +194,12 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
+
+
 def _text_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return json.dumps(text) if (not text or any(c.isspace() or c in '"=' for c in text)) \
-        else text
+    return json.dumps(text) if (not text or _NEEDS_QUOTES.search(text)) else text
 
 
 class JsonFormatter(logging.Formatter):
@@ -235,6 +246,10 @@ def setup(config: Any, *, stream: TextIO | None = None) -> logging.Handler:
     are reset to inherit.
     """
     global _handler
+    # No format prints the caller's file and line, the thread or the process:
+    # don't make the logging module look them up for every record.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     if _handler is None or (stream is not None and _handler.stream is not stream):
         if _handler is not None:
@@ -260,6 +275,10 @@ def setup(config: Any, *, stream: TextIO | None = None) -> logging.Handler:
 def teardown() -> None:
     """Remove what `setup` installed (for embedding ocsd's modules, and tests)."""
     global _handler
+    # No format prints the caller's file and line, the thread or the process:
+    # don't make the logging module look them up for every record.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)
