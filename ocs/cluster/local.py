@@ -62,7 +62,11 @@ class _Expiring(Generic[V]):
         return item[1]
 
     def set(self, key: str, value: V, ttl: float) -> None:
-        deadline = self.deadline(ttl)
+        self.set_for(key, value, ttl_ms(ttl) / 1000)
+
+    def set_for(self, key: str, value: V, seconds: float) -> None:
+        """`set` with a lifetime already checked and rounded (see ttl_ms)."""
+        deadline = time.monotonic() + seconds
         self._items[key] = (deadline, value)
         heapq.heappush(self._heap, (deadline, key))
         self.purge()
@@ -145,6 +149,7 @@ class LocalDuplicateCache(DuplicateCache):
     def __init__(self, state: _State, default_ttl: float):
         self._state = state
         self._ttl = default_ttl
+        self._seconds = ttl_ms(default_ttl) / 1000  # checked once: every request uses it
         # key -> _CLAIMED, or the answer bytes
         self._entries: _Expiring[Any] = _Expiring()
 
@@ -152,20 +157,22 @@ class LocalDuplicateCache(DuplicateCache):
         self._state.check()
         check_name(key, "duplicate-cache key")
 
+    def _lifetime(self, ttl: float | None) -> float:
+        return self._seconds if ttl is None else ttl_ms(ttl) / 1000
+
     async def claim(self, key, ttl=None):
         self._check(key)
-        ttl = self._ttl if ttl is None else ttl
-        ttl_ms(ttl)
+        seconds = self._lifetime(ttl)
         if self._entries.get(key) is not None:
             return False
-        self._entries.set(key, self._CLAIMED, ttl)
+        self._entries.set_for(key, self._CLAIMED, seconds)
         return True
 
     async def store(self, key, answer, ttl=None):
         self._check(key)
         if not isinstance(answer, (bytes, bytearray, memoryview)):
             raise TypeError(f"answer must be bytes, not {type(answer).__name__}")
-        self._entries.set(key, bytes(answer), self._ttl if ttl is None else ttl)
+        self._entries.set_for(key, bytes(answer), self._lifetime(ttl))
 
     async def get(self, key):
         self._check(key)
