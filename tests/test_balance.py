@@ -431,3 +431,20 @@ def test_a_stored_result_reads_back_whole_in_both_stored_forms():
     read = Result.from_json(old)
     assert read.balance == 9 and read.parts[0].granted == 5
     assert read.parts[0].draws == ((1, 2),) and read.parts[0].events == ("low_balance",)
+
+
+async def test_a_session_that_moves_to_another_account_holds_and_pays_there(store):
+    """The subscriber changed accounts mid-session: the next commit names the new
+    account; the old hold is given back and the new one is the new account's."""
+    old, new = await account(store, name="old"), await account(store, name="new")
+    await store.reserve(old.id, "s1", 2 * EUR, seq=0)
+    moved = await store.commit(new.id, "s1", EUR // 2, seq=1, reserve=EUR)
+    assert moved.ok and moved.granted == EUR
+    (held,) = await store.reservations()
+    assert held.account_id == new.id and held.units == EUR
+    assert (await store.balance(old.id))["reserved"] == 0
+    assert (await store.balance(new.id))["reserved"] == EUR
+    again = await store.commit(new.id, "s1", EUR // 4, seq=2, reserve=EUR)
+    assert again.ok and (await store.balance(new.id))["balance"] == 10 * EUR - 3 * EUR // 4
+    for a in (old, new):
+        await assert_ledger_matches(store, a.id)
