@@ -12,6 +12,8 @@ document per run:
 * ``server_cpu_us_per_request``: CPU (user + system, from /proc) of the server
   and of *every* PostgreSQL process during the load, divided by the requests
   answered (other PostgreSQL clients on the machine inflate it);
+* ``server_cpu_split_us``: that figure split between the server process and the
+  PostgreSQL processes;
 * ``client_cpu_us_per_request``: the load generator's own CPU;
 * ``rows``: what the server really stored (closed sessions and CDRs for
   ocsd, radacct rows for FreeRADIUS), checked against what was sent;
@@ -172,7 +174,7 @@ def run_load(port: int, mode: str, n: int, interims: int, procs: int, window: in
     shares = [users[k::procs] for k in range(procs)]
     queue: mp.Queue = mp.Queue()
     pids = server_pids()
-    cpu0 = cpu_seconds(*pids)
+    cpu0, own0 = cpu_seconds(*pids), cpu_seconds(pids[0])
     t0 = time.perf_counter()
     workers = [mp.Process(target=worker, args=(port, mode, share, interims, window,
                                                rate / procs if rate else 0.0, timeout,
@@ -184,6 +186,7 @@ def run_load(port: int, mode: str, n: int, interims: int, procs: int, window: in
         w.join()
     elapsed = time.perf_counter() - t0
     cpu = cpu_seconds(*server_pids()) - cpu0  # includes backends started meanwhile
+    own = cpu_seconds(pids[0]) - own0          # the server process alone
     answered = sum(r[0] for r in results)
     lat = sorted(x for r in results for x in r[2])
 
@@ -194,6 +197,9 @@ def run_load(port: int, mode: str, n: int, interims: int, procs: int, window: in
             "requests_per_s": round(answered / elapsed, 1) if elapsed else 0,
             "latency_ms": {"p50": pct(0.50), "p99": pct(0.99), "max": pct(1.0)},
             "server_cpu_us_per_request": round(cpu * 1e6 / answered, 1) if answered else None,
+            "server_cpu_split_us": {"daemon": round(own * 1e6 / answered, 1),
+                                    "database": round((cpu - own) * 1e6 / answered, 1)}
+            if answered else None,
             "client_cpu_us_per_request": round(sum(r[3] for r in results) * 1e6 / answered, 1)
             if answered else None}
 

@@ -25,7 +25,7 @@ from ..balance import (AccountState, BatchState, BucketState, ChargeState, Opera
 from ..errors import StoreUnavailable
 from ..model import AccountStatus, Billing, Kind, Session
 from .cache import BalanceCache, CachedAccount, CachedSession
-from .sql import execute, executemany, fetch, fetchval
+from .sql import execute, executemany, fetch, fetchval, write_all
 
 log = logging.getLogger("ocs.store")
 
@@ -170,23 +170,24 @@ def balance_program(ops: list[Operation], now: int, cache: BalanceCache | None =
             if key and entry is not None:
                 entry.counters[key] = state.counters.get(key, 0)
 
+    out: list = []  # every write of the batch, sent together (see sql.write_all)
     dirty = writes.dirty_buckets(state)
     if dirty:
-        yield executemany("UPDATE buckets SET balance = $2, reserved = $3 WHERE id = $1",
-                          [(b.id, b.balance, b.reserved) for b in dirty])
+        out.append(executemany("UPDATE buckets SET balance = $2, reserved = $3 WHERE id = $1",
+                               [(b.id, b.balance, b.reserved) for b in dirty]))
         for b in dirty:
             b.dirty = False
     if writes.ledger:
-        yield executemany(
+        out.append(executemany(
             "INSERT INTO ledger (account_id, bucket_id, kind, amount, balance_after, entry_type, "
             "session, op_key, reason, actor, created_at) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             [(e.account_id, e.bucket_id, e.kind.value, e.amount, e.balance_after,
               e.entry_type.value, e.session, e.op_key, e.reason, e.actor, e.created_at)
-             for e in writes.ledger])
+             for e in writes.ledger]))
     if writes.deleted_reservations:
-        yield executemany("DELETE FROM reservations WHERE session = $1 AND service = $2",
-                          sorted(writes.deleted_reservations))
+        out.append(executemany("DELETE FROM reservations WHERE session = $1 AND service = $2",
+                               sorted(writes.deleted_reservations)))
     if writes.upserted_reservations:
         # A hold that replaces one of the same account and kind rewrites only what a
         # new hold changes: setting the indexed account_id costs SQLite three times
@@ -198,46 +199,48 @@ def balance_program(ops: list[Operation], now: int, cache: BalanceCache | None =
             (same if held_by.get((r.session, r.service)) == (r.account_id, r.kind)
              else other).append(row)
         if same:
-            yield executemany(_UPSERT_RESERVATION + _SAME_HOLDER, same)
+            out.append(executemany(_UPSERT_RESERVATION + _SAME_HOLDER, same))
         if other:
-            yield executemany(_UPSERT_RESERVATION + "account_id = excluded.account_id, "
-                              "kind = excluded.kind, " + _SAME_HOLDER, other)
+            out.append(executemany(_UPSERT_RESERVATION + "account_id = excluded.account_id, "
+                                   "kind = excluded.kind, " + _SAME_HOLDER, other))
     if writes.charges:
-        yield executemany(
+        out.append(executemany(
             "INSERT INTO session_charges (session, service, account_id, kind, units, cost, seq, "
             "closed, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
             "ON CONFLICT (session, service) DO UPDATE SET units = excluded.units, "
             "cost = excluded.cost, seq = excluded.seq, closed = excluded.closed, "
             "updated_at = excluded.updated_at",
             [(c.session, c.service, c.account_id, c.kind.value, c.units, c.cost, c.seq,
-              int(c.closed), now) for c in writes.charges.values()])
+              int(c.closed), now) for c in writes.charges.values()]))
     if writes.counters:
-        yield executemany(
+        out.append(executemany(
             "INSERT INTO usage_counters (key, account_id, units, updated_at) "
             "VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO UPDATE SET units = excluded.units, "
             "updated_at = excluded.updated_at",
-            [(k, a, u, now) for k, (a, u) in writes.counters.items()])
+            [(k, a, u, now) for k, (a, u) in writes.counters.items()]))
     if writes.sessions:
-        yield executemany(UPSERT_SESSION, [session_args(x) for x in writes.sessions.values()])
+        out.append(executemany(UPSERT_SESSION,
+                               [session_args(x) for x in writes.sessions.values()]))
     if writes.cdrs:
-        yield executemany(
+        out.append(executemany(
             "INSERT INTO cdrs (session, account_id, subscriber_id, service, kind, started_at, "
             "ended_at, units, cost, currency, details, created_at) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             [(c["session"], c["account_id"], c["subscriber_id"], c["service"], c["kind"],
               c["started_at"], c["ended_at"], c["units"], c["cost"], c["currency"],
-              json.dumps(c["details"], separators=(",", ":")), now) for c in writes.cdrs])
+              json.dumps(c["details"], separators=(",", ":")), now) for c in writes.cdrs]))
     if writes.events:
-        yield executemany(
+        out.append(executemany(
             "INSERT INTO outbox (event_id, account_id, type, payload, created_at) "
             "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
             [(e["id"], e["account_id"], e["type"], json.dumps(e, separators=(",", ":")), now)
-             for e in writes.events])
+             for e in writes.events]))
     if writes.operations:
-        yield executemany(
+        out.append(executemany(
             "INSERT INTO operations (op_key, account_id, op_type, result, created_at) "
             "VALUES ($1, $2, $3, $4, $5)",
-            [(k, a, t, r.to_json(), now) for k, a, t, r in writes.operations])
+            [(k, a, t, r.to_json(), now) for k, a, t, r in writes.operations]))
+    yield write_all(*out)
     return results
 
 

@@ -59,7 +59,7 @@ class PostgresDriver:
             self.pool = await asyncpg.create_pool(
                 self.dsn, min_size=self.min_size, max_size=self.max_size,
                 command_timeout=self.command_timeout, timeout=self.connect_timeout,
-                server_settings=settings)
+                server_settings=settings, reset=_keep_session)
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL ({self.describe()}): {exc}") \
                 from exc
@@ -112,7 +112,16 @@ class PostgresDriver:
             gen.close()
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Released connections skip asyncpg's RESET ALL / UNLISTEN round trip: programs
+    set no session state (their locks are transaction-scoped), and asyncpg still
+    ends any open transaction itself."""
+
+
 async def _execute(conn: asyncpg.Connection, q: Query) -> Any:
+    if q.mode == "write_all":
+        await _write_all(conn, [each for each in q.args if each.args[0]])
+        return None
     if q.mode == "fetch":
         return await conn.fetch(q.sql, *q.args)
     if q.mode == "fetchrow":
@@ -131,13 +140,35 @@ async def _execute(conn: asyncpg.Connection, q: Query) -> Any:
     return rowcount_from_status(await conn.execute(q.sql, *q.args))
 
 
+async def _write_all(conn: asyncpg.Connection, queries: list[Query]) -> None:
+    """Several bulk writes as one statement of data-modifying CTEs: one round trip.
+    They touch different rows (write_all's contract), which is what PostgreSQL
+    requires of sub-statements that run on one snapshot."""
+    forms = [await _bulk_form(conn, q.sql) for q in queries]
+    if len(queries) < 2 or None in forms:
+        for q in queries:
+            await _execute(conn, q)
+        return
+    parts, args = [], []
+    for i, (q, form) in enumerate(zip(queries, forms)):
+        offset = len(args)
+        parts.append(f"w{i} AS ({_PARAM.sub(lambda m: f'${int(m[1]) + offset}', form)})")
+        args.extend(zip(*q.args[0]))
+    await conn.execute("WITH " + ", ".join(parts) + " SELECT 1", *args)
+
+
+_PARAM = re.compile(r"\$(\d+)")
+
+
 # executemany sends one execution per row, and PostgreSQL's per-execution cost
 # dominates a balance batch; the same statement over arrays (unnest) is one
-# execution. Two shapes are rewritten: INSERT ... VALUES ($1, ..., $n) [rest]
-# and UPDATE t SET a = $2, ... WHERE id = $1. Rows of one batch never repeat an
-# ON CONFLICT key (the engine keys its writes), which INSERT ... SELECT needs.
+# execution. Three shapes are rewritten: INSERT ... VALUES ($1, ..., $n) [rest],
+# UPDATE t SET a = $2, ... WHERE id = $1, and DELETE FROM t WHERE a = $1 AND ...
+# Rows of one batch never repeat an ON CONFLICT key (the engine keys its
+# writes), which INSERT ... SELECT needs.
 _INSERT = re.compile(r"^(INSERT INTO \w+ \([^)]*\)) VALUES \(([$\d, ]+)\)(.*)$", re.S)
 _UPDATE = re.compile(r"^UPDATE (\w+) SET ((?:\w+ = \$\d+(?:, )?)+) WHERE id = \$1$")
+_DELETE = re.compile(r"^DELETE FROM (\w+) WHERE ((?:\w+ = \$\d+(?: AND )?)+)$")
 _bulk_forms: dict[str, str | None] = {}
 
 
@@ -145,16 +176,21 @@ async def _bulk_form(conn: asyncpg.Connection, sql: str) -> str | None:
     if sql in _bulk_forms:
         return _bulk_forms[sql]
     form = None
-    insert, update = _INSERT.match(sql), _UPDATE.match(sql)
+    insert, update, delete = _INSERT.match(sql), _UPDATE.match(sql), _DELETE.match(sql)
     params = insert.group(2).replace(" ", "").split(",") if insert else []
-    if (insert and params == [f"${i}" for i in range(1, len(params) + 1)]) or update:
+    if (insert and params == [f"${i}" for i in range(1, len(params) + 1)]) or update or delete:
         types = [t.name for t in (await conn.prepare(sql)).get_parameters()]
         arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, start=1))
+        cols = ", ".join(f"c{i}" for i in range(1, len(types) + 1))
         if insert:
             form = f"{insert.group(1)} SELECT * FROM unnest({arrays}){insert.group(3)}"
+        elif delete:
+            table = delete.group(1)
+            where = " AND ".join(f"{table}.{col} = u.c{p[1:]}" for col, p in
+                                 (c.split(" = ") for c in delete.group(2).split(" AND ")))
+            form = f"DELETE FROM {table} USING unnest({arrays}) AS u({cols}) WHERE {where}"
         else:
             sets = [a.split(" = ") for a in update.group(2).split(", ")]
-            cols = ", ".join(f"c{i}" for i in range(1, len(types) + 1))
             form = (f"UPDATE {update.group(1)} SET "
                     + ", ".join(f"{col} = u.c{p[1:]}" for col, p in sets)
                     + f" FROM unnest({arrays}) AS u({cols}) WHERE {update.group(1)}.id = u.c1")

@@ -23,7 +23,7 @@ T = TypeVar("T")
 class Query:
     sql: str
     args: tuple
-    mode: str  # fetch | fetchrow | fetchval | execute | executemany
+    mode: str  # fetch | fetchrow | fetchval | execute | executemany | write_all
 
 
 Program = Generator[Query, Any, T]
@@ -52,6 +52,12 @@ def execute(sql: str, *args) -> Query:
 
 def executemany(sql: str, rows: Sequence[Sequence[Any]]) -> Query:
     return Query(sql, (list(rows),), "executemany")
+
+
+def write_all(*queries: Query) -> Query:
+    """Several `executemany` writes whose order does not matter (they touch
+    different rows), applied together: one round trip on PostgreSQL."""
+    return Query("", queries, "write_all")
 
 
 def rowcount_from_status(status: str) -> int:

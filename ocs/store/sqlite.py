@@ -144,6 +144,10 @@ class SqliteDriver:
 
 
 def _execute(conn: sqlite3.Connection, q: Query) -> Any:
+    if q.mode == "write_all":
+        for each in q.args:
+            _execute(conn, each)
+        return None
     sql = translate(q.sql)
     if q.mode == "executemany":
         # Rows are scalars (programs build them; lists only appear as ANY($n)
