@@ -258,12 +258,15 @@ class ChargingComponent:
         self.ctx.charging = core
 
     async def reload(self) -> None:
-        """SIGHUP: recompile changed tariffs (swapped whole), reload plans."""
+        """SIGHUP: recompile changed tariffs (swapped whole), reload plans, and read
+        balances afresh (in case the database was edited by hand)."""
         from .rating.storage import reload_tariffs
         if self.ctx.tariffs is not None:
             await reload_tariffs(self.ctx.store, self.ctx.tariffs)
         if self.ctx.charging is not None:
             await self.ctx.charging.reload()
+        if self.ctx.store is not None:
+            self.ctx.store.balance_cache.clear()
 
     async def stop(self) -> None:
         self.ctx.charging = None

@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import signal
+import sqlite3
 import socket
 import subprocess
 import sys
@@ -598,6 +599,33 @@ def test_sighup_reloads_nas_and_plans_from_the_store(daemons, tmp_path):
     d.signal(signal.SIGTERM)
     assert d.wait() == 0
     assert "Zq8-vT3-kW9-pL2-xR7" not in d.log()
+
+
+def test_sighup_reads_balances_edited_by_hand_afresh(daemons, tmp_path):
+    """The balance state a node keeps between batches is trusted through
+    accounts.version; SQL that changes a bucket without bumping it is seen after
+    SIGHUP (README: editing the database by hand)."""
+    token = secrets.token_urlsafe(24)
+    d = daemons(extra='bootstrap_token = "env:OCS_TEST_TOKEN"',
+                env={"OCS_TEST_TOKEN": token}).start()
+
+    def call(method, path, body=None):
+        status, answer = d.api(method, path, token, body)
+        assert status < 300, (status, answer)
+        return answer
+    a = call("POST", "/v1/accounts", {"name": "by-hand", "currency": "EUR",
+                                      "billing": "prepaid", "opening_balance": "10"})
+    call("POST", f"/v1/accounts/{a['id']}/topup", {"amount": "1"})  # the node now holds it
+    db = sqlite3.connect(str(tmp_path / "ocs.db"))
+    with db:
+        db.execute("UPDATE buckets SET balance = balance + 5000000 "
+                   "WHERE account_id = ? AND main = 1", (a["id"],))
+    db.close()
+    d.reload()
+    call("POST", f"/v1/accounts/{a['id']}/topup", {"amount": "1"})
+    assert call("GET", f"/v1/accounts/{a['id']}")["balance"]["balance"] == "17.00"
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0
 
 
 # ---------------------------------------------------------------------- logs
