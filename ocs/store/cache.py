@@ -7,10 +7,10 @@ are. So the writer keeps what it committed, and trusts it only while the
 database agrees nobody else changed the account since:
 
 * every transaction that changes an account's balance state bumps
-  `accounts.version` (the balance batch does it in the statement that locks
-  the account; the API's writes, provisioning and deletes do it too);
+  `accounts.version` (the balance batch with its writes, after locking the
+  account; the API's writes, provisioning and deletes too);
 * a cached account is used only when the version the batch's lock statement
-  finds is the one right after the version this node committed last. Another
+  finds is the version this node committed last. Another
   node's batch, an API change or an `ocsctl` command in between makes the
   versions disagree, and the account is read afresh.
 
@@ -61,9 +61,9 @@ class BalanceCache:
     # -- reading (inside the batch) -------------------------------------------------
     def account(self, account_id: int, locked_version: int) -> CachedAccount | None:
         """The cached entry if nobody changed the account since this node committed it;
-        `locked_version` is the version the batch's lock statement left (already bumped)."""
+        `locked_version` is the version the batch's lock statement found."""
         entry = self.accounts.get(account_id)
-        if entry is not None and entry.version == locked_version - 1:
+        if entry is not None and entry.version == locked_version:
             self.hits += 1
             return entry
         self.misses += 1

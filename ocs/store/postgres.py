@@ -163,11 +163,12 @@ _PARAM = re.compile(r"\$(\d+)")
 # executemany sends one execution per row, and PostgreSQL's per-execution cost
 # dominates a balance batch; the same statement over arrays (unnest) is one
 # execution. Three shapes are rewritten: INSERT ... VALUES ($1, ..., $n) [rest],
-# UPDATE t SET a = $2, ... WHERE id = $1, and DELETE FROM t WHERE a = $1 AND ...
+# UPDATE t SET a = $2, b = b + $3, ... WHERE id = $1, and DELETE FROM t WHERE
+# a = $1 AND ...
 # Rows of one batch never repeat an ON CONFLICT key (the engine keys its
 # writes), which INSERT ... SELECT needs.
 _INSERT = re.compile(r"^(INSERT INTO \w+ \([^)]*\)) VALUES \(([$\d, ]+)\)(.*)$", re.S)
-_UPDATE = re.compile(r"^UPDATE (\w+) SET ((?:\w+ = \$\d+(?:, )?)+) WHERE id = \$1$")
+_UPDATE = re.compile(r"^UPDATE (\w+) SET ((?:\w+ = (?:\w+ \+ )?\$\d+(?:, )?)+) WHERE id = \$1$")
 _DELETE = re.compile(r"^DELETE FROM (\w+) WHERE ((?:\w+ = \$\d+(?: AND )?)+)$")
 _bulk_forms: dict[str, str | None] = {}
 
@@ -192,7 +193,8 @@ async def _bulk_form(conn: asyncpg.Connection, sql: str) -> str | None:
         else:
             sets = [a.split(" = ") for a in update.group(2).split(", ")]
             form = (f"UPDATE {update.group(1)} SET "
-                    + ", ".join(f"{col} = u.c{p[1:]}" for col, p in sets)
+                    + ", ".join(f"{col} = " + re.sub(r"\$(\d+)", r"u.c\1", value)
+                                for col, value in sets)
                     + f" FROM unnest({arrays}) AS u({cols}) WHERE {update.group(1)}.id = u.c1")
     _bulk_forms[sql] = form
     return form
