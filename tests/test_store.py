@@ -212,3 +212,35 @@ async def test_a_new_plan_is_an_event_for_enforcement(store):
             event["previous_plan_id"]) == ("plan_changed", s.id, fast.id, basic.id)
     with pytest.raises(NotFound):
         await store.update_subscriber(999_999, plan_id=fast.id)
+
+
+async def test_sqlite_wal_is_checkpointed_while_running_and_empty_after_close(tmp_path):
+    """Checkpoints run beside the writer (never inside a commit): while running the
+    write-ahead log is copied back into the database file, and after a clean stop
+    the file alone holds everything (what a backup of it copies)."""
+    import asyncio
+    import os
+    import sqlite3
+
+    path = tmp_path / "ocs.db"
+    driver = make_driver(f"sqlite:{path}")
+    driver.CHECKPOINT_EVERY = 0.05
+    store = Store(driver)
+    await store.open(migrate_schema=True)
+    a = await store.create_account(name="wal", currency="EUR", billing="prepaid")
+    for i in range(50):
+        await store.credit(a.id, 1_000, ref=f"wal-{i}")
+    await asyncio.sleep(0.3)
+
+    def in_file_alone() -> int:  # the database file, ignoring any write-ahead log
+        db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return db.execute("SELECT count(*) FROM ledger WHERE account_id = ?",
+                              (a.id,)).fetchone()[0]
+        finally:
+            db.close()
+    assert in_file_alone() == 50
+    await store.credit(a.id, 1_000, ref="wal-last")
+    await store.close()
+    assert not os.path.exists(f"{path}-wal") or os.path.getsize(f"{path}-wal") == 0
+    assert in_file_alone() == 51
