@@ -508,12 +508,15 @@ class Store:
             if active:
                 raise ValidationError(f"subscriber {subscriber_id} has {active} active "
                                       "session(s); end them first")
-            yield execute("DELETE FROM sessions WHERE subscriber_id = $1", subscriber_id)
-            yield from bump_provisioning_program()
             account_id = yield fetchval("SELECT account_id FROM subscribers WHERE id = $1",
                                         subscriber_id)
+            if account_id is None:
+                return 0
+            yield execute("DELETE FROM sessions WHERE subscriber_id = $1", subscriber_id)
             yield from bump_accounts_program([account_id])
-            return (yield execute("DELETE FROM subscribers WHERE id = $1", subscriber_id))
+            deleted = yield execute("DELETE FROM subscribers WHERE id = $1", subscriber_id)
+            yield from bump_provisioning_program()
+            return deleted
         if not await self.driver.run(program):
             raise NotFound(f"subscriber {subscriber_id} not found")
 
@@ -703,10 +706,11 @@ def _insert_program(table: str, values: dict[str, Any], now: int, updated: bool 
     cols = list(values) + (["created_at", "updated_at"] if updated else ["created_at"])
     args = [_col(k, v) for k, v in values.items()] + ([now, now] if updated else [now])
     marks = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+    row = yield fetchrow(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks}) "
+                         "RETURNING *", *args)
     if table in _PROVISIONING:
         yield from bump_provisioning_program()
-    return (yield fetchrow(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks}) "
-                           "RETURNING *", *args))
+    return row
 
 
 # Tables whose changes the charging core's lookup caches must see (Store.provisioning_version).
@@ -714,6 +718,8 @@ _PROVISIONING = ("accounts", "subscribers", "plans")
 
 
 def bump_provisioning_program():
+    """Program fragment, after the change it announces: the one provisioning row is
+    taken last, after any account row, so two provisioning writers never deadlock."""
     yield execute("UPDATE provisioning SET version = version + 1 WHERE id = 1")
 
 
@@ -723,11 +729,12 @@ def _update_program(table: str, row_id: int, changes: dict[str, Any]):
     sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(changes, start=2))
     if table == "accounts":  # the balance cache must read the account afresh
         sets += ", version = version + 1"
-    if table in _PROVISIONING:
-        yield from bump_provisioning_program()
     args = [_col(k, v) for k, v in changes.items()]
-    return (yield fetchrow(f"UPDATE {table} SET {sets}, updated_at = ${len(args) + 2} "
-                           f"WHERE id = $1 RETURNING *", row_id, *args, now_us()))
+    row = yield fetchrow(f"UPDATE {table} SET {sets}, updated_at = ${len(args) + 2} "
+                         f"WHERE id = $1 RETURNING *", row_id, *args, now_us())
+    if table in _PROVISIONING and row is not None:
+        yield from bump_provisioning_program()
+    return row
 
 
 def _create_accounts_program(accounts: list[dict], openings: list[int], actor, now):
@@ -791,7 +798,6 @@ def _import_program(rows: list[dict], policy: PasswordPolicy, actor, now):
     """All-or-nothing bulk provisioning; see Store.import_subscribers."""
     plan_rows = yield fetch("SELECT * FROM plans")
     plans = {r["name"]: r for r in plan_rows}
-    yield from bump_provisioning_program()
     account_ids: dict[str, int] = {}
     names = sorted({r["account"] for r in rows})
     existing = yield fetch("SELECT id, name FROM accounts WHERE name = ANY($1)", names)
@@ -865,6 +871,7 @@ def _import_program(rows: list[dict], policy: PasswordPolicy, actor, now):
             "AND account_id = ANY($4)",
             actor, now, before, sorted({b[0] for b in buckets}))
         yield from bump_accounts_program([b[0] for b in buckets])
+    yield from bump_provisioning_program()  # last, as everywhere: accounts are locked first
     return len(rows)
 
 
