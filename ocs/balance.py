@@ -518,6 +518,12 @@ class _Engine:
         known = self.state.sessions.get(op.session)
         if op.require_session and known is None:
             return Result(Outcome.UNKNOWN_SESSION, message=f"unknown session {op.session}")
+        if op.opens and known is not None and known.status == "closed":
+            # The id was reused (a NAS restarted its counter): a new session, whose
+            # cumulative counters start again from zero.
+            for charge_key in [k for k, c in self.state.charges.items()
+                               if k[0] == op.session and c.closed]:
+                del self.state.charges[charge_key]
         parts = tuple(self._one(acct, part, key) for part in op.parts)
         bad = next((p.outcome for p in parts if p.outcome is not Outcome.OK), Outcome.OK)
         record = _merge_session(known, op.record, op.opens) if op.record else known
@@ -614,7 +620,9 @@ class _Engine:
         base = Result(Outcome.OK, charged=charged, cost=cost, unpaid=unpaid,
                       below_floor=below, draws=tuple(draws), session_units=charge.units,
                       session_cost=charge.cost, counter_units=counter)
-        if op.final or op.reserve == 0:
+        if op.final or op.reserve == 0 or charge.closed:
+            # A report arriving after the session ended (a reordered interim) is
+            # charged for anything new, but nothing is held for a session that is over.
             return base
         if acct.status is not AccountStatus.ACTIVE:
             base.outcome = _status_outcome(acct.status)

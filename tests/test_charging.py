@@ -383,3 +383,33 @@ async def test_tariff_tiers_count_the_billing_period_across_sessions(store):
     how = cdr.details["rating:rg:10"]
     assert how["tariff"] == "data-tiers" and how["currency"] == "CHF"
     assert how["fx"]["from"] == "EUR" and how["fx"]["to"] == "CHF"
+
+
+async def test_an_interim_arriving_after_the_stop_holds_nothing(core, store):
+    """UDP reorders: the interim sent before the Stop may arrive after it. It charges
+    nothing new (the Stop's totals cover it) and must not reserve for a dead session."""
+    a, s = await subscriber(store)
+    await core.charge(req(RequestKind.INITIAL, 0, data(), cumulative=True))
+    await core.charge(req(RequestKind.UPDATE, 1, data(used=10 * MB), cumulative=True))
+    await core.charge(req(RequestKind.TERMINATE, 3, data(used=30 * MB), cumulative=True))
+    late = await core.charge(req(RequestKind.UPDATE, 2, data(used=20 * MB), cumulative=True))
+    assert late.cost == 0 and late.grant("rg:10").granted == 0
+    assert await store.reservations(account_id=a.id) == []
+    position = await store.balance(a.id)
+    assert position["reserved"] == 0 and position["balance"] == 10 * EUR - 30 * 10_000
+    assert len(await store.list_cdrs(session="sess-1")) == 1
+
+
+async def test_a_session_id_reused_after_its_stop_is_a_new_session(core, store):
+    """A NAS that restarts may hand out an Acct-Session-Id again: the new session's
+    cumulative counters start from zero, so its usage is charged in full."""
+    a, s = await subscriber(store)
+    await core.charge(req(RequestKind.INITIAL, 0, data(), cumulative=True))
+    await core.charge(req(RequestKind.TERMINATE, 2, data(used=30 * MB), cumulative=True))
+    await core.charge(req(RequestKind.INITIAL, 10, data(), cumulative=True))
+    again = await core.charge(req(RequestKind.UPDATE, 11, data(used=5 * MB), cumulative=True))
+    assert again.grant("rg:10").granted > 0 and again.cost == 5 * 10_000
+    await core.charge(req(RequestKind.TERMINATE, 12, data(used=8 * MB), cumulative=True))
+    assert sorted(c.units for c in await store.list_cdrs(session="sess-1")) == [8 * MB, 30 * MB]
+    position = await store.balance(a.id)
+    assert position["reserved"] == 0 and position["balance"] == 10 * EUR - 38 * 10_000
