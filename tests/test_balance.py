@@ -448,3 +448,48 @@ async def test_a_session_that_moves_to_another_account_holds_and_pays_there(stor
     assert again.ok and (await store.balance(new.id))["balance"] == 10 * EUR - 3 * EUR // 4
     for a in (old, new):
         await assert_ledger_matches(store, a.id)
+
+
+async def test_a_batch_that_fails_or_is_retried_leaves_nothing_behind(store, monkeypatch):
+    """The node keeps the balance state it committed (ocs.store.cache). A batch whose
+    writes fail (SQLite: the caller is told) or are retried (PostgreSQL re-runs a
+    deadlocked transaction) must not leave the state it changed in memory."""
+    import asyncpg
+
+    from ocs.errors import StoreUnavailable
+    a = await account(store)
+    await store.reserve(a.id, "s1", 2 * EUR, seq=0)
+    await store.commit(a.id, "s1", EUR // 10, seq=1, reserve=2 * EUR)  # the node holds it now
+    failed = []
+    if store.dialect == "postgres":
+        from ocs.store import postgres as driver
+        real = driver._write_all
+
+        async def once(conn, queries):
+            if not failed:
+                failed.append(True)
+                raise asyncpg.DeadlockDetectedError("deadlock detected (injected)")
+            return await real(conn, queries)
+        monkeypatch.setattr(driver, "_write_all", once)
+        await store.commit(a.id, "s1", EUR // 10, seq=2, reserve=2 * EUR)  # retried inside
+    else:
+        import sqlite3
+
+        from ocs.store import sqlite as driver
+        real = driver._execute
+
+        def once(conn, q):
+            if q.mode == "write_all" and not failed:
+                failed.append(True)
+                raise sqlite3.OperationalError("disk I/O error (injected)")
+            return real(conn, q)
+        monkeypatch.setattr(driver, "_execute", once)
+        with pytest.raises(StoreUnavailable):
+            await store.commit(a.id, "s1", EUR // 10, seq=2, reserve=2 * EUR)
+        await store.commit(a.id, "s1", EUR // 10, seq=2, reserve=2 * EUR)  # the NAS retries
+    assert failed
+    last = await store.commit(a.id, "s1", EUR // 10, seq=3, reserve=2 * EUR)
+    assert last.balance == 10 * EUR - 3 * (EUR // 10)
+    position = await store.balance(a.id)
+    assert position["balance"] == 10 * EUR - 3 * (EUR // 10) and position["reserved"] == 2 * EUR
+    await assert_ledger_matches(store, a.id)

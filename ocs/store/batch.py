@@ -38,6 +38,7 @@ def balance_program(ops: list[Operation], now: int, cache: BalanceCache | None =
     must `publish` or `abort` the cache after the transaction.
     """
     cache = cache if cache is not None else BalanceCache(0, 0)
+    cache.abort()  # anything still staged is from an attempt of this batch that failed
     parts = list(flatten(ops))
     state = BatchState(now=now)
     valid: dict[int, CachedAccount] = {}  # accounts whose cached state this batch uses

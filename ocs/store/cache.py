@@ -57,6 +57,7 @@ class BalanceCache:
         self._staged: dict[int, tuple[CachedAccount, int]] = {}
         self._staged_sessions: dict[str, CachedSession] = {}
         self._dropped_sessions: set[str] = set()
+        self._used_sessions: set[str] = set()  # taken from the cache by the staged batch
 
     # -- reading (inside the batch) -------------------------------------------------
     def account(self, account_id: int, locked_version: int) -> CachedAccount | None:
@@ -74,6 +75,7 @@ class BalanceCache:
         entry = self.sessions.get(session)
         if entry is None or valid.get(entry.owner.state.id) is not entry.owner:
             return None
+        self._used_sessions.add(session)
         return entry
 
     # -- staging (inside the batch) and publishing (after COMMIT) ----------------------
@@ -108,10 +110,12 @@ class BalanceCache:
         self._reset_stage()
 
     def abort(self) -> None:
-        """The staged batch did not commit: what it touched may hold uncommitted changes."""
+        """The staged batch did not commit: what it touched may hold uncommitted changes.
+        (Also called as a batch starts: a PostgreSQL retry of a deadlocked batch runs
+        the program again, and must not see what the failed attempt changed.)"""
         for account_id in self._staged:
             self.accounts.pop(account_id, None)
-        for session in (*self._staged_sessions, *self._dropped_sessions):
+        for session in (*self._staged_sessions, *self._dropped_sessions, *self._used_sessions):
             self.sessions.pop(session, None)
         self._reset_stage()
 
@@ -119,6 +123,7 @@ class BalanceCache:
         self._staged = {}
         self._staged_sessions = {}
         self._dropped_sessions = set()
+        self._used_sessions = set()
 
     def clear(self) -> None:
         self.accounts.clear()
