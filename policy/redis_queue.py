@@ -43,6 +43,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ocs.cluster import ClusterUnavailable
+from ocs.cluster.redis_backend import close_redis
 from ocs.model import now_us
 
 from . import state
@@ -144,7 +145,7 @@ class StreamQueue(ActionQueue):
 
     async def stop(self) -> None:
         if self.client is not None:
-            await self.client.aclose()
+            await close_redis(self.client, "policy queue")
             self.client = None
 
     @contextmanager

@@ -141,8 +141,25 @@ class _Link:
     async def close(self) -> None:
         self.closed = True
         self.stopping.set()
-        await self.client.aclose()
-        await self.blocking.aclose()
+        await close_redis(self.client, f"cluster state at {self.url}")
+        await close_redis(self.blocking, f"cluster state at {self.url}")
+
+
+CLOSE_TIMEOUT = 2.0  # seconds
+
+
+async def close_redis(client, what: str) -> None:
+    """Close a client's connections, never waiting longer than CLOSE_TIMEOUT: closing a
+    connection whose blocking read was just cancelled can wait forever for the socket
+    to report closed (redis-py's disconnect awaits wait_closed), and a stopping ocsd
+    must not hang on it."""
+    try:
+        await asyncio.wait_for(client.aclose(), CLOSE_TIMEOUT)
+    except asyncio.TimeoutError:
+        log.warning("closing the redis connections of the %s took over %.0fs; abandoned",
+                    what, CLOSE_TIMEOUT)
+    except (RedisError, OSError) as exc:
+        log.warning("closing the redis connections of the %s: %s", what, exc)
 
 
 def _text(value) -> str | None:
