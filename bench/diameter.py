@@ -43,7 +43,6 @@ import gc
 import json
 import os
 import pstats
-import secrets
 import shutil
 import signal
 import socket
@@ -57,6 +56,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.pg import throwaway_schema
 from bench.procstat import cpu_seconds, thread_cpu
 from diameter import base
 from diameter import tables as T
@@ -573,15 +573,9 @@ async def main() -> None:
                 result["backends"]["sqlite"] = await bench_backend(
                     "sqlite", f"sqlite:{workdir}/bench.db", "", args, workdir)
             elif backend == "postgres":
-                schema = "ocs_bench_" + secrets.token_hex(4)
-                conn = await asyncpg.connect(args.pg_dsn)
-                await conn.execute(f"CREATE SCHEMA {schema}")
-                try:
+                async with throwaway_schema(args.pg_dsn) as schema:
                     result["backends"]["postgres"] = await bench_backend(
                         "postgres", args.pg_dsn, schema, args, workdir)
-                finally:
-                    await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-                    await conn.close()
     print(json.dumps(result, indent=2))
 
 

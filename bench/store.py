@@ -22,8 +22,7 @@ import sys
 import tempfile
 import time
 
-import asyncpg
-
+from bench.pg import throwaway_schema
 from ocs.model import Kind
 from ocs.pricing import LinearPrice
 from ocs.store import Store, make_driver
@@ -90,15 +89,9 @@ async def main() -> None:
                 result["backends"]["sqlite"] = await bench_backend(
                     "sqlite", f"sqlite:{d}/bench.db", {}, args.ops, args.sessions)
         elif backend == "postgres":
-            schema = "ocs_bench_" + secrets.token_hex(4)
-            conn = await asyncpg.connect(args.pg_dsn)
-            await conn.execute(f"CREATE SCHEMA {schema}")
-            try:
+            async with throwaway_schema(args.pg_dsn) as schema:
                 result["backends"]["postgres"] = await bench_backend(
                     "postgres", args.pg_dsn, {"schema": schema}, args.ops, args.sessions)
-            finally:
-                await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-                await conn.close()
     print(json.dumps(result, indent=2))
 
 

@@ -65,7 +65,11 @@ def store_target(request, tmp_path):
     """(url, driver options) of an empty store on the parametrized backend."""
     if request.param == "sqlite":
         return f"sqlite:{tmp_path}/ocs.db", {}
-    dsn = request.getfixturevalue("pg_dsn")
+    return pg_store_target(request, request.getfixturevalue("pg_dsn"))
+
+
+def pg_store_target(request, dsn: str) -> tuple[str, dict]:
+    """(url, driver options) of a fresh PostgreSQL schema, dropped after the test."""
     schema = "ocs_t_" + secrets.token_hex(6)
     asyncio.run(_admin(dsn, f"CREATE SCHEMA {schema}"))
     request.addfinalizer(lambda: asyncio.run(_admin(dsn, f"DROP SCHEMA {schema} CASCADE")))

@@ -317,7 +317,7 @@ async def test_lookup_cache_sees_changes_made_elsewhere_within_its_interval(stor
         is ResultCode.SERVICE_DENIED
 
 
-async def test_lookup_cache_is_bounded_in_time_and_forgotten_on_change(store):
+async def test_lookup_cache_holds_within_its_interval_and_is_forgotten_on_change(store):
     cached = ChargingCore(store, PRICES, CONFIG.model_copy(update={"cache_ttl": 60}))
     a, s = await subscriber(store)
     assert (await cached.authorize(Identity(username="alice"))).result is ResultCode.SUCCESS

@@ -59,12 +59,8 @@ def store_target_sqlite(tmp_path):
 
 @pytest.fixture
 def store_target_postgres(pg_dsn, request):
-    import asyncio as _asyncio
-    from tests.conftest import _admin
-    schema = "ocs_t_" + secrets.token_hex(6)
-    _asyncio.run(_admin(pg_dsn, f"CREATE SCHEMA {schema}"))
-    request.addfinalizer(lambda: _asyncio.run(_admin(pg_dsn, f"DROP SCHEMA {schema} CASCADE")))
-    return pg_dsn, {"schema": schema}
+    from tests.conftest import pg_store_target
+    return pg_store_target(request, pg_dsn)
 
 
 @pytest.fixture
