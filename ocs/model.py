@@ -301,9 +301,15 @@ class Reservation:
         return cls(
             session=r["session"], service=r["service"], account_id=r["account_id"],
             kind=Kind(r["kind"]), units=r["units"],
-            holds=tuple((int(b), int(a)) for b, a in _loads(r["holds"])),
+            holds=tuple(holds_of(r["holds"])),
             seq=r["seq"], expires_at=r["expires_at"], created_at=r["created_at"],
         )
+
+
+def holds_of(value: Any) -> list[tuple[int, int]]:
+    """A reservation's stored holds (JSON text, or decoded by the driver) as
+    (bucket id, amount) pairs."""
+    return [(int(b), int(a)) for b, a in _loads(value)]
 
 
 class EntryType(str, enum.Enum):

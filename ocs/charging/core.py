@@ -50,7 +50,7 @@ class LookupCache:
     A point read costs about as much as the rest of a request, and in production
     a session's next interim comes minutes later, so a cache that expired entries
     by age would miss nearly always. Instead the core asks the store's
-    provisioning version at most every `check_every` seconds and forgets every
+    provisioning version at most every `[charging] cache_ttl` seconds and forgets every
     entry when it moved. Bounded in size: when full it starts over.
     """
 
@@ -275,13 +275,15 @@ class ChargingCore:
                 kind.value)
             want = min(want, cfg.max_quota.of(kind.value))
             counter = threshold = tier_counter = None
-            if kind is Kind.OCTETS and plan is not None and plan.fair_usage is not None:
+            fair_use = kind is Kind.OCTETS and plan is not None and plan.fair_usage is not None
+            period_tiers = getattr(price, "tier_scope", "session") == "period"
+            if fair_use or period_tiers:  # only then is the billing period needed
                 period = fair_usage_period(req.timestamp, cfg.fair_usage_period)
-                counter = f"fup:{sub.id}:{period}"
-                threshold = plan.fair_usage.threshold_octets
-            if getattr(price, "tier_scope", "session") == "period":
-                period = fair_usage_period(req.timestamp, cfg.fair_usage_period)
-                tier_counter = f"tier:{sub.id}:{usage.service}:{period}"
+                if fair_use:
+                    counter = f"fup:{sub.id}:{period}"
+                    threshold = plan.fair_usage.threshold_octets
+                if period_tiers:
+                    tier_counter = f"tier:{sub.id}:{usage.service}:{period}"
             common = dict(kind=kind, service=usage.service, seq=req.seq, price=price,
                           match=bucket_match(usage), tier_counter=tier_counter)
             if hasattr(price, "describe"):  # how it was priced, kept on the CDR

@@ -23,7 +23,7 @@ from typing import Awaitable, Callable
 from ..balance import (AccountState, BatchState, BucketState, ChargeState, Operation,
                        ReservationState, Result, apply, flatten, remap_result)
 from ..errors import StoreUnavailable
-from ..model import AccountStatus, Billing, Kind, Session
+from ..model import AccountStatus, Billing, Kind, Session, holds_of
 from .cache import BalanceCache, CachedAccount, CachedSession
 from .sql import execute, executemany, fetch, fetchval, write_all
 
@@ -105,7 +105,7 @@ def balance_program(ops: list[Operation], now: int, cache: BalanceCache | None =
         for r in rows:
             state.reservations.setdefault(r["session"], {})[r["service"]] = ReservationState(
                 r["session"], r["service"], r["account_id"], Kind(r["kind"]), r["units"],
-                _holds(r["holds"]), r["seq"], r["expires_at"],
+                holds_of(r["holds"]), r["seq"], r["expires_at"],
                 r["created_at"])
     if records_unread:
         rows = yield fetch("SELECT * FROM sessions WHERE id = ANY($1)", records_unread)
@@ -268,12 +268,6 @@ def bump_accounts_program(account_ids: list[int]):
     """Program fragment for writes outside the balance batch that change what it reads
     (buckets, sessions, an account's terms): the cache reads these accounts afresh."""
     yield executemany(_BUMP, [(a, 1) for a in sorted(set(account_ids))])
-
-
-def _holds(value) -> list[tuple[int, int]]:
-    if isinstance(value, str):
-        value = json.loads(value)
-    return [(int(b), int(a)) for b, a in value]
 
 
 def _stage_sessions(cache: BalanceCache, state: BatchState, sessions: list[str],

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from ..errors import Conflict, StoreUnavailable, ValidationError
-from .sql import ProgramFn, Query, rowcount_from_status
+from .sql import PARAM, ProgramFn, Query, rowcount_from_status
 
 log = logging.getLogger("ocs.store")
 
@@ -152,12 +152,9 @@ async def _write_all(conn: asyncpg.Connection, queries: list[Query]) -> None:
     parts, args = [], []
     for i, (q, form) in enumerate(zip(queries, forms)):
         offset = len(args)
-        parts.append(f"w{i} AS ({_PARAM.sub(lambda m: f'${int(m[1]) + offset}', form)})")
+        parts.append(f"w{i} AS ({PARAM.sub(lambda m: f'${int(m[1]) + offset}', form)})")
         args.extend(zip(*q.args[0]))
     await conn.execute("WITH " + ", ".join(parts) + " SELECT 1", *args)
-
-
-_PARAM = re.compile(r"\$(\d+)")
 
 
 # executemany sends one execution per row, and PostgreSQL's per-execution cost
@@ -193,7 +190,7 @@ async def _bulk_form(conn: asyncpg.Connection, sql: str) -> str | None:
         else:
             sets = [a.split(" = ") for a in update.group(2).split(", ")]
             form = (f"UPDATE {update.group(1)} SET "
-                    + ", ".join(f"{col} = " + re.sub(r"\$(\d+)", r"u.c\1", value)
+                    + ", ".join(f"{col} = " + PARAM.sub(r"u.c\1", value)
                                 for col, value in sets)
                     + f" FROM unnest({arrays}) AS u({cols}) WHERE {update.group(1)}.id = u.c1")
     _bulk_forms[sql] = form

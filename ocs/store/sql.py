@@ -13,10 +13,14 @@ translates the few constructs that differ (`= ANY($n)` over a list,
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, Sequence, TypeVar
 
 T = TypeVar("T")
+
+#: A `$n` parameter of the PostgreSQL dialect programs are written in.
+PARAM = re.compile(r"\$(\d+)")
 
 
 @dataclass(frozen=True, slots=True)

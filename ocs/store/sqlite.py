@@ -30,13 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import Conflict, StoreUnavailable, ValidationError
-from .sql import Program, ProgramFn, Query
+from .sql import PARAM, Program, ProgramFn, Query
 
 log = logging.getLogger("ocs.store")
 
 _ANY = re.compile(r"=\s*ANY\(\$(\d+)\)")
 _FOR_UPDATE = re.compile(r"\s+FOR UPDATE(\s+SKIP LOCKED)?\b")
-_PARAM = re.compile(r"\$(\d+)")
 
 
 @functools.lru_cache(maxsize=512)
@@ -44,7 +43,7 @@ def translate(sql: str) -> str:
     """PostgreSQL-dialect SQL as SQLite understands it."""
     sql = _ANY.sub(r"IN (SELECT value FROM json_each(?\1))", sql)
     sql = _FOR_UPDATE.sub("", sql)
-    return _PARAM.sub(r"?\1", sql)
+    return PARAM.sub(r"?\1", sql)
 
 
 def _arg(value: Any) -> Any:
