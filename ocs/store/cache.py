@@ -51,7 +51,6 @@ class BalanceCache:
         self.max_sessions = max_sessions
         self.accounts: dict[int, CachedAccount] = {}
         self.sessions: dict[str, CachedSession] = {}
-        self.hits = self.misses = 0
         # Staged by the batch being applied: account id -> (entry, version once committed),
         # sessions to cache, sessions to forget.
         self._staged: dict[int, tuple[CachedAccount, int]] = {}
@@ -65,9 +64,7 @@ class BalanceCache:
         `locked_version` is the version the batch's lock statement found."""
         entry = self.accounts.get(account_id)
         if entry is not None and entry.version == locked_version:
-            self.hits += 1
             return entry
-        self.misses += 1
         return None
 
     def session(self, session: str, valid: dict[int, CachedAccount]) -> CachedSession | None:
