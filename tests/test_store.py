@@ -244,3 +244,73 @@ async def test_sqlite_wal_is_checkpointed_while_running_and_empty_after_close(tm
     await store.close()
     assert not os.path.exists(f"{path}-wal") or os.path.getsize(f"{path}-wal") == 0
     assert in_file_alone() == 51
+
+
+async def test_sqlite_charging_waits_for_another_process_holding_the_lock(tmp_path):
+    """A balance batch never waits for the database lock inside the event loop:
+    while another connection (an operator's sqlite3 shell, say) holds the write
+    lock, the daemon keeps running and the batch commits once the lock is free."""
+    import asyncio
+    import sqlite3
+
+    path = tmp_path / "ocs.db"
+    store = Store(make_driver(f"sqlite:{path}"))
+    await store.open(migrate_schema=True)
+    try:
+        a = await store.create_account(name="locked", currency="EUR", billing="prepaid")
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        credit = asyncio.create_task(store.credit(a.id, 5 * EUR, ref="while-locked"))
+        ticks = 0
+        for _ in range(20):  # the loop keeps turning while the batch waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 20 and not credit.done()
+        other.execute("COMMIT")
+        other.close()
+        result = await asyncio.wait_for(credit, 10)
+        assert result.ok
+        assert (await store.balance(a.id))["balance"] == 5 * EUR
+        await store.credit(a.id, 1 * EUR, ref="after")  # the inline path again
+        assert (await store.balance(a.id))["balance"] == 6 * EUR
+    finally:
+        await store.close()
+
+
+async def test_sqlite_a_write_cancelled_while_committing_keeps_the_writer_usable(tmp_path):
+    """The write lock is held until the COMMIT has returned in the writer's thread,
+    even when the caller is cancelled meanwhile: the next write must not begin a
+    transaction on the connection while the previous one is still committing."""
+    import asyncio
+    import time
+
+    from ocs.store.sql import execute, fetchval
+
+    driver = make_driver(f"sqlite:{tmp_path / 'ocs.db'}")
+    await driver.open()
+    try:
+        def create():
+            yield execute("CREATE TABLE t (v INTEGER)")
+        await driver.run(create)
+        commit = driver._commit
+
+        def slow_commit(conn):
+            time.sleep(0.3)
+            commit(conn)
+        driver._commit = slow_commit
+
+        def insert(v):
+            yield execute("INSERT INTO t (v) VALUES ($1)", v)
+        first = asyncio.create_task(driver.run(insert, 1, quick=True))
+        await asyncio.sleep(0.1)  # statements done, COMMIT sleeping in the thread
+        first.cancel()
+        driver._commit = commit
+        await driver.run(insert, 2, quick=True)
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+        def total():
+            return (yield fetchval("SELECT sum(v) FROM t"))
+        assert await driver.run(total, write=False) == 3  # both committed
+    finally:
+        await driver.close()

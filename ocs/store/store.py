@@ -156,7 +156,8 @@ class Store:
     # ------------------------------------------------------------------ balance operations
     async def _run_balance_batch(self, ops: list[Operation]) -> list[Result]:
         try:
-            results = await self.driver.run(balance_program, ops, now_us(), self.balance_cache)
+            results = await self.driver.run(balance_program, ops, now_us(), self.balance_cache,
+                                          quick=True)
         except BaseException:
             self.balance_cache.abort()
             raise
