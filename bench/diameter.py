@@ -32,7 +32,8 @@ through the real connection (framing, codec, peer state machine), server
 wire, with the charging core replaced by one fixed decision and the socket by
 a transport that only counts writes. It reports the CPU per CCR-U (best and
 median of `--repeat` runs) with the codec as selected, with the pure-Python
-codec twin, and with the access log turned down, as ratios in one run.
+codec twin, and with the per-request access line switched the other way
+(`[diameter] log_credit_control`, off by default), as ratios in one run.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ def free_port() -> int:
 
 class Daemon:
     def __init__(self, workdir: Path, store_url: str, schema: str, *, log_level: str,
-                 sqlite_synchronous: str, profile: Path | None = None):
+                 sqlite_synchronous: str, log_credit_control: bool = False,
+                 profile: Path | None = None):
         self.port, self.api = free_port(), free_port()
         self.config = workdir / "ocs.toml"
         self.config.write_text(f"""
@@ -139,6 +141,7 @@ origin_host = "ocs.bench.example"
 origin_realm = "bench.example"
 allowed_addresses = ["127.0.0.1"]
 max_in_flight = 100000
+log_credit_control = {"true" if log_credit_control else "false"}
 [api]
 listen = "127.0.0.1:{self.api}"
 """)
@@ -298,6 +301,7 @@ async def prepare_store(url: str, schema: str | None, sessions: int) -> None:
 async def bench_backend(name: str, url: str, schema: str, args, workdir: Path) -> dict:
     await prepare_store(url, schema or None, args.sessions)
     daemon = Daemon(workdir, url, schema, log_level=args.log_level,
+                    log_credit_control=args.log_credit_control,
                     sqlite_synchronous=args.sqlite_synchronous)
     out: dict = {}
     try:
@@ -369,6 +373,7 @@ async def profile_backend(name: str, url: str, schema: str, args, workdir: Path)
     prof = Path(args.profile) / f"ocsd-{name}.prof"
     prof.parent.mkdir(parents=True, exist_ok=True)
     daemon = Daemon(workdir, url, schema, log_level=args.log_level,
+                    log_credit_control=args.log_credit_control,
                     sqlite_synchronous=args.sqlite_synchronous, profile=prof)
     try:
         await daemon.ready(60)
@@ -456,7 +461,8 @@ class CountingTransport(asyncio.Transport):
         pass
 
 
-async def frontend_run(requests: int, chunk: int, log_level: str, log_path: Path) -> float:
+async def frontend_run(requests: int, chunk: int, log_level: str, log_credit_control: bool,
+                       log_path: Path) -> float:
     """CPU seconds per CCR-U through one connection of a fresh DiameterServer."""
     from diameter.codec import encode
     from diameter.server import DiameterServer
@@ -471,7 +477,7 @@ async def frontend_run(requests: int, chunk: int, log_level: str, log_path: Path
         await cluster.start()
         config = DiameterConfig(listen="127.0.0.1:0", origin_host="ocs.bench.example",
                                 origin_realm="bench.example", allowed_addresses=["127.0.0.1"],
-                                max_in_flight=100_000)
+                                max_in_flight=100_000, log_credit_control=log_credit_control)
         server = DiameterServer(config, charging=FixedDecision(), cluster=cluster,
                                 metrics=Metrics())
         conn = server.connection()
@@ -511,12 +517,12 @@ async def frontend(args) -> dict:
     import diameter.codec as codec
     selected = getattr(codec, "_compiled", None)  # None: no compiled twin to compare
 
-    async def variant(log_level: str, compiled) -> dict:
+    async def variant(log_credit_control: bool, compiled) -> dict:
         codec._compiled = compiled
         try:
             with tempfile.TemporaryDirectory(prefix="ocs-bench-") as d:
-                runs = [await frontend_run(args.requests, args.chunk, log_level,
-                                           Path(d) / "access.log")
+                runs = [await frontend_run(args.requests, args.chunk, args.log_level,
+                                           log_credit_control, Path(d) / "access.log")
                         for _ in range(args.repeat)]
         finally:
             codec._compiled = selected
@@ -524,10 +530,12 @@ async def frontend(args) -> dict:
                 "median_us": round(statistics.median(runs) * 1e6, 1)}
 
     out = {"codec": getattr(codec, "IMPLEMENTATION", "pure-python"),
-           "cpu_per_ccr_u": await variant(args.log_level, selected)}
+           "cpu_per_ccr_u": await variant(args.log_credit_control, selected)}
     if selected is not None:
-        out["cpu_per_ccr_u_pure_codec"] = await variant(args.log_level, None)
-    out["cpu_per_ccr_u_access_log_off"] = await variant("warning", selected)
+        out["cpu_per_ccr_u_pure_codec"] = await variant(args.log_credit_control, None)
+    other = "off" if args.log_credit_control else "on"
+    out[f"cpu_per_ccr_u_access_line_{other}"] = await variant(not args.log_credit_control,
+                                                               selected)
     best = out["cpu_per_ccr_u"]["best_us"]
     out["ratios_of_best"] = {k: round(v["best_us"] / best, 2) for k, v in out.items()
                              if isinstance(v, dict) and "best_us" in v}
@@ -545,6 +553,8 @@ async def main() -> None:
     ap.add_argument("--watchdogs", type=int, default=20_000)
     ap.add_argument("--backends", default="sqlite,postgres")
     ap.add_argument("--log-level", default="info")
+    ap.add_argument("--log-credit-control", action="store_true",
+                    help="one info line per CCR ([diameter] log_credit_control)")
     ap.add_argument("--sqlite-synchronous", default="FULL")
     ap.add_argument("--profile", default=None, metavar="DIR")
     ap.add_argument("--pg-dsn", default=os.environ.get(
@@ -559,12 +569,15 @@ async def main() -> None:
     if args.frontend:
         print(json.dumps({"benchmark": "diameter-frontend", "requests": args.requests,
                           "chunk": args.chunk, "repeat": args.repeat,
-                          "log_level": args.log_level, **await frontend(args)}, indent=2))
+                          "log_level": args.log_level,
+                          "log_credit_control": args.log_credit_control,
+                          **await frontend(args)}, indent=2))
         return
     version = subprocess.run([OCSD, "--version"], capture_output=True, text=True).stdout.strip()
     result = {"benchmark": "diameter", "ocsd": version, "sessions": args.sessions,
               "updates_per_session": args.updates, "connections": args.connections,
               "offered_rate": args.rate, "log_level": args.log_level,
+              "log_credit_control": args.log_credit_control,
               "cpus": os.cpu_count(), "backends": {}}
     for backend in args.backends.split(","):
         with tempfile.TemporaryDirectory(prefix="ocs-bench-") as d:

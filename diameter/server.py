@@ -48,6 +48,7 @@ log = logging.getLogger("ocs.diameter")
 #: One line per credit-control request. Its own logger, so that at thousands of
 #: requests per second an operator can turn it down live ([log] levels).
 access_log = logging.getLogger("ocs.diameter.access")
+_SUCCESS = T.DIAMETER_SUCCESS
 
 PRODUCT_NAME = "ocsd"
 
@@ -363,7 +364,11 @@ class DiameterServer:
 
     def _access(self, conn: Connection, ccr: gy.CreditControl, code: int | None,
                 decision=None) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
+        # Answers other than success (unknown user, denied, no credit) are always
+        # worth a line; the routine ones only when asked for.
+        level = (logging.INFO if self.config.log_credit_control or code != _SUCCESS
+                 else logging.DEBUG)
+        if not access_log.isEnabledFor(level):
             return
         parts = []
         for s in ccr.services:
@@ -378,10 +383,10 @@ class DiameterServer:
                 if g is not None and g.final_unit is not None:
                     text += f" fui={g.final_unit.action}"
             parts.append(text)
-        access_log.info("%s #%d %s -> %s%s", ccr.op.upper(), ccr.request_number,
-                        " ".join(parts) or "-", code,
-                        " (replayed)" if decision is not None and decision.replayed else "",
-                        extra={"peer": conn.peer_host, "session": ccr.session_id})
+        access_log.log(level, "%s #%d %s -> %s%s", ccr.op.upper(), ccr.request_number,
+                       " ".join(parts) or "-", code,
+                       " (replayed)" if decision is not None and decision.replayed else "",
+                       extra={"peer": conn.peer_host, "session": ccr.session_id})
 
     async def _release(self, key: str) -> None:
         try:

@@ -217,6 +217,7 @@ class DiameterConfig(Section):
     max_in_flight: int = Field(4096, ge=1, le=1_000_000)
     quota_holding_time: int = Field(0, ge=0, le=86_400)
     exhausted_validity_time: int = Field(300, ge=0, le=86_400)
+    log_credit_control: bool = False
     rating_groups: dict[str, RatingGroup] = {}
 
     @field_validator("host_ip_addresses")

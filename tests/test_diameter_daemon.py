@@ -35,7 +35,8 @@ def diameter_config(port: int, **settings) -> str:
     lines = [f'listen = "127.0.0.1:{port}"', 'origin_host = "ocs.test.example"',
              'origin_realm = "test.example"', 'allowed_realms = ["pgw.example"]',
              'allowed_hosts = ["as.ims.example"]']
-    lines += [f"{k} = {json.dumps(v) if isinstance(v, str) else v}" for k, v in settings.items()]
+    lines += [f"{k} = {json.dumps(v) if isinstance(v, (str, bool)) else v}"
+              for k, v in settings.items()]
     return "\n[diameter]\n" + "\n".join(lines) + "\n"
 
 
@@ -77,7 +78,7 @@ def ocsd(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("diameter-daemon")
     port = free_port()
     d = Ocsd(tmp, extra=f'bootstrap_token = "{TOKEN}"\n' + CHARGING + diameter_config(
-        port, rating_groups={}).replace("rating_groups = {}",
+        port, log_credit_control=True, rating_groups={}).replace("rating_groups = {}",
                                         "rating_groups = { 20 = { quota = 1000000 } }"))
     d.accounts = in_store(d.store_url, prepare)
     d.diameter_port = port
@@ -461,11 +462,11 @@ def test_watchdog_detects_a_dead_peer_within_two_intervals(tmp_path):
 
 
 def test_overload_is_answered_too_busy(tmp_path):
-    """Beyond max_in_flight: 3004 with the E bit, counted. (This daemon also turns
-    the access lines off through their own logger, as conf/ocs.toml suggests.)"""
+    """Beyond max_in_flight: 3004 with the E bit, counted. (This daemon also keeps
+    the default log_credit_control = false: the answer 2001 gets no line at info,
+    the refusal 5030 does.)"""
     port = free_port()
-    d = Ocsd(tmp_path, extra=diameter_config(port, max_in_flight=1)
-             + '\n[log.levels]\n"ocs.diameter.access" = "warning"\n')
+    d = Ocsd(tmp_path, extra=diameter_config(port, max_in_flight=1))
     in_store(d.store_url, prepare)
     d.start()
 
@@ -486,12 +487,16 @@ def test_overload_is_answered_too_busy(tmp_path):
         codes = [value(a.avps, T.RESULT_CODE) for a in answers]
         assert codes == [2001, 3004, 3004, 3004], codes
         assert all(a.error for a in answers[1:])
+        a = await c.request(c.ccr("stranger", INITIAL, 0, msisdn="41799999999"))
+        assert value(a.avps, T.RESULT_CODE) == 5030
         await c.close()
     try:
         asyncio.run(run())
         status, _, body = http(d.url + "/metrics")
         assert metric(body.decode(), "ocs_diameter_errors_total", '{reason="overload"}') == 3
-        assert "CCR-I #0" not in d.log() and "peer open: pgw1.pgw.example" in d.log()
+        assert "peer open: pgw1.pgw.example" in d.log()
+        d.wait_log(r"CCR-I #0 - -> 5030")
+        assert "-> 2001" not in d.log()
     finally:
         d.stop()
 
