@@ -19,6 +19,13 @@ document per run:
   ocsd, radacct rows for FreeRADIUS), checked against what was sent;
 * ``ratio``: ocsd / FreeRADIUS for rate and CPU per request.
 
+Both servers are measured in a steady state, as a server that has been running
+for a while is: one unmeasured round of the same load (other session ids)
+goes first, then the databases are analyzed, so that the planner knows the
+tables' real sizes (`--no-warmup` measures a fresh database instead; then
+PostgreSQL plans lookups into tables it still thinks are empty as sequential
+scans for the first minute or so, until autovacuum analyzes them).
+
     python -m bench.radius [--backend sqlite|postgres] [--sessions 2000] [--interims 5]
                            [--procs 2] [--window 64] [--rate 0] [--mode acct|auth]
                            [--freeradius] [--pg-dsn DSN]
@@ -106,7 +113,7 @@ def auth_request(ident: int, user: str, password: str) -> bytes:
 
 
 def worker(port: int, mode: str, users: list[int], interims: int, window: int, rate: float,
-           timeout: float, prefix: str, out) -> None:
+           timeout: float, prefix: str, sid_prefix: str, out) -> None:
     """Send this process's share; report (answered, timeouts, latencies, cpu)."""
     started_cpu = time.process_time()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -131,7 +138,7 @@ def worker(port: int, mode: str, users: list[int], interims: int, window: int, r
             ident = free_ids.pop()
             if mode == "acct":
                 status = 1 if rnd == 0 else (2 if rnd == interims + 1 else 3)
-                data = acct_request(ident, f"{prefix}{u}", f"s{u}", status, rnd)
+                data = acct_request(ident, f"{prefix}{u}", f"{sid_prefix}{u}", status, rnd)
             else:
                 data = auth_request(ident, f"{prefix}{u}", f"pw{u}")
             try:
@@ -169,7 +176,8 @@ def worker(port: int, mode: str, users: list[int], interims: int, window: int, r
 
 
 def run_load(port: int, mode: str, n: int, interims: int, procs: int, window: int,
-             rate: float, timeout: float, prefix: str, server_pids) -> dict:
+             rate: float, timeout: float, prefix: str, server_pids, sid_prefix: str = "s"
+             ) -> dict:
     users = list(range(n))
     shares = [users[k::procs] for k in range(procs)]
     queue: mp.Queue = mp.Queue()
@@ -178,7 +186,8 @@ def run_load(port: int, mode: str, n: int, interims: int, procs: int, window: in
     t0 = time.perf_counter()
     workers = [mp.Process(target=worker, args=(port, mode, share, interims, window,
                                                rate / procs if rate else 0.0, timeout,
-                                               prefix, queue)) for share in shares]
+                                               prefix, sid_prefix, queue))
+               for share in shares]
     for w in workers:
         w.start()
     results = [queue.get() for _ in workers]
@@ -268,6 +277,10 @@ class Ocsd:
                     "ledger_debits": ledger}
         finally:
             await store.close()
+
+    async def settle(self):
+        if self.schema:
+            await analyze(self.args.pg_dsn, self.schema)
 
     def start(self):
         asyncio.run(self._seed())
@@ -463,6 +476,9 @@ class FreeRadius:
         finally:
             await conn.close()
 
+    async def settle(self):
+        await analyze(self._dsn(), "public")
+
     def start(self):
         asyncio.run(self._db())
         from urllib.parse import urlparse
@@ -499,16 +515,35 @@ class FreeRadius:
         await conn.close()
 
 
+async def analyze(dsn: str, schema: str) -> None:
+    """Statistics for the planner, as autovacuum keeps them on a running server."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for (table,) in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1",
+                                         schema):
+            await conn.execute(f'ANALYZE "{schema}"."{table}"')
+    finally:
+        await conn.close()
+
+
 def measure(target_cls, args, prefix: str) -> dict:
     tmp = tempfile.mkdtemp(prefix="ocs-bench-radius-")
     target = target_cls(args, tmp)
     try:
         target.start()
         port = target.acct_port if args.mode == "acct" else target.auth_port
+        before: dict = {}
+        if args.warmup:
+            run_load(port, args.mode, args.sessions, args.interims, args.procs, args.window,
+                     args.rate, args.timeout, prefix, target.pids, sid_prefix="w")
+            time.sleep(0.5)
+            asyncio.run(target.settle())
+            before = asyncio.run(target.rows())
         result = run_load(port, args.mode, args.sessions, args.interims, args.procs,
                           args.window, args.rate, args.timeout, prefix, target.pids)
         time.sleep(0.5)  # let the last answers' writes settle before counting
-        result["rows"] = asyncio.run(target.rows())
+        after = asyncio.run(target.rows())
+        result["rows"] = {k: v - before.get(k, 0) for k, v in after.items()}
         return result
     finally:
         target.stop()
@@ -529,12 +564,14 @@ def main(argv=None) -> int:
     p.add_argument("--freeradius", action="store_true",
                    help="run the same load against FreeRADIUS + rlm_sql/PostgreSQL")
     p.add_argument("--sqlite-synchronous", default="FULL", choices=("FULL", "NORMAL"))
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="measure a fresh database (see above)")
     p.add_argument("--pg-dsn", default=os.environ.get(
         "OCS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = p.parse_args(argv)
     out = {"mode": args.mode, "backend": args.backend, "sessions": args.sessions,
            "interims": args.interims, "procs": args.procs, "window": args.window,
-           "offered_rate": args.rate or "closed loop"}
+           "offered_rate": args.rate or "closed loop", "warmup": args.warmup}
     out["ocsd"] = measure(Ocsd, args, "b")
     if args.freeradius:
         out["freeradius"] = measure(FreeRadius, args, "b")
