@@ -112,9 +112,8 @@ class Handler:
             return self._reject(st, p, message, username, proof.method, why=authz.message)
         sub = authz.subscriber
         if sub.max_sessions > 0:
-            active = await self.ctx.store.list_sessions(subscriber_id=sub.id, status="active",
-                                                        limit=sub.max_sessions)
-            if len(active) >= sub.max_sessions:
+            active = await self.ctx.store.active_sessions(sub.id, limit=sub.max_sessions)
+            if active >= sub.max_sessions:
                 return self._reject(st, p, outcomes.TOO_MANY_SESSIONS.format(
                     limit=sub.max_sessions), username, proof.method)
         attrs: list[tuple[int, bytes]] = list(proof.accept_attrs)

@@ -87,6 +87,22 @@ async def test_subscriber_found_by_session_and_current_framed_ip(store):
         await store.delete_subscriber(s.id)
 
 
+async def test_active_sessions_of_a_subscriber_are_counted_up_to_a_limit(store):
+    a = await store.create_account(name="multi", currency="EUR", billing="prepaid")
+    s = await store.create_subscriber(account_id=a.id, username="dave")
+    other = await store.create_subscriber(account_id=a.id, username="erin")
+    now = now_us()
+    for i, (who, status) in enumerate([(s, "active"), (s, "active"), (s, "closed"),
+                                       (s, "active"), (other, "active")]):
+        await store.upsert_session(Session(
+            id=f"nas1:{i}", account_id=a.id, subscriber_id=who.id, proto="radius",
+            nas="nas1", nas_session_id=str(i), framed_ip=None, status=status, last_seq=0,
+            started_at=now, updated_at=now, ended_at=None, attrs={}))
+    assert await store.active_sessions(s.id, limit=10) == 3
+    assert await store.active_sessions(s.id, limit=2) == 2
+    assert await store.active_sessions(other.id, limit=10) == 1
+
+
 async def test_identities_are_unique_and_one_is_required(store):
     a = await store.create_account(name="acme", currency="EUR", billing="prepaid")
     await store.create_subscriber(account_id=a.id, msisdn="41790000001")

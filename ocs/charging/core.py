@@ -203,7 +203,7 @@ class ChargingCore:
             price = self.prices.price(plan=plan, account=account, usage=usage, at=at)
         except RatingFailed as exc:
             return Authorization(ResultCode.RATING_FAILED, **found, message=str(exc))
-        position = await self.store.balance(account.id)
+        position = await self.store.balance(account.id, account=account)
         match = bucket_match(usage)
         from_buckets = sum(max(0, b.balance - b.reserved) for b in position["buckets"]
                            if not b.main and bucket_pays(b, usage.kind, usage.service, at,

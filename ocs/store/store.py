@@ -309,9 +309,12 @@ class Store:
         rows = await self._all(sql + " ORDER BY main, priority, id", account_id, quick=True)
         return [Bucket.from_row(r) for r in rows]
 
-    async def balance(self, account_id: int) -> dict[str, Any]:
-        """The money position of an account and its unit buckets, as customers see it."""
-        account = await self.get_account(account_id)
+    async def balance(self, account_id: int, *, account: Account | None = None
+                      ) -> dict[str, Any]:
+        """The money position of an account and its unit buckets, as customers see it.
+        (`account`: its record when the caller has it already, one read fewer.)"""
+        if account is None or account.id != account_id:
+            account = await self.get_account(account_id)
         buckets = await self.buckets(account_id)
         now = now_us()
         money = [b for b in buckets if b.kind is Kind.MONEY
@@ -593,6 +596,14 @@ class Store:
                                f"LIMIT ${len(args) - 1} OFFSET ${len(args)}", *args,
                                quick=subscriber_id is not None)  # a subscriber's few sessions
         return [Session.from_row(r) for r in rows]
+
+    async def active_sessions(self, subscriber_id: int, *, limit: int) -> int:
+        """How many sessions of a subscriber are active, counting up to `limit`
+        (the simultaneous-use check needs no more)."""
+        row = await self._one("SELECT count(*) AS n FROM (SELECT 1 FROM sessions "
+                              "WHERE subscriber_id = $1 AND status = 'active' LIMIT $2) AS s",
+                              subscriber_id, limit)
+        return row["n"]
 
     async def stale_sessions(self, before: int, *, limit: int = 500) -> list[Session]:
         """Active sessions with no request since `before` (supervision)."""
