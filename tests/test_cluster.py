@@ -202,6 +202,21 @@ async def test_answer_is_cached_for_duplicates_then_expires(cluster):
     assert await cluster.dedup.claim(key, 30) is True
 
 
+async def test_an_answer_stored_after_a_short_claim_lives_its_own_lifetime(cluster):
+    """Claim for 0.2 s, store the answer for 0.6 s: the claim's deadline must not
+    take the answer with it, and the answer must still go when its own ends."""
+    key = "radius:10.0.0.1:1812:4:9:00ff"
+    assert await cluster.dedup.claim(key, 0.2) is True
+    await cluster.dedup.store(key, b"answer", 0.6)
+    await asyncio.sleep(0.35)
+    await cluster.dedup.claim("radius:other", 30)  # any write sweeps what expired
+    assert await cluster.dedup.get(key) == b"answer"
+    await asyncio.sleep(0.35)
+    await cluster.dedup.claim("radius:another", 30)
+    assert await cluster.dedup.get(key) is None
+    assert await cluster.dedup.claim(key, 30) is True
+
+
 async def test_claim_lapses_after_its_ttl_default_from_config(nodes):
     cluster = await nodes(dedup_ttl=0.25)
     assert await cluster.dedup.claim("radius:a") is True
@@ -525,3 +540,15 @@ async def test_misuse_of_redis_keys_is_a_cluster_error_not_an_outage(redis_nodes
         await cluster.events.publish({"type": "x"})
     assert not isinstance(err.value, ClusterUnavailable)
     assert "WRONGTYPE" in str(err.value)
+
+
+def test_in_process_expiry_keeps_one_heap_entry_per_rewritten_key_and_sweeps_it():
+    from ocs.cluster.local import _Expiring
+    e = _Expiring()
+    for i in range(100):  # claimed, answered, rewritten: one heap entry all along
+        e.set_for("k", i, 0.05 + i * 0.001)
+    assert len(e._heap) == 1
+    time.sleep(0.1)
+    assert len(e) == 1 and e.get("k") == 99  # the first deadline passed, not the last
+    time.sleep(0.1)
+    assert len(e) == 0 and e._heap == []

@@ -45,7 +45,9 @@ class _Expiring(Generic[V]):
 
     def __init__(self):
         self._items: dict[str, tuple[float, V]] = {}
-        # (deadline, key) for every write; stale pairs are skipped when popped.
+        # (deadline, key): every key has at least one pair no later than its deadline.
+        # Writing a key again pushes only when it moves the deadline earlier; a pair
+        # popped for a key whose deadline moved later is pushed again, once.
         self._heap: list[tuple[float, str]] = []
 
     @staticmethod
@@ -67,8 +69,10 @@ class _Expiring(Generic[V]):
     def set_for(self, key: str, value: V, seconds: float) -> None:
         """`set` with a lifetime already checked and rounded (see ttl_ms)."""
         deadline = time.monotonic() + seconds
+        before = self._items.get(key)
         self._items[key] = (deadline, value)
-        heapq.heappush(self._heap, (deadline, key))
+        if before is None or deadline < before[0]:
+            heapq.heappush(self._heap, (deadline, key))
         self.purge()
 
     def expire(self, key: str, ttl: float) -> bool:
@@ -89,8 +93,11 @@ class _Expiring(Generic[V]):
         while heap and heap[0][0] <= now:
             _, key = heapq.heappop(heap)
             item = items.get(key)
-            if item is not None and item[0] <= now:
-                del items[key]
+            if item is not None:
+                if item[0] <= now:
+                    del items[key]
+                else:  # written again since, to last longer
+                    heapq.heappush(heap, (item[0], key))
 
     def __len__(self) -> int:
         self.purge()
