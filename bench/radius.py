@@ -146,12 +146,14 @@ def worker(port: int, mode: str, users: list[int], interims: int, window: int, r
             except BlockingIOError:
                 free_ids.append(ident)
                 break
-            pending[ident] = time.perf_counter()
+            # Open loop: latency counts from when the request was due, so a request
+            # the window held back is not measured as if it had been on time.
+            pending[ident] = next_at if interval else time.perf_counter()
             i += 1
             next_at += interval
             now = time.perf_counter()
         wait = 0.05
-        if interval and i < len(plan):
+        if interval and i < len(plan) and free_ids:  # else only an answer can unblock it
             wait = max(0.0, min(wait, next_at - time.perf_counter()))
         ready, _, _ = select.select([sock], [], [], wait)
         if ready:
