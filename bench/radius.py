@@ -294,6 +294,7 @@ level = "warning"
 [store]
 url = "{self.url}"
 {schema}sqlite_synchronous = "{self.args.sqlite_synchronous}"
+group_commit_window_ms = {self.args.group_commit_window_ms}
 pool_max = 10
 [api]
 listen = "127.0.0.1:{free_port(socket.SOCK_STREAM)}"
@@ -566,6 +567,8 @@ def main(argv=None) -> int:
     p.add_argument("--freeradius", action="store_true",
                    help="run the same load against FreeRADIUS + rlm_sql/PostgreSQL")
     p.add_argument("--sqlite-synchronous", default="FULL", choices=("FULL", "NORMAL"))
+    p.add_argument("--group-commit-window-ms", type=float, default=0.0,
+                   help="ocsd's [store] group_commit_window_ms: wait to fill batches")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="measure a fresh database (see above)")
     p.add_argument("--pg-dsn", default=os.environ.get(
@@ -573,7 +576,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = {"mode": args.mode, "backend": args.backend, "sessions": args.sessions,
            "interims": args.interims, "procs": args.procs, "window": args.window,
-           "offered_rate": args.rate or "closed loop", "warmup": args.warmup}
+           "offered_rate": args.rate or "closed loop", "warmup": args.warmup,
+           "group_commit_window_ms": args.group_commit_window_ms}
     out["ocsd"] = measure(Ocsd, args, "b")
     if args.freeradius:
         out["freeradius"] = measure(FreeRadius, args, "b")
