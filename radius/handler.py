@@ -283,14 +283,10 @@ class Handler:
 
     async def _look_up_metered_time(self, session_id: str, identity: Identity) -> bool:
         flag = "d"
-        for key, value in identity.lookups():
-            try:
-                sub = await self.ctx.store.find_subscriber(**{key: value})
-            except NotFound:
-                continue
+        sub = await self.ctx.charging.subscriber(identity)  # the cached lookup charging uses
+        if sub is not None:
             plan = self.ctx.registry.plan(sub.plan_id) if sub.plan_id else None
             flag = "t" if self._time_rated(plan) else "d"
-            break
         self._metering[session_id] = flag
         if len(self._metering) > _METERING_CACHE:
             self._metering.popitem(last=False)
