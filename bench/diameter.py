@@ -199,8 +199,9 @@ def percentiles(samples: list[float]) -> dict:
 
 
 class Load:
-    def __init__(self, port: int, sessions: int, connections: int):
+    def __init__(self, port: int, sessions: int, connections: int, prefix: str = "bench"):
         self.port, self.sessions, self.connections = port, sessions, connections
+        self.prefix = prefix  # of the Session-Ids: a new prefix, new sessions
         self.clients: list[DiameterClient] = []
         self.errors: Counter = Counter()
 
@@ -217,7 +218,7 @@ class Load:
     async def ccr(self, n: int, kind: int, number: int, latencies: list | None,
                   scheduled: float | None = None) -> None:
         c = self.client(n)
-        sid = f"bench;{n}"
+        sid = f"{self.prefix};{n}"
         msccs = {INITIAL: [mscc(10, requested={})],
                  UPDATE: [mscc(10, requested={}, used={"total": USED})],
                  TERMINATION: [mscc(10, used={"total": USED})]}[kind]
@@ -377,7 +378,9 @@ async def profile_backend(name: str, url: str, schema: str, args, workdir: Path)
                     sqlite_synchronous=args.sqlite_synchronous, profile=prof)
     try:
         await daemon.ready(60)
-        load = Load(daemon.port, args.sessions, args.connections)
+        # Sessions of its own: the measured run's would be replays here, answered
+        # from the operations already stored, not charged.
+        load = Load(daemon.port, args.sessions, args.connections, prefix="profiled")
         load.updates = args.updates * 2
         await load.connect()
         await load.phase(INITIAL, 1)

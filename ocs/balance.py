@@ -887,11 +887,11 @@ def _same_session(known: Session | None, merged: Session) -> bool:
     hours, so one write a minute per session is enough."""
     return (known is not None
             and merged.updated_at - known.updated_at < SESSION_TOUCH_US
-            and all(getattr(merged, f) == getattr(known, f) for f in _SESSION_FIELDS))
+            and _session_fields(merged) == _session_fields(known))
 
 
-_SESSION_FIELDS = tuple(f for f in Session.__dataclass_fields__
-                        if f not in ("updated_at", "last_seq"))
+_session_fields = operator.attrgetter(*(f for f in Session.__dataclass_fields__
+                                        if f not in ("updated_at", "last_seq")))
 
 
 def _merge_session(known: Session | None, new: Session, opens: bool) -> Session:
