@@ -21,8 +21,8 @@ document per run:
 
 Both servers are measured in a steady state, as a server that has been running
 for a while is: one unmeasured round of the same load (other session ids)
-goes first, then the databases are analyzed, so that the planner knows the
-tables' real sizes (`--no-warmup` measures a fresh database instead; then
+goes first, then the databases are vacuumed and analyzed as autovacuum keeps
+them, so that the planner knows the tables' real sizes (`--no-warmup` measures a fresh database instead; then
 PostgreSQL plans lookups into tables it still thinks are empty as sequential
 scans for the first minute or so, until autovacuum analyzes them).
 
@@ -519,12 +519,13 @@ class FreeRadius:
 
 
 async def analyze(dsn: str, schema: str) -> None:
-    """Statistics for the planner, as autovacuum keeps them on a running server."""
+    """Dead rows cleared and statistics for the planner, as autovacuum keeps them
+    on a running server."""
     conn = await asyncpg.connect(dsn)
     try:
         for (table,) in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1",
                                          schema):
-            await conn.execute(f'ANALYZE "{schema}"."{table}"')
+            await conn.execute(f'VACUUM ANALYZE "{schema}"."{table}"')
     finally:
         await conn.close()
 
