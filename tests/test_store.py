@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from ocs import passwords
@@ -330,3 +332,37 @@ async def test_sqlite_a_write_cancelled_while_committing_keeps_the_writer_usable
         assert await driver.run(total, write=False) == 3  # both committed
     finally:
         await driver.close()
+
+
+async def test_sqlite_a_write_that_cannot_begin_leaves_the_writer_usable(tmp_path):
+    """An error from BEGIN itself (not a busy lock: a disk error, say) fails that
+    write with StoreUnavailable and releases the write lock for the next one."""
+    import sqlite3
+
+    from ocs.errors import StoreUnavailable
+    from ocs.store.sql import execute, fetchval
+
+    driver = make_driver(f"sqlite:{tmp_path / 'ocs.db'}")
+    await driver.open()
+    try:
+        def create():
+            yield execute("CREATE TABLE t (v INTEGER)")
+        await driver.run(create)
+        begin = driver._begin_now
+
+        def broken(conn):
+            raise sqlite3.OperationalError("disk I/O error")
+        driver._begin_now = broken
+
+        def insert(v):
+            yield execute("INSERT INTO t (v) VALUES ($1)", v)
+        with pytest.raises((StoreUnavailable, sqlite3.OperationalError)):
+            await asyncio.wait_for(driver.run(insert, 1, quick=True), 5)
+        driver._begin_now = begin
+        await asyncio.wait_for(driver.run(insert, 2, quick=True), 5)
+
+        def total():
+            return (yield fetchval("SELECT sum(v) FROM t"))
+        assert await driver.run(total, write=False) == 2
+    finally:
+        await asyncio.wait_for(driver.close(), 10)

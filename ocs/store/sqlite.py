@@ -168,14 +168,16 @@ class SqliteDriver:
         if conn is None:
             self._wlock.release()
             raise StoreUnavailable("sqlite store is closed")
-        if quick and self._begin_now(conn):
+        if quick:
             try:
-                value = self._steps(conn, program(*args))
+                began = self._begin_now(conn)
+                value = self._steps(conn, program(*args)) if began else None
             except BaseException:
                 self._wlock.release()
                 raise
-            await self._in_writer(self._commit, conn)
-            return value
+            if began:
+                await self._in_writer(self._commit, conn)
+                return value
         return await self._in_writer(self._run_sync, conn, program(*args), True)
 
     async def _in_thread(self, pool: ThreadPoolExecutor, fn, *args) -> Any:
