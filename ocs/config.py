@@ -183,6 +183,7 @@ class RadiusConfig(Section):
     time_service: str = "time"
     voice_service: str = "voice"
     log_accounting: bool = False
+    log_accepts: bool = False
 
 
 class DiameterConfig(Section):

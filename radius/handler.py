@@ -137,7 +137,8 @@ class Handler:
             attrs.append((A.CLASS, b"%s%d:%s" % (_CLASS_PREFIX, sub.id,
                                                  b"t" if time_rated else b"d")))
         self._count(st, "access-accept")
-        log.info("accept %s via %s (%s)", username, st.name, proof.method)
+        log.log(logging.INFO if cfg.log_accepts else logging.DEBUG, "accept %s via %s (%s)",
+                username, st.name, proof.method)
         return encode_reply(p, Code.ACCESS_ACCEPT, attrs, st.secret)
 
     def _framed(self, ip: str) -> tuple[int, bytes]:

@@ -99,6 +99,17 @@ def test_pap_wrong_password_unknown_user_and_no_credentials(rad):
     assert code == "Access-Reject" and attrs["Reply-Message"] == "Wrong password"
 
 
+def test_rejects_are_logged_at_info_and_accepts_only_when_asked(rad):
+    """Default [radius] log_accepts = false: a reject gets its info line with the
+    reason, an accept none (debug only)."""
+    code, _ = auth(rad, "demo", "demo")
+    assert code == "Access-Accept"
+    code, _ = auth(rad, "demo", "not-the-password")
+    assert code == "Access-Reject"
+    rad.wait_log(r"reject demo via \S+ \(pap\): Wrong password")
+    assert "accept demo via" not in rad.log()
+
+
 def test_chap_accept_and_reject(rad):
     code, attrs = rad.radclient("auth", 'User-Name = "demo", CHAP-Password = "demo", '
                                         'Message-Authenticator = 0x00')
