@@ -290,7 +290,7 @@ class Ocsd:
         schema = f'schema = "{self.schema}"\n' if self.schema else ""
         cfg.write_text(f"""
 [log]
-level = "warning"
+level = "info"
 [store]
 url = "{self.url}"
 {schema}sqlite_synchronous = "{self.args.sqlite_synchronous}"
