@@ -8,7 +8,11 @@ foreground process on free ports, doing rlm_sql accounting / authorisation
 into a throwaway PostgreSQL database on this machine). Prints one JSON
 document per run:
 
-* ``requests_per_s``, ``latency_ms`` p50/p99/max, ``timeouts``;
+* ``requests_per_s``, ``latency_ms`` p50/p99/max from sending to the answer
+  (and ``latency_ms_by_kind``: Start, Interim-Update and Stop apart, or auth),
+  ``timeouts``; with ``--rate``, ``latency_from_due_ms`` too: from when each
+  request was due, so a request the window or a late generator held back
+  counts as late;
 * ``server_cpu_us_per_request``: CPU (user + system, from /proc) of the server
   and of *every* PostgreSQL process during the load, divided by the requests
   answered (other PostgreSQL clients on the machine inflate it);
@@ -125,8 +129,11 @@ def worker(port: int, mode: str, users: list[int], interims: int, window: int, r
     else:
         plan = [(0, u) for u in users for _ in range(interims + 2)]
     free_ids = list(range(256))[:min(window, 256)]
-    pending: dict[int, float] = {}
+    pending: dict[int, tuple[float, float]] = {}  # ident -> (sent, due)
+    kinds: dict[int, str] = {}  # ident -> "start", "interim", "stop" or "auth"
     latencies: list[float] = []
+    from_due: list[float] = []
+    by_kind: dict[str, list[float]] = {}
     timeouts = answered = 0
     i = 0
     interval = 1.0 / rate if rate else 0.0
@@ -146,9 +153,12 @@ def worker(port: int, mode: str, users: list[int], interims: int, window: int, r
             except BlockingIOError:
                 free_ids.append(ident)
                 break
-            # Open loop: latency counts from when the request was due, so a request
-            # the window held back is not measured as if it had been on time.
-            pending[ident] = next_at if interval else time.perf_counter()
+            # Open loop: latency is also measured from when the request was due, so
+            # a request the window (or a late generator) held back shows as late.
+            sent_at = time.perf_counter()
+            pending[ident] = (sent_at, next_at if interval else sent_at)
+            kinds[ident] = (("start", "stop", "interim")[status - 1] if mode == "acct"
+                            else "auth")
             i += 1
             next_at += interval
             now = time.perf_counter()
@@ -163,18 +173,22 @@ def worker(port: int, mode: str, users: list[int], interims: int, window: int, r
                 except BlockingIOError:
                     break
                 ident = reply[1] if len(reply) > 1 else -1
-                sent = pending.pop(ident, None)
-                if sent is not None:
-                    latencies.append(time.perf_counter() - sent)
+                times = pending.pop(ident, None)
+                if times is not None:
+                    got = time.perf_counter()
+                    latencies.append(got - times[0])
+                    from_due.append(got - times[1])
+                    by_kind.setdefault(kinds[ident], []).append(latencies[-1])
                     answered += 1
                     free_ids.append(ident)
         now = time.perf_counter()
-        for ident, sent in list(pending.items()):
+        for ident, (sent, _) in list(pending.items()):
             if now - sent > timeout:
                 del pending[ident]
                 timeouts += 1
                 free_ids.append(ident)
-    out.put((answered, timeouts, latencies, time.process_time() - started_cpu))
+    out.put((answered, timeouts, latencies, time.process_time() - started_cpu, by_kind,
+             from_due))
 
 
 def run_load(port: int, mode: str, n: int, interims: int, procs: int, window: int,
@@ -201,12 +215,22 @@ def run_load(port: int, mode: str, n: int, interims: int, procs: int, window: in
     answered = sum(r[0] for r in results)
     lat = sorted(x for r in results for x in r[2])
 
-    def pct(p):
-        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 3) if lat else None
+    def pct(values, p):
+        return (round(values[min(len(values) - 1, int(p * len(values)))] * 1000, 3)
+                if values else None)
+
+    def percentiles(values):
+        return {"p50": pct(values, 0.50), "p99": pct(values, 0.99), "max": pct(values, 1.0)}
+    kinds = sorted({k for r in results for k in r[4]})
+    by_kind = {k: percentiles(sorted(x for r in results for x in r[4].get(k, ())))
+               for k in kinds}
     return {"requests": n * (interims + 2), "answered": answered,
             "timeouts": sum(r[1] for r in results), "seconds": round(elapsed, 3),
             "requests_per_s": round(answered / elapsed, 1) if elapsed else 0,
-            "latency_ms": {"p50": pct(0.50), "p99": pct(0.99), "max": pct(1.0)},
+            "latency_ms": percentiles(lat),
+            "latency_ms_by_kind": by_kind,
+            **({"latency_from_due_ms": percentiles(sorted(x for r in results for x in r[5]))}
+               if rate else {}),
             "server_cpu_us_per_request": round(cpu * 1e6 / answered, 1) if answered else None,
             "server_cpu_split_us": {"daemon": round(own * 1e6 / answered, 1),
                                     "database": round((cpu - own) * 1e6 / answered, 1)}
