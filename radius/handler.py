@@ -91,7 +91,7 @@ class Handler:
         else:
             identity = Identity(username=username, msisdn=acct.calling_number(p))
             usage = ServiceUsage(cfg.data_service, _OCTETS)
-        authz = await charging.authorize(identity, usage)
+        authz = await charging.authorize(identity, usage, count_sessions=True)
         if authz.subscriber is None:
             return self._reject(st, p, outcomes.access(authz.result)[1], username, "none")
         proof = auth.check(p, st.secret, authz.subscriber)
@@ -102,7 +102,8 @@ class Handler:
         if not st.voice and self._time_rated(authz.plan):
             time_rated = True
             authz = await charging.authorize(identity, ServiceUsage(cfg.time_service,
-                                                                    Kind.SECONDS))
+                                                                    Kind.SECONDS),
+                                             count_sessions=True)
         code, message, garden_ok = outcomes.access(authz.result)
         plan = authz.plan
         if code is not Code.ACCESS_ACCEPT:
@@ -112,7 +113,9 @@ class Handler:
             return self._reject(st, p, message, username, proof.method, why=authz.message)
         sub = authz.subscriber
         if sub.max_sessions > 0:
-            active = await self.ctx.store.active_sessions(sub.id, limit=sub.max_sessions)
+            active = authz.active_sessions  # counted with the balance, when it was read
+            if active is None:
+                active = await self.ctx.store.active_sessions(sub.id, limit=sub.max_sessions)
             if active >= sub.max_sessions:
                 return self._reject(st, p, outcomes.TOO_MANY_SESSIONS.format(
                     limit=sub.max_sessions), username, proof.method)

@@ -103,6 +103,13 @@ async def test_active_sessions_of_a_subscriber_are_counted_up_to_a_limit(store):
     assert await store.active_sessions(s.id, limit=10) == 3
     assert await store.active_sessions(s.id, limit=2) == 2
     assert await store.active_sessions(other.id, limit=10) == 1
+    # The same count, read with the balance in one statement.
+    plain = await store.balance(a.id)
+    both = await store.balance(a.id, sessions_of=(s.id, 10))
+    assert both["active_sessions"] == 3 and "active_sessions" not in plain
+    assert both["buckets"] == plain["buckets"] and both["available"] == plain["available"]
+    assert (await store.balance(a.id, sessions_of=(s.id, 2)))["active_sessions"] == 2
+    assert (await store.balance(a.id, sessions_of=(other.id, 5)))["active_sessions"] == 1
 
 
 async def test_identities_are_unique_and_one_is_required(store):

@@ -178,13 +178,16 @@ class ChargingCore:
 
     # ------------------------------------------------------------------ authorisation
     async def authorize(self, identity: Identity, usage: ServiceUsage | None = None, *,
-                        at: int | None = None) -> Authorization:
+                        at: int | None = None, count_sessions: bool = False
+                        ) -> Authorization:
         """May this subscriber start a session, and how much of `usage` can it pay now?
 
         Reserves nothing (RADIUS Access-Request: the reservation comes with
         Accounting-Start). `max_units` sizes Session-Timeout or a volume quota:
         what the matching buckets hold plus what the available money buys at
         the service's price (inverse rating), or None when no usage was named.
+        `count_sessions`: count the subscriber's active sessions (up to its
+        max_sessions) in the same read as the balance (`active_sessions`).
         """
         sub = await self.subscriber(identity)
         if sub is None:
@@ -203,7 +206,11 @@ class ChargingCore:
             price = self.prices.price(plan=plan, account=account, usage=usage, at=at)
         except RatingFailed as exc:
             return Authorization(ResultCode.RATING_FAILED, **found, message=str(exc))
-        position = await self.store.balance(account.id, account=account)
+        sessions_of = ((sub.id, sub.max_sessions) if count_sessions and sub.max_sessions > 0
+                       else None)
+        position = await self.store.balance(account.id, account=account,
+                                            sessions_of=sessions_of)
+        found["active_sessions"] = position.get("active_sessions")
         match = bucket_match(usage)
         from_buckets = sum(max(0, b.balance - b.reserved) for b in position["buckets"]
                            if not b.main and bucket_pays(b, usage.kind, usage.service, at,

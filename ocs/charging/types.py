@@ -135,3 +135,6 @@ class Authorization:
     plan: Plan | None = None
     max_units: int | None = None
     message: str = ""
+    # The subscriber's active sessions, counted up to its max_sessions, when the
+    # caller asked (count_sessions) and the balance was read: None otherwise.
+    active_sessions: int | None = None

@@ -309,19 +309,30 @@ class Store:
         rows = await self._all(sql + " ORDER BY main, priority, id", account_id, quick=True)
         return [Bucket.from_row(r) for r in rows]
 
-    async def balance(self, account_id: int, *, account: Account | None = None
-                      ) -> dict[str, Any]:
+    async def balance(self, account_id: int, *, account: Account | None = None,
+                      sessions_of: tuple[int, int] | None = None) -> dict[str, Any]:
         """The money position of an account and its unit buckets, as customers see it.
-        (`account`: its record when the caller has it already, one read fewer.)"""
+        (`account`: its record when the caller has it already, one read fewer;
+        `sessions_of=(subscriber id, limit)`: also "active_sessions", counted as
+        `active_sessions` does, in the same read.)"""
         if account is None or account.id != account_id:
             account = await self.get_account(account_id)
-        buckets = await self.buckets(account_id)
+        active = None
+        if sessions_of is None:
+            buckets = await self.buckets(account_id)
+        else:  # the count rides on every bucket row (every account has a main bucket)
+            rows = await self._all(_BUCKETS_AND_SESSIONS, account_id, *sessions_of, quick=True)
+            buckets = [Bucket.from_row(r) for r in rows]
+            if rows:
+                active = rows[0]["active_sessions"]
+            else:
+                active = await self.active_sessions(sessions_of[0], limit=sessions_of[1])
         now = now_us()
         money = [b for b in buckets if b.kind is Kind.MONEY
                  and (b.main or b.valid_to is None or b.valid_to > now)]
         balance = sum(b.balance for b in money)
         reserved = sum(b.reserved for b in money)
-        return {
+        position = {
             "account_id": account_id,
             "currency": account.currency,
             "balance": balance,
@@ -330,6 +341,9 @@ class Store:
             "floor": account.floor,
             "buckets": buckets,
         }
+        if sessions_of is not None:
+            position["active_sessions"] = active
+        return position
 
     async def ledger_sums(self, account_id: int) -> dict[int, int]:
         """Sum of ledger amounts per bucket (invariant 3: equals each bucket's balance)."""
@@ -724,6 +738,12 @@ def _insert_program(table: str, values: dict[str, Any], now: int, updated: bool 
         yield from bump_provisioning_program()
     return row
 
+
+_BUCKETS_AND_SESSIONS = (
+    "SELECT *, (SELECT count(*) FROM (SELECT 1 FROM sessions WHERE subscriber_id = $2 "
+    "AND status = 'active' LIMIT $3) AS s) AS active_sessions FROM buckets "
+    "WHERE account_id = $1 AND (main = 1 OR balance <> 0 OR reserved <> 0) "
+    "ORDER BY main, priority, id")
 
 # Tables whose changes the charging core's lookup caches must see (Store.provisioning_version).
 _PROVISIONING = ("accounts", "subscribers", "plans")
