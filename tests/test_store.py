@@ -11,6 +11,7 @@ from ocs.errors import Conflict, MigrationError, NotFound, ValidationError
 from ocs.model import Kind, PeerKind, Role, Session, now_us
 from ocs.store import Store, make_driver
 from ocs.store import migrate
+from ocs.store.sql import execute, fetchval
 
 EUR = 1_000_000
 
@@ -275,7 +276,6 @@ async def test_sqlite_charging_waits_for_another_process_holding_the_lock(tmp_pa
     """A balance batch never waits for the database lock inside the event loop:
     while another connection (an operator's sqlite3 shell, say) holds the write
     lock, the daemon keeps running and the batch commits once the lock is free."""
-    import asyncio
     import sqlite3
 
     path = tmp_path / "ocs.db"
@@ -302,21 +302,29 @@ async def test_sqlite_charging_waits_for_another_process_holding_the_lock(tmp_pa
         await store.close()
 
 
+# A scratch table for the driver tests below.
+def _create_t():
+    yield execute("CREATE TABLE t (v INTEGER)")
+
+
+def _insert_t(v):
+    yield execute("INSERT INTO t (v) VALUES ($1)", v)
+
+
+def _total_t():
+    return (yield fetchval("SELECT sum(v) FROM t"))
+
+
 async def test_sqlite_a_write_cancelled_while_committing_keeps_the_writer_usable(tmp_path):
     """The write lock is held until the COMMIT has returned in the writer's thread,
     even when the caller is cancelled meanwhile: the next write must not begin a
     transaction on the connection while the previous one is still committing."""
-    import asyncio
     import time
-
-    from ocs.store.sql import execute, fetchval
 
     driver = make_driver(f"sqlite:{tmp_path / 'ocs.db'}")
     await driver.open()
     try:
-        def create():
-            yield execute("CREATE TABLE t (v INTEGER)")
-        await driver.run(create)
+        await driver.run(_create_t)
         commit = driver._commit
 
         def slow_commit(conn):
@@ -324,19 +332,14 @@ async def test_sqlite_a_write_cancelled_while_committing_keeps_the_writer_usable
             commit(conn)
         driver._commit = slow_commit
 
-        def insert(v):
-            yield execute("INSERT INTO t (v) VALUES ($1)", v)
-        first = asyncio.create_task(driver.run(insert, 1, quick=True))
+        first = asyncio.create_task(driver.run(_insert_t, 1, quick=True))
         await asyncio.sleep(0.1)  # statements done, COMMIT sleeping in the thread
         first.cancel()
         driver._commit = commit
-        await driver.run(insert, 2, quick=True)
+        await driver.run(_insert_t, 2, quick=True)
         with pytest.raises(asyncio.CancelledError):
             await first
-
-        def total():
-            return (yield fetchval("SELECT sum(v) FROM t"))
-        assert await driver.run(total, write=False) == 3  # both committed
+        assert await driver.run(_total_t, write=False) == 3  # both committed
     finally:
         await driver.close()
 
@@ -347,29 +350,21 @@ async def test_sqlite_a_write_that_cannot_begin_leaves_the_writer_usable(tmp_pat
     import sqlite3
 
     from ocs.errors import StoreUnavailable
-    from ocs.store.sql import execute, fetchval
 
     driver = make_driver(f"sqlite:{tmp_path / 'ocs.db'}")
     await driver.open()
     try:
-        def create():
-            yield execute("CREATE TABLE t (v INTEGER)")
-        await driver.run(create)
+        await driver.run(_create_t)
         begin = driver._begin_now
 
         def broken(conn):
             raise sqlite3.OperationalError("disk I/O error")
         driver._begin_now = broken
 
-        def insert(v):
-            yield execute("INSERT INTO t (v) VALUES ($1)", v)
         with pytest.raises((StoreUnavailable, sqlite3.OperationalError)):
-            await asyncio.wait_for(driver.run(insert, 1, quick=True), 5)
+            await asyncio.wait_for(driver.run(_insert_t, 1, quick=True), 5)
         driver._begin_now = begin
-        await asyncio.wait_for(driver.run(insert, 2, quick=True), 5)
-
-        def total():
-            return (yield fetchval("SELECT sum(v) FROM t"))
-        assert await driver.run(total, write=False) == 2
+        await asyncio.wait_for(driver.run(_insert_t, 2, quick=True), 5)
+        assert await driver.run(_total_t, write=False) == 2
     finally:
         await asyncio.wait_for(driver.close(), 10)
