@@ -45,8 +45,9 @@ from .peer import PeerMachine
 from .transport import Connection, PeerGone
 
 log = logging.getLogger("ocs.diameter")
-#: One line per credit-control request. Its own logger, so that at thousands of
-#: requests per second an operator can turn it down live ([log] levels).
+#: One line per credit-control request: at info when [diameter] log_credit_control
+#: is on or the answer is not 2001, else at debug. Its own logger, so that an
+#: operator can also set its level apart ([log] levels).
 access_log = logging.getLogger("ocs.diameter.access")
 _SUCCESS = T.DIAMETER_SUCCESS
 

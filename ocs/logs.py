@@ -238,6 +238,18 @@ _handler: logging.StreamHandler | None = None
 _configured_levels: set[str] = set()
 
 
+_LOOKUP_DEFAULTS = (logging._srcfile, logging.logThreads, logging.logProcesses,
+                    logging.logMultiprocessing)
+
+
+def _record_lookups(on: bool) -> None:
+    """No format of ours prints the caller's file and line, the thread or the
+    process: `setup` stops the logging module looking them up for every record,
+    `teardown` gives back its defaults."""
+    (logging._srcfile, logging.logThreads, logging.logProcesses,
+     logging.logMultiprocessing) = _LOOKUP_DEFAULTS if on else (None, False, False, False)
+
+
 def setup(config: Any, *, stream: TextIO | None = None) -> logging.Handler:
     """Configure logging from a `[log]` section (format, level, levels).
 
@@ -246,10 +258,7 @@ def setup(config: Any, *, stream: TextIO | None = None) -> logging.Handler:
     are reset to inherit.
     """
     global _handler
-    # No format prints the caller's file and line, the thread or the process:
-    # don't make the logging module look them up for every record.
-    logging._srcfile = None
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    _record_lookups(False)
     root = logging.getLogger()
     if _handler is None or (stream is not None and _handler.stream is not stream):
         if _handler is not None:
@@ -275,10 +284,7 @@ def setup(config: Any, *, stream: TextIO | None = None) -> logging.Handler:
 def teardown() -> None:
     """Remove what `setup` installed (for embedding ocsd's modules, and tests)."""
     global _handler
-    # No format prints the caller's file and line, the thread or the process:
-    # don't make the logging module look them up for every record.
-    logging._srcfile = None
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    _record_lookups(True)
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)

@@ -307,6 +307,16 @@ def _create_t():
     yield execute("CREATE TABLE t (v INTEGER)")
 
 
+@pytest.fixture
+async def scratch_sqlite(tmp_path):
+    """A bare SQLite driver with the scratch table."""
+    driver = make_driver(f"sqlite:{tmp_path / 'ocs.db'}")
+    await driver.open()
+    await driver.run(_create_t)
+    yield driver
+    await asyncio.wait_for(driver.close(), 10)  # a writer lock never released hangs here
+
+
 def _insert_t(v):
     yield execute("INSERT INTO t (v) VALUES ($1)", v)
 
@@ -315,56 +325,47 @@ def _total_t():
     return (yield fetchval("SELECT sum(v) FROM t"))
 
 
-async def test_sqlite_a_write_cancelled_while_committing_keeps_the_writer_usable(tmp_path):
+async def test_sqlite_a_write_cancelled_while_committing_keeps_the_writer_usable(
+        scratch_sqlite):
     """The write lock is held until the COMMIT has returned in the writer's thread,
     even when the caller is cancelled meanwhile: the next write must not begin a
     transaction on the connection while the previous one is still committing."""
     import time
 
-    driver = make_driver(f"sqlite:{tmp_path / 'ocs.db'}")
-    await driver.open()
-    try:
-        await driver.run(_create_t)
-        commit = driver._commit
+    driver = scratch_sqlite
+    commit = driver._commit
 
-        def slow_commit(conn):
-            time.sleep(0.3)
-            commit(conn)
-        driver._commit = slow_commit
+    def slow_commit(conn):
+        time.sleep(0.3)
+        commit(conn)
+    driver._commit = slow_commit
 
-        first = asyncio.create_task(driver.run(_insert_t, 1, quick=True))
-        await asyncio.sleep(0.1)  # statements done, COMMIT sleeping in the thread
-        first.cancel()
-        driver._commit = commit
-        await driver.run(_insert_t, 2, quick=True)
-        with pytest.raises(asyncio.CancelledError):
-            await first
-        assert await driver.run(_total_t, write=False) == 3  # both committed
-    finally:
-        await driver.close()
+    first = asyncio.create_task(driver.run(_insert_t, 1, quick=True))
+    await asyncio.sleep(0.1)  # statements done, COMMIT sleeping in the thread
+    first.cancel()
+    driver._commit = commit
+    await driver.run(_insert_t, 2, quick=True)
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await driver.run(_total_t, write=False) == 3  # both committed
 
 
-async def test_sqlite_a_write_that_cannot_begin_leaves_the_writer_usable(tmp_path):
+async def test_sqlite_a_write_that_cannot_begin_leaves_the_writer_usable(scratch_sqlite):
     """An error from BEGIN itself (not a busy lock: a disk error, say) fails that
-    write with StoreUnavailable and releases the write lock for the next one."""
+    write and releases the write lock for the next one."""
     import sqlite3
 
     from ocs.errors import StoreUnavailable
 
-    driver = make_driver(f"sqlite:{tmp_path / 'ocs.db'}")
-    await driver.open()
-    try:
-        await driver.run(_create_t)
-        begin = driver._begin_now
+    driver = scratch_sqlite
+    begin = driver._begin_now
 
-        def broken(conn):
-            raise sqlite3.OperationalError("disk I/O error")
-        driver._begin_now = broken
+    def broken(conn):
+        raise sqlite3.OperationalError("disk I/O error")
+    driver._begin_now = broken
 
-        with pytest.raises((StoreUnavailable, sqlite3.OperationalError)):
-            await asyncio.wait_for(driver.run(_insert_t, 1, quick=True), 5)
-        driver._begin_now = begin
-        await asyncio.wait_for(driver.run(_insert_t, 2, quick=True), 5)
-        assert await driver.run(_total_t, write=False) == 2
-    finally:
-        await asyncio.wait_for(driver.close(), 10)
+    with pytest.raises((StoreUnavailable, sqlite3.OperationalError)):
+        await asyncio.wait_for(driver.run(_insert_t, 1, quick=True), 5)
+    driver._begin_now = begin
+    await asyncio.wait_for(driver.run(_insert_t, 2, quick=True), 5)
+    assert await driver.run(_total_t, write=False) == 2

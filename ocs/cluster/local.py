@@ -50,10 +50,6 @@ class _Expiring(Generic[V]):
         # popped for a key whose deadline moved later is pushed again, once.
         self._heap: list[tuple[float, str]] = []
 
-    @staticmethod
-    def deadline(ttl: float) -> float:
-        return time.monotonic() + ttl_ms(ttl) / 1000
-
     def get(self, key: str) -> V | None:
         item = self._items.get(key)
         if item is None:
@@ -155,7 +151,6 @@ class LocalDuplicateCache(DuplicateCache):
 
     def __init__(self, state: _State, default_ttl: float):
         self._state = state
-        self._ttl = default_ttl
         self._seconds = ttl_ms(default_ttl) / 1000  # checked once: every request uses it
         # key -> _CLAIMED, or the answer bytes
         self._entries: _Expiring[Any] = _Expiring()

@@ -614,9 +614,7 @@ class Store:
     async def active_sessions(self, subscriber_id: int, *, limit: int) -> int:
         """How many sessions of a subscriber are active, counting up to `limit`
         (the simultaneous-use check needs no more)."""
-        row = await self._one("SELECT count(*) AS n FROM (SELECT 1 FROM sessions "
-                              "WHERE subscriber_id = $1 AND status = 'active' LIMIT $2) AS s",
-                              subscriber_id, limit)
+        row = await self._one(_COUNT_ACTIVE_SESSIONS, subscriber_id, limit)
         return row["n"]
 
     async def stale_sessions(self, before: int, *, limit: int = 500) -> list[Session]:
@@ -739,9 +737,13 @@ def _insert_program(table: str, values: dict[str, Any], now: int, updated: bool 
     return row
 
 
+# A subscriber's active sessions, counted up to a limit: the subscriber id and the
+# limit are the parameters numbered here.
+_ACTIVE_SESSIONS = ("(SELECT count(*) FROM (SELECT 1 FROM sessions WHERE subscriber_id = ${} "
+                    "AND status = 'active' LIMIT ${}) AS s)")
+_COUNT_ACTIVE_SESSIONS = f"SELECT {_ACTIVE_SESSIONS.format(1, 2)} AS n"
 _BUCKETS_AND_SESSIONS = (
-    "SELECT *, (SELECT count(*) FROM (SELECT 1 FROM sessions WHERE subscriber_id = $2 "
-    "AND status = 'active' LIMIT $3) AS s) AS active_sessions FROM buckets "
+    f"SELECT *, {_ACTIVE_SESSIONS.format(2, 3)} AS active_sessions FROM buckets "
     "WHERE account_id = $1 AND (main = 1 OR balance <> 0 OR reserved <> 0) "
     "ORDER BY main, priority, id")
 
