@@ -215,6 +215,12 @@ class Composite:
     close: bool = False  # session ends: write a rated CDR per service, close its charges
     require_session: bool = False  # UNKNOWN_SESSION (nothing applied) if never opened
     opens: bool = False  # the request starts the session (may reopen a closed id)
+    # False: no result is stored under op_key, because applying the request again
+    # changes nothing. True of a mid-session report of cumulative counters (a RADIUS
+    # Interim-Update): its commits charge only what exceeds the session's charged
+    # units and re-hold what they release, so a replay charges nothing, whichever
+    # node gets it and however late. Its events keep op_key in their ids.
+    keep_result: bool = True
 
     def __post_init__(self):
         for p in self.parts:
@@ -511,7 +517,8 @@ class _Engine:
             result.events = tuple(self._emitted)
         if key is not None:
             self.state.done[key] = result
-            self.writes.operations.append((key, op.account_id, _OP_TYPE[type(op)], result))
+            if getattr(op, "keep_result", True):
+                self.writes.operations.append((key, op.account_id, _OP_TYPE[type(op)], result))
         return result
 
     def _composite(self, acct: AccountState, op: Composite, key: str) -> Result:

@@ -140,6 +140,32 @@ async def test_repeated_update_returns_the_first_decision_and_charges_once(core,
     assert (await store.balance(a.id))["balance"] == 10 * EUR - 80 * 10_000
 
 
+async def test_a_late_cumulative_interim_charges_nothing_and_stores_no_result(core, store):
+    """A NAS's interims carry the session's totals: the charging record alone makes a
+    replay harmless, so none of them stores its result (one row less per interim)."""
+    from tests.test_balance import event_types
+    a, s = await subscriber(store, low_balance_threshold=9 * EUR)
+    await core.charge(req(RequestKind.INITIAL, 0, data(), cumulative=True))
+    first = await core.charge(req(RequestKind.UPDATE, 1, data(used=150 * MB), cumulative=True))
+    await core.charge(req(RequestKind.UPDATE, 2, data(used=200 * MB), cumulative=True))
+    # Retransmitted to another node, or after a restart: applied again, charges nothing.
+    for seq, used in ((2, 200 * MB), (1, 150 * MB)):
+        again = await core.charge(req(RequestKind.UPDATE, seq, data(used=used),
+                                      cumulative=True))
+        assert again.result is ResultCode.SUCCESS and again.cost == 0
+        assert again.grant("rg:10").granted == first.grant("rg:10").granted
+    assert (await store.balance(a.id))["balance"] == 10 * EUR - 200 * 10_000
+    assert await event_types(store, a.id) == ["low_balance"]
+    stored = {r["op_key"] for r in await store._all(
+        "SELECT op_key FROM operations WHERE account_id = $1", a.id)}
+    assert stored == {"request|sess-1|0"}
+    await core.charge(req(RequestKind.TERMINATE, 3, data(used=250 * MB), cumulative=True))
+    assert (await store.balance(a.id))["balance"] == 10 * EUR - 250 * 10_000
+    (cdr,) = await store.list_cdrs(session="sess-1")
+    assert cdr.units == 250 * MB
+    await assert_ledger_matches(store, a.id)
+
+
 async def test_silent_session_is_released_and_closed_by_supervision(store):
     quick = ChargingCore(store, PRICES, CONFIG.model_copy(update={
         "validity_time": 10, "reservation_grace": 0, "idle_timeout": 60}))

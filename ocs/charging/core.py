@@ -248,7 +248,8 @@ class ChargingCore:
             record=self._record(req, sub, closing, rating), close=closing,
             require_session=req.require_session and req.kind in (RequestKind.UPDATE,
                                                                  RequestKind.TERMINATE),
-            opens=req.kind is RequestKind.INITIAL))
+            opens=req.kind is RequestKind.INITIAL,
+            keep_result=not (req.cumulative and req.kind is RequestKind.UPDATE)))
         if result.outcome is Outcome.UNKNOWN_SESSION:
             return ChargeDecision(ResultCode.UNKNOWN_SESSION, account_id=account.id,
                                   subscriber_id=sub.id, replayed=result.replayed,

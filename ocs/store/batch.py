@@ -63,7 +63,8 @@ def balance_program(ops: list[Operation], now: int, cache: BalanceCache | None =
     rows = yield fetch(_LOCK_ACCOUNTS, sorted({op.account_id for op in ops}))
     take(rows)
 
-    keys = [op.op_key for op in ops if op.op_key is not None]
+    keys = [op.op_key for op in ops
+            if op.op_key is not None and getattr(op, "keep_result", True)]
     if keys:
         rows = yield fetch("SELECT op_key, result FROM operations WHERE op_key = ANY($1)", keys)
         state.done = {r["op_key"]: r["result"] for r in rows}
