@@ -44,7 +44,8 @@ async def seed(store) -> dict:
         ids[name] = acct.id
 
     data_plan = await store.find_plan("demo-data")
-    for name in ("acct1", "acct2", "retx", "on1", "on2", "fs", "ast", "kam", "mschap"):
+    for name in ("acct1", "acct2", "retx", "on1", "on2", "fs", "ast", "kam", "mschap",
+                 "burst"):
         await sub(name, data_plan, max_sessions=5)
     await sub("garden1", garden, status="suspended")
     await sub("suspended1", tiny, status="suspended")
@@ -277,6 +278,34 @@ def test_retransmissions_are_not_charged_twice(rad):
                                      (A.ACCT_INPUT_OCTETS, codec.u32(1200)),
                                      (A.ACCT_SESSION_TIME, codec.u32(60))], ident=12)) is not None
     assert rad.buckets(acc)["octets"] == before - 1700
+
+
+def test_a_burst_from_one_socket_gets_every_answer_signed_for_its_request(rad):
+    """Replies leave together at the end of the event loop's turn: none is lost,
+    each answers its own request, and the interims are charged once each."""
+    import socket
+    acc = rad.ids["burst"]
+    before = rad.buckets(acc)["octets"]
+
+    def interim(ident: int) -> bytes:
+        status = 1 if ident == 0 else 3
+        return acct_packet([(A.USER_NAME, s("burst")), (A.ACCT_STATUS_TYPE, codec.u32(status)),
+                            (A.ACCT_SESSION_ID, s("b-1")),
+                            (A.ACCT_INPUT_OCTETS, codec.u32(100 * ident)),
+                            (A.ACCT_SESSION_TIME, codec.u32(ident))], ident=ident)
+    assert rad.send_raw(interim(0)) is not None
+    sent = {ident: interim(ident) for ident in range(1, 41)}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        sock.connect(("127.0.0.1", rad.acct_port))
+        for data in sent.values():
+            sock.send(data)
+        replies = [codec.decode(sock.recv(100)) for _ in sent]
+    assert sorted(r.identifier for r in replies) == sorted(sent)
+    for r in replies:
+        assert r.code == Code.ACCOUNTING_RESPONSE
+        assert codec.reply_authenticator_ok(r, SECRET.encode(), sent[r.identifier][4:20])
+    assert rad.buckets(acc)["octets"] == before - 4000
 
 
 def test_accounting_on_closes_every_open_session_of_the_nas(rad):
