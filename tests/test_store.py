@@ -369,3 +369,19 @@ async def test_sqlite_a_write_that_cannot_begin_leaves_the_writer_usable(scratch
     driver._begin_now = begin
     await asyncio.wait_for(driver.run(_insert_t, 2, quick=True), 5)
     assert await driver.run(_total_t, write=False) == 2
+
+
+async def test_point_lookups_on_a_closed_store_say_so(store_target):
+    """A request that looks something up after the store closed (shutdown, outage)
+    gets StoreUnavailable, the error every front-end answers with silence."""
+    from ocs.errors import StoreUnavailable
+    url, options = store_target
+    st = Store(make_driver(url, **options))
+    await st.open(migrate_schema=True)
+    a = await st.create_account(name="gone", currency="EUR", billing="prepaid")
+    assert (await st.get_account(a.id)).name == "gone"
+    await st.close()
+    with pytest.raises(StoreUnavailable):
+        await st.get_account(a.id)
+    with pytest.raises(StoreUnavailable):
+        await st.buckets(a.id)

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from ..errors import Conflict, StoreUnavailable, ValidationError
-from .sql import PARAM, ProgramFn, Query, rowcount_from_status
+from .sql import PARAM, ProgramFn, Query, fetch, rowcount_from_status
 
 log = logging.getLogger("ocs.store")
 
@@ -99,6 +99,12 @@ class PostgresDriver:
             except asyncpg.PostgresError as exc:
                 raise StoreUnavailable(f"postgres: {exc}") from exc
         raise AssertionError("unreachable")
+
+    async def fetch_now(self, sql: str, *args) -> list:
+        """The rows of one point lookup (see SqliteDriver.fetch_now)."""
+        def program():
+            return (yield fetch(sql, *args))
+        return await self.run(program, write=False)
 
     @staticmethod
     async def _drive(conn: asyncpg.Connection, gen) -> Any:

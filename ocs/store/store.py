@@ -707,14 +707,16 @@ class Store:
     # ------------------------------------------------------------------ helpers
     async def _one(self, sql: str, *args):
         """One row by key: a point lookup, cheap enough to run inline (see drivers)."""
-        def program():
-            return (yield fetchrow(sql, *args))
-        return await self.driver.run(program, write=False, quick=True)
+        rows = await self.driver.fetch_now(sql, *args)
+        return rows[0] if rows else None
 
     async def _all(self, sql: str, *args, quick: bool = False):
+        if quick:
+            return await self.driver.fetch_now(sql, *args)
+
         def program():
             return (yield fetch(sql, *args))
-        return await self.driver.run(program, write=False, quick=quick)
+        return await self.driver.run(program, write=False)
 
 
 # ---------------------------------------------------------------------- programs
