@@ -233,7 +233,7 @@ class DiameterServer:
                                    f"more than {self.config.max_in_flight} requests in flight"))
             return
         self.in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._credit_control(conn, msg))
+        task = conn.loop.create_task(self._credit_control(conn, msg))
         self.tasks.add(task)
         task.add_done_callback(self._done)
 

@@ -69,7 +69,8 @@ class Connection(asyncio.Protocol):
         self._pending: dict[int, asyncio.Future] = {}
         self._out: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._loop = asyncio.get_running_loop()
+        # Kept: asyncio.get_running_loop() costs a getpid() system call each time.
+        self.loop = asyncio.get_running_loop()
         self._opened = False
 
     # ------------------------------------------------------------ identity
@@ -153,7 +154,7 @@ class Connection(asyncio.Protocol):
             self._problem("decode", exc.reason)
             return
         self.handler.on_message(self, msg, False)
-        self.perform(self.machine.receive(msg, self._loop.time()))
+        self.perform(self.machine.receive(msg, self.loop.time()))
 
     def _bad_avp(self, exc: AvpError) -> None:
         head = exc.header
@@ -226,13 +227,13 @@ class Connection(asyncio.Protocol):
         if self._timer is None or self._timer.when() > m.deadline + 0.001:
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = self._loop.call_at(m.deadline, self._on_timer)
+            self._timer = self.loop.call_at(m.deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         if self.machine is None or self.transport is None:
             return
-        self.perform(self.machine.tick(self._loop.time()))
+        self.perform(self.machine.tick(self.loop.time()))
 
     # ------------------------------------------------------------ outgoing
     def send(self, msg: Message) -> bytes | None:
@@ -253,7 +254,7 @@ class Connection(asyncio.Protocol):
         out = self._out
         out.append(raw)
         if len(out) == 1:
-            self._loop.call_soon(self._flush)
+            self.loop.call_soon(self._flush)
         return True
 
     def _flush(self) -> None:
@@ -264,7 +265,7 @@ class Connection(asyncio.Protocol):
 
     async def request(self, msg: Message, timeout: float) -> Message:
         """Send a request we built (its hop-by-hop from `machine`) and await the answer."""
-        fut = self._loop.create_future()
+        fut = self.loop.create_future()
         self._pending[msg.hop_by_hop] = fut
         if self.send(msg) is None or self.transport is None:
             self._pending.pop(msg.hop_by_hop, None)
@@ -277,7 +278,7 @@ class Connection(asyncio.Protocol):
     def disconnect(self) -> None:
         """Start our DPR (shutdown); the machine closes on DPA or its timeout."""
         if self.machine is not None and self.transport is not None:
-            self.perform(self.machine.disconnect(self._loop.time()))
+            self.perform(self.machine.disconnect(self.loop.time()))
 
     def close(self, reason: str) -> None:
         if not self.close_reason:

@@ -71,12 +71,14 @@ class _Endpoint(asyncio.DatagramProtocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        # Kept: asyncio.get_running_loop() costs a getpid() system call each time.
+        self._loop = asyncio.get_running_loop()
 
     def send(self, reply: bytes, addr) -> None:
         out = self._outgoing
         out.append((reply, addr))
         if len(out) == 1:
-            asyncio.get_running_loop().call_soon(self.flush)
+            self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         out, self._outgoing = self._outgoing, []
@@ -202,7 +204,7 @@ class RadiusServer:
                 nas=st.name, code=_CODE_LABEL[code])
         counter.inc()
         self.in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._serve(endpoint, st, packet, addr))
+        task = endpoint._loop.create_task(self._serve(endpoint, st, packet, addr))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -350,11 +350,14 @@ class GroupCommitter:
         self._observe = observe
         self._queue: asyncio.Queue = asyncio.Queue()
         self._worker: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
 
     def start(self) -> None:
         if self._worker is None:
-            self._worker = asyncio.create_task(self._work(), name="ocs-group-commit")
+            # Kept: asyncio.get_running_loop() costs a getpid() system call each time.
+            self._loop = asyncio.get_running_loop()
+            self._worker = self._loop.create_task(self._work(), name="ocs-group-commit")
 
     @property
     def pending(self) -> int:
@@ -365,7 +368,7 @@ class GroupCommitter:
             raise StoreUnavailable("store is stopping")
         if self._worker is None:
             self.start()
-        fut = asyncio.get_running_loop().create_future()
+        fut = self._loop.create_future()
         self._queue.put_nowait((op, fut))
         # A caller cancelled while waiting cancels only its own future: the batch
         # still applies the operation and skips answering a future already done.
