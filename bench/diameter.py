@@ -57,6 +57,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench import scrape
 from bench.pg import throwaway_schema
 from bench.procstat import cpu_seconds, thread_cpu
 from diameter import base
@@ -167,9 +168,7 @@ listen = "127.0.0.1:{self.api}"
         raise RuntimeError("ocsd did not open its Diameter port")
 
     def metrics(self) -> str:
-        import urllib.request
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.api}/metrics", timeout=10) as r:
-            return r.read().decode()
+        return scrape.metrics(self.api)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -180,13 +179,6 @@ listen = "127.0.0.1:{self.api}"
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
-
-
-def metric_value(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 # ---------------------------------------------------------------------- load
@@ -349,11 +341,7 @@ async def bench_backend(name: str, url: str, schema: str, args, workdir: Path) -
         if name == "postgres":
             upd["server_cpu_us_per_ccr_u"]["database_background_shared"] = round(
                 (after[2] - before[2]) / n * 1e6, 1)
-        batches = metric_value(m1, "ocs_store_batch_size_count") - metric_value(
-            m0, "ocs_store_batch_size_count")
-        ops = metric_value(m1, "ocs_store_batch_size_sum") - metric_value(
-            m0, "ocs_store_batch_size_sum")
-        upd["store_batch_mean"] = round(ops / batches, 1) if batches else None
+        upd["store_batch_mean"] = scrape.batch_mean(m0, m1)
         upd["offered_rate"] = args.rate
         out["ccr_u"] = upd
         out["ccr_t"] = await load.phase(TERMINATION, 1)

@@ -62,6 +62,7 @@ if str(ROOT) not in sys.path:
 
 import asyncpg  # noqa: E402
 
+from bench import scrape  # noqa: E402
 from bench.procstat import cpu_seconds  # noqa: E402
 from radius import codec  # noqa: E402
 from radius.codec import A, Code  # noqa: E402
@@ -260,6 +261,7 @@ class Ocsd:
     def __init__(self, args, tmp: str):
         self.args, self.tmp = args, tmp
         self.auth_port, self.acct_port = free_port(), free_port()
+        self.api_port = free_port(socket.SOCK_STREAM)
         self.schema = None
         if args.backend == "postgres":
             self.schema = "ocs_bench_" + secrets.token_hex(4)
@@ -321,7 +323,7 @@ url = "{self.url}"
 group_commit_window_ms = {self.args.group_commit_window_ms}
 pool_max = 10
 [api]
-listen = "127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+listen = "127.0.0.1:{self.api_port}"
 [radius]
 auth_listen = "127.0.0.1:{self.auth_port}"
 acct_listen = "127.0.0.1:{self.acct_port}"
@@ -336,6 +338,9 @@ enabled = false
 
     def pids(self) -> list[int]:
         return [self.proc.pid] + (postgres_pids() if self.schema else [])
+
+    def metrics(self) -> str:
+        return scrape.metrics(self.api_port)
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -567,11 +572,14 @@ def measure(target_cls, args, prefix: str) -> dict:
             time.sleep(0.5)
             asyncio.run(target.settle())
             before = asyncio.run(target.rows())
+        scraped = target.metrics() if hasattr(target, "metrics") else None
         result = run_load(port, args.mode, args.sessions, args.interims, args.procs,
                           args.window, args.rate, args.timeout, prefix, target.pids)
         time.sleep(0.5)  # let the last answers' writes settle before counting
         after = asyncio.run(target.rows())
         result["rows"] = {k: v - before.get(k, 0) for k, v in after.items()}
+        if scraped is not None:  # ocsd: how full its group commits were
+            result["store_batch_mean"] = scrape.batch_mean(scraped, target.metrics())
         return result
     finally:
         target.stop()
