@@ -385,3 +385,15 @@ async def test_point_lookups_on_a_closed_store_say_so(store_target):
         await st.get_account(a.id)
     with pytest.raises(StoreUnavailable):
         await st.buckets(a.id)
+
+
+async def test_sqlite_a_program_called_wrongly_leaves_the_writer_usable(scratch_sqlite):
+    """A programming error in how a write is called fails that write only: the
+    write lock is not kept, and no transaction is left open on the connection."""
+    driver = scratch_sqlite
+    for quick in (True, False):
+        with pytest.raises(TypeError):
+            await asyncio.wait_for(driver.run(_insert_t, quick=quick), 5)  # v missing
+    await asyncio.wait_for(driver.run(_insert_t, 1, quick=True), 5)
+    await asyncio.wait_for(driver.run(_insert_t, 2), 5)
+    assert await driver.run(_total_t, write=False) == 3

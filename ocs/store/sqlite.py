@@ -162,23 +162,28 @@ class SqliteDriver:
                 raise StoreUnavailable("sqlite store is closed")
             return await self._in_thread(self._rpool, self._run_sync, self._reader,
                                          program(*args), False)
+        gen = program(*args)  # a program called wrongly fails here, holding nothing
         await self._wlock.acquire()
         # From here the lock is released by whatever ends the transaction.
         conn = self._writer
         if conn is None:
             self._wlock.release()
+            gen.close()
             raise StoreUnavailable("sqlite store is closed")
         if quick:
+            began = False
             try:
                 began = self._begin_now(conn)
-                value = self._steps(conn, program(*args)) if began else None
+                value = self._steps(conn, gen) if began else None
             except BaseException:
+                if began:
+                    _rollback(conn)  # _steps rolls back its own failures; this is the rest
                 self._wlock.release()
                 raise
             if began:
                 await self._in_writer(self._commit, conn)
                 return value
-        return await self._in_writer(self._run_sync, conn, program(*args), True)
+        return await self._in_writer(self._run_sync, conn, gen, True)
 
     async def fetch_now(self, sql: str, *args) -> list:
         """The rows of one point lookup, read inline (a `quick` read without the
