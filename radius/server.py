@@ -63,7 +63,8 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.server = server
         self.port = port
         self.transport: asyncio.DatagramTransport | None = None
-
+        # Kept: asyncio.get_running_loop() costs a getpid() system call each time.
+        self.loop: asyncio.AbstractEventLoop | None = None
         # Replies wait here until the current turn of the event loop has run every
         # callback ready, then go out together (`flush`): the answers of one group
         # commit, or of requests read together, leave back to back.
@@ -71,14 +72,13 @@ class _Endpoint(asyncio.DatagramProtocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        # Kept: asyncio.get_running_loop() costs a getpid() system call each time.
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
 
     def send(self, reply: bytes, addr) -> None:
         out = self._outgoing
         out.append((reply, addr))
         if len(out) == 1:
-            self._loop.call_soon(self.flush)
+            self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         out, self._outgoing = self._outgoing, []
@@ -204,7 +204,7 @@ class RadiusServer:
                 nas=st.name, code=_CODE_LABEL[code])
         counter.inc()
         self.in_flight += 1
-        task = endpoint._loop.create_task(self._serve(endpoint, st, packet, addr))
+        task = endpoint.loop.create_task(self._serve(endpoint, st, packet, addr))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
