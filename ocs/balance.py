@@ -215,11 +215,11 @@ class Composite:
     close: bool = False  # session ends: write a rated CDR per service, close its charges
     require_session: bool = False  # UNKNOWN_SESSION (nothing applied) if never opened
     opens: bool = False  # the request starts the session (may reopen a closed id)
-    # False: no result is stored under op_key, because applying the request again
-    # changes nothing. True of a mid-session report of cumulative counters (a RADIUS
-    # Interim-Update): its commits charge only what exceeds the session's charged
-    # units and re-hold what they release, so a replay charges nothing, whichever
-    # node gets it and however late. Its events keep op_key in their ids.
+    # Whether the result is stored under op_key for replays. A mid-session report of
+    # cumulative counters (a RADIUS Interim-Update) does without: its commits charge
+    # only what exceeds the session's charged units and re-hold what they release,
+    # so applying it again charges nothing, whichever node gets it and however
+    # late. Its events keep op_key in their ids.
     keep_result: bool = True
 
     def __post_init__(self):
