@@ -11,7 +11,7 @@ from ocs.errors import Conflict, MigrationError, NotFound, ValidationError
 from ocs.model import Kind, PeerKind, Role, Session, now_us
 from ocs.store import Store, make_driver
 from ocs.store import migrate
-from ocs.store.sql import execute, fetchval
+from ocs.store.sql import execute, fetch, fetchval
 
 EUR = 1_000_000
 
@@ -397,3 +397,41 @@ async def test_sqlite_a_program_called_wrongly_leaves_the_writer_usable(scratch_
     await asyncio.wait_for(driver.run(_insert_t, 1, quick=True), 5)
     await asyncio.wait_for(driver.run(_insert_t, 2), 5)
     assert await driver.run(_total_t, write=False) == 3
+
+
+async def test_a_sessions_ledger_is_found_through_the_accounts_it_charged(store):
+    """The ledger is indexed by account only: a session's entries are found under
+    the accounts its session, charging and reservation rows name, whatever the
+    session's state, and that lookup never scans the whole ledger."""
+    from ocs.store.store import ledger_query
+
+    eur = 1_000_000
+    a = await store.create_account(name="la", currency="EUR", billing="prepaid",
+                                   opening_balance=10 * eur)
+    b = await store.create_account(name="lb", currency="EUR", billing="prepaid",
+                                   opening_balance=10 * eur)
+    await store.reserve(a.id, "led-open", eur, seq=1)          # held only
+    await store.commit(a.id, "led-open", eur // 4, seq=2, reserve=eur)
+    await store.reserve(b.id, "led-done", eur, seq=1)
+    await store.commit(b.id, "led-done", eur // 2, seq=2, final=True)   # closed
+    await store.commit(b.id, "led-other", eur // 10, seq=1, final=True)
+
+    open_ = await store.ledger(session="led-open")
+    assert [(e.account_id, e.amount) for e in open_] == [(a.id, -eur // 4)]
+    done = await store.ledger(session="led-done")
+    assert [(e.account_id, e.amount) for e in done] == [(b.id, -eur // 2)]
+    assert await store.ledger(session="led-none") == []
+    assert [e.amount for e in await store.ledger(b.id, session="led-other")] == [-eur // 10]
+
+    for sql, args in (ledger_query(session="s"), ledger_query(7, session="s"),
+                      ledger_query(7, before_id=9)):
+        if store.driver.dialect == "sqlite":
+            plan = " | ".join(r["detail"] for r in await store._all(
+                "EXPLAIN QUERY PLAN " + sql, *args))
+            assert "SCAN ledger" not in plan, plan
+        else:  # tables this small are scanned anyway: is there an indexed plan at all?
+            def explain(sql=sql, args=args):
+                yield execute("SET LOCAL enable_seqscan = off")
+                return (yield fetch("EXPLAIN (COSTS OFF) " + sql, *args))
+            plan = " | ".join(r[0] for r in await store.driver.run(explain))
+            assert "Seq Scan on ledger" not in plan, plan

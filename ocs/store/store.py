@@ -353,21 +353,8 @@ class Store:
 
     async def ledger(self, account_id: int | None = None, *, session: str | None = None,
                      limit: int = 100, before_id: int | None = None) -> list[LedgerEntry]:
-        clauses, args = [], []
-        if account_id is not None:
-            args.append(account_id)
-            clauses.append(f"account_id = ${len(args)}")
-        if session is not None:
-            args.append(session)
-            clauses.append(f"session = ${len(args)}")
-        if before_id is not None:
-            args.append(before_id)
-            clauses.append(f"id < ${len(args)}")
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        args.append(limit)
-        rows = await self._all(f"SELECT * FROM ledger{where} ORDER BY id DESC LIMIT ${len(args)}",
-                               *args)
-        return [LedgerEntry.from_row(r) for r in rows]
+        sql, args = ledger_query(account_id, session=session, limit=limit, before_id=before_id)
+        return [LedgerEntry.from_row(r) for r in await self._all(sql, *args)]
 
     async def reservations(self, *, account_id: int | None = None,
                            session: str | None = None) -> list[Reservation]:
@@ -911,4 +898,33 @@ def _import_program(rows: list[dict], policy: PasswordPolicy, actor, now):
     return len(rows)
 
 
+def ledger_query(account_id: int | None = None, *, session: str | None = None,
+                 limit: int = 100, before_id: int | None = None) -> tuple[str, list]:
+    """The ledger listing, newest first, as (sql, args).
+
+    The ledger is indexed by account only (migration 0010), so a session's
+    entries are looked for under the accounts that session charged.
+    """
+    clauses, args = [], []
+    if account_id is not None:
+        args.append(account_id)
+        clauses.append(f"account_id = ${len(args)}")
+    if session is not None:
+        args.append(session)
+        n = len(args)
+        clauses.append(f"session = ${n}")
+        if account_id is None:
+            clauses.append(
+                f"account_id IN (SELECT account_id FROM sessions WHERE id = ${n} "
+                f"UNION SELECT account_id FROM session_charges WHERE session = ${n} "
+                f"UNION SELECT account_id FROM reservations WHERE session = ${n})")
+    if before_id is not None:
+        args.append(before_id)
+        clauses.append(f"id < ${len(args)}")
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    args.append(limit)
+    return f"SELECT * FROM ledger{where} ORDER BY id DESC LIMIT ${len(args)}", args
+
+
 __all__ = ["Store", "PasswordPolicy", "StoreUnavailable", "IDENTITIES", "token_hash"]
+
