@@ -18,6 +18,8 @@ processes are reported separately (they also serve anyone else using that
 server). The baseline measured in the same run is DWR/DWA over the same
 connections: the cost of the Diameter stack alone (framing, codec, peer
 state machine, transport), against which the charging path is a ratio.
+Each backend's `targets` reads the issue's targets against the run (CPU per
+CCR-U; p95 and p99 only with `--rate`, the target being at 5,000/s).
 
     python -m bench.diameter [--sessions 200] [--updates 20] [--connections 4]
         [--rate 5000] [--backends sqlite,postgres] [--pg-dsn DSN] [--profile DIR]
@@ -60,6 +62,7 @@ import asyncpg
 from bench import scrape
 from bench.pg import throwaway_schema
 from bench.procstat import cpu_seconds, thread_cpu
+from bench.targets import judge
 from diameter import base
 from diameter import tables as T
 from diameter.client import INITIAL, TERMINATION, UPDATE, DiameterClient, mscc
@@ -344,6 +347,7 @@ async def bench_backend(name: str, url: str, schema: str, args, workdir: Path) -
         upd["store_batch_mean"] = scrape.batch_mean(m0, m1)
         upd["offered_rate"] = args.rate
         out["ccr_u"] = upd
+        out["targets"] = targets(name, upd, args.rate)
         out["ccr_t"] = await load.phase(TERMINATION, 1)
         out["errors_by_kind"] = dict(load.errors)
         out["ratio_cpu_ccr_u_to_dwr"] = round(
@@ -355,6 +359,24 @@ async def bench_backend(name: str, url: str, schema: str, args, workdir: Path) -
     if args.profile:
         out["profile"] = await profile_backend(name, url, schema, args, workdir)
     return out
+
+
+# The Diameter issue's targets, read against this run: CPU per CCR-U (daemon and
+# its database), and the latency percentiles at 5,000 CCR/s offered, judged only
+# in an open-loop run (--rate) at the rate given.
+TARGETS = {"sqlite": 50, "postgres": 80}
+
+
+def targets(backend: str, upd: dict, rate: float | None) -> dict:
+    report = judge({"server_cpu_us_per_ccr_u": ("<=", TARGETS[backend]),
+                    "p95_ms": ("<", 3), "p99_ms": ("<", 10)},
+                   {"server_cpu_us_per_ccr_u": upd["server_cpu_us_per_ccr_u"]["total"],
+                    "p95_ms": upd["p95_ms"] if rate else None,
+                    "p99_ms": upd["p99_ms"] if rate else None})
+    if rate:
+        for name in ("p95_ms", "p99_ms"):
+            report[name]["offered_rate"] = rate
+    return report
 
 
 async def profile_backend(name: str, url: str, schema: str, args, workdir: Path) -> dict:

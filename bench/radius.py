@@ -21,7 +21,10 @@ document per run:
 * ``client_cpu_us_per_request``: the load generator's own CPU;
 * ``rows``: what the server really stored (closed sessions and CDRs for
   ocsd, radacct rows for FreeRADIUS), checked against what was sent;
-* ``ratio``: ocsd / FreeRADIUS for rate and CPU per request.
+* ``ratio``: ocsd / FreeRADIUS for rate and CPU per request;
+* ``targets``: the RADIUS issue's targets for the mode (CPU per request,
+  throughput against FreeRADIUS, p99 in an open-loop run), each with what this
+  run measured and whether it was met (null when this run cannot tell).
 
 Both servers are measured in a steady state, as a server that has been running
 for a while is: one unmeasured round of the same load (other session ids)
@@ -62,8 +65,9 @@ if str(ROOT) not in sys.path:
 
 import asyncpg  # noqa: E402
 
-from bench import scrape  # noqa: E402
+from bench import scrape
 from bench.procstat import cpu_seconds  # noqa: E402
+from bench.targets import judge  # noqa: E402
 from radius import codec  # noqa: E402
 from radius.codec import A, Code  # noqa: E402
 
@@ -622,8 +626,31 @@ def main(argv=None) -> int:
             "cpu_per_request_freeradius_over_ocsd": round(
                 f["server_cpu_us_per_request"] / o["server_cpu_us_per_request"], 2)
             if o["server_cpu_us_per_request"] and f["server_cpu_us_per_request"] else None}
+    out["targets"] = targets(args, out)
     print(json.dumps(out, indent=2))
     return 0
+
+
+# The RADIUS issue's targets, read against this run. The p99 target holds at twice
+# FreeRADIUS's sustainable rate (about 2,000/s on the reference 2-core machine),
+# so it is judged only in an open-loop run (--rate), at the rate given.
+TARGETS = {
+    "acct": {"server_cpu_us_per_request": ("<=", 60), "throughput_x_freeradius": (">=", 4),
+             "p99_ms": ("<", 10)},
+    "auth": {"server_cpu_us_per_request": ("<=", 50), "throughput_x_freeradius": (">=", 5)},
+}
+
+
+def targets(args, out: dict) -> dict:
+    o = out["ocsd"]
+    report = judge(TARGETS[args.mode], {
+        "server_cpu_us_per_request": o["server_cpu_us_per_request"],
+        "throughput_x_freeradius": (out.get("ratio") or {}).get(
+            "throughput_ocsd_over_freeradius"),
+        "p99_ms": o["latency_ms"]["p99"] if args.rate else None})
+    if args.rate and "p99_ms" in report:
+        report["p99_ms"]["offered_rate"] = args.rate
+    return report
 
 
 if __name__ == "__main__":
