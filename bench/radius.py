@@ -35,7 +35,12 @@ scans for the first minute or so, until autovacuum analyzes them).
 
     python -m bench.radius [--backend sqlite|postgres] [--sessions 2000] [--interims 5]
                            [--procs 2] [--window 64] [--rate 0] [--mode acct|auth]
-                           [--freeradius] [--pg-dsn DSN]
+                           [--freeradius] [--repeat 1] [--pg-dsn DSN]
+
+With ``--repeat N`` the load runs N rounds (ocsd, then FreeRADIUS, in each)
+and each server's figures are the medians over its rounds, with every run's
+own figures beside them and the ratio of each round's pair: on a shared,
+noisy machine a single run can be off by 15%.
 
 Every request loop is bounded (sessions x rounds) and stops by itself;
 traffic goes to 127.0.0.1 only.
@@ -53,6 +58,7 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -606,29 +612,75 @@ def main(argv=None) -> int:
     p.add_argument("--sqlite-synchronous", default="FULL", choices=("FULL", "NORMAL"))
     p.add_argument("--group-commit-window-ms", type=float, default=0.0,
                    help="ocsd's [store] group_commit_window_ms: wait to fill batches")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="rounds (ocsd, then FreeRADIUS in each); figures are their medians")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="measure a fresh database (see above)")
     p.add_argument("--pg-dsn", default=os.environ.get(
         "OCS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     out = {"mode": args.mode, "backend": args.backend, "sessions": args.sessions,
            "interims": args.interims, "procs": args.procs, "window": args.window,
            "offered_rate": args.rate or "closed loop", "warmup": args.warmup,
            "group_commit_window_ms": args.group_commit_window_ms}
-    out["ocsd"] = measure(Ocsd, args, "b")
+    rounds = []  # each round measures ocsd, then FreeRADIUS: a pair taken together
+    for _ in range(args.repeat):
+        rounds.append({"ocsd": measure(Ocsd, args, "b")})
+        if args.freeradius:
+            rounds[-1]["freeradius"] = measure(FreeRadius, args, "b")
+    if args.repeat == 1:
+        out.update(rounds[0])
+    else:
+        out["repeat"] = args.repeat
+        for name in rounds[0]:
+            out[name] = medians([r[name] for r in rounds])
     if args.freeradius:
-        out["freeradius"] = measure(FreeRadius, args, "b")
-        o, f = out["ocsd"], out["freeradius"]
-        out["ratio"] = {
-            "throughput_ocsd_over_freeradius": round(o["requests_per_s"]
-                                                     / f["requests_per_s"], 2)
-            if f["requests_per_s"] else None,
-            "cpu_per_request_freeradius_over_ocsd": round(
-                f["server_cpu_us_per_request"] / o["server_cpu_us_per_request"], 2)
-            if o["server_cpu_us_per_request"] and f["server_cpu_us_per_request"] else None}
+        out["ratio"] = ratio(out["ocsd"], out["freeradius"])
+        if args.repeat > 1:
+            out["ratio"]["each_round"] = [ratio(r["ocsd"], r["freeradius"]) for r in rounds]
     out["targets"] = targets(args, out)
     print(json.dumps(out, indent=2))
     return 0
+
+
+def ratio(o: dict, f: dict) -> dict:
+    """ocsd against FreeRADIUS: throughput, and CPU per request (FreeRADIUS's over ocsd's)."""
+    return {
+        "throughput_ocsd_over_freeradius": round(o["requests_per_s"] / f["requests_per_s"], 2)
+        if f["requests_per_s"] else None,
+        "cpu_per_request_freeradius_over_ocsd": round(
+            f["server_cpu_us_per_request"] / o["server_cpu_us_per_request"], 2)
+        if o["server_cpu_us_per_request"] and f["server_cpu_us_per_request"] else None}
+
+
+def medians(runs: list[dict]) -> dict:
+    """The headline figures of several runs of one server: the median of each (the
+    largest maximum latency, the sum of timeouts), and each run's own figures."""
+    def med(values):
+        values = [v for v in values if v is not None]
+        return round(statistics.median(values), 3) if values else None
+
+    def each(run):
+        return {"requests_per_s": run["requests_per_s"],
+                "server_cpu_us_per_request": run["server_cpu_us_per_request"],
+                "latency_ms": run["latency_ms"], "timeouts": run["timeouts"],
+                "rows": run.get("rows")}
+    summary = {
+        "requests_per_s": med(r["requests_per_s"] for r in runs),
+        "latency_ms": {"p50": med(r["latency_ms"]["p50"] for r in runs),
+                       "p99": med(r["latency_ms"]["p99"] for r in runs),
+                       "max": max(r["latency_ms"]["max"] for r in runs)},
+        "timeouts": sum(r["timeouts"] for r in runs),
+        "server_cpu_us_per_request": med(r["server_cpu_us_per_request"] for r in runs),
+        "server_cpu_split_us": {part: med((r["server_cpu_split_us"] or {}).get(part)
+                                          for r in runs) for part in ("daemon", "database")},
+        "client_cpu_us_per_request": med(r["client_cpu_us_per_request"] for r in runs),
+        "each_run": [each(r) for r in runs]}
+    if "store_batch_mean" in runs[0]:
+        summary["store_batch_mean"] = med(r.get("store_batch_mean") for r in runs)
+    return summary
 
 
 # The RADIUS issue's targets, read against this run. The p99 target holds at twice

@@ -1,5 +1,7 @@
-"""The benchmarks judge a run against the issues' targets: met, missed, or
-unknown when the run lacks the baseline or offered rate a target needs."""
+"""What the benchmarks report besides raw figures: the medians of repeated
+runs, ratios against the baseline, and a judgement against the issues'
+targets (met, missed, or unknown when the run lacks the baseline or offered
+rate a target needs)."""
 
 from types import SimpleNamespace
 
@@ -46,3 +48,35 @@ def test_diameter_targets_per_backend():
     assert pg["server_cpu_us_per_ccr_u"]["met"] is True
     assert pg["p95_ms"]["met"] is True and pg["p99_ms"]["offered_rate"] == 5000.0
     assert diameter.targets("postgres", upd, None)["p99_ms"]["met"] is None
+
+
+def _run(rate, cpu, p50, p99, peak, timeouts=0, batch=None):
+    run = {"requests_per_s": rate, "server_cpu_us_per_request": cpu,
+           "server_cpu_split_us": {"daemon": cpu - 10, "database": 10.0} if cpu else None,
+           "client_cpu_us_per_request": 15.0, "timeouts": timeouts,
+           "latency_ms": {"p50": p50, "p99": p99, "max": peak}, "rows": {"cdrs": rate // 7}}
+    if batch is not None:
+        run["store_batch_mean"] = batch
+    return run
+
+
+def test_repeated_runs_report_medians_and_every_run():
+    runs = [_run(7000, 140.0, 15, 30, 40, batch=60), _run(9000, 110.0, 12, 25, 90, 1, 64),
+            _run(8000, 120.0, 14, 35, 50, 2, 62)]
+    m = radius.medians(runs)
+    assert m["requests_per_s"] == 8000 and m["server_cpu_us_per_request"] == 120.0
+    assert m["latency_ms"] == {"p50": 14, "p99": 30, "max": 90}
+    assert m["server_cpu_split_us"] == {"daemon": 110.0, "database": 10.0}
+    assert m["timeouts"] == 3 and m["store_batch_mean"] == 62
+    assert [r["requests_per_s"] for r in m["each_run"]] == [7000, 9000, 8000]
+    assert [r["rows"] for r in m["each_run"]] == [{"cdrs": 1000}, {"cdrs": 1285},
+                                                  {"cdrs": 1142}]  # what each stored
+    assert "store_batch_mean" not in radius.medians([_run(1, 1.0, 1, 1, 1)])
+
+
+def test_ratio_of_ocsd_to_freeradius():
+    o, f = _run(8000, 120.0, 14, 30, 50), _run(2000, 840.0, 50, 90, 150)
+    assert radius.ratio(o, f) == {"throughput_ocsd_over_freeradius": 4.0,
+                                  "cpu_per_request_freeradius_over_ocsd": 7.0}
+    assert radius.ratio(o, _run(0, None, 0, 0, 0)) == {
+        "throughput_ocsd_over_freeradius": None, "cpu_per_request_freeradius_over_ocsd": None}
