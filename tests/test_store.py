@@ -435,3 +435,61 @@ async def test_a_sessions_ledger_is_found_through_the_accounts_it_charged(store)
                 return (yield fetch("EXPLAIN (COSTS OFF) " + sql, *args))
             plan = " | ".join(r[0] for r in await store.driver.run(explain))
             assert "Seq Scan on ledger" not in plan, plan
+
+
+async def test_a_cancelled_transaction_raises_cancellation_not_a_store_error(store):
+    """Cancelling a task in the middle of a transaction cancels it: whatever the
+    driver's clean-up of the interrupted statement raises (asyncpg refuses to roll
+    back over a statement still running) must not turn the cancellation into a
+    StoreUnavailable, which loops that retry on store errors would swallow, never
+    stopping. (On the embedded store the statements, which cannot be interrupted,
+    finish in the writer's thread.) The store stays usable afterwards."""
+    slow = ("SELECT pg_sleep(5)" if store.driver.dialect == "postgres" else
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000)"
+            " SELECT count(*) FROM c")
+
+    def program():
+        yield execute("UPDATE provisioning SET version = version + 1 WHERE id = 1")
+        return (yield fetchval(slow))
+
+    for write in (True, False):
+        task = asyncio.create_task(store.driver.run(program, write=write))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+    a = await store.create_account(name="after-cancel", currency="EUR", billing="prepaid",
+                                   opening_balance=1_000)
+    assert (await store.balance(a.id))["balance"] == 1_000
+
+
+async def test_postgres_waits_a_bounded_time_for_a_free_connection(pg_dsn, pg_schema):
+    """When every pooled connection is busy, a transaction waits at most the acquire
+    timeout and fails with a clear StoreUnavailable (the request goes unanswered and
+    the client retries) instead of queueing forever; the pool serves again after."""
+    import time
+
+    from ocs.errors import StoreUnavailable
+    from ocs.store.postgres import PostgresDriver
+
+    driver = PostgresDriver(pg_dsn, min_size=1, max_size=1, schema=pg_schema,
+                            acquire_timeout=0.3)
+    await driver.open()
+    try:
+        def sleeper():
+            return (yield fetchval("SELECT pg_sleep(1.0)::text"))
+
+        def one():
+            return (yield fetchval("SELECT 1"))
+        busy = asyncio.create_task(driver.run(sleeper, write=False))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=r"no PostgreSQL connection free within "
+                                                   r"0\.3s \(all 1 of \[store\] pool_max busy\)"):
+            await driver.run(one, write=False)
+        assert time.monotonic() - started < 0.9  # not after the sleeper released it
+        await busy
+        assert await driver.run(one, write=False) == 1
+        assert driver._in_use == 0
+    finally:
+        await driver.close()

@@ -11,6 +11,7 @@ are pure functions of what they read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from typing import Any
@@ -38,13 +39,18 @@ class PostgresDriver:
 
     def __init__(self, dsn: str, *, min_size: int = 2, max_size: int = 10,
                  schema: str | None = None, command_timeout: float = 10.0,
-                 connect_timeout: float = 5.0):
+                 connect_timeout: float = 5.0, acquire_timeout: float | None = None):
         self.dsn = dsn
         self.min_size = min_size
         self.max_size = max_size
         self.schema = schema
         self.command_timeout = command_timeout
         self.connect_timeout = connect_timeout
+        # How long a transaction waits for a free pooled connection: as long as a
+        # statement may run. Without a bound, a pool that every caller holds
+        # (or that lost connections) would queue requests forever, unanswered.
+        self.acquire_timeout = command_timeout if acquire_timeout is None else acquire_timeout
+        self._in_use = 0  # pooled connections this driver holds
         self.pool: asyncpg.Pool | None = None
 
     def describe(self) -> str:
@@ -77,7 +83,7 @@ class PostgresDriver:
             raise StoreUnavailable("postgres store is closed")
         for attempt in range(_RETRIES):
             try:
-                async with self.pool.acquire() as conn:
+                async with self._acquire() as conn:
                     if not write:
                         return await self._drive(conn, program(*args))
                     async with conn.transaction():
@@ -99,6 +105,26 @@ class PostgresDriver:
             except asyncpg.PostgresError as exc:
                 raise StoreUnavailable(f"postgres: {exc}") from exc
         raise AssertionError("unreachable")
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self):
+        if self._in_use < self.max_size:  # one is free: no timer to arm (5 us a request)
+            conn = await self.pool.acquire()
+        else:
+            try:
+                conn = await self.pool.acquire(timeout=self.acquire_timeout)
+            except asyncio.TimeoutError:
+                raise StoreUnavailable(
+                    f"no PostgreSQL connection free within {self.acquire_timeout:g}s (all "
+                    f"{self.max_size} of [store] pool_max busy)") from None
+        self._in_use += 1
+        try:
+            yield conn
+        finally:
+            try:
+                await self.pool.release(conn)
+            finally:
+                self._in_use -= 1
 
     async def fetch_now(self, sql: str, *args) -> list:
         """The rows of one point lookup (see SqliteDriver.fetch_now)."""
