@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import secrets
 import sys
+import threading
 
 import asyncpg
 import pytest
@@ -17,6 +19,41 @@ if ROOT not in sys.path:
 
 from ocs.store import Store, make_driver  # noqa: E402
 from tests import services  # noqa: E402
+
+# A test still running this long before its timeout (pyproject: timeout) prints
+# where each of its asyncio tasks waits: the timeout's own dump shows threads only,
+# and a hung test is usually one coroutine waiting for another.
+HANG_REPORT_BEFORE_TIMEOUT = 30.0
+
+
+def _report_tasks(nodeid: str, after: float) -> None:
+    # From a timer thread while the test's loop is stuck; only reads the tasks.
+    out = sys.__stderr__
+    tasks = [o for o in gc.get_objects() if isinstance(o, asyncio.Task) and not o.done()]
+    print(f"\n=== {nodeid} still running after {after:.0f}s: {len(tasks)} asyncio task(s)",
+          file=out)
+    for task in tasks:
+        try:
+            task.print_stack(file=out)
+        except Exception as exc:  # noqa: BLE001 - a diagnostic must not fail the run
+            print(f"  {task!r}: stack unavailable ({exc})", file=out)
+    out.flush()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    timeout = float(item.config.getini("timeout") or 0)
+    after = timeout - HANG_REPORT_BEFORE_TIMEOUT
+    timer = None
+    if after > 0:
+        timer = threading.Timer(after, _report_tasks, args=(item.nodeid, after))
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 BACKENDS = ["sqlite", "postgres"]
 
