@@ -28,6 +28,7 @@ from .errors import OcsError, StoreError
 from .metrics import Metrics
 from .model import Nas, Plan
 from .store import Store, store_from_config
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("ocs.daemon")
 
@@ -310,9 +311,7 @@ class Supervision:
                        asyncio.create_task(self._purge_loop(), name="ocs-purge")]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks, "supervision")
         self._tasks = []
 
     async def _sweep_loop(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from ocs.errors import NotFound, OcsError, StoreUnavailable
 from ocs.logs import log_context
 from ocs.model import Session
+from ocs.tasks import cancel_and_wait
 
 from . import decide
 
@@ -39,15 +40,16 @@ class EventConsumer:
         self.consumer = consumer
         self.handled = 0
         self._task: asyncio.Task | None = None
+        self._stopping = False
 
     async def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._loop(), name="ocs-policy-events")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        self._stopping = True  # ends the loop even if its cancellation were lost
+        await cancel_and_wait([self._task], "policy event consumer")
+        self._task = None
 
     # ------------------------------------------------------------ loop
     async def _loop(self) -> None:
@@ -55,7 +57,7 @@ class EventConsumer:
         cfg = self.service.config
         ready = False
         last_reclaim = 0.0
-        while True:
+        while not self._stopping:
             try:
                 if not ready:
                     await events.ensure_group(GROUP)

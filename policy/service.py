@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from ocs.errors import ConfigError, Conflict, NotFound, OcsError, ValidationError
 from ocs.model import Nas, Plan, Session, Subscriber, now_us
+from ocs.tasks import cancel_and_wait
 from radius.dictionary import Dictionary
 
 from . import decide, state
@@ -137,9 +138,7 @@ class PolicyService:
             log.info("tc: re-applied %d throttle(s) in force", applied)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks, "policy")
         self._tasks = []
         if self.consumer is not None:
             await self.consumer.stop()

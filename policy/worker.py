@@ -33,6 +33,7 @@ from typing import Any, Callable
 from ocs.errors import NotFound, OcsError, StoreError
 from ocs.logs import log_context
 from ocs.model import Nas
+from ocs.tasks import cancel_and_wait
 
 from . import decide
 from .model import Action, ActuatorError, Attempt
@@ -66,26 +67,23 @@ class Worker:
         self._confirming: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
         self._slot = asyncio.Event()
+        self._stopping = False
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._loop(), name="ocs-policy-worker")
 
     async def stop(self, timeout: float = 2.5) -> None:
         """Stop taking actions; let attempts in flight finish within `timeout`
         (the rest are cancelled and come back when their lease runs out)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        self._stopping = True  # ends the loop even if its cancellation were lost
+        await cancel_and_wait([self._task], "policy worker")
+        self._task = None
         if self._running:
-            done, pending = await asyncio.wait(set(self._running), timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        for task in list(self._confirming):
-            task.cancel()
-        await asyncio.gather(*self._confirming, return_exceptions=True)
+            _, pending = await asyncio.wait(set(self._running), timeout=timeout)
+            await cancel_and_wait(pending, "policy action")
+        await cancel_and_wait(list(self._confirming), "policy confirmation")
 
     @property
     def in_flight(self) -> int:
@@ -93,7 +91,7 @@ class Worker:
 
     # ------------------------------------------------------------ loop
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             cfg = self.config()
             free = cfg.max_in_flight - len(self._running)
             taken: list[Action] = []

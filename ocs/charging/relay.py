@@ -15,6 +15,7 @@ import logging
 from typing import Any, Awaitable, Callable
 
 from ..errors import StoreUnavailable
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger("ocs.charging")
 
@@ -38,13 +39,8 @@ class EventRelay:
         self._task = asyncio.create_task(self._run(), name="ocs-event-relay")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait([self._task], "event relay")
+        self._task = None
         try:  # what was committed before the stop still goes out
             await self.relay_once()
         except StoreUnavailable as exc:
