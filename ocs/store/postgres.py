@@ -50,7 +50,7 @@ class PostgresDriver:
         # statement may run. Without a bound, a pool that every caller holds
         # (or that lost connections) would queue requests forever, unanswered.
         self.acquire_timeout = command_timeout if acquire_timeout is None else acquire_timeout
-        self._in_use = 0  # pooled connections this driver holds
+        self._in_use = 0  # callers holding or awaiting a pooled connection
         self.pool: asyncpg.Pool | None = None
 
     def describe(self) -> str:
@@ -108,23 +108,24 @@ class PostgresDriver:
 
     @contextlib.asynccontextmanager
     async def _acquire(self):
-        if self._in_use < self.max_size:  # one is free: no timer to arm (5 us a request)
-            conn = await self.pool.acquire()
-        else:
+        # While fewer callers than pool_max hold or await a connection, one is sure
+        # to come soon: no timer to arm (asyncpg's acquire timeout costs 5 us).
+        bounded = self._in_use >= self.max_size
+        self._in_use += 1
+        try:
             try:
-                conn = await self.pool.acquire(timeout=self.acquire_timeout)
+                conn = await self.pool.acquire(
+                    timeout=self.acquire_timeout if bounded else None)
             except asyncio.TimeoutError:
                 raise StoreUnavailable(
                     f"no PostgreSQL connection free within {self.acquire_timeout:g}s (all "
                     f"{self.max_size} of [store] pool_max busy)") from None
-        self._in_use += 1
-        try:
-            yield conn
-        finally:
             try:
-                await self.pool.release(conn)
+                yield conn
             finally:
-                self._in_use -= 1
+                await self.pool.release(conn)
+        finally:
+            self._in_use -= 1
 
     async def fetch_now(self, sql: str, *args) -> list:
         """The rows of one point lookup (see SqliteDriver.fetch_now)."""

@@ -927,4 +927,3 @@ def ledger_query(account_id: int | None = None, *, session: str | None = None,
 
 
 __all__ = ["Store", "PasswordPolicy", "StoreUnavailable", "IDENTITIES", "token_hash"]
-
