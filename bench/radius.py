@@ -71,7 +71,7 @@ if str(ROOT) not in sys.path:
 
 import asyncpg  # noqa: E402
 
-from bench import scrape
+from bench import scrape  # noqa: E402
 from bench.procstat import cpu_seconds  # noqa: E402
 from bench.targets import judge  # noqa: E402
 from radius import codec  # noqa: E402
@@ -663,10 +663,13 @@ def medians(runs: list[dict]) -> dict:
         return round(statistics.median(values), 3) if values else None
 
     def each(run):
-        return {"requests_per_s": run["requests_per_s"],
-                "server_cpu_us_per_request": run["server_cpu_us_per_request"],
-                "latency_ms": run["latency_ms"], "timeouts": run["timeouts"],
-                "rows": run.get("rows")}
+        own = {"requests_per_s": run["requests_per_s"],
+               "server_cpu_us_per_request": run["server_cpu_us_per_request"],
+               "latency_ms": run["latency_ms"], "timeouts": run["timeouts"],
+               "rows": run.get("rows")}
+        if "latency_from_due_ms" in run:  # open loop (--rate)
+            own["latency_from_due_ms"] = run["latency_from_due_ms"]
+        return own
     summary = {
         "requests_per_s": med(r["requests_per_s"] for r in runs),
         "latency_ms": {"p50": med(r["latency_ms"]["p50"] for r in runs),
