@@ -23,7 +23,8 @@ document per run:
   ocsd, radacct rows for FreeRADIUS), checked against what was sent;
 * ``ratio``: ocsd / FreeRADIUS for rate and CPU per request;
 * ``targets``: the RADIUS issue's targets for the mode (CPU per request,
-  throughput against FreeRADIUS, p99 in an open-loop run), each with what this
+  throughput against FreeRADIUS, p99 from when requests were due in an
+  open-loop run), each with what this
   run measured and whether it was met (null when this run cannot tell).
 
 Both servers are measured in a steady state, as a server that has been running
@@ -681,6 +682,9 @@ def medians(runs: list[dict]) -> dict:
                                           for r in runs) for part in ("daemon", "database")},
         "client_cpu_us_per_request": med(r["client_cpu_us_per_request"] for r in runs),
         "each_run": [each(r) for r in runs]}
+    if "latency_from_due_ms" in runs[0]:
+        summary["latency_from_due_ms"] = {
+            p: med(r["latency_from_due_ms"][p] for r in runs) for p in ("p50", "p99")}
     if "store_batch_mean" in runs[0]:
         summary["store_batch_mean"] = med(r.get("store_batch_mean") for r in runs)
     return summary
@@ -688,7 +692,9 @@ def medians(runs: list[dict]) -> dict:
 
 # The RADIUS issue's targets, read against this run. The p99 target holds at twice
 # FreeRADIUS's sustainable rate (about 2,000/s on the reference 2-core machine),
-# so it is judged only in an open-loop run (--rate), at the rate given.
+# so it is judged only in an open-loop run (--rate), at the rate given, on the
+# latency from when each request was due: a request the server's backlog held
+# back in the generator counts as late.
 TARGETS = {
     "acct": {"server_cpu_us_per_request": ("<=", 60), "throughput_x_freeradius": (">=", 4),
              "p99_ms": ("<", 10)},
@@ -702,7 +708,7 @@ def targets(args, out: dict) -> dict:
         "server_cpu_us_per_request": o["server_cpu_us_per_request"],
         "throughput_x_freeradius": (out.get("ratio") or {}).get(
             "throughput_ocsd_over_freeradius"),
-        "p99_ms": o["latency_ms"]["p99"] if args.rate else None})
+        "p99_ms": o["latency_from_due_ms"]["p99"] if args.rate else None})
     if args.rate and "p99_ms" in report:
         report["p99_ms"]["offered_rate"] = args.rate
     return report

@@ -303,4 +303,3 @@ class RadiusServer:
         if child is None:
             child = self._duplicates[st.name] = self.metrics.radius_duplicates.labels(nas=st.name)
         child.inc()
-

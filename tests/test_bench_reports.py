@@ -20,7 +20,9 @@ def test_judge_reports_met_missed_and_unknown():
 
 def _radius_run(mode, rate, ratio):
     out = {"ocsd": {"server_cpu_us_per_request": 45.0,
-                    "latency_ms": {"p50": 2.0, "p99": 12.5, "max": 20.0}}}
+                    "latency_ms": {"p50": 2.0, "p99": 8.5, "max": 20.0}}}
+    if rate:  # held back by the server's backlog: later than when sent
+        out["ocsd"]["latency_from_due_ms"] = {"p50": 2.5, "p99": 12.5, "max": 30.0}
     if ratio is not None:
         out["ratio"] = {"throughput_ocsd_over_freeradius": ratio}
     return radius.targets(SimpleNamespace(mode=mode, rate=rate), out)
@@ -31,7 +33,7 @@ def test_radius_targets_per_mode():
     assert acct["server_cpu_us_per_request"]["met"] is True
     assert acct["throughput_x_freeradius"]["met"] is True
     assert acct["p99_ms"] == {"measured": 12.5, "target": "< 10", "met": False,
-                              "offered_rate": 4000.0}
+                              "offered_rate": 4000.0}   # from when due, not from sending
     closed = _radius_run("acct", 0.0, None)   # no FreeRADIUS, closed loop: cannot tell
     assert closed["throughput_x_freeradius"]["met"] is None
     assert closed["p99_ms"]["met"] is None
@@ -50,13 +52,15 @@ def test_diameter_targets_per_backend():
     assert diameter.targets("postgres", upd, None)["p99_ms"]["met"] is None
 
 
-def _run(rate, cpu, p50, p99, peak, timeouts=0, batch=None):
+def _run(rate, cpu, p50, p99, peak, timeouts=0, batch=None, due_p99=None):
     run = {"requests_per_s": rate, "server_cpu_us_per_request": cpu,
            "server_cpu_split_us": {"daemon": cpu - 10, "database": 10.0} if cpu else None,
            "client_cpu_us_per_request": 15.0, "timeouts": timeouts,
            "latency_ms": {"p50": p50, "p99": p99, "max": peak}, "rows": {"cdrs": rate // 7}}
     if batch is not None:
         run["store_batch_mean"] = batch
+    if due_p99 is not None:
+        run["latency_from_due_ms"] = {"p50": p50 + 1, "p99": due_p99, "max": peak + 5}
     return run
 
 
@@ -72,6 +76,8 @@ def test_repeated_runs_report_medians_and_every_run():
     assert [r["rows"] for r in m["each_run"]] == [{"cdrs": 1000}, {"cdrs": 1285},
                                                   {"cdrs": 1142}]  # what each stored
     assert "store_batch_mean" not in radius.medians([_run(1, 1.0, 1, 1, 1)])
+    open_loop = radius.medians([_run(1, 1.0, 2, 5, 9, due_p99=d) for d in (40, 11, 30)])
+    assert open_loop["latency_from_due_ms"] == {"p50": 3, "p99": 30}
 
 
 def test_ratio_of_ocsd_to_freeradius():
