@@ -82,6 +82,8 @@ class DaemonConfig(Section):
     node_name: str = Field(default_factory=socket.gethostname)
     drain_timeout: float = Field(10.0, gt=0, le=600)
     watchdog: bool = True
+    gc_interval: float = Field(0.1, ge=0, le=60)
+    gc_full_interval: float = Field(600.0, ge=1, le=86_400)
 
 
 class LogConfig(Section):

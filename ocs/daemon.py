@@ -38,6 +38,7 @@ from . import __version__, accel, logs
 from .components import (ChargingComponent, ClusterComponent, Component, Context,
                          EventRelayComponent, HttpListeners, RegistryComponent, StoreComponent,
                          Supervision)
+from .collector import Collector
 from .config import DEFAULT_PATH, Config, load, secret_weakness
 from .errors import ConfigError, OcsError
 from .metrics import Metrics
@@ -177,6 +178,8 @@ class Daemon:
         self._ready = False
         self._reload_pending = False
         self._tasks: set[asyncio.Task] = set()
+        self.collector = Collector(config.daemon.gc_interval, config.daemon.gc_full_interval,
+                                   self.ctx.metrics.gc_pause)
 
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> int:
@@ -225,6 +228,7 @@ class Daemon:
     def _became_ready(self) -> None:
         self._ready = True
         _tune_gc()
+        self.collector.start()
         self.ctx.metrics.up.set(1)
         log.info("ready: %s", self.status_line())
         self.notifier.ready(self.status_line())
@@ -279,6 +283,7 @@ class Daemon:
                 log.exception("stopping %s failed", component.name)
                 code = EXIT_FAILURE
         self._started.clear()
+        self.collector.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -432,7 +437,8 @@ def _tune_gc() -> None:
     """What start-up allocated (modules, tariffs, dictionaries) lives as long as the
     process: move it out of the cyclic collector's reach. A request allocates
     hundreds of objects and the default threshold (700) ran a young collection
-    every few requests, about a tenth of the request path; collect less often."""
+    every few requests, about a tenth of the request path; collect less often.
+    (With `[daemon] gc_interval` set, ocs.collector runs the collections instead.)"""
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
 

@@ -53,6 +53,9 @@ class Metrics:
         self.request_duration = Histogram(
             "ocs_request_duration_seconds", "Time to answer a request",
             ["proto", "op"], buckets=LATENCY_BUCKETS, registry=r)
+        self.gc_pause = Histogram(
+            "ocs_gc_pause_seconds", "Pauses of the cyclic garbage collector (ocs.collector)",
+            ["generation"], buckets=LATENCY_BUCKETS, registry=r)
         # Store.
         self.store_batches = Histogram(
             "ocs_store_batch_size", "Balance operations per group commit",

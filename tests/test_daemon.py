@@ -517,6 +517,12 @@ def test_metrics_listener_and_prometheus_names(daemons, tmp_path):
                      text, re.MULTILINE), text
     status, _, body = http(f"http://127.0.0.1:{mport}/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"
+    # Serving, the daemon runs the garbage collector itself and times each pause.
+    deadline = time.monotonic() + 5
+    while not metric(text, "ocs_gc_pause_seconds_count", '{generation="young"}'):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.1)
+        text = http(f"http://127.0.0.1:{mport}/metrics")[2].decode()
     # The metrics listener serves nothing else.
     assert http(f"http://127.0.0.1:{mport}/openapi.json")[0] == 404
     # Both are also on the API listener.
