@@ -146,6 +146,7 @@ def worker(port: int, mode: str, users: list[int], interims: int, window: int, r
     latencies: list[float] = []
     from_due: list[float] = []
     by_kind: dict[str, list[float]] = {}
+    codes: dict[int, int] = {}  # reply code -> count: an answer is not always an accept
     timeouts = answered = 0
     i = 0
     interval = 1.0 / rate if rate else 0.0
@@ -187,6 +188,7 @@ def worker(port: int, mode: str, users: list[int], interims: int, window: int, r
                 ident = reply[1] if len(reply) > 1 else -1
                 times = pending.pop(ident, None)
                 if times is not None:
+                    codes[reply[0]] = codes.get(reply[0], 0) + 1
                     got = time.perf_counter()
                     latencies.append(got - times[0])
                     from_due.append(got - times[1])
@@ -200,7 +202,7 @@ def worker(port: int, mode: str, users: list[int], interims: int, window: int, r
                 timeouts += 1
                 free_ids.append(ident)
     out.put((answered, timeouts, latencies, time.process_time() - started_cpu, by_kind,
-             from_due))
+             from_due, codes))
 
 
 def run_load(port: int, mode: str, n: int, interims: int, procs: int, window: int,
@@ -236,7 +238,10 @@ def run_load(port: int, mode: str, n: int, interims: int, procs: int, window: in
     kinds = sorted({k for r in results for k in r[4]})
     by_kind = {k: percentiles(sorted(x for r in results for x in r[4].get(k, ())))
                for k in kinds}
+    replies = _summed({(Code(c).name if c in Code._value2member_map_ else str(c)): n
+                       for c, n in r[6].items()} for r in results)
     return {"requests": n * (interims + 2), "answered": answered,
+            "replies": dict(sorted(replies.items())),
             "timeouts": sum(r[1] for r in results), "seconds": round(elapsed, 3),
             "requests_per_s": round(answered / elapsed, 1) if elapsed else 0,
             "latency_ms": percentiles(lat),
@@ -667,7 +672,7 @@ def medians(runs: list[dict]) -> dict:
         own = {"requests_per_s": run["requests_per_s"],
                "server_cpu_us_per_request": run["server_cpu_us_per_request"],
                "latency_ms": run["latency_ms"], "timeouts": run["timeouts"],
-               "rows": run.get("rows")}
+               "replies": run.get("replies"), "rows": run.get("rows")}
         if "latency_from_due_ms" in run:  # open loop (--rate)
             own["latency_from_due_ms"] = run["latency_from_due_ms"]
         return own
@@ -677,6 +682,7 @@ def medians(runs: list[dict]) -> dict:
                        "p99": med(r["latency_ms"]["p99"] for r in runs),
                        "max": max(r["latency_ms"]["max"] for r in runs)},
         "timeouts": sum(r["timeouts"] for r in runs),
+        "replies": _summed(r.get("replies") or {} for r in runs),
         "server_cpu_us_per_request": med(r["server_cpu_us_per_request"] for r in runs),
         "server_cpu_split_us": {part: med((r["server_cpu_split_us"] or {}).get(part)
                                           for r in runs) for part in ("daemon", "database")},
@@ -688,6 +694,14 @@ def medians(runs: list[dict]) -> dict:
     if "store_batch_mean" in runs[0]:
         summary["store_batch_mean"] = med(r.get("store_batch_mean") for r in runs)
     return summary
+
+
+def _summed(counts) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for each in counts:
+        for name, n in each.items():
+            total[name] = total.get(name, 0) + n
+    return dict(sorted(total.items()))
 
 
 # The RADIUS issue's targets, read against this run. The p99 target holds at twice

@@ -3,6 +3,9 @@ runs, ratios against the baseline, and a judgement against the issues'
 targets (met, missed, or unknown when the run lacks the baseline or offered
 rate a target needs)."""
 
+import os
+import socket
+import threading
 from types import SimpleNamespace
 
 from bench import diameter, radius
@@ -76,6 +79,12 @@ def test_repeated_runs_report_medians_and_every_run():
     assert [r["rows"] for r in m["each_run"]] == [{"cdrs": 1000}, {"cdrs": 1285},
                                                   {"cdrs": 1142}]  # what each stored
     assert "store_batch_mean" not in radius.medians([_run(1, 1.0, 1, 1, 1)])
+    runs[0]["replies"] = {"ACCESS_ACCEPT": 5, "ACCESS_REJECT": 1}
+    runs[2]["replies"] = {"ACCESS_ACCEPT": 4}
+    summed = radius.medians(runs)
+    assert summed["replies"] == {"ACCESS_ACCEPT": 9, "ACCESS_REJECT": 1}
+    assert [r["replies"] for r in summed["each_run"]] == [runs[0]["replies"], None,
+                                                          {"ACCESS_ACCEPT": 4}]
     open_loop = radius.medians([_run(1, 1.0, 2, 5, 9, due_p99=d) for d in (40, 11, 30)])
     assert open_loop["latency_from_due_ms"] == {"p50": 3, "p99": 30}
 
@@ -86,3 +95,33 @@ def test_ratio_of_ocsd_to_freeradius():
                                   "cpu_per_request_freeradius_over_ocsd": 7.0}
     assert radius.ratio(o, _run(0, None, 0, 0, 0)) == {
         "throughput_ocsd_over_freeradius": None, "cpu_per_request_freeradius_over_ocsd": None}
+
+
+def test_load_counts_replies_by_code():
+    """An answer is not an accept: the generator reports what the server said."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():  # accepts odd identifiers, rejects even ones
+        while not stop.is_set():
+            try:
+                data, addr = sock.recvfrom(4096)
+            except socket.timeout:
+                continue
+            code = 2 if data[1] % 2 else 3
+            sock.sendto(bytes((code, data[1], 0, 20)) + bytes(16), addr)
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        out = radius.run_load(sock.getsockname()[1], "auth", 30, 0, 1, 8, 0.0, 2.0, "b",
+                              lambda: [os.getpid()])
+    finally:
+        stop.set()
+        thread.join()
+        sock.close()
+    assert out["answered"] == 60 and out["timeouts"] == 0
+    replies = out["replies"]
+    assert set(replies) == {"ACCESS_ACCEPT", "ACCESS_REJECT"}
+    assert sum(replies.values()) == 60 and min(replies.values()) > 0
