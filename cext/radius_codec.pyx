@@ -83,3 +83,49 @@ def decode(bytes data):
             attrs.append((atype, data[pos + 2:end]))
         pos = end
     return code, p[1], data[4:20], attrs, length, ma
+
+
+# CRC-32 as zlib computes it (reflected polynomial 0xEDB88320), from a table.
+cdef unsigned int CRC_TABLE[256]
+
+
+cdef void _crc_table() noexcept:
+    cdef unsigned int c, n, k
+    for n in range(256):
+        c = n
+        for k in range(8):
+            c = (0xEDB88320 ^ (c >> 1)) if c & 1 else (c >> 1)
+        CRC_TABLE[n] = c
+
+
+_crc_table()
+
+
+cdef inline unsigned int _crc(unsigned int crc, const unsigned char* p, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    crc = crc ^ 0xFFFFFFFF
+    for i in range(n):
+        crc = CRC_TABLE[(crc ^ p[i]) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def content_crc(attributes, skip):
+    """CRC-32 over the attributes whose keys are not in `skip` (see radius/wire.py)."""
+    cdef unsigned int crc = 0
+    cdef unsigned char octets[8]
+    cdef unsigned long long key
+    cdef int n, i
+    cdef const unsigned char* p
+    for item in attributes:
+        k = item[0]
+        if k in skip:
+            continue
+        key = k
+        n = 4 if key < 4294967296ULL else 8
+        for i in range(n):
+            octets[n - 1 - i] = (key >> (8 * i)) & 0xFF
+        crc = _crc(crc, octets, n)
+        value = item[1]
+        p = value
+        crc = _crc(crc, p, len(value))
+    return crc

@@ -36,10 +36,9 @@ from __future__ import annotations
 
 import re
 import socket
-import zlib
 from dataclasses import dataclass
 
-from .codec import A, AcctStatus, Packet, vsa
+from .codec import A, AcctStatus, Packet, content_crc, vsa
 
 FREESWITCH, DIGIUM, CISCO = 27880, 22736, 9
 FS_DST, FS_SRC, FS_BILLUSEC, FS_HANGUP = vsa(FREESWITCH, 5), vsa(FREESWITCH, 4), \
@@ -54,8 +53,6 @@ SIP_SESSION = 15  # Service-Type Sip-Session (Kamailio)
 _VOLATILE = frozenset({A.ACCT_DELAY_TIME, A.MESSAGE_AUTHENTICATOR, A.PROXY_STATE})
 _STATUS_BITS = {int(AcctStatus.START): 0, int(AcctStatus.INTERIM_UPDATE): 1,
                 int(AcctStatus.STOP): 2}
-#: The 4-octet form of each standard attribute key, as the CRC takes it.
-_KEY_OCTETS = tuple(key.to_bytes(4, "big") for key in range(256))
 _MAX_TIME = (1 << 31) - 1
 _DIGITS = re.compile(r"[^0-9+*#]")
 
@@ -99,11 +96,7 @@ def usage_of(packet: Packet) -> Usage:
 
 
 def seq_of(packet: Packet, usage: Usage) -> int:
-    crc = 0
-    for key, value in packet.attributes:
-        if key not in _VOLATILE:
-            key_octets = _KEY_OCTETS[key] if key < 256 else key.to_bytes(4, "big")
-            crc = zlib.crc32(value, zlib.crc32(key_octets, crc))
+    crc = content_crc(packet.attributes, _VOLATILE)
     t = min(usage.session_time, _MAX_TIME)
     return (((t << 24) | (crc & 0xFFFFFF)) << 2) | _STATUS_BITS.get(usage.status, 3)
 

@@ -280,6 +280,22 @@ def test_retransmissions_are_not_charged_twice(rad):
     assert rad.buckets(acc)["octets"] == before - 1700
 
 
+def test_vendor_numbers_beyond_16_bits_are_charged(rad):
+    # Private Enterprise Numbers go past 65535; a VSA of one is part of the report's
+    # content like any other attribute (it once stopped the interim with an error).
+    acc = rad.ids["acct2"]
+    before = rad.buckets(acc)["octets"]
+    base = [(A.USER_NAME, s("acct2")), (A.ACCT_SESSION_ID, s("v-1")),
+            (codec.vsa(70_000, 1), s("cpe-7")), (codec.vsa(4_000_000_000, 9), s("x"))]
+    assert rad.send_raw(acct_packet(base + [(A.ACCT_STATUS_TYPE, codec.u32(1))],
+                                    ident=20)) is not None
+    reply = rad.send_raw(acct_packet(base + [(A.ACCT_STATUS_TYPE, codec.u32(3)),
+                                             (A.ACCT_INPUT_OCTETS, codec.u32(4321)),
+                                             (A.ACCT_SESSION_TIME, codec.u32(30))], ident=21))
+    assert reply is not None and reply[0] == Code.ACCOUNTING_RESPONSE
+    assert rad.buckets(acc)["octets"] == before - 4321
+
+
 def test_a_burst_from_one_socket_gets_every_answer_signed_for_its_request(rad):
     """Replies leave together at the end of the event loop's turn: none is lost,
     each answers its own request, and the interims are charged once each."""
