@@ -14,6 +14,7 @@ import pytest
 from ocs.charging import (ChargeRequest, ChargingCore, EventRelay, FlatPrices, Identity,
                           RequestKind, ResultCode, ServiceUsage)
 from ocs.config import ChargingConfig
+from ocs.errors import NotFound
 from ocs.model import Kind, now_us
 from ocs.pricing import LinearPrice
 from tests.test_balance import assert_ledger_matches
@@ -233,6 +234,27 @@ async def test_session_record_keeps_its_start_and_merges_attributes(core, store)
     stray = await core.charge(req(RequestKind.UPDATE, 5, data(used=MB)))
     assert (await store.get_session("sess-1")).status == "closed"  # not reopened
     assert first.result is stray.result is ResultCode.SUCCESS
+
+
+async def test_session_record_follows_its_address_and_status_across_updates(core, store):
+    _, sub = await subscriber(store)
+    await core.charge(req(RequestKind.INITIAL, 0, data(), attrs={"n": 0}))
+    for seq, ip in ((1, None), (2, "100.64.0.2"), (3, None), (4, "100.64.0.3")):
+        await core.charge(req(RequestKind.UPDATE, seq, data(used=MB), attrs={"n": seq},
+                              framed_ip=ip))
+        s = await store.get_session("sess-1")
+        assert s.attrs == {"n": seq} and s.last_seq == seq and s.status == "active"
+        assert s.framed_ip == {1: None, 2: "100.64.0.2", 3: "100.64.0.2", 4: "100.64.0.3"}[seq]
+    # The indexed lookups see the stored values.
+    assert (await store.find_subscriber(framed_ip="100.64.0.3")).id == sub.id
+    with pytest.raises(NotFound):
+        await store.find_subscriber(framed_ip="100.64.0.2")
+    assert [x.id for x in await store.list_sessions(status="active")] == ["sess-1"]
+    await core.charge(req(RequestKind.TERMINATE, 5, data(used=MB), attrs={"n": 5}))
+    s = await store.get_session("sess-1")
+    assert s.status == "closed" and s.attrs == {"n": 5} and s.ended_at is not None
+    assert await store.list_sessions(status="active") == []
+    assert [x.id for x in await store.list_sessions(status="closed")] == ["sess-1"]
 
 
 async def test_event_direct_debit_and_refund(core, store):

@@ -146,6 +146,7 @@ def balance_program(ops: list[Operation], now: int, cache: BalanceCache | None =
     held_by = {(session, service): (res.account_id, res.kind)
                for session, held in state.reservations.items()
                for service, res in held.items()}
+    indexed = {s: (r.status, r.framed_ip) for s, r in state.sessions.items()}
     results, writes = apply(state, ops)
 
     ids: dict[int, int] = {}
@@ -222,8 +223,17 @@ def balance_program(ops: list[Operation], now: int, cache: BalanceCache | None =
             "updated_at = excluded.updated_at",
             [(k, a, u, now) for k, (a, u) in writes.counters.items()]))
     if writes.sessions:
-        out.append(executemany(UPSERT_SESSION,
-                               [session_args(x) for x in writes.sessions.values()]))
+        # A record whose indexed columns (status, framed_ip) are as stored rewrites only
+        # the rest: naming them in SET makes SQLite rewrite their three index entries,
+        # about half the cost of the statement.
+        same, other = [], []
+        for x in writes.sessions.values():
+            (same if indexed.get(x.id) == (x.status, x.framed_ip) else other).append(
+                session_args(x))
+        if same:
+            out.append(executemany(_UPSERT_SESSION_SAME_INDEXED, same))
+        if other:
+            out.append(executemany(UPSERT_SESSION, other))
     if writes.cdrs:
         out.append(executemany(
             "INSERT INTO cdrs (session, account_id, subscriber_id, service, kind, started_at, "
@@ -312,6 +322,11 @@ UPSERT_SESSION = (
     "ON CONFLICT (id) DO UPDATE SET framed_ip = COALESCE(excluded.framed_ip, sessions.framed_ip), "
     "status = excluded.status, last_seq = excluded.last_seq, "
     "updated_at = excluded.updated_at, ended_at = excluded.ended_at, attrs = excluded.attrs")
+
+
+_UPSERT_SESSION_SAME_INDEXED = UPSERT_SESSION.split(" DO UPDATE SET ")[0] + (
+    " DO UPDATE SET last_seq = excluded.last_seq, updated_at = excluded.updated_at, "
+    "ended_at = excluded.ended_at, attrs = excluded.attrs")
 
 
 def session_args(x: Session) -> tuple:
