@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import re
 import socket
+import zlib
 from dataclasses import dataclass
 
-from .codec import A, AcctStatus, Packet, content_crc, vsa
+from .codec import A, AcctStatus, Packet, vsa
 
 FREESWITCH, DIGIUM, CISCO = 27880, 22736, 9
 FS_DST, FS_SRC, FS_BILLUSEC, FS_HANGUP = vsa(FREESWITCH, 5), vsa(FREESWITCH, 4), \
@@ -99,6 +100,23 @@ def seq_of(packet: Packet, usage: Usage) -> int:
     crc = content_crc(packet.attributes, _VOLATILE)
     t = min(usage.session_time, _MAX_TIME)
     return (((t << 24) | (crc & 0xFFFFFF)) << 2) | _STATUS_BITS.get(usage.status, 3)
+
+
+def content_crc(attributes, skip) -> int:
+    """CRC-32 (zlib's) over the attributes whose keys are not in `skip`, each taken as
+    its key in 4 big-endian octets (8 for a vendor key beyond 32 bits: Private
+    Enterprise Numbers go past 65535) and its value."""
+    crc = 0
+    for key, value in attributes:
+        if key not in skip:
+            crc = zlib.crc32(value, zlib.crc32(
+                _KEY_OCTETS[key] if key < 256 else key.to_bytes(4 if key < _KEY32 else 8, "big"),
+                crc))
+    return crc
+
+
+_KEY_OCTETS = tuple(key.to_bytes(4, "big") for key in range(256))
+_KEY32 = 1 << 32
 
 
 def session_key(nas_name: str, packet: Packet, usage: Usage, *, by_prefix: bool,

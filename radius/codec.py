@@ -44,10 +44,10 @@ from .wire import (HEADER, KNOWN_CODES, MAX_PACKET, MESSAGE_AUTHENTICATOR, VENDO
 def _select():
     from ocs.accel import _pick
     module, compiled = _pick("radius_codec", wire)
-    return module.decode, module.content_crc, ("compiled" if compiled else "pure-python")
+    return module.decode, ("compiled" if compiled else "pure-python")
 
 
-_decode, content_crc, IMPLEMENTATION = _select()
+_decode, IMPLEMENTATION = _select()
 
 
 class Code(enum.IntEnum):
@@ -417,7 +417,7 @@ def new_authenticator() -> bytes:
 
 
 __all__ = ["A", "AcctStatus", "Code", "DecodeError", "IMPLEMENTATION", "KNOWN_CODES",
-           "MAX_PACKET", "Packet", "SIGNED_REQUESTS", "content_crc", "decode", "encode_attributes",
+           "MAX_PACKET", "Packet", "SIGNED_REQUESTS", "decode", "encode_attributes",
            "encode_reply", "encode_request", "first_values", "hide_password", "hmac_md5",
            "message_authenticator_ok", "new_authenticator", "reply_authenticator_ok",
            "request_authenticator_ok", "salt_decrypt", "salt_encrypt", "tagged", "u32",

@@ -23,8 +23,6 @@ reason) for every input: `tests/test_radius_codec.py` compares them.
 
 from __future__ import annotations
 
-import zlib
-
 from ocs.errors import OcsError
 
 MAX_PACKET = 4096
@@ -103,18 +101,3 @@ def _vsa_ok(data: bytes, pos: int, end: int) -> bool:
             return False
         pos += slen
     return True
-
-
-def content_crc(attributes, skip) -> int:
-    """CRC-32 (zlib's) over the attributes whose keys are not in `skip`, each taken as
-    its key in 4 big-endian octets (8 for a vendor key beyond 32 bits) and its value:
-    two reports with the same content have the same CRC."""
-    crc = 0
-    for key, value in attributes:
-        if key not in skip:
-            crc = zlib.crc32(value, zlib.crc32(key.to_bytes(4 if key < _KEY32 else 8, "big"),
-                                               crc))
-    return crc
-
-
-_KEY32 = 1 << 32
