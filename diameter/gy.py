@@ -54,7 +54,7 @@ from typing import Mapping
 from ocs.charging.types import (ChargeDecision, ChargeRequest, Identity, RequestKind,
                                 ResultCode, ServiceGrant, ServiceUsage)
 from ocs.errors import OcsError
-from ocs.model import Kind
+from ocs.model import MAX_USAGE, Kind
 
 from . import base
 from . import tables as T
@@ -80,6 +80,7 @@ MAX_CLOCK_SKEW_US = 86_400 * 1_000_000
 _CC_TIME, _CC_TOTAL, _CC_INPUT, _CC_OUTPUT, _CC_SSU = (
     T.CC_TIME, T.CC_TOTAL_OCTETS, T.CC_INPUT_OCTETS, T.CC_OUTPUT_OCTETS,
     T.CC_SERVICE_SPECIFIC_UNITS)
+_UNIT_CODES = frozenset({_CC_TIME, _CC_TOTAL, _CC_INPUT, _CC_OUTPUT, _CC_SSU})
 
 
 class CcrInvalid(OcsError):
@@ -153,13 +154,16 @@ class CreditControl:
 
 # ---------------------------------------------------------------------- parsing
 def _units(group) -> tuple[int | None, int | None, int | None]:
-    """(seconds, octets, events) in a *-Service-Unit group; None where absent."""
+    """(seconds, octets, events) in a *-Service-Unit group; None where absent.
+    Raises CcrInvalid (5004) for a count beyond `MAX_USAGE`."""
     seconds = total = inp = out = events = None
     if isinstance(group, tuple):
         for a in group:
             if a.vendor:
                 continue
             c = a.code
+            if c in _UNIT_CODES and a.value > MAX_USAGE:
+                raise _invalid(a, f"{a.value} units is out of range")
             if c == _CC_TIME:
                 seconds = a.value
             elif c == _CC_TOTAL:

@@ -19,6 +19,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 MICRO = 1_000_000
+#: The largest usage (octets, seconds, events) of one report or one request: exact
+#: in every JSON implementation, and far below what the 64-bit columns hold. A NAS
+#: counter or an AVP beyond it is not usage, it is a broken or hostile client.
+MAX_USAGE = 2**53 - 1
 
 
 def now_us() -> int:

@@ -26,7 +26,7 @@ from typing import Any
 from ocs.charging import ChargeRequest, Identity, RequestKind, ResultCode, ServiceUsage
 from ocs.charging.core import fair_usage_period
 from ocs.errors import NotFound, ValidationError
-from ocs.model import Kind, Nas, Plan, now_us
+from ocs.model import MAX_USAGE, Kind, Nas, Plan, now_us
 
 from . import accounting as acct
 from . import auth, outcomes
@@ -219,6 +219,9 @@ class Handler:
         u = acct.usage_of(p)
         if not u.acct_session_id:
             raise MissingAttribute("Acct-Session-Id")
+        if u.octets_in + u.octets_out > MAX_USAGE:
+            raise InvalidAttribute("Acct-Input/Output-Octets and -Gigawords",
+                                   f"{u.octets_in} + {u.octets_out} octets")
         session_id = acct.session_key(st.name, p, u, by_prefix=st.by_prefix, source=source)
         username = p.get_str(A.USER_NAME)
         delay = p.get_int(A.ACCT_DELAY_TIME, 0) or 0
@@ -334,4 +337,13 @@ class MissingAttribute(ValidationError):
     def __init__(self, name: str):
         self.name = name
         super().__init__(f"missing {name}")
+
+
+class InvalidAttribute(ValidationError):
+    """A request carries a value no real client sends (counters beyond
+    `ocs.model.MAX_USAGE`): dropped and counted, never charged."""
+
+    def __init__(self, name: str, value: str):
+        self.name = name
+        super().__init__(f"{name} out of range ({value})")
 

@@ -49,7 +49,7 @@ from ocs.errors import StoreUnavailable
 
 from .codec import (Code, DecodeError, SIGNED_REQUESTS, decode, message_authenticator_ok,
                     request_authenticator_ok)
-from .handler import Handler, MissingAttribute, NasState, nas_state
+from .handler import Handler, InvalidAttribute, MissingAttribute, NasState, nas_state
 
 log = logging.getLogger("ocs.radius")
 
@@ -282,6 +282,9 @@ class RadiusServer:
         except MissingAttribute as exc:
             self._dropped("missing_attribute")
             log.info("request from %s dropped: %s", st.name, exc)
+        except InvalidAttribute as exc:
+            self._dropped("invalid_attribute")
+            log.warning("request from %s dropped: %s", st.name, exc)
         except Exception:  # noqa: BLE001 - one bad request must not stop the server; logged whole
             self._dropped("internal_error")
             log.exception("processing a request from %s failed", st.name)

@@ -257,6 +257,17 @@ async def test_session_record_follows_its_address_and_status_across_updates(core
     assert [x.id for x in await store.list_sessions(status="closed")] == ["sess-1"]
 
 
+async def test_usage_beyond_range_is_not_charged(core, store):
+    a, _ = await subscriber(store)
+    await core.charge(req(RequestKind.INITIAL, 0, data()))
+    before = (await store.balance(a.id))["available"]
+    d = await core.charge(req(RequestKind.UPDATE, 1, data(used=2**60)))
+    assert d.result is ResultCode.RATING_FAILED and d.cost == 0
+    assert (await store.balance(a.id))["available"] == before
+    d = await core.charge(req(RequestKind.UPDATE, 2, data(used=MB)))
+    assert d.result is ResultCode.SUCCESS and d.cost == 10_000
+
+
 async def test_event_direct_debit_and_refund(core, store):
     a, s = await subscriber(store, balance=EUR // 4)
     sms = ServiceUsage("event:sms", Kind.EVENTS, used=2)

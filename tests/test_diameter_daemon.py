@@ -320,6 +320,12 @@ async def test_bad_requests_get_their_result_codes_and_the_connection_stays(ocsd
         a = await c.request(bad_type)
         assert value(a.avps, T.RESULT_CODE) == 5004
         assert value(value(a.avps, T.FAILED_AVP), T.CC_REQUEST_TYPE) == 9
+        # Used units no network reports (beyond 2**53) -> 5004 naming the AVP, not charged.
+        absurd = c.ccr("v1", UPDATE, 1, msisdn="41790000006",
+                       msccs=[mscc(10, requested={}, used={"total": 2**64 - 1})])
+        a = await c.request(absurd)
+        assert value(a.avps, T.RESULT_CODE) == 5004
+        assert value(value(a.avps, T.FAILED_AVP), T.CC_TOTAL_OCTETS) == 2**64 - 1
         # CCR-Event without Requested-Action -> 5005.
         a = await c.request(c.ccr("v2", EVENT, 0, msisdn="41790000006", context=CONTEXT_SMS))
         assert value(a.avps, T.RESULT_CODE) == 5005

@@ -419,6 +419,28 @@ def test_unknown_source_address_is_dropped(rad):
     assert rad.dropped("unknown_client") == before + 1
 
 
+def test_counters_beyond_any_real_session_are_dropped_counted_and_not_charged(rad):
+    acc = rad.ids["acct2"]
+    base = [(A.USER_NAME, s("acct2")), (A.ACCT_SESSION_ID, s("big-1"))]
+    assert rad.send_raw(acct_packet(base + [(A.ACCT_STATUS_TYPE, codec.u32(1))],
+                                    ident=30)) is not None
+    before, dropped = rad.buckets(acc)["octets"], rad.dropped("invalid_attribute")
+    absurd = acct_packet(base + [(A.ACCT_STATUS_TYPE, codec.u32(3)),
+                                 (A.ACCT_INPUT_GIGAWORDS, codec.u32(0xFFFFFFFF)),
+                                 (A.ACCT_INPUT_OCTETS, codec.u32(0xFFFFFFFF)),
+                                 (A.ACCT_SESSION_TIME, codec.u32(60))], ident=31)
+    assert rad.send_raw(absurd, timeout=0.5) is None  # not recorded, so not answered
+    assert rad.dropped("invalid_attribute") == dropped + 1
+    assert rad.dropped("store_unavailable") == 0 and rad.dropped("internal_error") == 0
+    rad.wait_log(r"dropped: Acct-Input/Output-Octets and -Gigawords out of range")
+    # The session goes on from its last good report.
+    assert rad.send_raw(acct_packet(base + [(A.ACCT_STATUS_TYPE, codec.u32(3)),
+                                            (A.ACCT_INPUT_OCTETS, codec.u32(5000)),
+                                            (A.ACCT_SESSION_TIME, codec.u32(120))],
+                                    ident=32)) is not None
+    assert rad.buckets(acc)["octets"] == before - 5000
+
+
 def test_malformed_packets_are_dropped_counted_and_the_daemon_keeps_answering(rad):
     good = acct_packet([(A.USER_NAME, s("demo")), (A.ACCT_STATUS_TYPE, codec.u32(3)),
                         (A.ACCT_SESSION_ID, s("m-1"))])

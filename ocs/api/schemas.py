@@ -15,9 +15,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..model import MICRO
+from ..model import MAX_USAGE, MICRO
 from ..money import parse_money
-from .wire import (MAX_USAGE, MAX_WHOLE_UNITS, MONEY_PATTERNS, Body, Instant, IpAddress,
+from .wire import (MAX_WHOLE_UNITS, MONEY_PATTERNS, Body, Instant, IpAddress,
                    IpOrCidr, NonNegativeMoney, NonZeroMoney, PositiveMoney, Query, int_in)
 
 # ---------------------------------------------------------------------------- field types

@@ -23,9 +23,10 @@ from pydantic import ConfigDict, Field, PlainValidator, StringConstraints, WithJ
     field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..model import MAX_USAGE
 from ..rating.model import FX_SCALE, MAX_FX
 from .schemas import Currency, Text, line
-from .wire import MAX_USAGE, Body, Instant, NonNegativeMoney, Query, int_in
+from .wire import Body, Instant, NonNegativeMoney, Query, int_in
 
 # ---------------------------------------------------------------------------- field types
 

@@ -30,7 +30,6 @@ from ..model import MICRO
 from ..money import format_money, parse_money
 
 MAX_WHOLE_UNITS = 10**12   # largest amount accepted in one request, in currency units
-MAX_USAGE = 2**53 - 1      # largest usage integer (exact in every JSON implementation)
 
 # Money strings: no leading zeros, at most 12 integer and 6 fraction digits.
 _WHOLE = r"(?:0|[1-9][0-9]{0,11})"

@@ -21,7 +21,7 @@ from ..balance import (Adjust, Commit, Composite, Credit, Outcome, Release, Rese
                        bucket_pays)
 from ..config import ChargingConfig
 from ..errors import NotFound, OcsError
-from ..model import Account, Kind, Plan, Session, Subscriber, now_us
+from ..model import MAX_USAGE, Account, Kind, Plan, Session, Subscriber, now_us
 from ..pricing import Price
 from .types import (Authorization, ChargeDecision, ChargeRequest, Identity, RequestKind,
                     ResultCode, ServiceGrant, ServiceUsage)
@@ -270,6 +270,11 @@ class ChargingCore:
         failed: dict[str, ResultCode] = {}
         rating: dict[str, Any] = {}
         for usage in req.services:
+            if not 0 <= usage.used <= MAX_USAGE:  # a protocol layer should have refused it
+                log.warning("%s: %d units used is out of range; not charged", usage.service,
+                            usage.used, extra={"session": req.session_id, "account": account.id})
+                failed[usage.service] = ResultCode.RATING_FAILED
+                continue
             try:
                 price = self.prices.price(plan=plan, account=account, usage=usage,
                                           at=req.timestamp)
