@@ -275,6 +275,7 @@ class Result:
     parts: tuple["Result", ...] = ()  # a composite's results, one per part
     events: tuple[str, ...] = ()      # types of the events this operation emitted
     message: str = ""
+    service: str = ""           # the service of the operation (a composite's parts: theirs)
     replayed: bool = False
 
     @property
@@ -318,7 +319,7 @@ class Result:
 # fields go at the end: a shorter stored list reads with the defaults.
 _STORED = ("granted", "expires_at", "charged", "cost", "unpaid", "below_floor", "released",
            "draws", "balance", "available", "bucket_id", "session_units", "session_cost",
-           "counter_units", "events", "message")
+           "counter_units", "events", "message", "service")
 _stored_values = operator.attrgetter(*_STORED)
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -545,6 +546,7 @@ class _Engine:
         counter_before = (self.state.counters.get(op.counter, 0)
                           if isinstance(op, Commit) and op.counter else 0)
         result = getattr(self, "_" + _OP_TYPE[type(op)])(acct, op)
+        result.service = getattr(op, "service", None) or ""
         self._service_events(acct, op, key, result, counter_before)
         return result
 

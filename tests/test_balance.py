@@ -415,7 +415,7 @@ def test_a_stored_result_reads_back_whole_in_both_stored_forms():
     part = Result(Outcome.INSUFFICIENT, granted=1, expires_at=2, charged=3, cost=4, unpaid=5,
                   below_floor=6, released=7, draws=((8, 9), (10, -11)), balance=12,
                   available=13, bucket_id=14, session_units=15, session_cost=16,
-                  counter_units=17, events=("exhausted",), message="no more")
+                  counter_units=17, events=("exhausted",), message="no more", service="rg:7")
     whole = Result(Outcome.OK, balance=-1, parts=(part, Result(Outcome.OK)))
     assert {f.name for f in fields(Result)} - {"outcome", "parts", "replayed"} == {
         name for name in part.__slots__ if getattr(part, name) != getattr(Result(Outcome.OK), name)
@@ -431,6 +431,10 @@ def test_a_stored_result_reads_back_whole_in_both_stored_forms():
     read = Result.from_json(old)
     assert read.balance == 9 and read.parts[0].granted == 5
     assert read.parts[0].draws == ((1, 2),) and read.parts[0].events == ("low_balance",)
+    # Positional rows written before results named their service read with none.
+    read = Result.from_json('["ok",0,null,0,0,0,0,0,[],9,9,null,0,0,null,[],"",'
+                            '[["ok",5,null,0,0,0,0,0,[],0,0,null,0,0,null,[],"",[]]]]')
+    assert read.parts[0].granted == 5 and read.parts[0].service == ""
 
 
 async def test_a_session_that_moves_to_another_account_holds_and_pays_there(store):

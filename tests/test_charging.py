@@ -141,6 +141,23 @@ async def test_repeated_update_returns_the_first_decision_and_charges_once(core,
     assert (await store.balance(a.id))["balance"] == 10 * EUR - 80 * 10_000
 
 
+async def test_a_repeated_number_with_other_services_is_answered_without_charging(core, store):
+    # A client that reuses a request number for different content gets the first
+    # answer for what that request had, a refusal for the rest, and no charge.
+    a, s = await subscriber(store)
+    await core.charge(req(RequestKind.INITIAL, 0, data()))
+    first = await core.charge(req(RequestKind.UPDATE, 1, data(used=MB)))
+    balance = (await store.balance(a.id))["balance"]
+    other = data(used=5 * MB, service="rg:20")
+    again = await core.charge(req(RequestKind.UPDATE, 1, data(used=MB), other))
+    assert again.replayed and again.grant("rg:10") == first.grant("rg:10")
+    assert again.grant("rg:20").result is ResultCode.RATING_FAILED
+    assert again.grant("rg:20").granted == 0 and again.cost == first.cost
+    fewer = await core.charge(req(RequestKind.UPDATE, 1, other))  # one service, not the first
+    assert fewer.replayed and fewer.grant("rg:20").result is ResultCode.RATING_FAILED
+    assert (await store.balance(a.id))["balance"] == balance
+
+
 async def test_a_late_cumulative_interim_charges_nothing_and_stores_no_result(core, store):
     """A NAS's interims carry the session's totals: the charging record alone makes a
     replay harmless, so none of them stores its result (one row less per interim)."""

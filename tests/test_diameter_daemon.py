@@ -282,6 +282,15 @@ async def test_duplicate_ccr_is_answered_from_cache_and_charges_nothing_more(ocs
         assert msccs_of(third)[10] == msccs_of(first)[10]
         ocsd.wait_log(r"CCR-U #1 rg:10 used=1000000 granted=2000000 -> 2001 \(replayed\)")
         assert bucket(ocsd, "dup", "octets") == before
+        # The same number with a service the first request did not have: the first
+        # answer for rg 10, 5031 for rg 20 (a number already answered charges nothing more).
+        fourth = await c.request(c.ccr(sid, UPDATE, 1, **who, msccs=[
+            mscc(10, requested={}, used={"total": 1_000_000}),
+            mscc(20, requested={}, used={"total": 3_000_000})]))
+        assert value(fourth.avps, T.RESULT_CODE) == 2001
+        assert msccs_of(fourth)[10] == msccs_of(first)[10]
+        assert value(msccs_of(fourth)[20], T.RESULT_CODE) == 5031
+        assert bucket(ocsd, "dup", "octets") == before
     finally:
         await c.close()
 

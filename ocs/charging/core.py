@@ -81,6 +81,24 @@ _OUTCOME = {
 }
 
 
+def _stored_outcomes(result: Result) -> Callable[[Any], Result | None]:
+    """For a replayed request: the first answer's result for each part, by service, so
+    a client repeating a request number with other services gets no answer it never
+    had (None). Results stored without services are taken in order."""
+    stored = list(result.parts)
+    if stored and not any(r.service for r in stored):
+        return _in_order(stored)
+    by_service: dict[str, list[Result]] = {}
+    for r in stored:
+        by_service.setdefault(r.service, []).append(r)
+    return lambda part: (by_service.get(part.service) or [None]).pop(0)
+
+
+def _in_order(results) -> Callable[[Any], Result | None]:
+    queue = iter(results)
+    return lambda part: next(queue, None)
+
+
 def bucket_match(usage: ServiceUsage) -> str | None:
     """What bucket filters see of a usage: "voice:41791234567" for a call, so a
     bucket filtered "voice:4179*" pays calls to that range (ocs.balance.bucket_pays)."""
@@ -346,12 +364,19 @@ class ChargingCore:
         cfg = self.config
         final_unit = plan.final_unit if plan is not None else None
         grants: list[ServiceGrant] = []
-        charged = zip(parts, result.parts)  # one part per service that did not fail, in order
+        outcome_of = _stored_outcomes(result) if result.replayed else _in_order(result.parts)
+        remaining = iter(parts)  # one part per service that did not fail, in order
         for usage in req.services:
             if usage.service in failed:
                 grants.append(ServiceGrant(usage.service, usage.kind, failed[usage.service]))
                 continue
-            part, r = next(charged)
+            part = next(remaining)
+            r = outcome_of(part)
+            if r is None:
+                log.warning("request %d repeated with service %s it did not have: not charged",
+                            req.seq, usage.service, extra={"session": req.session_id})
+                grants.append(ServiceGrant(usage.service, usage.kind, ResultCode.RATING_FAILED))
+                continue
             code = _OUTCOME[r.outcome]
             wanted = getattr(part, "reserve", None) or getattr(part, "units", 0)
             if isinstance(part, Commit) and part.final:
