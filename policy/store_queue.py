@@ -226,6 +226,8 @@ class StoreQueue(ActionQueue):
             row_id = int(action_id)
         except ValueError:
             return None
+        if not 0 < row_id < 2**63:  # no row has it (and it overflows BIGINT)
+            return None
         row = await self._run(_revive_program, row_id, now_us())
         if row is None:
             return None

@@ -148,6 +148,7 @@ async def test_retry_waits_for_its_delay_then_dead_letter_and_revive(make_queue)
     assert dead[0]["attempts"] == 2 and "Administratively" in dead[0]["last_error"]
     assert (await q.counts())["dead"] == 1
     assert await q.revive("999999") is None and await q.revive("not-an-id") is None
+    assert await q.revive(str(2**70)) is None and await q.revive("1-2-3") is None
     revived = await q.revive(dead[0]["id"])
     assert revived["status"] == "pending" and revived["attempts"] == 0
     (a,) = await q.take(5)
