@@ -295,9 +295,14 @@ async def test_event_direct_debit_and_refund(core, store):
     d = await core.charge(req(RequestKind.EVENT, 0, sms, session="sms-2"))
     assert d.result is ResultCode.CREDIT_LIMIT_REACHED and d.cost == 0
     assert await store.list_cdrs(session="sms-2") == []  # refused: nothing to bill
-    d = await core.charge(req(RequestKind.REFUND, 0, ServiceUsage("event:sms", Kind.EVENTS,
-                                                                   used=1), session="sms-1r"))
+    refund = req(RequestKind.REFUND, 0, ServiceUsage("event:sms", Kind.EVENTS, used=1),
+                 session="sms-1r")
+    d = await core.charge(refund)
     assert d.result is ResultCode.SUCCESS
+    assert (await store.balance(a.id))["balance"] == EUR // 4 - EUR // 5 + EUR // 10
+    again = await core.charge(refund)  # the same request again: the same answer, once
+    assert again.replayed and again.result is ResultCode.SUCCESS
+    assert again.services == d.services and again.cost == d.cost
     assert (await store.balance(a.id))["balance"] == EUR // 4 - EUR // 5 + EUR // 10
 
 

@@ -91,7 +91,7 @@ def _stored_outcomes(result: Result) -> Callable[[Any], Result | None]:
     by_service: dict[str, list[Result]] = {}
     for r in stored:
         by_service.setdefault(r.service, []).append(r)
-    return lambda part: (by_service.get(part.service) or [None]).pop(0)
+    return lambda part: (by_service.get(getattr(part, "service", "")) or [None]).pop(0)
 
 
 def _in_order(results) -> Callable[[Any], Result | None]:
