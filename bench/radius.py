@@ -238,10 +238,9 @@ def run_load(port: int, mode: str, n: int, interims: int, procs: int, window: in
     kinds = sorted({k for r in results for k in r[4]})
     by_kind = {k: percentiles(sorted(x for r in results for x in r[4].get(k, ())))
                for k in kinds}
-    replies = _summed({(Code(c).name if c in Code._value2member_map_ else str(c)): n
-                       for c, n in r[6].items()} for r in results)
+    replies = _summed({_code_name(c): n for c, n in r[6].items()} for r in results)
     return {"requests": n * (interims + 2), "answered": answered,
-            "replies": dict(sorted(replies.items())),
+            "replies": replies,
             "timeouts": sum(r[1] for r in results), "seconds": round(elapsed, 3),
             "requests_per_s": round(answered / elapsed, 1) if elapsed else 0,
             "latency_ms": percentiles(lat),
@@ -694,6 +693,13 @@ def medians(runs: list[dict]) -> dict:
     if "store_batch_mean" in runs[0]:
         summary["store_batch_mean"] = med(r.get("store_batch_mean") for r in runs)
     return summary
+
+
+def _code_name(code: int) -> str:
+    try:
+        return Code(code).name
+    except ValueError:  # not a code this project names: its number
+        return str(code)
 
 
 def _summed(counts) -> dict[str, int]:

@@ -54,6 +54,9 @@ SIP_SESSION = 15  # Service-Type Sip-Session (Kamailio)
 _VOLATILE = frozenset({A.ACCT_DELAY_TIME, A.MESSAGE_AUTHENTICATOR, A.PROXY_STATE})
 _STATUS_BITS = {int(AcctStatus.START): 0, int(AcctStatus.INTERIM_UPDATE): 1,
                 int(AcctStatus.STOP): 2}
+#: The 4-octet form of each standard attribute key, as the CRC takes it.
+_KEY_OCTETS = tuple(key.to_bytes(4, "big") for key in range(256))
+_KEY32 = 1 << 32
 _MAX_TIME = (1 << 31) - 1
 _DIGITS = re.compile(r"[^0-9+*#]")
 
@@ -113,10 +116,6 @@ def content_crc(attributes, skip) -> int:
                 _KEY_OCTETS[key] if key < 256 else key.to_bytes(4 if key < _KEY32 else 8, "big"),
                 crc))
     return crc
-
-
-_KEY_OCTETS = tuple(key.to_bytes(4, "big") for key in range(256))
-_KEY32 = 1 << 32
 
 
 def session_key(nas_name: str, packet: Packet, usage: Usage, *, by_prefix: bool,

@@ -346,4 +346,3 @@ class InvalidAttribute(ValidationError):
     def __init__(self, name: str, value: str):
         self.name = name
         super().__init__(f"{name} out of range ({value})")
-

@@ -73,15 +73,21 @@ async def prepare(store) -> dict[str, int]:
     return ids
 
 
-@pytest.fixture(scope="module")
-def ocsd(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("diameter-daemon")
+def scenario_daemon(tmp, **settings) -> Ocsd:
+    """An ocsd (not started) with the scenarios' plans and subscribers, and rating
+    group 20 configured with a 1 MB quota; `settings` go to [diameter]."""
     port = free_port()
     d = Ocsd(tmp, extra=f'bootstrap_token = "{TOKEN}"\n' + CHARGING + diameter_config(
-        port, log_credit_control=True, rating_groups={}).replace("rating_groups = {}",
-                                        "rating_groups = { 20 = { quota = 1000000 } }"))
+        port, rating_groups={}, **settings).replace(
+            "rating_groups = {}", "rating_groups = { 20 = { quota = 1000000 } }"))
     d.accounts = in_store(d.store_url, prepare)
     d.diameter_port = port
+    return d
+
+
+@pytest.fixture(scope="module")
+def ocsd(tmp_path_factory):
+    d = scenario_daemon(tmp_path_factory.mktemp("diameter-daemon"), log_credit_control=True)
     d.start()
     yield d
     d.stop()

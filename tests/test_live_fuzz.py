@@ -22,9 +22,7 @@ from diameter.codec import value
 from diameter.gy import CONTEXT_SMS, CONTEXT_VOICE
 from radius.auth import MS_CHAP2_RESPONSE, MS_CHAP_CHALLENGE
 from tests.radius_harness import A, Code, RadiusOcsd, SECRET, acct_packet, codec
-from tests.services import free_port
-from tests.test_daemon import Ocsd, in_store
-from tests.test_diameter_daemon import CHARGING, TOKEN, client, diameter_config, prepare
+from tests.test_diameter_daemon import client, scenario_daemon
 from tests.test_radius_daemon import seed as seed_radius
 
 SEED = 20261126
@@ -157,12 +155,7 @@ def _ccr(c, rnd: random.Random):
 
 
 async def test_random_well_formed_ccrs_never_end_in_an_internal_error(tmp_path):
-    port = free_port()
-    d = Ocsd(tmp_path, extra=f'bootstrap_token = "{TOKEN}"\n' + CHARGING + diameter_config(
-        port, rating_groups={}).replace("rating_groups = {}",
-                                        "rating_groups = { 20 = { quota = 1000000 } }"))
-    d.accounts = await asyncio.to_thread(in_store, d.store_url, prepare)
-    d.diameter_port = port
+    d = await asyncio.to_thread(scenario_daemon, tmp_path)
     await asyncio.to_thread(d.start)
     try:
         c = await client(d)
