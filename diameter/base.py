@@ -81,7 +81,9 @@ def answer(request: Message, local: LocalIdentity, result_code: int, avps=(), *,
 
     Session-Id (first, as every grammar wants it) is copied when the request
     had one. A 3xxx result is a protocol error: E bit set and nothing but
-    the answer-message AVPs (`avps` are dropped).
+    the answer-message AVPs (`avps` are dropped). Proxy-Info AVPs are copied, in
+    their order, into every answer (RFC 6733 section 6.2): relays and agents on the
+    path use them to find the state they kept for the request.
     """
     if protocol_error is None:
         protocol_error = 3000 <= result_code < 4000
@@ -92,7 +94,8 @@ def answer(request: Message, local: LocalIdentity, result_code: int, avps=(), *,
         head.append(sid if sid.flags == _SESSION_ID_FLAGS else avp(T.SESSION_ID, sid.value))
     head.append(constant(T.RESULT_CODE, result_code))
     head += origin(local)
-    tail: list = []
+    tail: list = [a for a in request.avps if a.code == T.PROXY_INFO and not a.vendor] \
+        if request.avps else []
     if error_message:
         tail.append(avp(T.ERROR_MESSAGE, error_message[:200]))
     if failed_avp is not None:

@@ -21,7 +21,7 @@ from diameter import base
 from diameter import tables as T
 from diameter.client import (EVENT, INITIAL, TERMINATION, UPDATE, DiameterClient,
                              ims_information, mscc)
-from diameter.codec import FLAG_REQUEST, Message, avp, encode, value, values
+from diameter.codec import FLAG_REQUEST, Message, avp, encode, encode_avp, value, values
 from diameter.gy import CONTEXT_SMS, CONTEXT_VOICE
 from tests.services import free_port
 from tests.test_daemon import Ocsd, http, in_store, metric
@@ -360,6 +360,45 @@ async def test_bad_requests_get_their_result_codes_and_the_connection_stays(ocsd
         # After all that the connection still serves.
         a = await c.request(ccr)
         assert value(a.avps, T.RESULT_CODE) == 2001
+    finally:
+        await c.close()
+
+
+async def test_proxy_info_comes_back_in_every_answer_in_order(ocsd):
+    """RFC 6733 6.2: an answer carries the request's Proxy-Info AVPs, unchanged and in
+    their order, whether it grants, refuses or is a protocol error; a relay on the
+    path depends on them (its state is in Proxy-State)."""
+    c = await client(ocsd)
+    # Two relays' worth; the second carries an AVP of no dictionary, which must survive.
+    hops = (avp(T.PROXY_INFO, (avp(T.PROXY_HOST, "dra1.relay.example"),
+                               avp(T.PROXY_STATE, b"\x00state-one\xff"))),
+            avp(T.PROXY_INFO, (avp(T.PROXY_HOST, "dra2.relay.example"),
+                               avp(T.PROXY_STATE, b"two"), avp(1234567, b"extra"))))
+    wire = [encode_avp(h) for h in hops]
+
+    def echoed(answer: Message) -> list[bytes]:
+        return [encode_avp(a) for a in answer.avps if a.code == T.PROXY_INFO]
+
+    try:
+        ccr = c.ccr("px1", INITIAL, 0, msisdn="41790000006", msccs=[mscc(10, requested={})])
+        a = await c.request(ccr.with_avps(ccr.avps + hops))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        assert echoed(a) == wire
+        no_number = ccr.with_avps(tuple(x for x in ccr.avps if x.code != T.CC_REQUEST_NUMBER)
+                                  + hops)
+        a = await c.request(no_number)
+        assert value(a.avps, T.RESULT_CODE) == 5005
+        assert echoed(a) == wire
+        hbh, e2e = c.ids()
+        acr = Message(T.CMD_ACCOUNTING, FLAG_REQUEST | 0x40, 3, hbh, e2e,
+                      (avp(T.SESSION_ID, "acct"), *base.origin(c.local), *hops))
+        a = await c.request(acr)
+        assert value(a.avps, T.RESULT_CODE) == 3007 and a.error
+        assert echoed(a) == wire
+        # A request without Proxy-Info gets an answer without one.
+        a = await c.request(c.ccr("px1", UPDATE, 1, msisdn="41790000006",
+                                  msccs=[mscc(10, requested={})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001 and echoed(a) == []
     finally:
         await c.close()
 
