@@ -1,4 +1,4 @@
-"""Checking what an Access-Request proves: PAP, CHAP or MS-CHAPv2.
+"""Checking what an Access-Request proves: PAP, CHAP, MS-CHAPv2 or MS-CHAP (v1).
 
 What each method needs stored for the subscriber (see also `ocs.passwords`):
 
@@ -15,6 +15,9 @@ What each method needs stored for the subscriber (see also `ocs.passwords`):
   The Access-Accept then carries MS-CHAP2-Success (the authenticator
   response) and the MPPE send/receive keys (RFC 3079) that PPP encryption
   needs, hidden with the secret as RFC 2548 §2.4.2 prescribes.
+* **MS-CHAP v1** (RFC 2433, what `radtest -t mschap` sends): the same NT
+  hash. Only the NT response is accepted (no LAN Manager hash is ever
+  stored); the Access-Accept carries MS-CHAP-MPPE-Keys (RFC 2548 §2.4.1).
 
 Sans-I/O: the caller passes the decoded packet, the NAS secret and the
 subscriber record; nothing here touches the store or the network.
@@ -30,13 +33,15 @@ from ocs.model import Subscriber
 from ocs.passwords import verify_password
 
 from . import mschap
-from .codec import A, Packet, salt_encrypt, u32, unhide_password, vsa
+from .codec import A, Packet, hide_password, salt_encrypt, u32, unhide_password, vsa
 
 MICROSOFT = 311
+MS_CHAP_RESPONSE = vsa(MICROSOFT, 1)
 MS_CHAP_ERROR = vsa(MICROSOFT, 2)
 MS_MPPE_ENCRYPTION_POLICY = vsa(MICROSOFT, 7)
 MS_MPPE_ENCRYPTION_TYPES = vsa(MICROSOFT, 8)
 MS_CHAP_CHALLENGE = vsa(MICROSOFT, 11)
+MS_CHAP_MPPE_KEYS = vsa(MICROSOFT, 12)
 MS_MPPE_SEND_KEY = vsa(MICROSOFT, 16)
 MS_MPPE_RECV_KEY = vsa(MICROSOFT, 17)
 MS_CHAP2_RESPONSE = vsa(MICROSOFT, 25)
@@ -48,7 +53,7 @@ class Proof:
     """The outcome of checking the credentials of one Access-Request."""
 
     ok: bool
-    method: str                      # pap | chap | mschapv2 | none
+    method: str                      # pap | chap | mschapv2 | mschap | none
     reason: str = ""                 # why not, for Reply-Message and the log
     accept_attrs: tuple[tuple[int, bytes], ...] = ()  # MS-CHAP2-Success, MPPE keys
     reject_attrs: tuple[tuple[int, bytes], ...] = ()  # MS-CHAP-Error
@@ -62,8 +67,11 @@ def method_of(packet: Packet) -> str:
         return "pap"
     if A.CHAP_PASSWORD in packet:
         return "chap"
-    if MS_CHAP2_RESPONSE in packet and MS_CHAP_CHALLENGE in packet:
-        return "mschapv2"
+    if MS_CHAP_CHALLENGE in packet:
+        if MS_CHAP2_RESPONSE in packet:
+            return "mschapv2"
+        if MS_CHAP_RESPONSE in packet:
+            return "mschap"
     return "none"
 
 
@@ -75,7 +83,9 @@ def check(packet: Packet, secret: bytes, sub: Subscriber) -> Proof:
         return _chap(packet, sub)
     if method == "mschapv2":
         return _mschapv2(packet, secret, sub)
-    return Proof(False, "none", "no credentials (PAP, CHAP or MS-CHAPv2) in the request")
+    if method == "mschap":
+        return _mschap(packet, secret, sub)
+    return Proof(False, "none", "no credentials (PAP, CHAP, MS-CHAPv2 or MS-CHAP) in the request")
 
 
 def _pap(packet: Packet, secret: bytes, sub: Subscriber) -> Proof:
@@ -128,7 +138,30 @@ def _mschapv2(packet: Packet, secret: bytes, sub: Subscriber) -> Proof:
         (MS_CHAP2_SUCCESS, result.success),
         (MS_MPPE_RECV_KEY, salt_encrypt(result.recv_key, secret, auth)),
         (MS_MPPE_SEND_KEY, salt_encrypt(result.send_key, secret, auth)),
-        (MS_MPPE_ENCRYPTION_POLICY, u32(1)),  # encryption allowed
-        (MS_MPPE_ENCRYPTION_TYPES, u32(6)),   # RC4 40 or 128 bit
+        *_MPPE_POLICY,
     )
     return Proof(True, "mschapv2", accept_attrs=attrs)
+
+
+_MPPE_POLICY = ((MS_MPPE_ENCRYPTION_POLICY, u32(1)),  # encryption allowed
+                (MS_MPPE_ENCRYPTION_TYPES, u32(6)))   # RC4 40 or 128 bit
+
+
+def _mschap(packet: Packet, secret: bytes, sub: Subscriber) -> Proof:
+    response = packet.get(MS_CHAP_RESPONSE)
+    challenge = packet.get(MS_CHAP_CHALLENGE)
+    ident = response[:1] if response else b"\x00"
+    error = ((MS_CHAP_ERROR, ident + b"E=691 R=0"),)
+    if not response or len(response) != 50 or not challenge or len(challenge) != 8:
+        return Proof(False, "mschap", "malformed MS-CHAP-Response", reject_attrs=error)
+    if not response[1] & 1:
+        return Proof(False, "mschap", "LAN Manager response refused (no NT response)",
+                     reject_attrs=error)
+    if not sub.nt_hash:
+        return Proof(False, "mschap", "MS-CHAP needs a stored NT hash ([auth] store_nt_hash)",
+                     reject_attrs=error)
+    nt_hash = bytes.fromhex(sub.nt_hash)
+    if not mschap.verify_mschap1(challenge=challenge, response=response, nt_hash=nt_hash):
+        return Proof(False, "mschap", "wrong password", reject_attrs=error)
+    keys = hide_password(mschap.mschap1_mppe_keys(nt_hash), secret, packet.authenticator)
+    return Proof(True, "mschap", accept_attrs=((MS_CHAP_MPPE_KEYS, keys), *_MPPE_POLICY))

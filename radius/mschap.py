@@ -1,4 +1,5 @@
-"""MS-CHAPv2 (RFC 2759) and the MPPE keys it derives (RFC 3079, RFC 2548).
+"""MS-CHAPv2 (RFC 2759), MS-CHAP (v1, RFC 2433) and the MPPE keys they derive
+(RFC 3079, RFC 2548).
 
 What the server needs stored for a subscriber: the NT hash, MD4 of the
 UTF-16LE password (`Subscriber.nt_hash`, hex). MS-CHAPv2 never needs the
@@ -148,8 +149,7 @@ def nt_response(auth_challenge: bytes, peer_challenge: bytes, username: bytes,
 def authenticator_response(password_hash: bytes, nt_resp: bytes, peer_challenge: bytes,
                            auth_challenge: bytes, username: bytes) -> bytes:
     """RFC 2759 §8.7: the 42 octets "S=<40 hex digits>" proving we know the hash too."""
-    hash_hash = hashlib.new("md4", password_hash).digest() if _HAS_MD4 else _md4(password_hash)
-    digest = hashlib.sha1(hash_hash + nt_resp + MAGIC1).digest()
+    digest = hashlib.sha1(_md4_of(password_hash) + nt_resp + MAGIC1).digest()
     digest = hashlib.sha1(digest + challenge_hash(peer_challenge, auth_challenge, username)
                           + MAGIC2).digest()
     return b"S=" + digest.hex().upper().encode()
@@ -157,8 +157,7 @@ def authenticator_response(password_hash: bytes, nt_resp: bytes, peer_challenge:
 
 # ---------------------------------------------------------------- RFC 3079 keys
 def master_key(password_hash: bytes, nt_resp: bytes) -> bytes:
-    hash_hash = hashlib.new("md4", password_hash).digest() if _HAS_MD4 else _md4(password_hash)
-    return hashlib.sha1(hash_hash + nt_resp + MAGIC_MASTER).digest()[:16]
+    return hashlib.sha1(_md4_of(password_hash) + nt_resp + MAGIC_MASTER).digest()[:16]
 
 
 def asymmetric_start_key(master: bytes, length: int, *, send: bool, server: bool) -> bytes:
@@ -207,6 +206,34 @@ def verify_mschap2(*, auth_challenge: bytes, response: bytes, username: bytes,
     return MsChap2Result(True, success, send, recv)
 
 
+# ---------------------------------------------------------------- MS-CHAP v1 (RFC 2433)
+def verify_mschap1(*, challenge: bytes, response: bytes, nt_hash: bytes) -> bool:
+    """Check an MS-CHAP-Response (RFC 2548 §2.1.3: ident, flags, 24 LM response, 24 NT
+    response) to an 8-octet MS-CHAP-Challenge against the stored NT hash.
+
+    Only the NT response counts: a response whose flags say "use the LM response"
+    is refused, since LAN Manager hashes are never stored (they fall to brute force
+    in minutes, RFC 2433 §12)."""
+    if len(response) != 50 or len(challenge) != 8 or len(nt_hash) != 16:
+        return False
+    if not response[1] & 1:
+        return False
+    return hmac.compare_digest(response[26:50], challenge_response(challenge, nt_hash))
+
+
+def mschap1_mppe_keys(nt_hash: bytes) -> bytes:
+    """The 32 plain octets of MS-CHAP-MPPE-Keys (RFC 2548 §2.4.1): the LAN Manager key
+    (8 octets; zero, as no LM hash is kept), the NT key (RFC 3079 §2.1: the hash of
+    the NT hash, 16 octets) and 8 octets of zero padding."""
+    return b"\x00" * 8 + _md4_of(nt_hash) + b"\x00" * 8
+
+
+def client_response_v1(*, challenge: bytes, password: str, ident: int = 1) -> bytes:
+    """The MS-CHAP-Response a client sends, NT response only (for tests)."""
+    return (bytes([ident, 1]) + b"\x00" * 24
+            + challenge_response(challenge, nt_hash_of(password)))
+
+
 def client_response(*, auth_challenge: bytes, username: bytes, password: str, ident: int = 1,
                     peer_challenge: bytes | None = None) -> bytes:
     """The MS-CHAP2-Response a client sends (for tests and the load generator)."""
@@ -216,7 +243,10 @@ def client_response(*, auth_challenge: bytes, username: bytes, password: str, id
 
 
 def nt_hash_of(password: str) -> bytes:
-    data = password.encode("utf-16-le")
+    return _md4_of(password.encode("utf-16-le"))
+
+
+def _md4_of(data: bytes) -> bytes:
     return hashlib.new("md4", data).digest() if _HAS_MD4 else _md4(data)
 
 

@@ -20,7 +20,7 @@ from diameter.client import EVENT, INITIAL, TERMINATION, UPDATE, ims_information
     sms_information
 from diameter.codec import value
 from diameter.gy import CONTEXT_SMS, CONTEXT_VOICE
-from radius.auth import MS_CHAP2_RESPONSE, MS_CHAP_CHALLENGE
+from radius.auth import MS_CHAP2_RESPONSE, MS_CHAP_CHALLENGE, MS_CHAP_RESPONSE
 from tests.radius_harness import A, Code, RadiusOcsd, SECRET, acct_packet, codec
 from tests.test_diameter_daemon import client, scenario_daemon
 from tests.test_radius_daemon import seed as seed_radius
@@ -89,7 +89,8 @@ def _radius_access(rnd: random.Random, i: int) -> bytes:
             attrs.append((A.CHAP_CHALLENGE, os.urandom(rnd.choice([1, 16, 64]))))
     elif r < 0.9:
         attrs.append((MS_CHAP_CHALLENGE, os.urandom(rnd.choice([1, 8, 16, 17]))))
-        attrs.append((MS_CHAP2_RESPONSE, os.urandom(rnd.choice([2, 49, 50, 51]))))
+        response = os.urandom(rnd.choice([2, 49, 50, 51]))  # v2 or v1, any flags
+        attrs.append((rnd.choice([MS_CHAP2_RESPONSE, MS_CHAP_RESPONSE]), response))
     for _ in range(rnd.randrange(4)):
         attrs.append((rnd.choice(_TEXT + _VSA), _text(rnd)))
     rnd.shuffle(attrs)

@@ -110,6 +110,26 @@ def test_mschapv2_rfc2759_and_rfc3079_vectors():
     assert not bad.ok and bad.success == b""
 
 
+def test_mschap_v1_response_as_radclient_computes_it():
+    """An MS-CHAP-Challenge / MS-CHAP-Response pair radclient 3.2 sent for password
+    "secretpw" (captured from the wire): it verifies; the same response flagged as
+    LAN Manager only, another password, or a cut response do not."""
+    challenge = bytes.fromhex("8b6d91c2dc94a49b")
+    response = bytes.fromhex("0001" + "00" * 24
+                             + "e13617744ac30c3111a4aaa0894189427327ef92b9500171")
+    nt = mschap.nt_hash_of("secretpw")
+    assert mschap.verify_mschap1(challenge=challenge, response=response, nt_hash=nt)
+    assert mschap.client_response_v1(challenge=challenge, password="secretpw",
+                                     ident=0) == response
+    lm_only = response[:1] + b"\x00" + response[2:]
+    assert not mschap.verify_mschap1(challenge=challenge, response=lm_only, nt_hash=nt)
+    assert not mschap.verify_mschap1(challenge=challenge, response=response,
+                                     nt_hash=mschap.nt_hash_of("other"))
+    assert not mschap.verify_mschap1(challenge=challenge, response=response[:49], nt_hash=nt)
+    assert not mschap.verify_mschap1(challenge=challenge + b"\x00", response=response,
+                                     nt_hash=nt)
+
+
 def test_des_known_answer():
     assert mschap.des_encrypt(bytes.fromhex("133457799BBCDFF1"),
                               bytes.fromhex("0123456789ABCDEF")).hex() == "85e813540f0ab405"

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from ocs import demo
+from ocs.passwords import md4
 from radius import codec, mschap
 from radius.auth import MS_CHAP2_RESPONSE, MS_CHAP2_SUCCESS, MS_CHAP_CHALLENGE, \
     MS_MPPE_RECV_KEY, MS_MPPE_SEND_KEY
@@ -149,6 +150,30 @@ def test_mschapv2_success_and_mppe_keys(rad):
         SECRET.encode(), message_authenticator=True), port="auth")
     rej = codec.decode(raw)
     assert rej.code == Code.ACCESS_REJECT and b"E=691" in rej.get(codec.vsa(311, 2))
+
+
+def test_mschap_v1_from_radclient_accepts_with_mppe_keys(rad):
+    """radclient's own MS-CHAP (v1) from MS-CHAP-Password (what `radtest -t mschap`
+    sends): Access-Accept with MS-CHAP-MPPE-Keys, which radclient decrypts with the
+    secret; a wrong password gets Access-Reject with MS-CHAP-Error."""
+    code, attrs = rad.radclient("auth", 'User-Name = "mschap", MS-CHAP-Password = "pw-mschap", '
+                                        'Message-Authenticator = 0x00')
+    assert code == "Access-Accept", attrs
+    nt = mschap.nt_hash_of("pw-mschap")
+    keys = mschap.mschap1_mppe_keys(nt)
+    assert keys == bytes(8) + md4(nt) + bytes(8)
+    # radclient decrypts them with the secret and strips the zero padding (as for
+    # User-Password).
+    assert attrs["MS-CHAP-MPPE-Keys"] == "0x" + keys.rstrip(b"\0").hex()
+    assert attrs["MS-MPPE-Encryption-Policy"] == "Encryption-Allowed"
+    assert list(attrs)[0] == "Message-Authenticator"
+    code, attrs = rad.radclient("auth", 'User-Name = "mschap", MS-CHAP-Password = "wrong", '
+                                        'Message-Authenticator = 0x00')
+    assert code == "Access-Reject", attrs
+    assert attrs["MS-CHAP-Error"].endswith("E=691 R=0")  # radclient's ident is 0
+    assert attrs["Reply-Message"] == "Wrong password"
+    assert "MS-CHAP-MPPE-Keys" not in attrs
+    rad.wait_log(r"reject mschap via \S+ \(mschap\): Wrong password")
 
 
 def test_time_rated_plan_gets_session_timeout_speed_and_framed_ip(rad):
