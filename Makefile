@@ -10,7 +10,7 @@ $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(VENV)/bin/activate pyproject.toml setup.py $(wildcard cext/*.pyx)
+$(VENV)/.installed: $(VENV)/bin/activate pyproject.toml setup.py ocs/compiled.py $(wildcard cext/*.pyx)
 	$(PY) -m pip install --quiet -e .
 	@touch $@
 
@@ -21,7 +21,8 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-## Rebuild the Cython extensions in place (after editing cext/*.pyx).
+## Rebuild the Cython extensions in place: cext/*.pyx and the request-path
+## modules of ocs/compiled.py (only what changed since the last build).
 build: $(VENV)/.installed
 	$(PY) setup.py --quiet build_ext --inplace
 
@@ -32,9 +33,17 @@ run: $(VENV)/.installed
 	$(VENV)/bin/ocsctl --config $(CONFIG) demo
 	exec $(VENV)/bin/ocsd --config $(CONFIG)
 
+# The request path end to end once more, interpreted (its compiled build is what
+# the whole suite just ran; see ocs/compiled.py).
+TWIN_TESTS := tests/test_charging.py tests/test_radius_daemon.py tests/test_diameter_daemon.py \
+              tests/test_live_fuzz.py tests/test_compiled_modules.py
+
 ## The whole suite, against real PostgreSQL and Redis (see tests/services.py).
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+ifeq ($(PYTEST_ARGS),)
+	OCS_NO_EXTENSIONS=1 $(PY) -m pytest -q $(TWIN_TESTS)
+endif
 
 check-config: $(VENV)/.installed
 	$(VENV)/bin/ocsd --config $(CONFIG) --check-config
@@ -44,3 +53,4 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf build $(VENV) var *.egg-info cext/*.c cext/*.so
+	find ocs radius diameter -name '*.so' -delete

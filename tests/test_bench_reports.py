@@ -3,13 +3,17 @@ runs, ratios against the baseline, and a judgement against the issues'
 targets (met, missed, or unknown when the run lacks the baseline or offered
 rate a target needs)."""
 
+import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 from types import SimpleNamespace
 
 from bench import diameter, radius
 from bench.targets import judge
+from ocs import compiled
 
 
 def test_judge_reports_met_missed_and_unknown():
@@ -125,3 +129,20 @@ def test_load_counts_replies_by_code():
     replies = out["replies"]
     assert set(replies) == {"ACCESS_ACCEPT", "ACCESS_REJECT"}
     assert sum(replies.values()) == 60 and min(replies.values()) > 0
+
+
+def test_request_path_compares_the_compiled_build_with_the_interpreted_one():
+    """Both variants run the real request path (every request answered, else the
+    child fails) and are what they say: the interpreted one has nothing compiled."""
+    r = subprocess.run([sys.executable, "-m", "bench.request_path", "--mode", "acct",
+                        "--requests", "150", "--rounds", "2", "--pairs", "1"],
+                       capture_output=True, text=True, timeout=300,
+                       env={k: v for k, v in os.environ.items() if k != "OCS_NO_EXTENSIONS"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["interpreted"]["compiled_modules"] == 0
+    assert out["compiled"]["compiled_modules"] == len(compiled.MODULES)
+    for variant in ("interpreted", "compiled"):
+        (run,) = out[variant]["each_run"]
+        assert len(run["each_round"]) == 2 and run["cpu_us_best"] > 0
+    assert out["compiled_over_interpreted"] > 0

@@ -1,0 +1,168 @@
+"""CPU per RADIUS request through the daemon's own code, compiled against interpreted.
+
+The whole request path of a real ocsd (its components started from a
+configuration: store, cluster state, charging core, RADIUS server) is fed
+datagrams in process: `RadiusServer.received`, exactly as the socket would call
+it, with a window of requests in flight, and the replies collected where the
+socket would send them. No kernel, no load generator: the figure is the
+process's own CPU (main and store threads) per request, which on a shared
+machine is far steadier than a socket benchmark (the best of several rounds
+is quoted, and the median beside it).
+
+Each variant runs in a child process: the request-path modules compiled (see
+`ocs/compiled.py`), and the same code interpreted (`OCS_NO_EXTENSIONS=1`),
+alternating, so both see the same machine. One JSON document is printed:
+
+    python -m bench.request_path [--mode auth|acct] [--requests 3000] [--rounds 7]
+                                 [--pairs 3]
+
+`auth`: PAP Access-Requests with authorisation from the store (SQLite).
+`acct`: one Interim-Update per session per round, each charged durably.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+WINDOW = 64
+
+
+class _Endpoint:
+    """Stands where the UDP endpoint is: counts replies, wakes the feeder."""
+
+    def __init__(self, loop, port: str):
+        self.loop, self.port = loop, port
+        self.replies = 0
+        self.wanted = 0
+        self.done: asyncio.Event | None = None
+
+    def send(self, reply: bytes, addr) -> None:
+        self.replies += 1
+        if self.done is not None and self.replies >= self.wanted:
+            self.done.set()
+
+
+async def _child(mode: str, requests: int, rounds: int) -> dict:
+    from bench.radius import Ocsd, acct_request, auth_request, free_port
+    from ocs import compiled
+    from ocs.config import load
+    from ocs.daemon import Daemon
+
+    class Args:
+        backend, sessions, pg_dsn = "sqlite", requests, None
+        sqlite_synchronous, group_commit_window_ms = "FULL", 0
+
+    tmp = tempfile.mkdtemp(prefix="ocs-bench-")
+    seeded = Ocsd(Args(), tmp)
+    await seeded._seed()
+    path = os.path.join(tmp, "ocs.toml")
+    Path(path).write_text(f"""
+[log]
+level = "warning"
+[store]
+url = "{seeded.url}"
+[api]
+listen = "127.0.0.1:{free_port(1)}"
+[radius]
+auth_listen = "127.0.0.1:{free_port()}"
+acct_listen = "127.0.0.1:{free_port()}"
+[diameter]
+enabled = false
+""")
+    daemon = Daemon(load(path), path)
+    await daemon._start_all()
+    server = next(c for c in daemon.components if c.name == "radius").server
+    endpoint = _Endpoint(asyncio.get_running_loop(), mode)
+    addr = ("127.0.0.1", 40000)
+    per_request = []
+    for rnd in range(rounds + 1):  # round 0 warms up (and, for acct, starts the sessions)
+        if mode == "auth":
+            packets = [auth_request(i % 256, f"b{i}", f"pw{i}") for i in range(requests)]
+        elif rnd == 0:
+            packets = [acct_request(i % 256, f"b{i}", f"s{i}", 1, 1) for i in range(requests)]
+        else:
+            packets = [acct_request((i + rnd) % 256, f"b{i}", f"s{i}", 3, rnd + 1)
+                       for i in range(requests)]
+        endpoint.replies = 0
+        cpu = time.process_time()
+        for k in range(0, requests, WINDOW):
+            chunk = packets[k:k + WINDOW]
+            endpoint.wanted = endpoint.replies + len(chunk)
+            endpoint.done = asyncio.Event()
+            for packet in chunk:
+                server.received(endpoint, packet, addr)
+            await asyncio.wait_for(endpoint.done.wait(), 30)
+        cpu = time.process_time() - cpu
+        if endpoint.replies != requests:
+            raise SystemExit(f"{endpoint.replies} replies to {requests} requests")
+        if rnd:
+            per_request.append(cpu / requests * 1e6)
+    return {"compiled_modules": len(compiled.compiled()),
+            "cpu_us_best": round(min(per_request), 1),
+            "cpu_us_median": round(statistics.median(per_request), 1),
+            "each_round": [round(x, 1) for x in per_request]}
+
+
+def _measure(mode: str, requests: int, rounds: int, interpreted: bool) -> dict:
+    env = dict(os.environ)
+    env.pop("OCS_NO_EXTENSIONS", None)
+    if interpreted:
+        env["OCS_NO_EXTENSIONS"] = "1"
+    out = subprocess.run([sys.executable, "-m", "bench.request_path", "--child", "--mode", mode,
+                          "--requests", str(requests), "--rounds", str(rounds)],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"child failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mode", choices=("auth", "acct"), default="auth")
+    p.add_argument("--requests", type=int, default=3000, help="requests per round")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--pairs", type=int, default=3, help="interpreted/compiled runs, alternating")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        import uvloop
+        result = uvloop.run(_child(args.mode, args.requests, args.rounds))
+        print(json.dumps(result), flush=True)
+        os._exit(0)  # the daemon's components are not stopped: nothing to keep
+    runs = {"interpreted": [], "compiled": []}
+    for _ in range(args.pairs):
+        for variant in runs:
+            runs[variant].append(_measure(args.mode, args.requests, args.rounds,
+                                          variant == "interpreted"))
+    out = {"benchmark": "request_path", "mode": args.mode, "requests_per_round": args.requests,
+           "rounds": args.rounds, "pairs": args.pairs}
+    for variant, each in runs.items():
+        out[variant] = {"cpu_us_best": min(r["cpu_us_best"] for r in each),
+                        "cpu_us_median_of_bests": round(statistics.median(
+                            r["cpu_us_best"] for r in each), 1),
+                        "compiled_modules": each[0]["compiled_modules"],
+                        "each_run": each}
+    if out["compiled"]["compiled_modules"] == 0:
+        out["note"] = "nothing is compiled in this build: run 'make build'"
+    out["compiled_over_interpreted"] = round(
+        out["compiled"]["cpu_us_median_of_bests"]
+        / out["interpreted"]["cpu_us_median_of_bests"], 3)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
