@@ -10,8 +10,11 @@ $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(VENV)/bin/activate pyproject.toml setup.py ocs/compiled.py $(wildcard cext/*.pyx)
-	$(PY) -m pip install --quiet -e .
+# The editable install only links the source and installs the dependencies; the
+# extensions are compiled once, in place, by `build` (pip would compile them
+# again in a directory of its own).
+$(VENV)/.installed: $(VENV)/bin/activate pyproject.toml setup.py
+	OCS_NO_EXTENSIONS=1 $(PY) -m pip install --quiet -e .
 	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
@@ -27,7 +30,7 @@ build: $(VENV)/.installed
 	$(PY) setup.py --quiet build_ext --inplace
 
 ## Migrate the embedded store under ./var/, seed the demo data, run ocsd in the foreground.
-run: $(VENV)/.installed
+run: $(VENV)/.installed build
 	@mkdir -p var
 	$(VENV)/bin/ocsctl --config $(CONFIG) db migrate
 	$(VENV)/bin/ocsctl --config $(CONFIG) demo

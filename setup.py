@@ -33,8 +33,9 @@ class OptionalBuildExt(build_ext):
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
-            self._fallback(exc)
+        except Exception as exc:  # noqa: BLE001 - that module stays interpreted, alone
+            sys.stderr.write(f"ocsd: compiling {ext.name} failed ({exc}); it stays "
+                             "interpreted (an older build of it, if any, is now stale)\n")
 
     @staticmethod
     def _fallback(exc):

@@ -45,10 +45,10 @@ def balance_program(ops: list[Operation], now: int, cache: BalanceCache | None =
     cold: list[int] = []                   # accounts whose buckets must be read
 
     def take(rows) -> None:
-        named = named_buckets.get
         for r in rows:
             entry = cache.account(r["id"], r["version"])
-            if entry is not None and all(b in entry.state.buckets for b in named(r["id"], ())):
+            named = named_buckets.get(r["id"], ())
+            if entry is not None and all(b in entry.state.buckets for b in named):
                 valid[r["id"]] = entry
             else:
                 entry = CachedAccount(r["version"], _account_state(r))

@@ -32,6 +32,7 @@ _CONNECTION_ERRORS = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
 )
+_CONNECTION_OR_SERVER_ERRORS = (*_CONNECTION_ERRORS, asyncpg.PostgresError)
 
 
 class PostgresDriver:
@@ -66,7 +67,7 @@ class PostgresDriver:
                 self.dsn, min_size=self.min_size, max_size=self.max_size,
                 command_timeout=self.command_timeout, timeout=self.connect_timeout,
                 server_settings=settings, reset=_keep_session)
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+        except _CONNECTION_OR_SERVER_ERRORS as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL ({self.describe()}): {exc}") \
                 from exc
 
