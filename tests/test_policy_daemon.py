@@ -146,9 +146,16 @@ def test_exhausted_interim_throttles_then_api_top_up_restores(ocsd, freeradius):
     got, delay = seen(freeradius, before, 2, timeout=3)
     assert delay is not None and len(got) == 2, got
     assert got[1].code == "CoA-Request" and got[1].attrs["Mikrotik-Rate-Limit"] == "5000k/20000k"
-    audit = ocsd.api("GET", "/v1/audit?actor=policy")[1]["items"]
-    assert [a["action"] for a in audit if a["target"] == "session:radius:bras:s-1"] == [
-        "policy restore via coa", "policy throttle via coa"]
+    # The audit entry is written once the NAS's CoA-ACK is back, which can be a
+    # moment after the NAS has seen the request.
+    deadline = time.monotonic() + 5
+    while True:
+        audit = ocsd.api("GET", "/v1/audit?actor=policy")[1]["items"]
+        actions = [a["action"] for a in audit if a["target"] == "session:radius:bras:s-1"]
+        if len(actions) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert actions == ["policy restore via coa", "policy throttle via coa"]
 
 
 def test_operator_commands_through_ocsctl(ocsd, freeradius):
