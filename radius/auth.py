@@ -117,20 +117,33 @@ def _chap(packet: Packet, sub: Subscriber) -> Proof:
     return Proof(True, "chap")
 
 
-def _mschapv2(packet: Packet, secret: bytes, sub: Subscriber) -> Proof:
-    response = packet.get(MS_CHAP2_RESPONSE)
+def _ms_inputs(packet: Packet, sub: Subscriber, method: str, response_key: int,
+               challenge_length: int, error_text: bytes):
+    """(response, challenge, NT hash, MS-CHAP-Error attributes) of an MS-CHAP request
+    of either version, or the Proof refusing it (malformed, or no NT hash stored)."""
+    response = packet.get(response_key)
     challenge = packet.get(MS_CHAP_CHALLENGE)
     ident = response[:1] if response else b"\x00"
-    error = ((MS_CHAP_ERROR, ident + b"E=691 R=0 V=3"),)
-    if not response or len(response) != 50 or not challenge or len(challenge) != 16:
-        return Proof(False, "mschapv2", "malformed MS-CHAP2-Response", reject_attrs=error)
+    error = ((MS_CHAP_ERROR, ident + error_text),)
+    name = "MS-CHAPv2" if method == "mschapv2" else "MS-CHAP"
+    if not response or len(response) != 50 or not challenge \
+            or len(challenge) != challenge_length:
+        return Proof(False, method, f"malformed {name} response", reject_attrs=error)
     if not sub.nt_hash:
-        return Proof(False, "mschapv2", "MS-CHAPv2 needs a stored NT hash ([auth] store_nt_hash)",
+        return Proof(False, method, f"{name} needs a stored NT hash ([auth] store_nt_hash)",
                      reject_attrs=error)
+    return response, challenge, bytes.fromhex(sub.nt_hash), error
+
+
+def _mschapv2(packet: Packet, secret: bytes, sub: Subscriber) -> Proof:
+    got = _ms_inputs(packet, sub, "mschapv2", MS_CHAP2_RESPONSE, 16, b"E=691 R=0 V=3")
+    if isinstance(got, Proof):
+        return got
+    response, challenge, nt_hash, error = got
     name = packet.get(A.USER_NAME) or b""
     name = name.rsplit(b"\\", 1)[-1]  # RFC 2759 §4: the user name without the domain
     result = mschap.verify_mschap2(auth_challenge=challenge, response=response, username=name,
-                                   nt_hash=bytes.fromhex(sub.nt_hash))
+                                   nt_hash=nt_hash)
     if not result.ok:
         return Proof(False, "mschapv2", "wrong password", reject_attrs=error)
     auth = packet.authenticator
@@ -148,19 +161,13 @@ _MPPE_POLICY = ((MS_MPPE_ENCRYPTION_POLICY, u32(1)),  # encryption allowed
 
 
 def _mschap(packet: Packet, secret: bytes, sub: Subscriber) -> Proof:
-    response = packet.get(MS_CHAP_RESPONSE)
-    challenge = packet.get(MS_CHAP_CHALLENGE)
-    ident = response[:1] if response else b"\x00"
-    error = ((MS_CHAP_ERROR, ident + b"E=691 R=0"),)
-    if not response or len(response) != 50 or not challenge or len(challenge) != 8:
-        return Proof(False, "mschap", "malformed MS-CHAP-Response", reject_attrs=error)
+    got = _ms_inputs(packet, sub, "mschap", MS_CHAP_RESPONSE, 8, b"E=691 R=0")
+    if isinstance(got, Proof):
+        return got
+    response, challenge, nt_hash, error = got
     if not response[1] & 1:
         return Proof(False, "mschap", "LAN Manager response refused (no NT response)",
                      reject_attrs=error)
-    if not sub.nt_hash:
-        return Proof(False, "mschap", "MS-CHAP needs a stored NT hash ([auth] store_nt_hash)",
-                     reject_attrs=error)
-    nt_hash = bytes.fromhex(sub.nt_hash)
     if not mschap.verify_mschap1(challenge=challenge, response=response, nt_hash=nt_hash):
         return Proof(False, "mschap", "wrong password", reject_attrs=error)
     keys = hide_password(mschap.mschap1_mppe_keys(nt_hash), secret, packet.authenticator)
