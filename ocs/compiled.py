@@ -10,9 +10,9 @@ suite runs on either.
 
 * `OCS_NO_EXTENSIONS=1` loads every module here from its source (the policy is
   installed by `ocs/__init__`), as it selects the pure twins of `cext/`.
-* `stale()` names compiled modules older than their source, i.e. edited since
-  the last `make build`: they would run the old code. ocsd warns at start,
-  and the test suite fails on them.
+* `stale()` names compiled modules older than their source in a checkout, i.e.
+  edited since the last `make build`: they would run the old code. ocsd warns
+  at start, and the test suite fails on them.
 * `compiled()` says which of them run compiled, for `ocsd --version`.
 
 A module is listed here only if Cython compiles it and the suite passes with
@@ -115,11 +115,23 @@ def compiled() -> list[str]:
 
 
 def stale() -> list[str]:
-    """Compiled modules whose source is newer than them: edited since the build."""
+    """Compiled modules whose source is newer than them: edited since the build.
+
+    Only in a source checkout (a `setup.py` beside the packages), where sources
+    are edited: an installed wheel writes its files in an order of its own, so
+    there a `.py` may be a moment younger than its build."""
     out = []
     for name in compiled():
         origin = _origin(name)
         source = _source_of(origin) if origin else None
-        if source is not None and os.path.getmtime(source) > os.path.getmtime(origin):
+        if source is not None and _in_checkout(name, origin) \
+                and os.path.getmtime(source) > os.path.getmtime(origin):
             out.append(name)
     return out
+
+
+def _in_checkout(name: str, origin: str) -> bool:
+    package = os.path.dirname(origin)  # of "a.b.c": a/b; the top-level one, a, is
+    for _ in range(name.count(".") - 1):  # as many levels up as dots beyond the first
+        package = os.path.dirname(package)
+    return os.path.exists(os.path.join(os.path.dirname(package), "setup.py"))

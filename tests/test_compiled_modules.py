@@ -51,8 +51,9 @@ def test_no_extensions_loads_every_listed_module_from_source():
 
 
 def test_a_compiled_module_older_than_its_source_is_stale(tmp_path, monkeypatch):
-    """A build beside a source edited after it: named stale (ocsd warns at start).
-    The "extension" is never imported, only found, so any bytes stand in for it."""
+    """A build beside a source edited after it, in a checkout: named stale (ocsd
+    warns at start). The "extension" is never imported, only found, so any bytes
+    stand in for it."""
     pkg = tmp_path / "stalepkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
@@ -69,4 +70,6 @@ def test_a_compiled_module_older_than_its_source_is_stale(tmp_path, monkeypatch)
     assert compiled.compiled() == ["stalepkg.mod"]
     assert compiled.stale() == []
     os.utime(source, (now, now))  # edited after the build
+    assert compiled.stale() == []  # not a checkout: an installed tree is never stale
+    (tmp_path / "setup.py").write_text("")
     assert compiled.stale() == ["stalepkg.mod"]
