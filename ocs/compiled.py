@@ -3,9 +3,9 @@
 The modules in `MODULES` are ordinary Python. `setup.py` also compiles each
 one, unchanged, into an extension module beside its source, and Python
 imports an extension in preference to a `.py` of the same name. On the PAP
-path that takes about a fifth off the CPU per request (`bench.request_path`
-measures it in process, compiled against interpreted); the source stays the
-one implementation to read, and it is the pure-Python twin: the whole test
+path that takes about a quarter off the CPU per request (`python -m
+bench.request_path --mode auth` measures it in process, compiled against
+interpreted); the source stays the one implementation to read, and it is the pure-Python twin: the whole test
 suite runs on either.
 
 * `OCS_NO_EXTENSIONS=1` loads every module here from its source (the policy is
@@ -106,12 +106,7 @@ def _origin(name: str) -> str | None:
 
 def compiled() -> list[str]:
     """The listed modules that run (or will run, once imported) compiled."""
-    out = []
-    for name in MODULES:
-        origin = _origin(name)
-        if origin is not None and not origin.endswith(".py"):
-            out.append(name)
-    return out
+    return [name for name, _ in _builds()]
 
 
 def stale() -> list[str]:
@@ -121,12 +116,21 @@ def stale() -> list[str]:
     are edited: an installed wheel writes its files in an order of its own, so
     there a `.py` may be a moment younger than its build."""
     out = []
-    for name in compiled():
-        origin = _origin(name)
-        source = _source_of(origin) if origin else None
+    for name, origin in _builds():
+        source = _source_of(origin)
         if source is not None and _in_checkout(name, origin) \
                 and os.path.getmtime(source) > os.path.getmtime(origin):
             out.append(name)
+    return out
+
+
+def _builds() -> list[tuple[str, str]]:
+    """(name, file) of each listed module that is (or will be) loaded compiled."""
+    out = []
+    for name in MODULES:
+        origin = _origin(name)
+        if origin is not None and not origin.endswith(".py"):
+            out.append((name, origin))
     return out
 
 
