@@ -24,8 +24,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-## Rebuild the Cython extensions in place: cext/*.pyx and the request-path
-## modules of ocs/compiled.py (only what changed since the last build).
+## Rebuild the Cython extensions of cext/ in place (after editing a .pyx).
 build: $(VENV)/.installed
 	$(PY) setup.py --quiet build_ext --inplace
 
@@ -36,10 +35,11 @@ run: $(VENV)/.installed build
 	$(VENV)/bin/ocsctl --config $(CONFIG) demo
 	exec $(VENV)/bin/ocsd --config $(CONFIG)
 
-# The request path end to end once more, interpreted (its compiled build is what
-# the whole suite just ran; see ocs/compiled.py).
+# The request path end to end once more on the pure-Python twins of cext/ (the
+# suite just ran on the compiled kernels; the twins are what runs where no C
+# compiler was at hand).
 TWIN_TESTS := tests/test_charging.py tests/test_radius_daemon.py tests/test_diameter_daemon.py \
-              tests/test_live_fuzz.py tests/test_compiled_modules.py
+              tests/test_live_fuzz.py
 
 ## The whole suite, against real PostgreSQL and Redis (see tests/services.py).
 test: $(VENV)/.installed-test build
@@ -56,4 +56,3 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf build $(VENV) var *.egg-info cext/*.c cext/*.so
-	find ocs radius diameter -name '*.so' -delete

@@ -20,5 +20,3 @@ Layers, each usable on its own:
 Imports from `ocs` only its model, errors and the protocol-neutral charging
 request/decision types.
 """
-
-import ocs  # noqa: F401,E402 - first, so that OCS_NO_EXTENSIONS=1 applies to these modules too

@@ -7,8 +7,3 @@ charging core here in `ocs/`, which rates, reserves and debits through
 """
 
 __version__ = "0.1.0"
-
-from . import compiled as _compiled
-
-# OCS_NO_EXTENSIONS=1: the request-path modules load from source, not compiled.
-_compiled.install_policy()

@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from . import __version__, accel, compiled, logs
+from . import __version__, accel, logs
 from .components import (ChargingComponent, ClusterComponent, Component, Context,
                          EventRelayComponent, HttpListeners, RegistryComponent, StoreComponent,
                          Supervision)
@@ -62,11 +62,8 @@ def version_string() -> str:
     """The version and which hot paths run compiled (cext/) or as pure-Python twins."""
     from diameter import codec as diameter_codec
     from radius import codec as radius_codec
-    done = len(compiled.compiled())
-    request_path = ("compiled" if done == len(compiled.MODULES)
-                    else "pure-python" if not done else f"compiled {done}/{len(compiled.MODULES)}")
     each = {"rating": accel.ACTIVE, "radius codec": radius_codec.IMPLEMENTATION,
-            "diameter codec": diameter_codec.IMPLEMENTATION, "request path": request_path}
+            "diameter codec": diameter_codec.IMPLEMENTATION}
     kinds = set(each.values())
     overall = kinds.pop() if len(kinds) == 1 else "mixed"
     return (f"ocsd {__version__} (extensions: {overall}; "
@@ -200,11 +197,6 @@ class Daemon:
                                      "node": cfg.daemon.node_name})
         log.info("%s starting on node %s with %s", version_string(), cfg.daemon.node_name,
                  self.ctx.config_path)
-        old = compiled.stale()
-        if old:
-            log.warning("compiled modules older than their source, so running the old code: "
-                        "%s (rebuild with 'make build', or set OCS_NO_EXTENSIONS=1)",
-                        ", ".join(old))
         code = EXIT_OK
         starting = asyncio.create_task(self._start_all(), name="ocs-start")
         stop_wait = asyncio.create_task(self._stop_requested.wait(), name="ocs-stop-wait")

@@ -16,5 +16,3 @@ outcomes to replies.
 Imports from `ocs` its model, errors, password checks and the charging
 core's protocol-neutral types.
 """
-
-import ocs  # noqa: F401,E402 - first, so that OCS_NO_EXTENSIONS=1 applies to these modules too

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 from bench import diameter, radius
 from bench.targets import judge
-from ocs import compiled
+from ocs import accel
 
 
 def test_judge_reports_met_missed_and_unknown():
@@ -131,18 +131,18 @@ def test_load_counts_replies_by_code():
     assert sum(replies.values()) == 60 and min(replies.values()) > 0
 
 
-def test_request_path_compares_the_compiled_build_with_the_interpreted_one():
+def test_request_path_compares_the_build_with_the_pure_python_twins():
     """Both variants run the real request path (every request answered, else the
-    child fails) and are what they say: the interpreted one has nothing compiled."""
+    child fails) and are what they say: the pure one runs the twins."""
     r = subprocess.run([sys.executable, "-m", "bench.request_path", "--mode", "acct",
                         "--requests", "150", "--rounds", "2", "--pairs", "1"],
                        capture_output=True, text=True, timeout=300,
                        env={k: v for k, v in os.environ.items() if k != "OCS_NO_EXTENSIONS"})
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
-    assert out["interpreted"]["compiled_modules"] == 0
-    assert out["compiled"]["compiled_modules"] == len(compiled.MODULES)
-    for variant in ("interpreted", "compiled"):
+    assert out["pure_python"]["implementation"] == "pure-python"
+    assert out["extensions"]["implementation"] == accel.ACTIVE
+    for variant in ("pure_python", "extensions"):
         (run,) = out[variant]["each_run"]
         assert len(run["each_round"]) == 2 and run["cpu_us_best"] > 0
-    assert out["compiled_over_interpreted"] > 0
+    assert out["extensions_over_pure_python"] > 0

@@ -684,15 +684,14 @@ def test_version_names_the_active_implementation(tmp_path):
     assert r.returncode == 0
     assert r.stdout.strip() == (
         f"ocsd {__version__} (extensions: {accel.ACTIVE}; rating {accel.ACTIVE}, "
-        f"radius codec {accel.ACTIVE}, diameter codec {accel.ACTIVE}, "
-        f"request path {accel.ACTIVE})")
+        f"radius codec {accel.ACTIVE}, diameter codec {accel.ACTIVE})")
     r = subprocess.run([sys.executable, "-m", "ocs.daemon", "--version"], capture_output=True,
                        text=True, timeout=30, env={**os.environ, "OCS_NO_EXTENSIONS": "1"},
                        cwd=tmp_path)
     assert r.returncode == 0
     assert r.stdout.strip() == (
         f"ocsd {__version__} (extensions: pure-python; rating pure-python, "
-        "radius codec pure-python, diameter codec pure-python, request path pure-python)")
+        "radius codec pure-python, diameter codec pure-python)")
 
 
 def test_check_config_warns_about_weak_secrets_without_printing_them(tmp_path):
