@@ -55,6 +55,7 @@ from ocs.charging.types import (ChargeDecision, ChargeRequest, Identity, Request
                                 ResultCode, ServiceGrant, ServiceUsage)
 from ocs.errors import OcsError
 from ocs.model import MAX_USAGE, Kind
+from ocs.money import iso_numeric
 
 from . import base
 from . import tables as T
@@ -631,6 +632,30 @@ def cca_check_balance(msg: Message, local: base.LocalIdentity, enough: bool | No
     if message and code != T.DIAMETER_SUCCESS:
         body.append(avp(T.ERROR_MESSAGE, message[:200]))
     return base.answer(msg, local, code, body)
+
+
+def unit_value(micro: int) -> Avp:
+    """Unit-Value of an amount in micro-units: Value-Digits x 10^Exponent, with
+    no trailing zero left in the digits (1.50 is 15 x 10^-1)."""
+    digits, exponent = micro, -6
+    while exponent < 0 and digits % 10 == 0:
+        digits //= 10
+        exponent += 1
+    return avp(T.UNIT_VALUE, (avp(T.VALUE_DIGITS, digits), avp(T.EXPONENT, exponent)))
+
+
+def cca_price(msg: Message, local: base.LocalIdentity, decision: ChargeDecision) -> Message:
+    """The answer to a PRICE_ENQUIRY: Cost-Information (Unit-Value, Currency-Code
+    as ISO 4217 numeric) with the price of the requested units, or why not."""
+    code = RESULT_CODES[decision.result]
+    if code != T.DIAMETER_SUCCESS:
+        return base.answer(msg, local, code, _echo(msg), error_message=decision.message)
+    numeric = iso_numeric(decision.currency or "")
+    if numeric is None:
+        return cca_error(msg, local, T.DIAMETER_UNABLE_TO_COMPLY,
+                         f"currency {decision.currency} has no ISO 4217 numeric code here")
+    return base.answer(msg, local, code, [*_echo(msg), avp(T.COST_INFORMATION, (
+        unit_value(decision.cost), avp(T.CURRENCY_CODE, numeric)))])
 
 
 def cca_error(msg: Message, local: base.LocalIdentity, code: int, message: str,

@@ -350,10 +350,15 @@ class DiameterServer:
 
     async def _enquiry(self, msg: Message, ccr: gy.CreditControl,
                        local: base.LocalIdentity) -> Message:
-        if ccr.requested_action == gy.PRICE_ENQUIRY:
-            return gy.cca_error(msg, local, T.DIAMETER_UNABLE_TO_COMPLY,
-                                "price enquiry is not supported")
         usage = ccr.charge.services[0] if ccr.charge.services else None
+        if ccr.requested_action == gy.PRICE_ENQUIRY:
+            if usage is None:
+                return gy.cca_error(msg, local, T.DIAMETER_MISSING_AVP,
+                                    "a price enquiry names the service to price",
+                                    base.example_avp(T.REQUESTED_SERVICE_UNIT))
+            decision = await self.charging.quote(ccr.charge.identity, usage,
+                                                 at=ccr.charge.timestamp)
+            return gy.cca_price(msg, local, decision)
         auth = await self.charging.authorize(ccr.charge.identity, usage,
                                              at=ccr.charge.timestamp)
         code = outcomes.result_code(auth.result)

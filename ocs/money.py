@@ -17,6 +17,25 @@ _MINOR_UNITS = {
     "PYG": 0, "RWF": 0, "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
 }
 
+# ISO 4217 numeric codes, for protocols that carry a currency as a number
+# (Diameter Currency-Code, RFC 8506 §8.11).
+_NUMERIC = {
+    "AED": 784, "ARS": 32, "AUD": 36, "BDT": 50, "BGN": 975, "BHD": 48, "BRL": 986,
+    "CAD": 124, "CHF": 756, "CLP": 152, "CNY": 156, "COP": 170, "CZK": 203, "DKK": 208,
+    "EGP": 818, "EUR": 978, "GBP": 826, "GHS": 936, "HKD": 344, "HUF": 348, "IDR": 360,
+    "ILS": 376, "INR": 356, "IQD": 368, "ISK": 352, "JOD": 400, "JPY": 392, "KES": 404,
+    "KRW": 410, "KWD": 414, "KZT": 398, "MAD": 504, "MXN": 484, "MYR": 458, "NGN": 566,
+    "NOK": 578, "NZD": 554, "OMR": 512, "PEN": 604, "PHP": 608, "PKR": 586, "PLN": 985,
+    "RON": 946, "RSD": 941, "RUB": 643, "RWF": 646, "SAR": 682, "SEK": 752, "SGD": 702,
+    "THB": 764, "TND": 788, "TRY": 949, "TWD": 901, "UAH": 980, "UGX": 800, "USD": 840,
+    "VND": 704, "XAF": 950, "XOF": 952, "ZAR": 710,
+}
+
+
+def iso_numeric(currency: str) -> int | None:
+    """The ISO 4217 numeric code of `currency` (None: not in this table)."""
+    return _NUMERIC.get(currency.upper())
+
 
 def minor_units(currency: str) -> int:
     """Decimal places customers see for `currency` (ISO 4217)."""

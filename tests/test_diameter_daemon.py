@@ -437,11 +437,17 @@ async def test_ro_voice_call_and_sms_events(ocsd):
         assert results == [(2001, 1), (2001, 1), (4012, None)]
         assert bucket(ocsd, "sms", "events")["balance"] == 0
 
-        # CHECK_BALANCE: an enquiry, nothing charged.
-        a = await c.request(c.ccr("as.ims.example;check;1", EVENT, 0, msisdn="41790000001",
-                                  requested_action=2, requested={"total": 1}))
-        assert value(a.avps, T.RESULT_CODE) == 2001
-        assert value(a.avps, T.CHECK_BALANCE_RESULT) in (0, 1)
+        # CHECK_BALANCE: an enquiry, nothing charged. One octet is within what is
+        # left of a data allowance (ENOUGH_CREDIT, 0), a terabyte is not (NO_CREDIT, 1).
+        before = bucket(ocsd, "misc", "octets")
+        assert before["balance"] - before["reserved"] > 0
+        for n, (wanted, result) in enumerate(((1, 0), (10 ** 12, 1))):
+            a = await c.request(c.ccr(f"as.ims.example;check;{n}", EVENT, 0,
+                                      msisdn="41790000006", requested_action=2,
+                                      requested={"total": wanted}))
+            assert value(a.avps, T.RESULT_CODE) == 2001
+            assert value(a.avps, T.CHECK_BALANCE_RESULT) == result
+        assert bucket(ocsd, "misc", "octets") == before
     finally:
         await c.close()
 

@@ -239,6 +239,50 @@ async def test_voice_is_rated_by_the_called_party(node, store):
         await c.close()
 
 
+async def test_price_enquiry_quotes_the_tariff_and_charges_nothing(node, store):
+    """PRICE_ENQUIRY (Requested-Action 3): Cost-Information carries the tariff's
+    price of the requested units as Unit-Value and ISO 4217 Currency-Code (978,
+    EUR); no balance moves, and what cannot be priced gets the matching result."""
+    account = await subscriber(store, "41790000107", balance=EUR)
+
+    def quoted(a) -> tuple:
+        info = value(a.avps, T.COST_INFORMATION)
+        unit = value(info, T.UNIT_VALUE)
+        return value(unit, T.VALUE_DIGITS), value(unit, T.EXPONENT), value(info, T.CURRENCY_CODE)
+
+    c = await connect(node.port, origin_host="as.pgw.example")
+    try:
+        # Three SMS at 0.10: 0.30, i.e. 3 x 10^-1.
+        a = await c.request(c.ccr("price-sms", EVENT, 0, context=CONTEXT_SMS,
+                                  msisdn="41790000107", requested_action=3,
+                                  requested={"units": 3},
+                                  extra=[sms_information("41791112233")]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        assert quoted(a) == (3, -1, 978)
+        # 90 s to a Swiss mobile in 60/60 increments at 0.50 a minute: 1.00.
+        a = await c.request(c.ccr("price-call", EVENT, 0, context=CONTEXT_VOICE,
+                                  msisdn="41790000107", requested_action=3,
+                                  requested={"time": 90},
+                                  extra=[ims_information("tel:+41791234567")]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        assert quoted(a) == (1, 0, 978)
+        # A destination the deck has no rate for, and a subscriber nobody knows.
+        a = await c.request(c.ccr("price-nowhere", EVENT, 0, context=CONTEXT_VOICE,
+                                  msisdn="41790000107", requested_action=3,
+                                  requested={"time": 60}, extra=[ims_information("tel:+999123")]))
+        assert value(a.avps, T.RESULT_CODE) == 5031
+        assert value(a.avps, T.COST_INFORMATION) is None
+        a = await c.request(c.ccr("price-who", EVENT, 0, context=CONTEXT_SMS,
+                                  msisdn="41799999999", requested_action=3,
+                                  requested={"units": 1},
+                                  extra=[sms_information("41791112233")]))
+        assert value(a.avps, T.RESULT_CODE) == 5030
+        assert (await store.balance(account))["balance"] == EUR
+        assert len(await store.ledger(account)) == 1  # the opening credit alone
+    finally:
+        await c.close()
+
+
 # ---------------------------------------------------------------------- two nodes
 async def test_two_nodes_share_sessions_duplicates_and_re_auth(pg_dsn, pg_schema, redis_url):
     """A PGW connected to two ocsd nodes (shared PostgreSQL and Redis): the session

@@ -195,6 +195,22 @@ def cca_event_sms() -> Message:
         ServiceGrant("event:sms", Kind.EVENTS, ResultCode.SUCCESS, charged=1)), OCS, POLICY)
 
 
+def ccr_price_enquiry() -> Message:
+    """PRICE_ENQUIRY: what would a 90 s call to a Swiss mobile cost?"""
+    return _client().ccr("as.example.net;price;9", 4, 0, context=gy.CONTEXT_VOICE,
+                         msisdn="41790000001", requested_action=3, requested={"time": 90},
+                         extra=[avp(T.EVENT_TIMESTAMP, TS), ims_information("tel:+41791234567")],
+                         ids=(10, 110))
+
+
+def cca_price_enquiry() -> Message:
+    """1.50 EUR: Unit-Value 15 x 10^-1, Currency-Code 978."""
+    return gy.cca_price(ccr_price_enquiry(), OCS, ChargeDecision(
+        ResultCode.SUCCESS, (ServiceGrant("voice", Kind.SECONDS, ResultCode.SUCCESS,
+                                          granted=90, cost=1_500_000),),
+        cost=1_500_000, currency="EUR"))
+
+
 def cca_user_unknown() -> Message:
     req = ccr_initial()
     ccr = gy.parse_ccr(req, POLICY, now_us=TS)
@@ -297,6 +313,7 @@ VECTOR_SET = {
     "ccr_voice": ("in", ccr_voice, "CCR-I, Ro voice (32260): IMS-Information called party"),
     "ccr_event_sms": ("in", ccr_event_sms, "CCR-E DIRECT_DEBITING of one SMS (32274)"),
     "ccr_event_refund": ("in", ccr_event_refund, "CCR-E REFUND_ACCOUNT of one SMS"),
+    "ccr_price_enquiry": ("in", ccr_price_enquiry, "CCR-E PRICE_ENQUIRY of a 90 s call"),
     "raa": ("in", raa, "RAA 2001 from the client"),
     "asa": ("in", asa, "ASA 2001 from the client"),
     "cea_success": ("out", cea_success, "CEA 2001 with our capabilities"),
@@ -315,6 +332,8 @@ VECTOR_SET = {
     "cca_termination": ("out", cca_termination, "CCA-T 2001"),
     "cca_voice": ("out", cca_voice, "CCA-I Ro voice: 300 s, FUI TERMINATE"),
     "cca_event_sms": ("out", cca_event_sms, "CCA-E: one SMS debited"),
+    "cca_price_enquiry": ("out", cca_price_enquiry,
+                          "CCA-E: Cost-Information 1.50 EUR (15 x 10^-1, 978)"),
     "cca_user_unknown": ("out", cca_user_unknown, "CCA 5030 DIAMETER_USER_UNKNOWN"),
     "cca_missing_avp": ("out", cca_missing_avp, "CCA 5005 with Failed-AVP example"),
     "cca_invalid_length": ("out", cca_invalid_length,
@@ -447,3 +466,14 @@ def test_wireshark_reads_our_grants_and_final_unit_indications(tmp_path):
 def test_vectors_directory_holds_exactly_the_vector_set():
     on_disk = {p.stem for p in VECTORS.glob("*.hex")}
     assert on_disk == set(VECTOR_SET)
+
+
+def test_wireshark_reads_the_price_of_a_price_enquiry(tmp_path):
+    pcap = tmp_path / "price.pcap"
+    write_pcap(pcap, [(True, load_vector("ccr_price_enquiry")),
+                      (False, load_vector("cca_price_enquiry"))])
+    request, answer = tshark_fields(pcap, "diameter.Requested-Action", "diameter.CC-Time",
+                                    "diameter.Value-Digits", "diameter.Exponent",
+                                    "diameter.Currency-Code")
+    assert request[:2] == ["3", "90"]
+    assert answer[2:] == ["15", "-1", "978"]

@@ -151,7 +151,8 @@ def _ccr(c, rnd: random.Random):
     return c.ccr(f"z{rnd.randrange(30)}", kind, rnd.randrange(6), context=context,
                  msisdn=rnd.choice(["41790000001", "41790000002", "41790000003", "41790000004",
                                     "41790000006", "41799999999"]),
-                 msccs=msccs, requested_action=rnd.choice([0, 1, 2, 7]) if kind == EVENT else None,
+                 msccs=msccs,
+                 requested_action=rnd.choice([0, 1, 2, 3, 7]) if kind == EVENT else None,
                  extra=extra)
 
 

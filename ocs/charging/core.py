@@ -244,6 +244,39 @@ class ChargingCore:
                                  message="no balance for this service")
         return Authorization(ResultCode.SUCCESS, **found, max_units=total)
 
+    async def quote(self, identity: Identity, usage: ServiceUsage, *,
+                    at: int | None = None) -> ChargeDecision:
+        """What `usage.requested` units (else `used`, else one unit) would cost this
+        subscriber now at its plan's price: a price enquiry. Nothing is reserved or
+        charged and no bucket is counted; the one grant carries the units priced
+        and `cost` their price, in the account's currency."""
+        sub = await self.subscriber(identity)
+        if sub is None:
+            return ChargeDecision(ResultCode.UNKNOWN_SUBSCRIBER,
+                                  message=f"no subscriber {identity}")
+        account = await self.account(sub.account_id)
+        found = dict(account_id=account.id, subscriber_id=sub.id, currency=account.currency)
+        if account.status.value != "active":
+            return ChargeDecision(ResultCode.SERVICE_DENIED, **found,
+                                  message=f"account is {account.status.value}")
+        units = usage.requested or usage.used or 1
+        if usage.kind is Kind.MONEY:
+            cost = units
+        else:
+            plan = await self.plan(sub.plan_id)
+            try:
+                price = self.prices.price(plan=plan, account=account, usage=usage,
+                                          at=at if at is not None else now_us())
+            except RatingFailed as exc:
+                return ChargeDecision(ResultCode.RATING_FAILED, **found, message=str(exc))
+            if price is None:
+                return ChargeDecision(ResultCode.RATING_FAILED, **found,
+                                      message=f"{usage.service} has no price outside bundles")
+            cost = price.cost(units)
+        grant = ServiceGrant(usage.service, usage.kind, ResultCode.SUCCESS, granted=units,
+                             cost=cost)
+        return ChargeDecision(ResultCode.SUCCESS, (grant,), cost=cost, **found)
+
     # ------------------------------------------------------------------ charging
     async def charge(self, req: ChargeRequest) -> ChargeDecision:
         sub = await self.subscriber(req.identity)
