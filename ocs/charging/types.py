@@ -125,7 +125,7 @@ class ChargeDecision:
         return next((g for g in self.services if g.service == service), None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Authorization:
     """The answer to "may this subscriber start, and for how much?" (no reservation)."""
 
