@@ -34,6 +34,10 @@ class Metrics:
         self.radius_duplicates = Counter(
             "ocs_radius_duplicates_total", "RADIUS retransmissions answered from the "
             "duplicate cache (RFC 5080)", ["nas"], registry=r)
+        self.radius_unmatched = Counter(
+            "ocs_radius_unmatched_accounting_total", "Accounting reports for subscribers "
+            "nobody knows, kept as unmatched accounting (GET /v1/accounting/unmatched)",
+            ["nas"], registry=r)
         self.radius_nas_without_ma = Gauge(
             "ocs_radius_nas_without_message_authenticator", "1 for a NAS whose last "
             "Access-Request had no Message-Authenticator (BlastRADIUS exposure)", ["nas"],

@@ -407,6 +407,32 @@ class RatedCdr:
 
 
 @dataclass(frozen=True, slots=True)
+class UnmatchedAccounting:
+    """Accounting reported for a subscriber nobody knows, kept for reconciliation:
+    one per session, with its latest cumulative usage (service -> units)."""
+
+    session: str
+    proto: str
+    nas: str | None
+    nas_session_id: str | None
+    identity: str
+    status: str            # "active" | "closed" (a Stop was reported)
+    units: dict[str, int]
+    attrs: dict[str, Any]
+    seq: int
+    reports: int           # reports received (retransmissions answered from cache excluded)
+    first_at: int
+    last_at: int
+
+    @classmethod
+    def from_row(cls, r: Mapping[str, Any]) -> "UnmatchedAccounting":
+        d = {k: r[k] for k in cls.__dataclass_fields__}
+        d["units"] = _loads(d["units"]) or {}
+        d["attrs"] = _loads(d["attrs"]) or {}
+        return cls(**d)
+
+
+@dataclass(frozen=True, slots=True)
 class Nas:
     """A network element: RADIUS client, Diameter peer or softswitch control endpoint.
 

@@ -253,11 +253,13 @@ class Handler:
             attrs = self.dictionary.named([(k, v) for k, v in p.attributes if k in wanted])
         req = ChargeRequest(identity, session_id, kind, acct.seq_of(p, u), services, at,
                             proto="radius", nas=st.name, nas_session_id=u.acct_session_id,
-                            framed_ip=acct.framed_ip(p), cumulative=True, attrs=attrs)
+                            framed_ip=acct.framed_ip(p), cumulative=True, attrs=attrs,
+                            keep_unmatched=True)
         decision = await self.ctx.charging.charge(req)
         if decision.result is _UNKNOWN_SUBSCRIBER:
-            log.warning("accounting for unknown subscriber %s from %s (session %s)", identity,
-                        st.name, u.acct_session_id)
+            log.warning("accounting for unknown subscriber %s from %s (session %s): kept "
+                        "as unmatched accounting", identity, st.name, u.acct_session_id)
+            self.ctx.metrics.radius_unmatched.labels(nas=st.name).inc()
         elif cfg.log_accounting:
             log.info("accounting %s %s via %s: %s cost %d%s", kind.value, session_id, st.name,
                      decision.result.value, decision.cost,

@@ -278,6 +278,18 @@ async def test_sessions(served):
     missing = await served.run("session", "show", "nope")
     assert missing.code == 1 and "not found" in missing.err
 
+    await served.store.record_unmatched(
+        session="radius:localhost-nas:x/9", proto="radius", nas="localhost-nas",
+        nas_session_id="x/9", identity="username=ghost", closed=True, units={"data": 4096},
+        attrs={}, seq=1, at=now_us())
+    unmatched = await served.run("session", "unmatched")
+    assert unmatched.code == 0, unmatched.err
+    row = next(line for line in unmatched.out.splitlines() if "x/9" in line)
+    assert "username=ghost" in row and "closed" in row and "data=4096" in row
+    forgot = await served.run("session", "unmatched", "--forget", "radius:localhost-nas:x/9")
+    assert forgot.code == 0 and "Forgot" in forgot.out
+    assert (await served.run("--json", "session", "unmatched")).json()["items"] == []
+
 
 # ----------------------------------------------------------------------------- tokens and auth
 

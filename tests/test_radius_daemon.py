@@ -7,6 +7,7 @@ malformed input, events."""
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
@@ -419,6 +420,36 @@ def test_asterisk_and_kamailio_durations(rad):
 
 
 # ---------------------------------------------------------------- secrets, Status-Server
+def test_accounting_for_an_unknown_subscriber_is_kept_for_reconciliation(rad):
+    """Acknowledged (RFC 2866: the NAS then forgets the report), so kept: one entry
+    per session with its latest cumulative usage, listed by the API, counted."""
+    def unmatched() -> float:
+        m = re.search(r'^ocs_radius_unmatched_accounting_total{nas="localhost-nas"} (\S+)$',
+                      rad.metrics_text(), re.M)
+        return float(m.group(1)) if m else 0.0
+
+    before = unmatched()
+    base = 'User-Name = "nobody-here", Acct-Session-Id = "nb-1", '
+    for text in ("Acct-Status-Type = Start",
+                 "Acct-Status-Type = Interim-Update, Acct-Input-Octets = 700, "
+                 "Acct-Output-Octets = 300, Acct-Session-Time = 60",
+                 "Acct-Status-Type = Stop, Acct-Input-Octets = 1500, Acct-Output-Octets = 500, "
+                 "Acct-Session-Time = 90, Acct-Terminate-Cause = User-Request"):
+        assert acct(rad, base + text) == "Accounting-Response"
+    assert unmatched() == before + 3
+    status, page = rad.api("GET", "/v1/accounting/unmatched?nas=localhost-nas")
+    assert status == 200
+    (entry,) = [e for e in page["items"] if e["nas_session_id"] == "nb-1"]
+    assert entry["identity"] == "username=nobody-here"
+    assert (entry["status"], entry["units"], entry["reports"]) == ("closed", {"data": 2000}, 3)
+    assert entry["attrs"]["Acct-Terminate-Cause"] == "User-Request"
+    status, _ = rad.api("DELETE", f"/v1/accounting/unmatched/{entry['session']}")
+    assert status == 204
+    status, page = rad.api("GET", "/v1/accounting/unmatched?status=closed")
+    assert all(e["session"] != entry["session"] for e in page["items"])
+    assert rad.api("DELETE", f"/v1/accounting/unmatched/{entry['session']}")[0] == 404
+
+
 def test_wrong_secret_is_silently_dropped_and_counted(rad):
     before = rad.dropped("bad_authenticator")
     code, _ = rad.radclient("acct", 'User-Name = "demo", Acct-Status-Type = Start, '

@@ -497,3 +497,29 @@ async def test_postgres_waits_a_bounded_time_for_a_free_connection(pg_dsn, pg_sc
         assert driver._in_use == 0
     finally:
         await driver.close()
+
+
+async def test_unmatched_accounting_keeps_the_latest_report_of_each_session(store):
+    async def report(seq, at, *, units, closed=False, attrs=None, session="radius:nas1:u1"):
+        await store.record_unmatched(session=session, proto="radius", nas=session.split(":")[1],
+                                     nas_session_id=session.rsplit(":", 1)[1],
+                                     identity="username=ghost", closed=closed,
+                                     units=units, attrs=attrs or {}, seq=seq, at=at)
+
+    await report(10, 1_000, units={"data": 100}, attrs={"Framed-IP-Address": "10.0.0.9"})
+    await report(30, 3_000, units={"data": 900}, closed=True,
+                 attrs={"Acct-Terminate-Cause": "User-Request"})
+    await report(20, 2_000, units={"data": 500})  # an interim that arrived late
+    await report(5, 4_000, units={"data": 7}, session="radius:nas2:u2")
+    (u1,) = await store.list_unmatched(nas="nas1")
+    assert (u1.status, u1.units, u1.seq, u1.reports) == ("closed", {"data": 900}, 30, 3)
+    assert (u1.first_at, u1.last_at) == (1_000, 3_000)
+    assert u1.attrs == {"Acct-Terminate-Cause": "User-Request"}
+    assert [u.session for u in await store.list_unmatched()] == ["radius:nas2:u2",
+                                                                 "radius:nas1:u1"]
+    assert [u.session for u in await store.list_unmatched(status="active")] == \
+        ["radius:nas2:u2"]
+    await store.delete_unmatched("radius:nas1:u1")
+    with pytest.raises(NotFound):
+        await store.delete_unmatched("radius:nas1:u1")
+    assert [u.session for u in await store.list_unmatched()] == ["radius:nas2:u2"]

@@ -1,4 +1,5 @@
-"""What happened: /v1/sessions, /v1/ledger, /v1/cdrs and the admin-only /v1/audit."""
+"""What happened: /v1/sessions, /v1/ledger, /v1/cdrs, /v1/accounting/unmatched and the
+admin-only /v1/audit."""
 
 from __future__ import annotations
 
@@ -64,6 +65,27 @@ async def cdrs(call: Call):
     items = await call.store.list_cdrs(account_id=q.account_id, session=q.session,
                                        limit=q.limit, before_id=q.before_id)
     return v.Page[v.CdrView](items=[v.cdr_view(c) for c in items], count=len(items))
+
+
+@route("GET", "/v1/accounting/unmatched", role=Role.READ_ONLY, tag="cdrs",
+       summary="Accounting for unknown subscribers, latest first", query=s.UnmatchedQuery,
+       response=v.Page[v.UnmatchedAccountingView])
+async def list_unmatched(call: Call):
+    """Usage a NAS reported (and ocsd acknowledged) for a subscriber nobody knows:
+    one entry per session with its latest cumulative usage, to reconcile by hand
+    (provision the subscriber and bill it, or write it off)."""
+    q = call.query
+    items = await call.store.list_unmatched(nas=q.nas, status=q.status, limit=q.limit,
+                                            offset=q.offset)
+    return v.Page[v.UnmatchedAccountingView](items=[v.unmatched_view(x) for x in items],
+                                             count=len(items))
+
+
+@route("DELETE", "/v1/accounting/unmatched/{id:.+}", role=Role.OPERATOR, tag="cdrs",
+       summary="Forget one session's unmatched accounting (reconciled)",
+       target="unmatched-accounting")
+async def delete_unmatched(call: Call):
+    await call.store.delete_unmatched(call.params["id"])
 
 
 @route("GET", "/v1/audit", role=Role.ADMIN, tag="audit",

@@ -385,6 +385,13 @@ class SessionsQuery(Query):
     offset: Offset = 0
 
 
+class UnmatchedQuery(Query):
+    status: Literal["active", "closed"] | None = None
+    nas: QText | None = None
+    limit: Limit = 100
+    offset: Offset = 0
+
+
 class PageQuery(Query):
     limit: Limit = 100
     before_id: BeforeId | None = None

@@ -13,7 +13,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import Field
 
 from ..model import (Account, ApiToken, AuditEntry, Bucket, LedgerEntry, Nas, Plan, RatedCdr,
-                     Reservation, Session, Subscriber)
+                     Reservation, Session, Subscriber, UnmatchedAccounting)
 from .wire import Out, iso, money, units
 
 T = TypeVar("T")
@@ -457,3 +457,24 @@ class TokenCreated(TokenView):
 
 def token_view(t: ApiToken) -> TokenView:
     return TokenView(id=t.id, name=t.name, role=t.role.value, created_at=iso(t.created_at))
+
+
+class UnmatchedAccountingView(Out):
+    session: str
+    proto: str
+    nas: str | None
+    nas_session_id: str | None
+    identity: str = Field(description="who the NAS named, e.g. username=alice,msisdn=4179...")
+    status: Literal["active", "closed"]
+    units: dict[str, int] = Field(description="service -> units, cumulative as last reported")
+    attrs: dict[str, Any]
+    reports: int
+    first_at: str
+    last_at: str
+
+
+def unmatched_view(u: UnmatchedAccounting) -> UnmatchedAccountingView:
+    return UnmatchedAccountingView(
+        session=u.session, proto=u.proto, nas=u.nas, nas_session_id=u.nas_session_id,
+        identity=u.identity, status=u.status, units=u.units, attrs=u.attrs,
+        reports=u.reports, first_at=iso(u.first_at), last_at=iso(u.last_at))

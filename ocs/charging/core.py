@@ -282,6 +282,13 @@ class ChargingCore:
         sub = await self.subscriber(req.identity)
         if sub is None:
             log.info("unknown subscriber %s", req.identity, extra={"session": req.session_id})
+            if req.keep_unmatched:
+                await self.store.record_unmatched(
+                    session=req.session_id, proto=req.proto, nas=req.nas,
+                    nas_session_id=req.nas_session_id, identity=str(req.identity),
+                    closed=req.kind is RequestKind.TERMINATE,
+                    units={u.service: u.used for u in req.services}, attrs=req.attrs,
+                    seq=req.seq, at=req.timestamp)
             return ChargeDecision(ResultCode.UNKNOWN_SUBSCRIBER,
                                   message=f"no subscriber {req.identity}")
         account = await self.account(sub.account_id)

@@ -89,6 +89,9 @@ class ChargeRequest:
     framed_ip: str | None = None
     cumulative: bool = False        # `used` are session totals (RADIUS counters)
     require_session: bool = False   # an update for an unknown session is UNKNOWN_SESSION
+    # An unknown subscriber's usage is kept for reconciliation (Store.record_unmatched)
+    # before the answer: for protocols whose answer tells the client the report is stored.
+    keep_unmatched: bool = False
     attrs: dict[str, Any] = field(default_factory=dict)  # kept on the session and its CDR
 
 

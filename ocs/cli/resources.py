@@ -260,6 +260,30 @@ def session_show(ctx: Ctx, session_id: str):
                          ["service", "kind", "units", "expires"]))
 
 
+@session.command("unmatched")
+@click.option("--status", type=click.Choice(["active", "closed"]))
+@click.option("--nas", "nas_name", metavar="NAS")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--forget", "forget", metavar="SESSION",
+              help="Remove this session's entry (reconciled) instead of listing.")
+@json_option
+@pass_ctx
+def session_unmatched(ctx: Ctx, status, nas_name, limit, forget):
+    """Accounting a NAS reported for unknown subscribers, latest first."""
+    if forget:
+        ctx.client.delete("/v1/accounting/unmatched/" + urllib.parse.quote(forget, safe=""))
+        if not ctx.json:
+            click.echo(f"Forgot the unmatched accounting of {forget}.")
+        return
+    page = ctx.client.get("/v1/accounting/unmatched", status=status, nas=nas_name, limit=limit)
+    if ctx.json:
+        return emit_json(page)
+    click.echo(table([(u["session"], u["nas"], u["identity"], u["status"],
+                       " ".join(f"{k}={v}" for k, v in sorted(u["units"].items())),
+                       u["reports"], when(u["last_at"])) for u in page["items"]],
+                     ["session", "nas", "identity", "status", "units", "reports", "last"]))
+
+
 # ----------------------------------------------------------------------------- ledger, audit
 
 @click.command("ledger")

@@ -20,7 +20,7 @@ from ..balance import Adjust, Commit, Credit, Operation, Release, Reserve, Resul
 from ..errors import MigrationError, NotFound, StoreUnavailable, ValidationError
 from ..model import (Account, AccountStatus, ApiToken, AuditEntry, Billing, Bucket, Kind,
                      LedgerEntry, Nas, Plan, RatedCdr, Reservation, Role, Session, Subscriber,
-                     now_us)
+                     UnmatchedAccounting, now_us)
 from . import migrate
 from .cache import BalanceCache
 from .batch import (UPSERT_SESSION, GroupCommitter, balance_program, bump_accounts_program,
@@ -641,6 +641,41 @@ class Store:
                                *args)
         return [RatedCdr.from_row(r) for r in rows]
 
+    # ------------------------------------------------------------------ unmatched accounting
+    async def record_unmatched(self, *, session: str, proto: str, nas: str | None,
+                               nas_session_id: str | None, identity: str, closed: bool,
+                               units: dict[str, int], attrs: dict[str, Any], seq: int,
+                               at: int) -> None:
+        """Keep a usage report for an unknown subscriber (durably, when this returns).
+        The session's row takes the report with the highest `seq` (the latest
+        cumulative counters, whatever order reports come in); a Stop closes it."""
+        await self.driver.run(_record_unmatched_program, (
+            session, proto, nas, nas_session_id, identity, "closed" if closed else "active",
+            json.dumps(units, separators=(",", ":")),
+            json.dumps(attrs, separators=(",", ":"), default=str), seq, at))
+
+    async def list_unmatched(self, *, nas: str | None = None, status: str | None = None,
+                             limit: int = 100, offset: int = 0) -> list[UnmatchedAccounting]:
+        """Unmatched accounting, the most recently reported first."""
+        clauses, args = [], []
+        for column, value in (("nas", nas), ("status", status)):
+            if value is not None:
+                args.append(value)
+                clauses.append(f"{column} = ${len(args)}")
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        args += [limit, offset]
+        rows = await self._all(f"SELECT * FROM unmatched_accounting{where} ORDER BY last_at DESC, "
+                               f"session LIMIT ${len(args) - 1} OFFSET ${len(args)}", *args)
+        return [UnmatchedAccounting.from_row(r) for r in rows]
+
+    async def delete_unmatched(self, session: str) -> None:
+        """Forget one session's unmatched accounting (reconciled)."""
+        def program():
+            return (yield execute("DELETE FROM unmatched_accounting WHERE session = $1",
+                                  session))
+        if not await self.driver.run(program):
+            raise NotFound(f"no unmatched accounting for session {session!r}")
+
     # ------------------------------------------------------------------ audit
     async def add_audit(self, *, actor: str, role: str, action: str, status: int,
                         target: str | None = None, request: Any = None,
@@ -735,6 +770,24 @@ _BUCKETS_AND_SESSIONS = (
     f"SELECT *, {_ACTIVE_SESSIONS.format(2, 3)} AS active_sessions FROM buckets "
     "WHERE account_id = $1 AND (main = 1 OR balance <> 0 OR reserved <> 0) "
     "ORDER BY main, priority, id")
+
+def _record_unmatched_program(row: tuple):
+    yield execute(
+        "INSERT INTO unmatched_accounting (session, proto, nas, nas_session_id, identity, "
+        "status, units, attrs, seq, first_at, last_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) "
+        "ON CONFLICT (session) DO UPDATE SET reports = unmatched_accounting.reports + 1, "
+        "last_at = CASE WHEN excluded.last_at > unmatched_accounting.last_at "
+        "THEN excluded.last_at ELSE unmatched_accounting.last_at END, "
+        "status = CASE WHEN excluded.seq >= unmatched_accounting.seq OR "
+        "excluded.status = 'closed' THEN excluded.status ELSE unmatched_accounting.status END, "
+        "units = CASE WHEN excluded.seq >= unmatched_accounting.seq THEN excluded.units "
+        "ELSE unmatched_accounting.units END, "
+        "attrs = CASE WHEN excluded.attrs <> '{}' THEN excluded.attrs "
+        "ELSE unmatched_accounting.attrs END, "
+        "seq = CASE WHEN excluded.seq >= unmatched_accounting.seq THEN excluded.seq "
+        "ELSE unmatched_accounting.seq END", *row)
+
 
 # Tables whose changes the charging core's lookup caches must see (Store.provisioning_version).
 _PROVISIONING = ("accounts", "subscribers", "plans")
