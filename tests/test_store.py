@@ -523,3 +523,17 @@ async def test_unmatched_accounting_keeps_the_latest_report_of_each_session(stor
     with pytest.raises(NotFound):
         await store.delete_unmatched("radius:nas1:u1")
     assert [u.session for u in await store.list_unmatched()] == ["radius:nas2:u2"]
+
+
+async def test_unmatched_accounting_written_concurrently_is_all_kept(store):
+    """Reports arriving together are committed in batches: none lost, each counted."""
+    await asyncio.gather(*(
+        store.record_unmatched(session=f"radius:nas3:c{i % 5}", proto="radius", nas="nas3",
+                               nas_session_id=f"c{i % 5}", identity=f"username=u{i % 5}",
+                               closed=False, units={"data": i}, attrs={}, seq=i, at=i)
+        for i in range(20)))
+    got = {u.session: u for u in await store.list_unmatched(nas="nas3")}
+    assert sorted(got) == [f"radius:nas3:c{k}" for k in range(5)]
+    for k in range(5):
+        entry = got[f"radius:nas3:c{k}"]
+        assert (entry.reports, entry.units, entry.seq) == (4, {"data": 15 + k}, 15 + k)

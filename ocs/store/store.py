@@ -100,6 +100,9 @@ class Store:
         self.passwords = password_policy or PasswordPolicy()
         self._committer = GroupCommitter(self._run_balance_batch, window=group_commit_window,
                                          max_batch=max_batch, observe=observe_batch)
+        # Unmatched accounting is committed in batches of its own: a NAS reporting
+        # for many unknown users costs one transaction per batch, not one per report.
+        self._unmatched = GroupCommitter(self._write_unmatched, max_batch=max_batch)
         self.balance_cache = BalanceCache()
 
     # ------------------------------------------------------------------ lifecycle
@@ -123,10 +126,12 @@ class Store:
             await self.driver.close()
             raise
         self._committer.start()
+        self._unmatched.start()
 
     async def close(self, timeout: float | None = None) -> None:
         """Commit and answer every queued balance operation, then disconnect."""
         await self._committer.stop(timeout)
+        await self._unmatched.stop(timeout)
         await self.driver.close()
 
     async def migrate(self) -> list[int]:
@@ -649,10 +654,14 @@ class Store:
         """Keep a usage report for an unknown subscriber (durably, when this returns).
         The session's row takes the report with the highest `seq` (the latest
         cumulative counters, whatever order reports come in); a Stop closes it."""
-        await self.driver.run(_record_unmatched_program, (
+        await self._unmatched.submit((
             session, proto, nas, nas_session_id, identity, "closed" if closed else "active",
             json.dumps(units, separators=(",", ":")),
             json.dumps(attrs, separators=(",", ":"), default=str), seq, at))
+
+    async def _write_unmatched(self, rows: list[tuple]) -> list[None]:
+        await self.driver.run(_record_unmatched_program, rows)
+        return [None] * len(rows)
 
     async def list_unmatched(self, *, nas: str | None = None, status: str | None = None,
                              limit: int = 100, offset: int = 0) -> list[UnmatchedAccounting]:
@@ -771,8 +780,9 @@ _BUCKETS_AND_SESSIONS = (
     "WHERE account_id = $1 AND (main = 1 OR balance <> 0 OR reserved <> 0) "
     "ORDER BY main, priority, id")
 
-def _record_unmatched_program(row: tuple):
-    yield execute(
+def _record_unmatched_program(rows: list[tuple]):
+    """Each row in turn: two reports of one session in a batch both count."""
+    yield executemany(
         "INSERT INTO unmatched_accounting (session, proto, nas, nas_session_id, identity, "
         "status, units, attrs, seq, first_at, last_at) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) "
@@ -786,7 +796,7 @@ def _record_unmatched_program(row: tuple):
         "attrs = CASE WHEN excluded.attrs <> '{}' THEN excluded.attrs "
         "ELSE unmatched_accounting.attrs END, "
         "seq = CASE WHEN excluded.seq >= unmatched_accounting.seq THEN excluded.seq "
-        "ELSE unmatched_accounting.seq END", *row)
+        "ELSE unmatched_accounting.seq END", rows)
 
 
 # Tables whose changes the charging core's lookup caches must see (Store.provisioning_version).
