@@ -61,9 +61,10 @@ _MAX_TIME = (1 << 31) - 1
 _DIGITS = re.compile(r"[^0-9+*#]")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Usage:
-    """What one accounting report says about a session."""
+    """What one accounting report says about a session. (A value nobody changes;
+    plain rather than frozen because one is built per request, see ocs.charging.types.)"""
 
     status: int
     acct_session_id: str
@@ -87,16 +88,14 @@ def usage_of(packet: Packet) -> Usage:
     get = packet.first.get
     time_raw = _u32(get(A.ACCT_SESSION_TIME))
     session_id = get(A.ACCT_SESSION_ID)
-    return Usage(
-        status=_u32(get(A.ACCT_STATUS_TYPE)) or 0,
-        acct_session_id=session_id.decode("utf-8", "replace") if session_id else "",
-        session_time=time_raw or 0,
-        has_session_time=time_raw is not None,
-        octets_in=((_u32(get(A.ACCT_INPUT_GIGAWORDS)) or 0) << 32)
-        + (_u32(get(A.ACCT_INPUT_OCTETS)) or 0),
-        octets_out=((_u32(get(A.ACCT_OUTPUT_GIGAWORDS)) or 0) << 32)
-        + (_u32(get(A.ACCT_OUTPUT_OCTETS)) or 0),
-        event_time=_u32(get(A.EVENT_TIMESTAMP)))
+    return Usage(  # positional, in field order
+        _u32(get(A.ACCT_STATUS_TYPE)) or 0,
+        session_id.decode("utf-8", "replace") if session_id else "",
+        time_raw or 0,
+        time_raw is not None,
+        ((_u32(get(A.ACCT_INPUT_GIGAWORDS)) or 0) << 32) + (_u32(get(A.ACCT_INPUT_OCTETS)) or 0),
+        ((_u32(get(A.ACCT_OUTPUT_GIGAWORDS)) or 0) << 32) + (_u32(get(A.ACCT_OUTPUT_OCTETS)) or 0),
+        _u32(get(A.EVENT_TIMESTAMP)))
 
 
 def seq_of(packet: Packet, usage: Usage) -> int:
