@@ -347,7 +347,12 @@ class Supervision:
         retention_s = int(self.ctx.config.store.operation_retention_hours * 3600)
         purged = await self.ctx.store.purge_operations(retention_s)
         log.debug("purged %d operation results older than %ds", purged, retention_s)
-        return purged
+        days = self.ctx.config.store.unmatched_retention_days
+        unmatched = await self.ctx.store.purge_unmatched(int(days * 86_400))
+        if unmatched:
+            log.info("forgot %d unmatched accounting entries not reported for %g days",
+                     unmatched, days)
+        return purged + unmatched
 
     async def _guarded(self, what: str, job) -> None:
         try:

@@ -104,6 +104,7 @@ class StoreConfig(Section):
     max_batch: int = Field(512, ge=1, le=100_000)
     reservation_sweep_interval: float = Field(30.0, gt=0)
     operation_retention_hours: float = Field(24.0, gt=0)
+    unmatched_retention_days: float = Field(90.0, gt=0)
 
     @field_validator("url")
     @classmethod

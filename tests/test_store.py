@@ -537,3 +537,29 @@ async def test_unmatched_accounting_written_concurrently_is_all_kept(store):
     for k in range(5):
         entry = got[f"radius:nas3:c{k}"]
         assert (entry.reports, entry.units, entry.seq) == (4, {"data": 15 + k}, 15 + k)
+
+
+async def test_unmatched_accounting_is_forgotten_after_its_retention(store):
+    day = 86_400 * 1_000_000
+    for name, at in (("old", now_us() - 100 * day), ("recent", now_us() - day)):
+        await store.record_unmatched(session=f"radius:nas4:{name}", proto="radius",
+                                     nas="nas4", nas_session_id=name, identity="username=x",
+                                     closed=True, units={"data": 1}, attrs={}, seq=1, at=at)
+    assert await store.purge_unmatched(90 * 86_400) == 1
+    assert [u.nas_session_id for u in await store.list_unmatched(nas="nas4")] == ["recent"]
+
+
+async def test_supervision_purge_also_forgets_stale_unmatched_accounting(store):
+    from ocs.components import Context, Supervision
+    from ocs.config import from_dict
+    from ocs.metrics import Metrics
+    config = from_dict({"store": {"unmatched_retention_days": 2}}, source="test")
+    for name, age_days in (("stale", 3), ("fresh", 1)):
+        await store.record_unmatched(
+            session=f"radius:nas5:{name}", proto="radius", nas="nas5", nas_session_id=name,
+            identity="username=y", closed=False, units={"data": 1}, attrs={}, seq=1,
+            at=now_us() - age_days * 86_400 * 1_000_000)
+    supervision = Supervision(Context(config=config, config_path="test", metrics=Metrics(),
+                                      store=store))
+    assert await supervision.purge_once() >= 1
+    assert [u.nas_session_id for u in await store.list_unmatched(nas="nas5")] == ["fresh"]

@@ -677,6 +677,13 @@ class Store:
                                f"session LIMIT ${len(args) - 1} OFFSET ${len(args)}", *args)
         return [UnmatchedAccounting.from_row(r) for r in rows]
 
+    async def purge_unmatched(self, older_than_s: int) -> int:
+        """Forget unmatched accounting last reported more than `older_than_s` ago."""
+        def program(before: int):
+            return (yield execute("DELETE FROM unmatched_accounting WHERE last_at < $1",
+                                  before))
+        return await self.driver.run(program, now_us() - older_than_s * 1_000_000)
+
     async def delete_unmatched(self, session: str) -> None:
         """Forget one session's unmatched accounting (reconciled)."""
         def program():
