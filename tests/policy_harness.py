@@ -251,27 +251,28 @@ class Logged:
     reply: str | None = None
 
 
-class FreeRadiusNas:
-    """FreeRADIUS in the foreground (``-X``) as the NAS side of RFC 5176: it
-    receives our CoA and Disconnect requests on a free UDP port, answers per
-    `policy` (unlang), and its debug log says what it received and answered."""
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    def __init__(self, directory, *, policy: str = NAK_POLICY, secret: str = NAS_SECRET):
+
+class FreeRadius:
+    """FreeRADIUS in the foreground (``-X``) on a configuration of its own in
+    `directory` (`template` formatted with `dir` and `values`); its debug log
+    says what it received and answered."""
+
+    def __init__(self, directory, template: str, **values):
         import os
         self.dir = str(directory)
-        self.secret = secret
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
         for sub in ("log", "run"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
         with open(os.path.join(self.dir, "radiusd.conf"), "w") as fh:
-            fh.write(FREERADIUS_CONF.format(dir=self.dir, secret=secret, port=self.port,
-                                            policy=policy))
+            fh.write(template.format(dir=self.dir, **values))
         self.log_path = os.path.join(self.dir, "radiusd.out")
         self.proc = None
 
-    def start(self) -> "FreeRadiusNas":
+    def start(self) -> "FreeRadius":
         import subprocess
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(["freeradius", "-X", "-f", "-d", self.dir, "-n", "radiusd"],
@@ -332,6 +333,17 @@ class FreeRadiusNas:
                 return got
             await asyncio.sleep(0.05)
         return self.requests()
+
+
+class FreeRadiusNas(FreeRadius):
+    """FreeRADIUS as the NAS side of RFC 5176: it receives our CoA and Disconnect
+    requests on a free UDP port and answers per `policy` (unlang)."""
+
+    def __init__(self, directory, *, policy: str = NAK_POLICY, secret: str = NAS_SECRET):
+        self.secret = secret
+        self.port = _free_udp_port()
+        super().__init__(directory, FREERADIUS_CONF, secret=secret, port=self.port,
+                         policy=policy)
 
 
 @contextlib.asynccontextmanager

@@ -65,9 +65,12 @@ class RadiusOcsd(Ocsd):
 
     # ------------------------------------------------------------ radclient
     def radclient(self, kind: str, text: str, *, secret: str = SECRET, timeout: float = 1.0,
-                  retries: int = 1) -> tuple[str | None, dict[str, str]]:
-        """(reply name or None on no answer, {attribute: value}) as radclient prints them."""
-        port = self.auth_port if kind in ("auth", "status-auth") else self.acct_port
+                  retries: int = 1, port: int | None = None
+                  ) -> tuple[str | None, dict[str, str]]:
+        """(reply name or None on no answer, {attribute: value}) as radclient prints them.
+        `port`: another server's (a proxy in front of ocsd) instead of ocsd's own."""
+        if port is None:
+            port = self.auth_port if kind in ("auth", "status-auth") else self.acct_port
         cmd = "status" if kind.startswith("status") else kind
         proc = subprocess.run(["radclient", "-x", "-r", str(retries), "-t", str(timeout),
                                f"127.0.0.1:{port}", cmd, secret], input=text.encode(),

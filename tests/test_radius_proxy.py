@@ -1,0 +1,177 @@
+"""ocsd behind a real FreeRADIUS 3.2 proxy, as operators with a FreeRADIUS
+front tier deploy it: radclient -> FreeRADIUS (proxy to realm "ocs") -> ocsd.
+
+FreeRADIUS re-signs what it forwards with its own secret for ocsd, adds its
+Proxy-State, and accepts an answer only if it carries that Proxy-State and a
+valid Response Authenticator (and Message-Authenticator) for the request it
+sent; radclient then checks FreeRADIUS's answer the same way."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.policy_harness import FreeRadius, _free_udp_port
+from tests.radius_harness import SECRET, RadiusOcsd
+from tests.test_radius_daemon import GIB, seed
+
+PROXY_SECRET = "proxy-front-secret-0123"
+
+PROXY_CONF = """
+prefix = /usr
+exec_prefix = /usr
+sysconfdir = /etc
+localstatedir = {dir}
+sbindir = /usr/sbin
+logdir = {dir}/log
+raddbdir = {dir}
+confdir = {dir}
+run_dir = {dir}/run
+libdir = /usr/lib/freeradius
+pidfile = {dir}/run/radiusd.pid
+max_request_time = 30
+cleanup_delay = 5
+max_requests = 1024
+hostname_lookups = no
+log {{
+	destination = stdout
+}}
+security {{
+	allow_core_dumps = no
+	max_attributes = 200
+	reject_delay = 0
+	status_server = no
+}}
+thread pool {{
+	start_servers = 1
+	max_servers = 4
+	min_spare_servers = 1
+	max_spare_servers = 2
+}}
+client radclient {{
+	ipaddr = 127.0.0.1
+	secret = {front_secret}
+}}
+proxy_requests = yes
+proxy server {{
+	default_fallback = no
+}}
+home_server ocsd-auth {{
+	type = auth
+	ipaddr = 127.0.0.1
+	port = {auth_port}
+	secret = {secret}
+	response_window = 5
+	status_check = none
+}}
+home_server ocsd-acct {{
+	type = acct
+	ipaddr = 127.0.0.1
+	port = {acct_port}
+	secret = {secret}
+	response_window = 5
+	status_check = none
+}}
+home_server_pool ocsd-auth-pool {{
+	type = fail-over
+	home_server = ocsd-auth
+}}
+home_server_pool ocsd-acct-pool {{
+	type = fail-over
+	home_server = ocsd-acct
+}}
+realm ocs {{
+	auth_pool = ocsd-auth-pool
+	acct_pool = ocsd-acct-pool
+}}
+modules {{
+}}
+listen {{
+	type = auth
+	ipaddr = 127.0.0.1
+	port = {listen_auth}
+}}
+listen {{
+	type = acct
+	ipaddr = 127.0.0.1
+	port = {listen_acct}
+}}
+authorize {{
+	update control {{
+		&Proxy-To-Realm := "ocs"
+	}}
+}}
+authenticate {{
+}}
+preacct {{
+	update control {{
+		&Proxy-To-Realm := "ocs"
+	}}
+}}
+accounting {{
+}}
+post-proxy {{
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def rad(tmp_path_factory):
+    d = RadiusOcsd(tmp_path_factory.mktemp("radius-behind-proxy"))
+    d.ids = d.seed(seed)
+    d.start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(rad, tmp_path_factory):
+    listen_auth, listen_acct = _free_udp_port(), _free_udp_port()
+    fr = FreeRadius(tmp_path_factory.mktemp("freeradius-proxy"), PROXY_CONF,
+                    front_secret=PROXY_SECRET, secret=SECRET, auth_port=rad.auth_port,
+                    acct_port=rad.acct_port, listen_auth=listen_auth, listen_acct=listen_acct)
+    fr.listen_auth, fr.listen_acct = listen_auth, listen_acct
+    fr.start()
+    yield fr
+    fr.stop()
+
+
+def via(rad, proxy, kind, text):
+    return rad.radclient(kind, text, secret=PROXY_SECRET, timeout=3, retries=1,
+                         port=proxy.listen_auth if kind == "auth" else proxy.listen_acct)
+
+
+def test_pap_through_the_proxy_gets_ocsd_answers(rad, proxy):
+    code, attrs = via(rad, proxy, "auth", 'User-Name = "timed1", User-Password = "pw-timed1", '
+                                          'Message-Authenticator = 0x00')
+    assert code == "Access-Accept", proxy.text()[-3000:]
+    assert attrs["Framed-IP-Address"] == "10.9.9.9"
+    assert 0 < int(attrs["Session-Timeout"]) <= 3600
+    code, attrs = via(rad, proxy, "auth", 'User-Name = "timed1", User-Password = "wrong", '
+                                          'Message-Authenticator = 0x00')
+    assert code == "Access-Reject"
+    assert "password" in attrs["Reply-Message"].lower()
+    # FreeRADIUS did forward them, signed for ocsd (radclient's secret is not ocsd's),
+    # and ocsd's answers carried back the Proxy-State it added (RFC 2865 §5.33).
+    text = proxy.text()
+    assert f"to 127.0.0.1:{rad.auth_port}" in text
+    sent = re.findall(r"^\(\d+\)   Proxy-State = (0x[0-9a-f]+)$", text, re.M)
+    assert len(sent) >= 4 and sent[0] == sent[1] and sent[2] == sent[3]  # request, answer
+
+
+def test_accounting_through_the_proxy_is_charged(rad, proxy):
+    acc = rad.ids["acct2"]
+    before = rad.buckets(acc)["octets"]
+    base = 'User-Name = "acct2", Acct-Session-Id = "px-1", '
+    for text in ("Acct-Status-Type = Start",
+                 "Acct-Status-Type = Interim-Update, Acct-Input-Octets = 4000, "
+                 "Acct-Output-Octets = 1000, Acct-Session-Time = 60",
+                 "Acct-Status-Type = Stop, Acct-Input-Octets = 8000, Acct-Output-Octets = 2000, "
+                 "Acct-Session-Time = 120"):
+        code, _ = via(rad, proxy, "acct", base + text)
+        assert code == "Accounting-Response", proxy.text()[-3000:]
+    assert rad.buckets(acc)["octets"] == before - 10_000
+    assert before == 10 * GIB
+    status, body = rad.api("GET", "/v1/sessions/radius:localhost-nas:px-1")
+    assert status == 200 and body["status"] == "closed"
