@@ -309,7 +309,7 @@ class DiameterServer:
         raw = conn.send(answer)
         self._observe(op, time.perf_counter() - started)
         if ccr is not None:
-            await self._directory(ccr, answer)
+            await self._directory(conn, ccr, answer)
         try:
             await dedup.store(key, raw, ttl)
         except StoreUnavailable as exc:
@@ -400,9 +400,12 @@ class DiameterServer:
         except StoreUnavailable:
             pass  # the claim lapses by itself after duplicate_ttl
 
-    async def _directory(self, ccr: gy.CreditControl, answer: Message) -> None:
+    async def _directory(self, conn: Connection, ccr: gy.CreditControl,
+                         answer: Message) -> None:
         """Keep the session's client (for RAR/ASR) and called party (to rate the
-        usage of later requests that do not repeat it) in the session directory."""
+        usage of later requests that do not repeat it) in the session directory.
+        A CCR relayed by an agent (a DRA) came over that agent's connection, not
+        the client's: the agent is kept too (`via`), to send RAR/ASR through it."""
         sid = ccr.session_id
         try:
             if ccr.request_type == gy.TERMINATION:
@@ -412,27 +415,31 @@ class DiameterServer:
             if ccr.request_type == gy.EVENT or base.result_code(answer) != T.DIAMETER_SUCCESS:
                 return
             now = time.monotonic()
+            via = conn.peer_host if conn.peer_host != ccr.origin_host else None
             last = self._directory_put.get(sid)
-            if last is not None and now - last[0] < self.session_ttl / 2:
+            if last is not None and now - last[0] < self.session_ttl / 2 and last[2] == via:
                 return
             destination = ccr.destination or (last[1] if last else None)
             record = {"origin_host": ccr.origin_host, "origin_realm": ccr.origin_realm,
                       "proto": "diameter"}
             if destination:
                 record["destination"] = destination
+            if via:
+                record["via"] = via
             await self.cluster.sessions.put(sid, record, self.session_ttl)
-            self._remember(sid, now, destination)
+            self._remember(sid, now, destination, via)
         except (StoreUnavailable, ValueError) as exc:
             log.warning("session directory not updated for %s: %s", sid, exc)
 
-    def _remember(self, sid: str, now: float, destination: str | None) -> None:
+    def _remember(self, sid: str, now: float, destination: str | None,
+                  via: str | None = None) -> None:
         known = self._directory_put
-        known[sid] = (now, destination)
+        known[sid] = (now, destination, via)
         if len(known) > 100_000 and len(known) % 10_000 == 0:
             # Sessions that ended without CCR-T (closed by supervision) are forgotten
             # once their directory record has expired anyway.
             cutoff = now - self.session_ttl
-            for key in [k for k, (t, _) in known.items() if t < cutoff]:
+            for key in [k for k, entry in known.items() if entry[0] < cutoff]:
                 del known[key]
 
     async def _known_destination(self, ccr: gy.CreditControl) -> gy.CreditControl:
@@ -470,18 +477,20 @@ class DiameterServer:
                                        error="session unknown to the session directory")
         host = record["origin_host"]
         realm = record.get("origin_realm") or host
+        via = record.get("via")  # the agent its requests came through, if not direct
         cfg = self.config
         e2e = self.next_e2e()
         error = ""
         sent = 0
         deadline = time.monotonic() + cfg.request_timeout * cfg.request_attempts
         for attempt in range(1, cfg.request_attempts + 1):
-            conn = self._route(host)
+            conn = self._route(host, via)
             while conn is None and time.monotonic() < deadline and not self.stopping:
                 await asyncio.sleep(0.05)  # the client may be reconnecting
-                conn = self._route(host)
+                conn = self._route(host, via)
             if conn is None:
-                error = f"peer {host} is not connected to this node"
+                error = f"peer {host} is not connected to this node" + (
+                    f", nor the agent {via} its requests came through" if via else "")
                 break
             local = conn.machine.local
             hbh = conn.machine.next_hop_by_hop()
@@ -491,7 +500,8 @@ class DiameterServer:
                 msg = gy.asr(local, session_id, host, realm, hbh, e2e)
             if attempt > 1:
                 msg = Message(msg.code, msg.flags | 0x10, msg.app_id, hbh, e2e, msg.avps)
-            log.info("%s %s to %s (attempt %d)", command, session_id, host, attempt,
+            log.info("%s %s to %s%s (attempt %d)", command, session_id, host,
+                     "" if conn.peer_host == host else f" via {conn.peer_host}", attempt,
                      extra={"peer": host, "session": session_id})
             sent += 1
             try:
@@ -511,13 +521,18 @@ class DiameterServer:
                 self.metrics.diameter_errors.labels(reason="server-request-retry").inc()
         return ServerRequestResult(session_id, command, False, None, host, sent, error)
 
-    def _route(self, host: str) -> Connection | None:
+    def _route(self, host: str, via: str | None = None) -> Connection | None:
+        """The connection to `host` itself, else to the agent `via` that relays to it
+        (RFC 6733 §6.1.6: Destination-Host names the client either way)."""
+        found = None
         for conn in self.connections:
             m = conn.machine
-            if m is not None and m.available and m.peer is not None \
-                    and m.peer.origin_host == host:
-                return conn
-        return None
+            if m is not None and m.available and m.peer is not None:
+                if m.peer.origin_host == host:
+                    return conn
+                if via is not None and found is None and m.peer.origin_host == via:
+                    found = conn
+        return found
 
     # ------------------------------------------------------------ lifecycle
     async def listen(self, name: str, host: str | None, port: int, ssl=None) -> None:

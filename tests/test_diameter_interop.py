@@ -13,7 +13,9 @@ CER/CEA, DWR/DWA in both directions and DPR/DPA in both directions:
 tshark captures the loopback traffic on ocsd's port (a capture filter and a
 bounded duration) and must decode it with no malformed packet and no expert
 error. A second test does the same over TLS (RFC 6733 section 2.1: TLS from
-the first byte) with certificates checked both ways.
+the first byte) with certificates checked both ways. A third puts freeDiameter
+between a PGW and ocsd as a relay agent (a DRA): credit control through it,
+and an Abort-Session-Request back to the PGW through it.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ import signal
 import ssl
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
 
 from diameter import tables as T
-from diameter.client import INITIAL, DiameterClient, mscc
-from diameter.codec import value
+from diameter.client import INITIAL, TERMINATION, DiameterClient, mscc
+from diameter.codec import Message, value
 from tests.services import free_port
 from tests.test_daemon import Ocsd, http, in_store, metric
 from tests.test_diameter_harness import tshark, tshark_fields
@@ -248,3 +251,111 @@ def test_tls_with_freediameter_and_our_client(tmp_path):
         d.stop()
     log = (tmp_path / "freediameter.log").read_text()
     assert "'STATE_WAITCEA'\t-> 'STATE_OPEN'\t'ocs.test.example'" in log, log[-2000:]
+
+
+RELAY_HOST = FD_HOST  # its certificate's name; its realm is the PGW's
+RELAY_CONF = """
+Identity = "{identity}";
+Realm = "pgw.example";
+Port = {port};
+SecPort = {secport};
+ListenOn = "127.0.0.1";
+No_SCTP;
+No_IPv6;
+TcTimer = 2;
+TwTimer = 6;
+TLS_Cred = "{cert}", "{key}";
+TLS_CA = "{ca}";
+LoadExtension = "/usr/lib/freeDiameter/dict_nasreq.fdx";
+LoadExtension = "/usr/lib/freeDiameter/dict_dcca.fdx";
+LoadExtension = "/usr/lib/freeDiameter/dict_dcca_3gpp.fdx";
+LoadExtension = "/usr/lib/freeDiameter/acl_wl.fdx" : "{acl}";
+ConnectPeer = "{ocs_host}" {{ ConnectTo = "127.0.0.1"; Port = {ocs_port}; No_TLS; }};
+"""
+
+
+def test_credit_control_through_a_freediameter_relay(tmp_path):
+    """A PGW reaches ocsd through a Diameter relay agent (freeDiameter 1.2, routing
+    on Destination-Realm), as behind a DRA: the CCRs arrive from the relay's
+    connection with the PGW's Origin-Host and a Route-Record, and the answers find
+    their way back through it. The relay and the PGW are different peers; the
+    relay is the one allowed by realm."""
+    from tests.test_diameter_daemon import CHARGING, TOKEN, prepare
+    certs = certificates(tmp_path)
+    ocs_port, relay_port = free_port(), free_port()
+    (tmp_path / "acl.conf").write_text("ALLOW_IPSEC pgw1.pgw.example\n")
+    conf = tmp_path / "relay.conf"
+    conf.write_text(RELAY_CONF.format(
+        identity=RELAY_HOST, port=relay_port, secport=free_port(), cert=certs["fd.pem"],
+        key=certs["fd.key"], ca=certs["ca.pem"], acl=tmp_path / "acl.conf",
+        ocs_host=OCS_HOST, ocs_port=ocs_port))
+    d = Ocsd(tmp_path, extra=f'bootstrap_token = "{TOKEN}"\n' + CHARGING + (
+        f'\n[diameter]\nlisten = "127.0.0.1:{ocs_port}"\norigin_host = "{OCS_HOST}"\n'
+        'origin_realm = "test.example"\nallowed_realms = ["pgw.example"]\n'
+        'log_credit_control = true\n'))
+    accounts = in_store(d.store_url, prepare)
+    d.start()
+    relay_log = open(tmp_path / "relay.log", "w")
+    relay = subprocess.Popen([FREEDIAMETER, "-c", str(conf)], stdout=relay_log,
+                             stderr=subprocess.STDOUT)
+    try:
+        d.wait_log(rf"peer open: {RELAY_HOST} \(freeDiameter\) from 127\.0\.0\.1", 15)
+
+        def kill(session_id: str) -> None:
+            status, body = d.api("POST", "/v1/sessions/" + urllib.parse.quote(
+                session_id, safe="") + "/kill", TOKEN)
+            assert status == 202 and body["items"][0]["backend"] == "diameter", body
+
+        asr = asyncio.run(_session_through_the_relay(relay_port, kill))
+        assert value(asr.avps, T.DESTINATION_HOST) == "pgw1.pgw.example"
+        assert value(asr.avps, T.ORIGIN_HOST) == OCS_HOST
+        status, body = d.api("GET", f"/v1/accounts/{accounts['misc']}", TOKEN)
+        octets = [b for b in body["balance"]["buckets"] if b["kind"] == "octets"]
+        assert octets[0]["balance"] == 5_000_000 - 1_500_000 and octets[0]["reserved"] == 0
+        # The CCRs came over the relay's connection, from the PGW's session.
+        for op in ("CCR-I #0", "CCR-T #1"):
+            d.wait_log(rf"{op} .* peer={re.escape(RELAY_HOST)} "
+                       r"session=pgw1\.pgw\.example;relay;1$", 5)
+        # The ASR went to the PGW through the relay, and its answer came back that way.
+        d.wait_log(r"ASR pgw1\.pgw\.example;relay;1 to pgw1\.pgw\.example via "
+                   + re.escape(RELAY_HOST), 5)
+        d.wait_log(r"ASR pgw1\.pgw\.example;relay;1 answered 2001 by pgw1\.pgw\.example", 5)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        try:
+            relay.wait(20)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+            relay.wait(5)
+        relay_log.close()
+        d.stop()
+
+
+async def _session_through_the_relay(relay_port: int, kill) -> Message:
+    """CCR-I, an operator's kill (ASR back through the relay), CCR-T; the ASR."""
+    c = DiameterClient("127.0.0.1", relay_port, origin_host="pgw1.pgw.example",
+                       origin_realm="pgw.example", destination_realm="test.example")
+    cea = await c.connect()
+    try:
+        assert value(cea.avps, T.RESULT_CODE) == 2001
+        assert value(cea.avps, T.ORIGIN_HOST) == RELAY_HOST
+        a = await c.request(c.ccr("pgw1.pgw.example;relay;1", INITIAL, 0, msisdn="41790000006",
+                                  msccs=[mscc(10, requested={})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        assert value(a.avps, T.ORIGIN_HOST) == OCS_HOST  # ocsd answered, the relay relayed
+        gsu = value(value(a.avps, T.MULTIPLE_SERVICES_CREDIT_CONTROL), T.GRANTED_SERVICE_UNIT)
+        assert value(gsu, T.CC_TOTAL_OCTETS) == 2_000_000
+        kill("pgw1.pgw.example;relay;1")
+        for _ in range(100):
+            asrs = [m for m in c.server_requests if m.code == T.CMD_ABORT_SESSION]
+            if asrs:
+                break
+            await asyncio.sleep(0.05)
+        assert asrs and value(asrs[0].avps, T.SESSION_ID) == "pgw1.pgw.example;relay;1"
+        a = await c.request(c.ccr("pgw1.pgw.example;relay;1", TERMINATION, 1,
+                                  msisdn="41790000006",
+                                  msccs=[mscc(10, used={"total": 1_500_000})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        return asrs[0]
+    finally:
+        await c.close()
