@@ -117,9 +117,11 @@ def content_crc(attributes, skip) -> int:
     return crc
 
 
-def session_key(nas_name: str, packet: Packet, usage: Usage, *, by_prefix: bool,
+def session_key(nas_name: str, packet: Packet, usage: Usage, *, shared: bool,
                 source: str) -> str:
-    if by_prefix:
+    """The charging session of a report: the NAS entry and the Acct-Session-Id, plus,
+    for an entry that stands for several NAS (`shared`), which one sent it."""
+    if shared:
         box = packet.get_str(A.NAS_IDENTIFIER) or _ip(packet.get(A.NAS_IP_ADDRESS)) or source
         return f"radius:{nas_name}/{box}:{usage.acct_session_id}"
     return f"radius:{nas_name}:{usage.acct_session_id}"

@@ -55,7 +55,10 @@ class NasState:
     name: str
     secret: bytes
     profile: VendorProfile
-    by_prefix: bool
+    # The entry stands for several NAS, told apart by the NAS-Identifier or
+    # NAS-IP-Address of their requests: an address prefix, or a RADIUS proxy
+    # forwarding for many (`control.proxy`); see session_key.
+    shared: bool
     voice: bool
     require_ma: str  # yes | no | auto
     vendor: str      # lower case ("generic" when the record names none)
@@ -63,8 +66,9 @@ class NasState:
 
 def nas_state(nas: Nas, voice_vendors: frozenset[str] = VOICE_VENDORS) -> NasState:
     vendor = (nas.vendor or "generic").lower()
-    by_prefix = "/" in nas.address and not nas.address.endswith(("/32", "/128"))
-    return NasState(nas, nas.name, nas.secret.encode(), profile_for(vendor), by_prefix,
+    shared = ("/" in nas.address and not nas.address.endswith(("/32", "/128"))) \
+        or bool(nas.control.get("proxy"))
+    return NasState(nas, nas.name, nas.secret.encode(), profile_for(vendor), shared,
                     vendor in voice_vendors, nas.require_message_authenticator or "yes", vendor)
 
 
@@ -222,7 +226,7 @@ class Handler:
         if u.octets_in + u.octets_out > MAX_USAGE:
             raise InvalidAttribute("Acct-Input/Output-Octets and -Gigawords",
                                    f"{u.octets_in} + {u.octets_out} octets")
-        session_id = acct.session_key(st.name, p, u, by_prefix=st.by_prefix, source=source)
+        session_id = acct.session_key(st.name, p, u, shared=st.shared, source=source)
         username = p.get_str(A.USER_NAME)
         delay = p.get_int(A.ACCT_DELAY_TIME, 0) or 0
         at = u.event_time * 1_000_000 if u.event_time else now_us() - delay * 1_000_000
@@ -305,7 +309,7 @@ class Handler:
         """Accounting-On/Off (RFC 2866 §5.1): the NAS restarted, its sessions are gone."""
         store, closed = self.ctx.store, 0
         prefix = None
-        if st.by_prefix:
+        if st.shared:
             box = p.get_str(A.NAS_IDENTIFIER) or acct._ip(p.get(A.NAS_IP_ADDRESS)) or source
             prefix = f"radius:{st.name}/{box}:"
         skipped: set[str] = set()

@@ -175,3 +175,31 @@ def test_accounting_through_the_proxy_is_charged(rad, proxy):
     assert before == 10 * GIB
     status, body = rad.api("GET", "/v1/sessions/radius:localhost-nas:px-1")
     assert status == 200 and body["status"] == "closed"
+
+
+def test_nas_behind_the_proxy_are_told_apart_by_their_nas_identifier(rad, proxy):
+    """With the proxy's entry marked `control.proxy`, two BRAS behind it may reuse an
+    Acct-Session-Id, and one's Accounting-On closes only its own sessions."""
+    _, page = rad.api("GET", "/v1/nas")
+    (entry,) = [n for n in page["items"] if n["name"] == "localhost-nas"]
+    status, body = rad.api("PATCH", f"/v1/nas/{entry['id']}", {"control": {"proxy": True}})
+    assert status == 200, body
+    try:
+        for box in ("bras-a", "bras-b"):
+            code, _ = via(rad, proxy, "acct", f'User-Name = "on1", NAS-Identifier = "{box}", '
+                                              'Acct-Session-Id = "same-1", '
+                                              'Acct-Status-Type = Start')
+            assert code == "Accounting-Response"
+
+        def status_of(box: str) -> str:
+            status, body = rad.api("GET", f"/v1/sessions/radius:localhost-nas/{box}:same-1")
+            assert status == 200, body
+            return body["status"]
+
+        assert (status_of("bras-a"), status_of("bras-b")) == ("active", "active")
+        code, _ = via(rad, proxy, "acct", 'NAS-Identifier = "bras-a", Acct-Session-Id = "0", '
+                                          'Acct-Status-Type = Accounting-On')
+        assert code == "Accounting-Response"
+        assert (status_of("bras-a"), status_of("bras-b")) == ("closed", "active")
+    finally:
+        rad.api("PATCH", f"/v1/nas/{entry['id']}", {"control": {}})
