@@ -523,7 +523,7 @@ class DiameterServer:
 
     def _route(self, host: str, via: str | None = None) -> Connection | None:
         """The connection to `host` itself, else to the agent `via` that relays to it
-        (RFC 6733 §6.1.6: Destination-Host names the client either way)."""
+        (RFC 6733 §6.1: Destination-Host names the client either way)."""
         found = None
         for conn in self.connections:
             m = conn.machine

@@ -787,6 +787,7 @@ _BUCKETS_AND_SESSIONS = (
     "WHERE account_id = $1 AND (main = 1 OR balance <> 0 OR reserved <> 0) "
     "ORDER BY main, priority, id")
 
+
 def _record_unmatched_program(rows: list[tuple]):
     """Each row in turn: two reports of one session in a batch both count."""
     yield executemany(
