@@ -19,6 +19,7 @@ from ocs.store import Store, make_driver
 from radius import codec
 from radius.codec import A, Code
 from radius.dictionary import Dictionary
+from tests.radius_harness import free_udp_port
 
 NAS_SECRET = "policy-test-secret-0123456789"
 DICT = Dictionary()
@@ -170,7 +171,9 @@ __all__ = ["DaeNas", "Received", "NAS_SECRET", "policy_config", "context", "relo
 
 
 # ---------------------------------------------------------------------- FreeRADIUS as the NAS
-FREERADIUS_CONF = """
+# What every FreeRADIUS configuration of the tests shares: paths under {dir}, the
+# log on stdout, a small thread pool.
+FREERADIUS_HEAD = """
 prefix = /usr
 exec_prefix = /usr
 sysconfdir = /etc
@@ -195,17 +198,19 @@ security {{
 	reject_delay = 0
 	status_server = no
 }}
-proxy_requests = no
-client ocs {{
-	ipaddr = 127.0.0.1
-	secret = {secret}
-	require_message_authenticator = yes
-}}
 thread pool {{
 	start_servers = 1
 	max_servers = 4
 	min_spare_servers = 1
 	max_spare_servers = 2
+}}
+"""
+
+FREERADIUS_CONF = FREERADIUS_HEAD + """proxy_requests = no
+client ocs {{
+	ipaddr = 127.0.0.1
+	secret = {secret}
+	require_message_authenticator = yes
 }}
 modules {{
 	always reject {{
@@ -249,12 +254,6 @@ class Logged:
     code: str
     attrs: dict[str, str]
     reply: str | None = None
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FreeRadius:
@@ -341,7 +340,7 @@ class FreeRadiusNas(FreeRadius):
 
     def __init__(self, directory, *, policy: str = NAK_POLICY, secret: str = NAS_SECRET):
         self.secret = secret
-        self.port = _free_udp_port()
+        self.port = free_udp_port()
         super().__init__(directory, FREERADIUS_CONF, secret=secret, port=self.port,
                          policy=policy)
 

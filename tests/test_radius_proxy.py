@@ -12,43 +12,13 @@ import re
 
 import pytest
 
-from tests.policy_harness import FreeRadius, _free_udp_port
-from tests.radius_harness import SECRET, RadiusOcsd
+from tests.policy_harness import FREERADIUS_HEAD, FreeRadius
+from tests.radius_harness import SECRET, RadiusOcsd, free_udp_port
 from tests.test_radius_daemon import GIB, seed
 
 PROXY_SECRET = "proxy-front-secret-0123"
 
-PROXY_CONF = """
-prefix = /usr
-exec_prefix = /usr
-sysconfdir = /etc
-localstatedir = {dir}
-sbindir = /usr/sbin
-logdir = {dir}/log
-raddbdir = {dir}
-confdir = {dir}
-run_dir = {dir}/run
-libdir = /usr/lib/freeradius
-pidfile = {dir}/run/radiusd.pid
-max_request_time = 30
-cleanup_delay = 5
-max_requests = 1024
-hostname_lookups = no
-log {{
-	destination = stdout
-}}
-security {{
-	allow_core_dumps = no
-	max_attributes = 200
-	reject_delay = 0
-	status_server = no
-}}
-thread pool {{
-	start_servers = 1
-	max_servers = 4
-	min_spare_servers = 1
-	max_spare_servers = 2
-}}
+PROXY_CONF = FREERADIUS_HEAD + """
 client radclient {{
 	ipaddr = 127.0.0.1
 	secret = {front_secret}
@@ -127,7 +97,7 @@ def rad(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def proxy(rad, tmp_path_factory):
-    listen_auth, listen_acct = _free_udp_port(), _free_udp_port()
+    listen_auth, listen_acct = free_udp_port(), free_udp_port()
     fr = FreeRadius(tmp_path_factory.mktemp("freeradius-proxy"), PROXY_CONF,
                     front_secret=PROXY_SECRET, secret=SECRET, auth_port=rad.auth_port,
                     acct_port=rad.acct_port, listen_auth=listen_auth, listen_acct=listen_acct)
