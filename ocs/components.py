@@ -89,11 +89,15 @@ class Registry:
         return cls(tuple(nas_list), plans, by_address, tuple(networks))
 
     def nas_for(self, address: str) -> Nas | None:
-        """The NAS a packet from `address` belongs to: exact address, else longest prefix."""
+        """The NAS a packet from `address` belongs to: exact address, else longest prefix.
+        An IPv4-mapped IPv6 address (what a dual-stack socket on "[::]" reports for
+        an IPv4 sender) is the IPv4 address it maps."""
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return self.by_address.get(address)
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
         found = self.by_address.get(str(ip))
         if found is not None:
             return found

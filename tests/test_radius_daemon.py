@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import time
 
 import pytest
@@ -473,6 +474,39 @@ def test_unknown_source_address_is_dropped(rad):
     pkt = acct_packet([(A.ACCT_STATUS_TYPE, codec.u32(1)), (A.ACCT_SESSION_ID, s("x"))])
     assert rad.send_raw(pkt, source="127.0.0.2", timeout=0.3) is None
     assert rad.dropped("unknown_client") == before + 1
+
+
+def test_a_dual_stack_listener_serves_ipv4_and_ipv6_nas(tmp_path):
+    """auth_listen = "[::]:PORT" takes both families: an IPv4 NAS's packets arrive
+    from an IPv4-mapped address (::ffff:127.0.0.1) and are still its own."""
+    def free6() -> int:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::", 0))
+            return sock.getsockname()[1]
+
+    d = RadiusOcsd(tmp_path)
+    port = free6()
+    d.config.write_text(d.config.read_text().replace(
+        f'auth_listen = "127.0.0.1:{d.auth_port}"', f'auth_listen = "[::]:{port}"'))
+    d.seed(seed)
+    d.start()
+    try:
+        status, _ = d.api("POST", "/v1/nas", {"name": "v6-bras", "address": "::1",
+                                              "secret": "v6-secret-0123456789"})
+        assert status == 201
+        for family, host, secret in ((socket.AF_INET, "127.0.0.1", SECRET),
+                                     (socket.AF_INET6, "::1", "v6-secret-0123456789")):
+            auth = os.urandom(16)
+            request = codec.encode_request(
+                Code.ACCESS_REQUEST, 9, [(A.USER_NAME, s("timed1")), (A.USER_PASSWORD,
+                                         codec.hide_password(s("pw-timed1"), s(secret), auth))],
+                s(secret), authenticator=auth, message_authenticator=True)
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(2)
+                sock.sendto(request, (host, port))
+                assert codec.decode(sock.recv(4096)).code == Code.ACCESS_ACCEPT, host
+    finally:
+        d.stop()
 
 
 def test_counters_beyond_any_real_session_are_dropped_counted_and_not_charged(rad):
