@@ -19,15 +19,11 @@ from __future__ import annotations
 import logging
 import ssl
 
+from ocs.components import split_listen
+
 from .server import DiameterServer, ServerRequestResult
 
 log = logging.getLogger("ocs.diameter")
-
-
-def split_listen(listen: str) -> tuple[str | None, int]:
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    return (host or None), int(port)
 
 
 def tls_context(cfg) -> ssl.SSLContext:

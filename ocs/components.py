@@ -428,10 +428,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def split_listen(listen: str) -> tuple[str | None, int]:
-    """'127.0.0.1:8080' -> ('127.0.0.1', 8080); '[::1]:80' -> ('::1', 80); ':80' -> all."""
+    """'127.0.0.1:8080' -> ('127.0.0.1', 8080); '[::1]:80' -> ('::1', 80); ':80' and
+    '[::]:80' -> every interface of both families (asyncio binds "::" IPv6-only)."""
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
-    return (host or None), int(port)
+    return (None if host in ("", "::") else host), int(port)
 
 
 class HttpListeners:

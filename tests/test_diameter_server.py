@@ -100,6 +100,30 @@ async def connect(port: int, **kw) -> DiameterClient:
     return c
 
 
+# ---------------------------------------------------------------------- listening
+async def test_listening_on_every_interface_takes_ipv4_and_ipv6_peers(store):
+    """listen = "[::]:PORT" is every interface of both families (asyncio alone binds
+    "::" IPv6-only, and a dual-stack host's IPv4 peers would find the port closed)."""
+    from ocs.components import split_listen
+    from tests.services import free_port
+    cluster = build(RedisConfig(), node="n1")
+    await cluster.start()
+    node = Node(store, cluster)
+    await node.charging.reload()
+    port = free_port()
+    await node.server.listen("diameter", *split_listen(f"[::]:{port}"))
+    try:
+        for host in ("127.0.0.1", "::1"):
+            c = DiameterClient(host, port, origin_host="pgw1.pgw.example",
+                               origin_realm="pgw.example", destination_realm="test.example")
+            cea = await c.connect()
+            assert value(cea.avps, T.RESULT_CODE) == 2001, host
+            await c.close()
+    finally:
+        await node.close()
+        await cluster.stop()
+
+
 # ---------------------------------------------------------------------- RAR / ASR
 async def test_re_auth_and_abort_session_reach_the_sessions_client(node, store):
     await subscriber(store, "41790000101")
