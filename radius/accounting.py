@@ -121,10 +121,19 @@ def session_key(nas_name: str, packet: Packet, usage: Usage, *, shared: bool,
                 source: str) -> str:
     """The charging session of a report: the NAS entry and the Acct-Session-Id, plus,
     for an entry that stands for several NAS (`shared`), which one sent it."""
-    if shared:
-        box = packet.get_str(A.NAS_IDENTIFIER) or _ip(packet.get(A.NAS_IP_ADDRESS)) or source
-        return f"radius:{nas_name}/{box}:{usage.acct_session_id}"
-    return f"radius:{nas_name}:{usage.acct_session_id}"
+    return session_prefix(nas_name, packet, shared=shared, source=source) \
+        + usage.acct_session_id
+
+
+def session_prefix(nas_name: str, packet: Packet, *, shared: bool, source: str) -> str:
+    """What the session keys of the NAS that sent `packet` start with. Behind a shared
+    entry that NAS is its NAS-Identifier, else its NAS-IP-Address, else the source
+    address (an IPv4 sender of a dual-stack socket as its IPv4 address)."""
+    if not shared:
+        return f"radius:{nas_name}:"
+    box = packet.get_str(A.NAS_IDENTIFIER) or _ip(packet.get(A.NAS_IP_ADDRESS)) \
+        or (source[7:] if source.startswith("::ffff:") and "." in source else source)
+    return f"radius:{nas_name}/{box}:"
 
 
 def _ip(raw: bytes | None) -> str | None:

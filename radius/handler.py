@@ -67,7 +67,7 @@ class NasState:
 def nas_state(nas: Nas, voice_vendors: frozenset[str] = VOICE_VENDORS) -> NasState:
     vendor = (nas.vendor or "generic").lower()
     shared = ("/" in nas.address and not nas.address.endswith(("/32", "/128"))) \
-        or bool(nas.control.get("proxy"))
+        or nas.control.get("proxy") is True
     return NasState(nas, nas.name, nas.secret.encode(), profile_for(vendor), shared,
                     vendor in voice_vendors, nas.require_message_authenticator or "yes", vendor)
 
@@ -308,10 +308,8 @@ class Handler:
     async def _close_nas_sessions(self, st: NasState, p: Packet, source: str) -> int:
         """Accounting-On/Off (RFC 2866 §5.1): the NAS restarted, its sessions are gone."""
         store, closed = self.ctx.store, 0
-        prefix = None
-        if st.shared:
-            box = p.get_str(A.NAS_IDENTIFIER) or acct._ip(p.get(A.NAS_IP_ADDRESS)) or source
-            prefix = f"radius:{st.name}/{box}:"
+        prefix = acct.session_prefix(st.name, p, shared=True, source=source) \
+            if st.shared else None  # else every session of the entry is the NAS's
         skipped: set[str] = set()
         while True:
             batch = [s for s in await store.list_sessions(nas=st.name, status="active",

@@ -108,6 +108,17 @@ class Capture:
         self.proc.wait(20)
 
 
+def stop_freediameter(proc: subprocess.Popen) -> None:
+    """SIGTERM (freeDiameter then sends DPR to its peers), else kill."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def count(d: Ocsd, cmd: str, result: str = "2001") -> float:
     _, _, body = http(d.url + "/metrics")
     return metric(body.decode(), "ocs_diameter_messages_total",
@@ -242,11 +253,7 @@ def test_tls_with_freediameter_and_our_client(tmp_path):
                 await stranger.request(stranger.ccr("x", INITIAL, 0, msisdn="1"), 3)
         asyncio.run(clients())
     finally:
-        fd.send_signal(signal.SIGTERM)
-        try:
-            fd.wait(20)
-        except subprocess.TimeoutExpired:
-            fd.kill()
+        stop_freediameter(fd)
         fd_log.close()
         d.stop()
     log = (tmp_path / "freediameter.log").read_text()
@@ -321,12 +328,7 @@ def test_credit_control_through_a_freediameter_relay(tmp_path):
                    + re.escape(RELAY_HOST), 5)
         d.wait_log(r"ASR pgw1\.pgw\.example;relay;1 answered 2001 by pgw1\.pgw\.example", 5)
     finally:
-        relay.send_signal(signal.SIGTERM)
-        try:
-            relay.wait(20)
-        except subprocess.TimeoutExpired:
-            relay.kill()
-            relay.wait(5)
+        stop_freediameter(relay)
         relay_log.close()
         d.stop()
 

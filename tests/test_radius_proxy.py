@@ -152,6 +152,8 @@ def test_nas_behind_the_proxy_are_told_apart_by_their_nas_identifier(rad, proxy)
     Acct-Session-Id, and one's Accounting-On closes only its own sessions."""
     _, page = rad.api("GET", "/v1/nas")
     (entry,) = [n for n in page["items"] if n["name"] == "localhost-nas"]
+    status, body = rad.api("PATCH", f"/v1/nas/{entry['id']}", {"control": {"proxy": "no"}})
+    assert status == 422 and "control.proxy is true or false" in str(body), body
     status, body = rad.api("PATCH", f"/v1/nas/{entry['id']}", {"control": {"proxy": True}})
     assert status == 200, body
     try:
@@ -173,3 +175,21 @@ def test_nas_behind_the_proxy_are_told_apart_by_their_nas_identifier(rad, proxy)
         assert (status_of("bras-a"), status_of("bras-b")) == ("closed", "active")
     finally:
         rad.api("PATCH", f"/v1/nas/{entry['id']}", {"control": {}})
+
+
+def test_the_nas_behind_a_shared_entry_is_its_identifier_else_its_address():
+    """Which NAS behind a prefix or proxy entry sent a report: NAS-Identifier, else
+    NAS-IP-Address, else the source (an IPv4 sender of a dual-stack socket as IPv4)."""
+    from radius import accounting as acct
+    from radius.codec import A, Code, decode, encode_request
+
+    def packet(*attrs):
+        return decode(encode_request(Code.ACCOUNTING_REQUEST, 1, list(attrs), b"s"))
+
+    ident, ip = (A.NAS_IDENTIFIER, b"bras-a"), (A.NAS_IP_ADDRESS, bytes([10, 0, 0, 9]))
+    for p, source, box in ((packet(ident, ip), "10.1.1.1", "bras-a"),
+                           (packet(ip), "10.1.1.1", "10.0.0.9"),
+                           (packet(), "::ffff:10.1.1.1", "10.1.1.1"),
+                           (packet(), "2001:db8::1", "2001:db8::1")):
+        assert acct.session_prefix("px", p, shared=True, source=source) == f"radius:px/{box}:"
+    assert acct.session_prefix("px", packet(ident), shared=False, source="x") == "radius:px:"

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import (AfterValidator, Field, StringConstraints, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 from ..model import MAX_USAGE, MICRO
@@ -308,7 +309,17 @@ class PlanUpdate(Body):
 # ---------------------------------------------------------------------------- NAS / peers
 
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_TEXT)]
-Control = Annotated[dict[str, Any], Field(max_length=100)]
+def _control(value: dict[str, Any]) -> dict[str, Any]:
+    if "proxy" in value and not isinstance(value["proxy"], bool):
+        raise ValueError("control.proxy is true or false")
+    return value
+
+
+Control = Annotated[dict[str, Any], Field(max_length=100, description=(
+    "How ocsd deals with this element, by key: `proxy` (true: a RADIUS proxy in front of "
+    "several NAS, told apart by their NAS-Identifier), `coa_address`, `enforce`, "
+    "`origin_host` (a Diameter peer's), `snmp`, and the softswitch control endpoints "
+    "`freeswitch`, `asterisk`, `kamailio`.")), AfterValidator(_control)]
 
 
 class NasCreate(Body):

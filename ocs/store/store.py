@@ -590,13 +590,8 @@ class Store:
                             account_id: int | None = None, subscriber_id: int | None = None,
                             nas: str | None = None, limit: int = 100,
                             offset: int = 0) -> list[Session]:
-        clauses, args = [], []
-        for column, value in (("status", status), ("account_id", account_id),
-                              ("subscriber_id", subscriber_id), ("nas", nas)):
-            if value is not None:
-                args.append(value)
-                clauses.append(f"{column} = ${len(args)}")
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, args = _where(("status", "=", status), ("account_id", "=", account_id),
+                             ("subscriber_id", "=", subscriber_id), ("nas", "=", nas))
         args += [limit, offset]
         rows = await self._all(f"SELECT * FROM sessions{where} ORDER BY started_at DESC "
                                f"LIMIT ${len(args) - 1} OFFSET ${len(args)}", *args,
@@ -634,13 +629,8 @@ class Store:
 
     async def list_cdrs(self, *, account_id: int | None = None, session: str | None = None,
                         limit: int = 100, before_id: int | None = None) -> list[RatedCdr]:
-        clauses, args = [], []
-        for column, op, value in (("account_id", "=", account_id), ("session", "=", session),
-                                  ("id", "<", before_id)):
-            if value is not None:
-                args.append(value)
-                clauses.append(f"{column} {op} ${len(args)}")
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, args = _where(("account_id", "=", account_id), ("session", "=", session),
+                             ("id", "<", before_id))
         args.append(limit)
         rows = await self._all(f"SELECT * FROM cdrs{where} ORDER BY id DESC LIMIT ${len(args)}",
                                *args)
@@ -666,12 +656,7 @@ class Store:
     async def list_unmatched(self, *, nas: str | None = None, status: str | None = None,
                              limit: int = 100, offset: int = 0) -> list[UnmatchedAccounting]:
         """Unmatched accounting, the most recently reported first."""
-        clauses, args = [], []
-        for column, value in (("nas", nas), ("status", status)):
-            if value is not None:
-                args.append(value)
-                clauses.append(f"{column} = ${len(args)}")
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, args = _where(("nas", "=", nas), ("status", "=", status))
         args += [limit, offset]
         rows = await self._all(f"SELECT * FROM unmatched_accounting{where} ORDER BY last_at DESC, "
                                f"session LIMIT ${len(args) - 1} OFFSET ${len(args)}", *args)
@@ -704,12 +689,7 @@ class Store:
 
     async def list_audit(self, *, actor: str | None = None, limit: int = 100,
                          before_id: int | None = None) -> list[AuditEntry]:
-        clauses, args = [], []
-        for column, op, value in (("actor", "=", actor), ("id", "<", before_id)):
-            if value is not None:
-                args.append(value)
-                clauses.append(f"{column} {op} ${len(args)}")
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, args = _where(("actor", "=", actor), ("id", "<", before_id))
         args.append(limit)
         rows = await self._all(f"SELECT * FROM audit{where} ORDER BY id DESC LIMIT ${len(args)}",
                                *args)
@@ -786,6 +766,17 @@ _BUCKETS_AND_SESSIONS = (
     f"SELECT *, {_ACTIVE_SESSIONS.format(2, 3)} AS active_sessions FROM buckets "
     "WHERE account_id = $1 AND (main = 1 OR balance <> 0 OR reserved <> 0) "
     "ORDER BY main, priority, id")
+
+
+def _where(*conditions: tuple[str, str, Any]) -> tuple[str, list]:
+    """' WHERE a = $1 AND b < $2' and its arguments, from (column, operator, value)
+    filters; a filter whose value is None is left out."""
+    clauses, args = [], []
+    for column, op, value in conditions:
+        if value is not None:
+            args.append(value)
+            clauses.append(f"{column} {op} ${len(args)}")
+    return ((" WHERE " + " AND ".join(clauses)) if clauses else ""), args
 
 
 def _record_unmatched_program(rows: list[tuple]):
