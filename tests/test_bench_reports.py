@@ -11,6 +11,8 @@ import sys
 import threading
 from types import SimpleNamespace
 
+import pytest
+
 from bench import diameter, radius
 from bench.targets import judge
 from ocs import accel
@@ -131,10 +133,12 @@ def test_load_counts_replies_by_code():
     assert sum(replies.values()) == 60 and min(replies.values()) > 0
 
 
-def test_request_path_compares_the_build_with_the_pure_python_twins():
-    """Both variants run the real request path (every request answered, else the
-    child fails) and are what they say: the pure one runs the twins."""
-    r = subprocess.run([sys.executable, "-m", "bench.request_path", "--mode", "acct",
+@pytest.mark.parametrize("mode", ["acct", "ccr"])
+def test_request_path_compares_the_build_with_the_pure_python_twins(mode):
+    """Both variants run the real request path (every request answered, and for
+    `ccr` every CCA a success, else the child fails) and are what they say: the
+    pure one runs the twins."""
+    r = subprocess.run([sys.executable, "-m", "bench.request_path", "--mode", mode,
                         "--requests", "150", "--rounds", "2", "--pairs", "1"],
                        capture_output=True, text=True, timeout=300,
                        env={k: v for k, v in os.environ.items() if k != "OCS_NO_EXTENSIONS"})
