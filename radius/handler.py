@@ -85,6 +85,8 @@ class Handler:
     async def access(self, st: NasState, p: Packet) -> bytes:
         cfg = self.cfg
         username = p.get_str(A.USER_NAME)
+        if A.EAP_MESSAGE in p:
+            return self._eap_reject(st, p, username or "-")
         if not username:
             return self._reject(st, p, outcomes.NO_USER_NAME, "-", "none")
         charging = self.ctx.charging
@@ -178,6 +180,16 @@ class Handler:
                  f" ({why})" if why and why != message else "")
         attrs = list(extra) + [(A.REPLY_MESSAGE, message.encode())]
         return encode_reply(p, Code.ACCESS_REJECT, attrs, st.secret)
+
+    def _eap_reject(self, st, p, username: str) -> bytes:
+        """EAP (802.1X, WPA-Enterprise, EAP-TLS/PEAP/TTLS) is not served here. The
+        reject carries an EAP-Failure answering the peer's EAP packet (its
+        Identifier), so the NAS ends the EAP conversation at once (RFC 3579,
+        RFC 3748 §4.2) instead of waiting for a method to start."""
+        first = p.get(A.EAP_MESSAGE) or b""
+        identifier = first[1] if len(first) > 1 else 0
+        return self._reject(st, p, outcomes.EAP_UNSUPPORTED, username, "eap",
+                            extra=[(A.EAP_MESSAGE, bytes((4, identifier, 0, 4)))])
 
     def _time_rated(self, plan: Plan | None) -> bool:
         if plan is None:

@@ -15,6 +15,8 @@ outcome                 reply
 success                 Access-Accept with the plan's attributes
 unknown subscriber      Access-Reject "Unknown subscriber"
 wrong credentials       Access-Reject "Wrong password" (also a bad secret)
+EAP (802.1X, WPA-Ent.)  Access-Reject "EAP is not supported ..." with an
+                        EAP-Failure (RFC 3579, RFC 3748 §4.2)
 suspended / closed      Access-Reject "Account suspended", or walled garden
 no balance              Access-Reject "No balance left", or walled garden
 rating failed           Access-Reject "Service not available on your plan"
@@ -44,6 +46,7 @@ ACCESS: dict[ResultCode, tuple[Code, str, bool]] = {
     ResultCode.UNKNOWN_SESSION: (Code.ACCESS_REJECT, "Unknown session", False),
 }
 WRONG_CREDENTIALS = "Wrong password"
+EAP_UNSUPPORTED = "EAP is not supported; use PAP, CHAP or MS-CHAPv2"
 NO_USER_NAME = "No User-Name"
 TOO_MANY_SESSIONS = "Too many sessions (limit {limit})"
 #: Final-unit actions that turn a refusal into a walled-garden accept.

@@ -47,7 +47,7 @@ from typing import Any
 
 from ocs.errors import StoreUnavailable
 
-from .codec import (Code, DecodeError, SIGNED_REQUESTS, decode, message_authenticator_ok,
+from .codec import (A, Code, DecodeError, SIGNED_REQUESTS, decode, message_authenticator_ok,
                     request_authenticator_ok)
 from .handler import Handler, InvalidAttribute, MissingAttribute, NasState, nas_state
 
@@ -57,6 +57,7 @@ _AUTH_CODES = frozenset({Code.ACCESS_REQUEST, Code.STATUS_SERVER})
 _ACCT_CODES = frozenset({Code.ACCOUNTING_REQUEST, Code.STATUS_SERVER})
 # Read once: reading an enum member off its class costs about 100 ns on Python 3.11.
 _ACCESS_REQUEST, _STATUS_SERVER = Code.ACCESS_REQUEST, Code.STATUS_SERVER
+_EAP_MESSAGE = A.EAP_MESSAGE
 _CODE_LABEL = {Code.ACCESS_REQUEST: "access-request", Code.ACCOUNTING_REQUEST:
                "accounting-request", Code.STATUS_SERVER: "status-server"}
 
@@ -229,6 +230,13 @@ class RadiusServer:
             return True
         if packet.code == _STATUS_SERVER:
             self._dropped("missing_message_authenticator")
+            return False
+        if packet.code == _ACCESS_REQUEST and _EAP_MESSAGE in packet:
+            # RFC 3579 §3.2: EAP without Message-Authenticator is discarded, whatever
+            # the NAS's mode.
+            self._dropped("missing_message_authenticator")
+            log.debug("EAP Access-Request without Message-Authenticator from %s dropped",
+                      st.name)
             return False
         if packet.code == _ACCESS_REQUEST:
             mode = st.require_ma

@@ -123,6 +123,37 @@ def test_chap_accept_and_reject(rad):
     assert code == "Access-Reject" and attrs["Reply-Message"] == "Wrong password"
 
 
+def test_eap_is_refused_with_an_eap_failure_and_dropped_unsigned(rad):
+    """A NAS doing 802.1X forwards EAP; ocsd serves no EAP method, so it answers
+    at once with Access-Reject carrying an EAP-Failure for the peer's packet (its
+    Identifier) and a Reply-Message saying why (RFC 3579, RFC 3748 §4.2).
+    EAP without Message-Authenticator is discarded, whatever the NAS's mode."""
+    eap_identity = bytes((2, 7, 0, 9, 1)) + b"demo"  # Response/Identity, Identifier 7
+    code, attrs = rad.radclient("auth", f'User-Name = "demo", '
+                                        f'EAP-Message = 0x{eap_identity.hex()}, '
+                                        'Message-Authenticator = 0x00')
+    assert code == "Access-Reject", attrs
+    assert list(attrs)[0] == "Message-Authenticator"
+    assert attrs["EAP-Message"] == "0x04070004"
+    assert attrs["Reply-Message"] == "EAP is not supported; use PAP, CHAP or MS-CHAPv2"
+    rad.wait_log(r"reject demo via \S+ \(eap\): EAP is not supported")
+
+    status, listing = rad.api("GET", "/v1/nas")
+    nas_id = next(n["id"] for n in listing["items"] if n["name"] == "localhost-nas")
+    rad.api("PATCH", f"/v1/nas/{nas_id}", {"require_message_authenticator": "no"})
+    try:
+        before = rad.dropped("missing_message_authenticator")
+        unsigned = codec.encode_request(Code.ACCESS_REQUEST, 9, [
+            (A.USER_NAME, b"demo"), (A.EAP_MESSAGE, eap_identity)], SECRET.encode())
+        assert rad.send_raw(unsigned, port="auth", timeout=0.5) is None
+        assert rad.dropped("missing_message_authenticator") == before + 1
+        # ... while PAP without it is still served in this mode
+        assert rad.radclient("auth", 'User-Name = "demo", User-Password = "demo"'
+                             )[0] == "Access-Accept"
+    finally:
+        rad.api("PATCH", f"/v1/nas/{nas_id}", {"require_message_authenticator": "auto"})
+
+
 def test_mschapv2_success_and_mppe_keys(rad):
     challenge = os.urandom(16)
     peer = os.urandom(16)
