@@ -134,7 +134,10 @@ class RadiusServer:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # No SO_REUSEADDR: on a UDP socket Linux lets every socket that sets it
+                # bind the same port, and a second ocsd (or any other RADIUS server
+                # doing so) would silently take the NAS's packets. Sharing the port is
+                # what `reuse_port` asks for, explicitly.
                 if self.cfg.reuse_port:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 # A burst must wait in the kernel, not be lost there.

@@ -507,6 +507,25 @@ def test_unknown_source_address_is_dropped(rad):
     assert rad.dropped("unknown_client") == before + 1
 
 
+def test_a_second_daemon_on_the_same_radius_ports_refuses_to_start(rad, tmp_path):
+    """Two servers must not share a RADIUS port by accident: the kernel would hand
+    the NAS's packets to whichever bound last. The second ocsd says why and exits;
+    the first keeps answering."""
+    second = RadiusOcsd(tmp_path)
+    second.config.write_text(second.config.read_text()
+                             .replace(f":{second.auth_port}\"", f":{rad.auth_port}\"")
+                             .replace(f":{second.acct_port}\"", f":{rad.acct_port}\""))
+    second.start(wait_ready=False)
+    try:
+        assert second.proc.wait(30) != 0
+    finally:
+        second.stop()
+    assert re.search(rf"cannot listen on 127\.0\.0\.1:{rad.auth_port} \(radius auth\): "
+                     "Address already in use", second.log()), second.log()
+    assert auth(rad, "demo", "demo")[0] == "Access-Accept"
+    assert rad.radclient("status", "Message-Authenticator = 0x00")[0] == "Accounting-Response"
+
+
 def test_a_dual_stack_listener_serves_ipv4_and_ipv6_nas(tmp_path):
     """auth_listen = "[::]:PORT" takes both families: an IPv4 NAS's packets arrive
     from an IPv4-mapped address (::ffff:127.0.0.1) and are still its own."""
