@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import logging
 import random
 import time
@@ -110,6 +111,10 @@ class DiameterServer:
         self.rng = random.Random()
         self.next_e2e = end_to_end_ids(self.rng)
         self.connections: set[Connection] = set()
+        # connection -> when it opened (a count): a client that reconnects while its
+        # old connection still looks open is reached on the newest (see _route)
+        self._opened: dict[Connection, int] = {}
+        self._opens = itertools.count()
         self.in_flight = 0
         self.tasks: set[asyncio.Task] = set()
         self.listeners: list[asyncio.AbstractServer] = []
@@ -172,11 +177,13 @@ class DiameterServer:
 
     # ------------------------------------------------------------ connection events
     def on_open(self, conn: Connection) -> None:
+        self._opened[conn] = next(self._opens)
         self._gauge()
 
     def on_closed(self, conn: Connection, reason: str) -> None:
         was_open = conn._opened
         self.connections.discard(conn)
+        self._opened.pop(conn, None)
         self._gauge()
         if was_open:
             log.info("peer closed: %s %s: %s", conn.peer_host, conn.address, reason,
@@ -483,11 +490,12 @@ class DiameterServer:
         error = ""
         sent = 0
         deadline = time.monotonic() + cfg.request_timeout * cfg.request_attempts
+        failed: set[Connection] = set()  # tried without an answer: others go first
         for attempt in range(1, cfg.request_attempts + 1):
-            conn = self._route(host, via)
+            conn = self._route(host, via, failed)
             while conn is None and time.monotonic() < deadline and not self.stopping:
                 await asyncio.sleep(0.05)  # the client may be reconnecting
-                conn = self._route(host, via)
+                conn = self._route(host, via, failed)
             if conn is None:
                 error = f"peer {host} is not connected to this node" + (
                     f", nor the agent {via} its requests came through" if via else "")
@@ -508,8 +516,10 @@ class DiameterServer:
                 answer = await conn.request(msg, cfg.request_timeout)
             except asyncio.TimeoutError:
                 error = f"no answer within {cfg.request_timeout:g}s"
+                failed.add(conn)
             except PeerGone as exc:
                 error = f"connection lost: {exc}"
+                failed.add(conn)
             else:
                 code = base.result_code(answer)
                 log.info("%s %s answered %s by %s", command, session_id, code, host,
@@ -521,18 +531,27 @@ class DiameterServer:
                 self.metrics.diameter_errors.labels(reason="server-request-retry").inc()
         return ServerRequestResult(session_id, command, False, None, host, sent, error)
 
-    def _route(self, host: str, via: str | None = None) -> Connection | None:
+    def _route(self, host: str, via: str | None = None,
+               failed: set[Connection] | frozenset = frozenset()) -> Connection | None:
         """The connection to `host` itself, else to the agent `via` that relays to it
-        (RFC 6733 §6.1: Destination-Host names the client either way)."""
-        found = None
+        (RFC 6733 §6.1: Destination-Host names the client either way).
+
+        Of several connections to one peer, the newest: a client that restarted
+        without DPR connects again while its old connection, never closed by a
+        FIN, still looks open until the watchdog gives up on it (2 Tw). One that
+        already left this request unanswered (`failed`) comes last."""
+        best: dict[str, tuple] = {}
+        opened = self._opened
         for conn in self.connections:
             m = conn.machine
             if m is not None and m.available and m.peer is not None:
-                if m.peer.origin_host == host:
-                    return conn
-                if via is not None and found is None and m.peer.origin_host == via:
-                    found = conn
-        return found
+                name = m.peer.origin_host
+                if name == host or name == via:
+                    rank = (conn not in failed, opened.get(conn, -1))
+                    if name not in best or rank > best[name][0]:
+                        best[name] = (rank, conn)
+        found = best.get(host) or (best.get(via) if via is not None else None)
+        return found[1] if found else None
 
     # ------------------------------------------------------------ lifecycle
     async def listen(self, name: str, host: str | None, port: int, ssl=None) -> None:

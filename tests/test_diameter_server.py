@@ -179,6 +179,43 @@ async def test_unanswered_re_auth_is_resent_with_the_t_flag(node, store):
         await c.close()
 
 
+async def test_re_auth_goes_to_the_clients_newest_connection_and_retries_another(node, store):
+    """A PGW that restarted without DPR connects again while its old connection,
+    never closed by a FIN, still looks open until the watchdog gives up on it.
+    RAR goes to the newest connection; one left unanswered there is resent (T
+    flag) on another connection of the same client."""
+    await subscriber(store, "41790000104")
+    never = []
+
+    async def silent(msg):
+        never.append(msg)
+        return None
+
+    older = await connect(node.port)
+    stale = await connect(node.port, on_request=silent)
+    try:
+        await older.request(older.ccr("s-newest", INITIAL, 0, msisdn="41790000104",
+                                      msccs=[mscc(10, requested={})]))
+        result = await node.server.re_auth("s-newest")
+        assert (result.answered, result.result_code, result.attempts) == (True, 2001, 2)
+        (first,) = never
+        (second,) = [m for m in older.server_requests if m.code == T.CMD_RE_AUTH]
+        assert not first.retransmit and second.retransmit
+        assert first.end_to_end == second.end_to_end
+
+        newest = await connect(node.port)
+        try:
+            result = await node.server.abort_session("s-newest")
+            assert (result.answered, result.attempts) == (True, 1)
+            assert [m.code for m in newest.server_requests] == [T.CMD_ABORT_SESSION]
+            assert len(never) == 1 and len(older.server_requests) == 1
+        finally:
+            await newest.close()
+    finally:
+        await stale.close()
+        await older.close()
+
+
 async def test_re_auth_reports_the_clients_answer_and_a_missing_peer(node, store):
     await subscriber(store, "41790000103")
 
