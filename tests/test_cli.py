@@ -135,6 +135,12 @@ async def test_add_list_and_show_subscribers(served):
     shown = await served.run("subscriber", "show", str(alice.id), "--json")
     assert shown.json()["msisdn"] == "41791112233"
     assert shown.json()["account"]["name"] == "demo"
+    # ... and by what the operator knows: the username, the MSISDN (digits, no such id)
+    for ref in ("alice", "41791112233"):
+        by = await served.run("subscriber", "show", ref, "--json")
+        assert by.code == 0 and by.json()["id"] == alice.id, (ref, by.err)
+    gone = await served.run("subscriber", "show", "nobody-at-all")
+    assert gone.code == 1 and "no subscriber with username" in gone.err
 
     dup = await served.run("subscriber", "add", "--account", "demo", "--username", "alice")
     assert dup.code == 1 and "already exists" in dup.err and "HTTP 409" in dup.err

@@ -88,30 +88,40 @@ def subscriber_find(ctx: Ctx, value, **given):
     if given:
         sub = ctx.client.get("/v1/subscribers/find", **given)
     else:
-        sub = None
-        for key in _guesses(value):
-            try:
-                sub = ctx.client.get("/v1/subscribers/find", **{key: value})
-                break
-            except ApiFailure as exc:
-                if exc.status != 404:
-                    raise
-        if sub is None:
-            raise ApiFailure(404, f"no subscriber with username, msisdn, imsi, sip_user, "
-                                  f"framed ip or session {value!r}", code="not_found")
+        sub = _find_by_value(ctx, value)
     if ctx.json:
         emit_json(sub)
     else:
         show_subscriber(sub)
 
 
+def _find_by_value(ctx: Ctx, value: str) -> dict[str, Any]:
+    for key in _guesses(value):
+        try:
+            return ctx.client.get("/v1/subscribers/find", **{key: value})
+        except ApiFailure as exc:
+            if exc.status != 404:
+                raise
+    raise ApiFailure(404, f"no subscriber with username, msisdn, imsi, sip_user, "
+                          f"framed ip or session {value!r}", code="not_found")
+
+
 @subscriber.command("show")
-@click.argument("subscriber_id", type=int, metavar="ID")
+@click.argument("ref", metavar="ID|IDENTITY")
 @json_option
 @pass_ctx
-def subscriber_show(ctx: Ctx, subscriber_id: int):
-    """Show a subscriber by id, with its account balance and plan."""
-    sub = ctx.client.get(f"/v1/subscribers/{subscriber_id}")
+def subscriber_show(ctx: Ctx, ref: str):
+    """Show a subscriber, with its account balance and plan: by id, else by
+    username, MSISDN, IMSI, SIP user, framed IP or session (as 'find')."""
+    sub = None
+    if ref.isdigit():
+        try:
+            sub = ctx.client.get(f"/v1/subscribers/{int(ref)}")
+        except ApiFailure as exc:
+            if exc.status != 404:
+                raise
+    if sub is None:
+        sub = _find_by_value(ctx, ref)
     if ctx.json:
         emit_json(sub)
     else:
