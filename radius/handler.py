@@ -322,17 +322,17 @@ class Handler:
         store, closed = self.ctx.store, 0
         prefix = acct.session_prefix(st.name, p, shared=True, source=source) \
             if st.shared else None  # else every session of the entry is the NAS's
-        skipped: set[str] = set()
+        seen: set[str] = set()
         while True:
+            # Each round closes what it found, so the next finds the rest; one that
+            # stayed open (it should not) is not tried again.
             batch = [s for s in await store.list_sessions(nas=st.name, status="active",
-                                                          limit=500)
-                     if s.id not in skipped]
+                                                          id_prefix=prefix, limit=500)
+                     if s.id not in seen]
             if not batch:
                 return closed
             for session in batch:
-                if prefix is not None and not session.id.startswith(prefix):
-                    skipped.add(session.id)
-                    continue
+                seen.add(session.id)
                 sub = await store.get_subscriber(session.subscriber_id)
                 identity = Identity(username=sub.username, msisdn=sub.msisdn, imsi=sub.imsi,
                                     sip_user=sub.sip_user)
@@ -343,8 +343,6 @@ class Handler:
                     attrs={"closed_by": "accounting-on/off"}))
                 self._metering.pop(session.id, None)
                 closed += 1
-            if len(skipped) >= 10_000:
-                return closed
 
 
 class MissingAttribute(ValidationError):

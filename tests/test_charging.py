@@ -274,6 +274,22 @@ async def test_session_record_follows_its_address_and_status_across_updates(core
     assert [x.id for x in await store.list_sessions(status="closed")] == ["sess-1"]
 
 
+async def test_sessions_are_listed_by_the_start_of_their_id(core, store):
+    """`id_prefix` picks the sessions of one NAS behind a shared entry; characters
+    that are wildcards in SQL patterns are plain characters here."""
+    await subscriber(store)
+    for sid in ("r:px/bras-a:1", "r:px/bras-a:2", "r:px/bras-b:1", "r:px/bras_a:1",
+                "r:px/bras%a:1"):
+        await core.charge(req(RequestKind.INITIAL, 0, data(), session=sid))
+    ids = lambda xs: sorted(x.id for x in xs)  # noqa: E731
+    assert ids(await store.list_sessions(id_prefix="r:px/bras-a:")) == [
+        "r:px/bras-a:1", "r:px/bras-a:2"]
+    assert ids(await store.list_sessions(id_prefix="r:px/bras_a:")) == ["r:px/bras_a:1"]
+    assert ids(await store.list_sessions(id_prefix="r:px/bras%")) == ["r:px/bras%a:1"]
+    assert len(await store.list_sessions(id_prefix="r:px/")) == 5
+    assert await store.list_sessions(id_prefix="r:px/bras-c:") == []
+
+
 async def test_usage_beyond_range_is_not_charged(core, store):
     a, _ = await subscriber(store)
     await core.charge(req(RequestKind.INITIAL, 0, data()))

@@ -402,6 +402,39 @@ def test_accounting_on_closes_every_open_session_of_the_nas(rad):
             [(4242, "accounting-on/off")]
 
 
+def test_accounting_on_behind_a_proxy_finds_its_sessions_among_many_others(rad):
+    """Behind a shared entry (a proxy), one BRAS's Accounting-On closes its sessions
+    however many the other BRAS behind it have open: they are not searched 500 at
+    a time (before, a BRAS whose sessions were older than 500 of the others'
+    had none closed)."""
+    _, page = rad.api("GET", "/v1/nas")
+    (entry,) = [n for n in page["items"] if n["name"] == "localhost-nas"]
+    assert rad.api("PATCH", f"/v1/nas/{entry['id']}", {"control": {"proxy": True}})[0] == 200
+
+    def report(box: bytes, status: int, sid: bytes, ident: int) -> None:
+        packet = acct_packet([(A.USER_NAME, b"on2"), (A.NAS_IDENTIFIER, box),
+                              (A.ACCT_SESSION_ID, sid), (A.ACCT_STATUS_TYPE, codec.u32(status))],
+                             ident=ident)
+        assert rad.send_raw(packet, timeout=5) is not None
+
+    def status_of(box: str, sid: str) -> str:
+        status, body = rad.api("GET", f"/v1/sessions/radius:localhost-nas/{box}:{sid}")
+        assert status == 200, body
+        return body["status"]
+
+    try:
+        report(b"bras-x", 1, b"x-1", 1)
+        for i in range(520):
+            report(b"bras-y", 1, b"y-%d" % i, (i + 2) % 256)
+        report(b"bras-x", 7, b"0", 3)  # Accounting-On
+        assert status_of("bras-x", "x-1") == "closed"
+        assert {status_of("bras-y", sid) for sid in ("y-0", "y-519")} == {"active"}
+        report(b"bras-y", 7, b"0", 4)
+        assert {status_of("bras-y", sid) for sid in ("y-0", "y-300", "y-519")} == {"closed"}
+    finally:
+        rad.api("PATCH", f"/v1/nas/{entry['id']}", {"control": {}})
+
+
 def test_exhausted_event_when_the_allowance_runs_out(rad):
     acc = rad.ids["tiny1"]
     base = 'User-Name = "tiny1", Acct-Session-Id = "t-1", '
