@@ -18,6 +18,7 @@ that does not echo Class costs one subscriber lookup per session.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -331,18 +332,25 @@ class Handler:
                      if s.id not in seen]
             if not batch:
                 return closed
-            for session in batch:
-                seen.add(session.id)
-                sub = await store.get_subscriber(session.subscriber_id)
-                identity = Identity(username=sub.username, msisdn=sub.msisdn, imsi=sub.imsi,
-                                    sip_user=sub.sip_user)
-                await self.ctx.charging.charge(ChargeRequest(
-                    identity, session.id, RequestKind.TERMINATE, session.last_seq + 1, (),
-                    now_us(), proto="radius", nas=st.name,
-                    nas_session_id=session.nas_session_id, cumulative=True,
-                    attrs={"closed_by": "accounting-on/off"}))
-                self._metering.pop(session.id, None)
-                closed += 1
+            seen.update(s.id for s in batch)
+            # Closed together, so they commit in a few batches, not one by one: a BRAS
+            # with thousands of sessions is answered before it retransmits.
+            done = await asyncio.gather(*(self._close_session(st, s) for s in batch),
+                                        return_exceptions=True)
+            failed = next((x for x in done if isinstance(x, BaseException)), None)
+            if failed is not None:
+                raise failed  # no answer: the NAS sends it again, the rest is closed then
+            closed += len(batch)
+
+    async def _close_session(self, st: NasState, session) -> None:
+        sub = await self.ctx.store.get_subscriber(session.subscriber_id)
+        identity = Identity(username=sub.username, msisdn=sub.msisdn, imsi=sub.imsi,
+                            sip_user=sub.sip_user)
+        await self.ctx.charging.charge(ChargeRequest(
+            identity, session.id, RequestKind.TERMINATE, session.last_seq + 1, (),
+            now_us(), proto="radius", nas=st.name, nas_session_id=session.nas_session_id,
+            cumulative=True, attrs={"closed_by": "accounting-on/off"}))
+        self._metering.pop(session.id, None)
 
 
 class MissingAttribute(ValidationError):
