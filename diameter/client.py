@@ -86,11 +86,13 @@ class DiameterClient:
     def __init__(self, host: str, port: int, *, origin_host: str = "pgw.test.example",
                  origin_realm: str = "test.example", destination_realm: str = "localdomain",
                  ssl: _ssl.SSLContext | None = None, answer_watchdog: bool = True,
-                 on_request: Callable[[Message], Awaitable[int]] | None = None):
+                 on_request: Callable[[Message], Awaitable[int]] | None = None,
+                 origin_state_id: int = 1):
         self.host, self.port = host, port
         self.local = base.LocalIdentity(origin_host, origin_realm, ("127.0.0.1",),
                                         product_name="ocs-test-client", vendor_id=10415,
-                                        auth_applications=(T.APP_DIAMETER_CREDIT_CONTROL,))
+                                        auth_applications=(T.APP_DIAMETER_CREDIT_CONTROL,),
+                                        origin_state_id=origin_state_id)
         self.destination_realm = destination_realm
         self.ssl = ssl
         self.answer_watchdog = answer_watchdog

@@ -115,6 +115,9 @@ class DiameterServer:
         # old connection still looks open is reached on the newest (see _route)
         self._opened: dict[Connection, int] = {}
         self._opens = itertools.count()
+        # Origin-Host -> the Origin-State-Id of its last CER on this node (restarts)
+        self._peer_states: dict[str, int] = {}
+        self._background: set[asyncio.Task] = set()
         self.in_flight = 0
         self.tasks: set[asyncio.Task] = set()
         self.listeners: list[asyncio.AbstractServer] = []
@@ -179,6 +182,50 @@ class DiameterServer:
     def on_open(self, conn: Connection) -> None:
         self._opened[conn] = next(self._opens)
         self._gauge()
+        info = conn.machine.peer if conn.machine is not None else None
+        if info is None or info.origin_state_id is None:
+            return
+        host, state = info.origin_host, info.origin_state_id
+        before = self._peer_states.get(host)
+        self._peer_states[host] = state
+        if before is not None and before != state and self.config.close_sessions_on_peer_restart:
+            log.warning("peer %s restarted (Origin-State-Id %d, was %d): closing the "
+                        "sessions it started before", host, state, before, extra={"peer": host})
+            task = conn.loop.create_task(self._peer_restarted(host, now_us()))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _peer_restarted(self, host: str, at: int) -> int:
+        """RFC 6733 §8.16: a client whose Origin-State-Id changed lost the sessions it
+        had; close those it started before `at` (µs), releasing what they hold, so a
+        prepaid balance is not kept reserved until the sessions time out. Sessions it
+        only relayed (their CCRs named another Origin-Host) are not its own."""
+        close = getattr(self.charging, "close_session", None)
+        store = getattr(self.charging, "store", None)
+        if close is None or store is None:
+            return 0
+        try:
+            mine, offset = [], 0
+            while True:
+                page = await store.list_sessions(nas=host, status="active",
+                                                 started_before=at, limit=500, offset=offset)
+                if not page:
+                    break
+                offset += len(page)
+                mine += [x for x in page if x.proto == "diameter"
+                         and x.attrs.get("origin_host", host) == host]
+            for k in range(0, len(mine), 500):
+                chunk = mine[k:k + 500]
+                await asyncio.gather(*(close(x, "peer restart") for x in chunk))
+                for x in chunk:
+                    self._directory_put.pop(x.id, None)
+        except StoreUnavailable as exc:
+            log.error("sessions of restarted peer %s not closed: %s (supervision closes "
+                      "them once they are idle)", host, exc, extra={"peer": host})
+            return 0
+        log.info("peer %s restarted: closed %d sessions", host, len(mine),
+                 extra={"peer": host})
+        return len(mine)
 
     def on_closed(self, conn: Connection, reason: str) -> None:
         was_open = conn._opened
@@ -567,11 +614,14 @@ class DiameterServer:
         self.stopping = True
         for server in self.listeners:
             server.close()
-        if self.tasks:
-            done, pending = await asyncio.wait(set(self.tasks), timeout=drain)
-            if pending:
+        if self.tasks or self._background:
+            done, pending = await asyncio.wait(set(self.tasks) | self._background,
+                                               timeout=drain)
+            if pending & self.tasks:
                 log.warning("%d credit-control requests still in flight at shutdown",
-                            len(pending))
+                            len(pending & self.tasks))
+            for task in pending & self._background:
+                task.cancel()  # closing a restarted peer's sessions: supervision will
         for conn in list(self.connections):
             conn.disconnect()
         waiting = [c.closed.wait() for c in list(self.connections)]

@@ -216,6 +216,7 @@ class DiameterConfig(Section):
     disconnect_timeout: float = Field(2.0, gt=0, le=60)
     request_timeout: float = Field(5.0, gt=0, le=120)
     request_attempts: int = Field(3, ge=1, le=10)
+    close_sessions_on_peer_restart: bool = True
     duplicate_ttl: float = Field(240.0, ge=240, le=86_400)
     max_message_size: int = Field(65536, ge=4096, le=16_777_215)
     max_in_flight: int = Field(4096, ge=1, le=1_000_000)

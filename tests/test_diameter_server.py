@@ -216,6 +216,50 @@ async def test_re_auth_goes_to_the_clients_newest_connection_and_retries_another
         await older.close()
 
 
+async def test_a_restarted_client_has_its_earlier_sessions_closed_and_released(node, store):
+    """A PGW that connects again with another Origin-State-Id in its CER restarted
+    and lost its sessions (RFC 6733 §8.16): those it started before are closed and
+    their reservations released at once. A reconnect with the same Origin-State-Id
+    (a network blip) closes nothing, and sessions started after the restart stay."""
+    import asyncio
+    account = await subscriber(store, "41790000105")
+
+    async def reserved() -> int:
+        return (await store.balance(account))["reserved"]
+
+    first = await connect(node.port, origin_state_id=7)
+    for sid in ("s-old-1", "s-old-2"):
+        a = await first.request(first.ccr(sid, INITIAL, 0, msisdn="41790000105",
+                                          msccs=[mscc(10, requested={})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+    held = await reserved()
+    assert held > 0
+    await first.close()
+
+    blip = await connect(node.port, origin_state_id=7)
+    await asyncio.sleep(0.3)
+    assert (await store.get_session("s-old-1")).status == "active"
+    assert await reserved() == held
+    await blip.close()
+
+    again = await connect(node.port, origin_state_id=8)
+    try:
+        a = await again.request(again.ccr("s-new", INITIAL, 0, msisdn="41790000105",
+                                          msccs=[mscc(10, requested={})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        for _ in range(100):
+            if (await store.get_session("s-old-2")).status == "closed":
+                break
+            await asyncio.sleep(0.05)
+        for sid in ("s-old-1", "s-old-2"):
+            closed = await store.get_session(sid)
+            assert closed.status == "closed" and closed.attrs["closed_by"] == "peer restart"
+        assert (await store.get_session("s-new")).status == "active"
+        assert 0 < await reserved() < held  # only the new session's grant is held
+    finally:
+        await again.close()
+
+
 async def test_re_auth_reports_the_clients_answer_and_a_missing_peer(node, store):
     await subscriber(store, "41790000103")
 

@@ -454,17 +454,23 @@ class ChargingCore:
         cutoff = now_us() - self.config.idle_timeout * 1_000_000
         closed = 0
         for session in await self.store.stale_sessions(cutoff):
-            record = replace(session, status="closed", updated_at=now_us(), ended_at=now_us(),
-                             attrs={**session.attrs, "closed_by": "supervision"})
-            # A negative sequence no protocol uses: the close never collides with
-            # (or replays) a request of the session itself.
-            await self.store.apply(Composite(
-                session.account_id, session.id, -now_us(),
-                (Release(session.account_id, session.id),), record=record, close=True))
+            await self.close_session(session, "supervision")
             log.info("closed idle session", extra={"session": session.id,
                                                    "account": session.account_id})
             closed += 1
         return {"released_units": released, "closed_sessions": closed}
+
+    async def close_session(self, session: Session, reason: str) -> None:
+        """Close a session nobody will report on again: release what it holds,
+        charge nothing more, mark its record closed (`closed_by`: reason)."""
+        at = now_us()
+        record = replace(session, status="closed", updated_at=at, ended_at=at,
+                         attrs={**session.attrs, "closed_by": reason})
+        # A negative sequence no protocol uses: the close never collides with
+        # (or replays) a request of the session itself.
+        await self.store.apply(Composite(
+            session.account_id, session.id, -at,
+            (Release(session.account_id, session.id),), record=record, close=True))
 
 
 __all__ = ["ChargingCore", "PriceResolver", "RatingFailed", "fair_usage_period", "Adjust"]
