@@ -213,7 +213,9 @@ class Composite:
     parts: tuple["Reserve | Commit | Release | Credit | Adjust", ...]
     record: Session | None = None
     close: bool = False  # session ends: write a rated CDR per service, close its charges
-    require_session: bool = False  # UNKNOWN_SESSION (nothing applied) if never opened
+    # UNKNOWN_SESSION if never opened (nothing applied), or if it ended and this is
+    # not its end (only the usage it reports is charged)
+    require_session: bool = False
     opens: bool = False  # the request starts the session (may reopen a closed id)
     # Whether the result is stored under op_key for replays. A mid-session report of
     # cumulative counters (a RADIUS Interim-Update) does without: its commits charge
@@ -526,6 +528,15 @@ class _Engine:
         known = self.state.sessions.get(op.session)
         if op.require_session and known is None:
             return Result(Outcome.UNKNOWN_SESSION, message=f"unknown session {op.session}")
+        if op.require_session and not op.close and known.status == "closed":
+            # An update of a session that ended here (terminated, aborted, closed by
+            # supervision or because its client restarted): what it reports was used
+            # and is charged, nothing more is held, and it is unknown to the client
+            # (Diameter 5002), which then ends it.
+            parts = tuple(self._one(acct, replace(part, reserve=0, final=True), key)
+                          for part in op.parts if isinstance(part, Commit))
+            return Result(Outcome.UNKNOWN_SESSION, parts=parts,
+                          message=f"session {op.session} has ended")
         if op.opens and known is not None and known.status == "closed":
             # The id was reused (a NAS restarted its counter): a new session, whose
             # cumulative counters start again from zero.

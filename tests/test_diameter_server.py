@@ -256,6 +256,18 @@ async def test_a_restarted_client_has_its_earlier_sessions_closed_and_released(n
             assert closed.status == "closed" and closed.attrs["closed_by"] == "peer restart"
         assert (await store.get_session("s-new")).status == "active"
         assert 0 < await reserved() < held  # only the new session's grant is held
+        # A late update of an old session: its usage is charged, nothing granted,
+        # and the client is told the session is gone (it then ends it).
+        before = await store.balance(account)
+        a = await again.request(again.ccr("s-old-1", UPDATE, 1, msisdn="41790000105",
+                                          msccs=[mscc(10, requested={},
+                                                      used={"total": 2 * MB})]))
+        assert value(a.avps, T.RESULT_CODE) == T.DIAMETER_UNKNOWN_SESSION_ID
+        assert value(a.avps, T.MULTIPLE_SERVICES_CREDIT_CONTROL) is None
+        after = await store.balance(account)
+        assert after["reserved"] == before["reserved"]
+        assert before["available"] - after["available"] == 2 * 10_000  # 0.01 EUR per MB
+        assert (await store.get_session("s-old-1")).status == "closed"
     finally:
         await again.close()
 
