@@ -223,6 +223,10 @@ class DiameterServer:
             log.error("sessions of restarted peer %s not closed: %s (supervision closes "
                       "them once they are idle)", host, exc, extra={"peer": host})
             return 0
+        except Exception:  # noqa: BLE001 - a background task: logged, never lost
+            log.exception("closing the sessions of restarted peer %s failed", host,
+                          extra={"peer": host})
+            return 0
         log.info("peer %s restarted: closed %d sessions", host, len(mine),
                  extra={"peer": host})
         return len(mine)
