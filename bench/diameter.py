@@ -48,7 +48,6 @@ import os
 import pstats
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,6 +59,7 @@ from pathlib import Path
 import asyncpg
 
 from bench import scrape
+from bench.ports import free_port
 from bench.pg import throwaway_schema
 from bench.procstat import cpu_seconds, thread_cpu
 from bench.targets import judge
@@ -113,10 +113,6 @@ async def postgres_pids(dsn: str, daemon_pid: int) -> tuple[list[int], list[int]
 
 
 # ---------------------------------------------------------------------- the daemon
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Daemon:

@@ -72,7 +72,7 @@ if str(ROOT) not in sys.path:
 
 import asyncpg  # noqa: E402
 
-from bench import scrape  # noqa: E402
+from bench import ports, scrape  # noqa: E402
 from bench.procstat import cpu_seconds  # noqa: E402
 from bench.targets import judge  # noqa: E402
 from radius import codec  # noqa: E402
@@ -84,9 +84,7 @@ FR_SQL = Path("/etc/freeradius/3.0/mods-config/sql/main/postgresql")
 
 
 def free_port(kind=socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return ports.free_port(kind)
 
 
 # ---------------------------------------------------------------- CPU from /proc

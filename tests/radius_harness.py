@@ -19,9 +19,7 @@ TOKEN = "radius-test-token-0123456789abcdef"
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port(socket.SOCK_DGRAM)
 
 
 class RadiusOcsd(Ocsd):

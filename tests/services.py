@@ -16,13 +16,14 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 
 import asyncpg
 import redis
+
+from bench.ports import free_port
 
 PG_HINT = ("no PostgreSQL available: set OCS_TEST_PG_DSN, run a server on 127.0.0.1:5432, "
            "or install the server binaries (Debian: apt-get install postgresql)")
@@ -34,10 +35,6 @@ class ServiceUnavailable(RuntimeError):
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_answers(dsn: str) -> bool:
