@@ -470,6 +470,18 @@ class CountingTransport(asyncio.Transport):
         pass
 
 
+def connect_in_process(server, transport: asyncio.Transport):
+    """(connection, client): a connection of `server` on `transport`, opened by a
+    client's CER as if it came over the socket."""
+    from diameter.codec import encode
+    conn = server.connection()
+    conn.connection_made(transport)
+    client = DiameterClient("127.0.0.1", 0, origin_host="pgw0.bench.example",
+                            origin_realm="bench.example", destination_realm="bench.example")
+    conn.data_received(encode(base.cer(client.local, *client.ids())))
+    return conn, client
+
+
 async def frontend_run(requests: int, chunk: int, log_level: str, log_credit_control: bool,
                        log_path: Path) -> float:
     """CPU seconds per CCR-U through one connection of a fresh DiameterServer."""
@@ -489,12 +501,8 @@ async def frontend_run(requests: int, chunk: int, log_level: str, log_credit_con
                                 max_in_flight=100_000, log_credit_control=log_credit_control)
         server = DiameterServer(config, charging=FixedDecision(), cluster=cluster,
                                 metrics=Metrics())
-        conn = server.connection()
         transport = CountingTransport()
-        conn.connection_made(transport)
-        client = DiameterClient("127.0.0.1", 0, origin_host="pgw0.bench.example",
-                                origin_realm="bench.example", destination_realm="bench.example")
-        conn.data_received(encode(base.cer(client.local, *client.ids())))
+        conn, client = connect_in_process(server, transport)
         sessions = 200
         raws = [encode(client.ccr(f"bench;{i % sessions}", UPDATE, 1 + i // sessions,
                                   msisdn=f"4179{i % sessions:07d}",

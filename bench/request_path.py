@@ -119,17 +119,20 @@ enabled = false
         if rnd:
             per_request.append(cpu / requests * 1e6)
     from radius import codec
-    return {"implementation": codec.IMPLEMENTATION,
+    return _report(codec.IMPLEMENTATION, per_request)
+
+
+def _report(implementation: str, per_request: list[float]) -> dict:
+    return {"implementation": implementation,
             "cpu_us_best": round(min(per_request), 1),
             "cpu_us_median": round(statistics.median(per_request), 1),
             "each_round": [round(x, 1) for x in per_request]}
 
 
 async def _child_ccr(requests: int, rounds: int) -> dict:
-    from bench.diameter import USED, CountingTransport, prepare_store
+    from bench.diameter import USED, CountingTransport, connect_in_process, prepare_store
     from bench.radius import free_port
-    from diameter import base
-    from diameter.client import INITIAL, UPDATE, DiameterClient, mscc
+    from diameter.client import INITIAL, UPDATE, mscc
     from diameter.codec import encode
     from ocs.config import load
     from ocs.daemon import Daemon
@@ -167,12 +170,8 @@ max_in_flight = 100000
     daemon = Daemon(load(path), path)
     await daemon._start_all()
     server = next(c for c in daemon.components if c.name == "diameter").server
-    conn = server.connection()
     transport = Keeping()
-    conn.connection_made(transport)
-    client = DiameterClient("127.0.0.1", 0, origin_host="pgw0.bench.example",
-                            origin_realm="bench.example", destination_realm="bench.example")
-    conn.data_received(encode(base.cer(client.local, *client.ids())))
+    conn, client = connect_in_process(server, transport)
     per_request = []
     for rnd in range(rounds + 1):  # round 0 opens the sessions (CCR-I) and warms up
         raws = [encode(client.ccr(
@@ -193,10 +192,7 @@ max_in_flight = 100000
         if rnd:
             per_request.append(cpu / requests * 1e6)
     from diameter import codec
-    return {"implementation": codec.IMPLEMENTATION,
-            "cpu_us_best": round(min(per_request), 1),
-            "cpu_us_median": round(statistics.median(per_request), 1),
-            "each_round": [round(x, 1) for x in per_request]}
+    return _report(codec.IMPLEMENTATION, per_request)
 
 
 def _result_codes(stream: bytes) -> dict:
