@@ -66,8 +66,6 @@ async def _child(mode: str, requests: int, rounds: int) -> dict:
     if mode == "ccr":
         return await _child_ccr(requests, rounds)
     from bench.radius import Ocsd, acct_request, auth_request, free_port
-    from ocs.config import load
-    from ocs.daemon import Daemon
 
     class Args:
         backend, sessions, pg_dsn = "sqlite", requests, None
@@ -76,22 +74,13 @@ async def _child(mode: str, requests: int, rounds: int) -> dict:
     tmp = tempfile.mkdtemp(prefix="ocs-bench-")
     seeded = Ocsd(Args(), tmp)
     await seeded._seed()
-    path = os.path.join(tmp, "ocs.toml")
-    Path(path).write_text(f"""
-[log]
-level = "warning"
-[store]
-url = "{seeded.url}"
-[api]
-listen = "127.0.0.1:{free_port(1)}"
+    daemon = await _daemon(tmp, seeded.url, f"""
 [radius]
 auth_listen = "127.0.0.1:{free_port()}"
 acct_listen = "127.0.0.1:{free_port()}"
 [diameter]
 enabled = false
 """)
-    daemon = Daemon(load(path), path)
-    await daemon._start_all()
     server = next(c for c in daemon.components if c.name == "radius").server
     endpoint = _Endpoint(asyncio.get_running_loop(), mode)
     addr = ("127.0.0.1", 40000)
@@ -122,6 +111,20 @@ enabled = false
     return _report(codec.IMPLEMENTATION, per_request)
 
 
+async def _daemon(tmp: str, url: str, sections: str):
+    """A real ocsd's components, started in this process from a configuration:
+    the store at `url`, the API on a free port, and `sections`."""
+    from bench.radius import free_port
+    from ocs.config import load
+    from ocs.daemon import Daemon
+    path = os.path.join(tmp, "ocs.toml")
+    Path(path).write_text(f'[log]\nlevel = "warning"\n[store]\nurl = "{url}"\n'
+                          f'[api]\nlisten = "127.0.0.1:{free_port(1)}"\n' + sections)
+    daemon = Daemon(load(path), path)
+    await daemon._start_all()
+    return daemon
+
+
 def _report(implementation: str, per_request: list[float]) -> dict:
     return {"implementation": implementation,
             "cpu_us_best": round(min(per_request), 1),
@@ -134,20 +137,11 @@ async def _child_ccr(requests: int, rounds: int) -> dict:
     from bench.radius import free_port
     from diameter.client import INITIAL, UPDATE, mscc
     from diameter.codec import encode
-    from ocs.config import load
-    from ocs.daemon import Daemon
 
     tmp = tempfile.mkdtemp(prefix="ocs-bench-")
     url = f"sqlite:{tmp}/ocs.db"
     await prepare_store(url, None, requests)
-    path = os.path.join(tmp, "ocs.toml")
-    Path(path).write_text(f"""
-[log]
-level = "warning"
-[store]
-url = "{url}"
-[api]
-listen = "127.0.0.1:{free_port(1)}"
+    daemon = await _daemon(tmp, url, f"""
 [radius]
 enabled = false
 [diameter]
@@ -167,8 +161,6 @@ max_in_flight = 100000
             self.writes += 1
             self.written.append(bytes(data))
 
-    daemon = Daemon(load(path), path)
-    await daemon._start_all()
     server = next(c for c in daemon.components if c.name == "diameter").server
     transport = Keeping()
     conn, client = connect_in_process(server, transport)
