@@ -308,14 +308,13 @@ class ChargingCore:
                                                                  RequestKind.TERMINATE),
             opens=req.kind is RequestKind.INITIAL,
             keep_result=not (req.cumulative and req.kind is RequestKind.UPDATE)))
+        if result.events and self._on_events is not None:
+            self._on_events()  # e.g. a late update of an ended session crossing a limit
         if result.outcome is Outcome.UNKNOWN_SESSION:
             return ChargeDecision(ResultCode.UNKNOWN_SESSION, account_id=account.id,
                                   subscriber_id=sub.id, replayed=result.replayed,
                                   message=f"unknown session {req.session_id}")
-        decision = self._decide(req, account, plan, sub, parts, result, failed)
-        if result.events and self._on_events is not None:
-            self._on_events()
-        return decision
+        return self._decide(req, account, plan, sub, parts, result, failed)
 
     def _parts(self, req: ChargeRequest, account: Account, plan: Plan | None,
                sub: Subscriber) -> tuple[list, dict[str, ResultCode], dict[str, Any]]:
