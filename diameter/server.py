@@ -202,7 +202,7 @@ class DiameterServer:
         only relayed (their CCRs named another Origin-Host) are not its own."""
         close = getattr(self.charging, "close_session", None)
         store = getattr(self.charging, "store", None)
-        if close is None or store is None:
+        if close is None or store is None:  # a stand-in core (bench --frontend)
             return 0
         try:
             mine, offset = [], 0
@@ -625,7 +625,9 @@ class DiameterServer:
                 log.warning("%d credit-control requests still in flight at shutdown",
                             len(pending & self.tasks))
             for task in pending & self._background:
-                task.cancel()  # closing a restarted peer's sessions: supervision will
+                # Closing a restarted peer's sessions, cut short: supervision closes
+                # what is left once it is idle.
+                task.cancel()
         for conn in list(self.connections):
             conn.disconnect()
         waiting = [c.closed.wait() for c in list(self.connections)]

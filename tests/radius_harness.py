@@ -3,6 +3,7 @@ data, FreeRADIUS's radclient and a raw UDP client."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import subprocess
@@ -16,6 +17,18 @@ from tests.test_daemon import Ocsd, in_store
 
 SECRET = "testing123"
 TOKEN = "radius-test-token-0123456789abcdef"
+
+
+@contextlib.contextmanager
+def started(tmp_path, seed, **kw):
+    """A RadiusOcsd seeded by `seed` (ids in `.ids`), running until the block ends."""
+    d = RadiusOcsd(tmp_path, **kw)
+    d.ids = d.seed(seed)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
 
 
 def free_udp_port() -> int:
@@ -109,4 +122,5 @@ def s(text: str) -> bytes:
     return text.encode()
 
 
-__all__ = ["A", "Code", "RadiusOcsd", "SECRET", "TOKEN", "acct_packet", "codec", "free_port", "s"]
+__all__ = ["A", "Code", "RadiusOcsd", "SECRET", "TOKEN", "acct_packet", "codec", "free_port", "s",
+           "started"]

@@ -18,7 +18,7 @@ from ocs.passwords import md4
 from radius import codec, mschap
 from radius.auth import MS_CHAP2_RESPONSE, MS_CHAP2_SUCCESS, MS_CHAP_CHALLENGE, \
     MS_MPPE_RECV_KEY, MS_MPPE_SEND_KEY
-from tests.radius_harness import A, Code, RadiusOcsd, SECRET, acct_packet, s
+from tests.radius_harness import A, Code, RadiusOcsd, SECRET, acct_packet, s, started
 
 GIB = 2**30
 
@@ -66,11 +66,8 @@ async def seed(store) -> dict:
 
 @pytest.fixture(scope="module")
 def rad(tmp_path_factory):
-    d = RadiusOcsd(tmp_path_factory.mktemp("radius"))
-    d.ids = d.seed(seed)
-    d.start()
-    yield d
-    d.stop()
+    with started(tmp_path_factory.mktemp("radius"), seed) as d:
+        yield d
 
 
 def auth(rad, user, password, extra=""):

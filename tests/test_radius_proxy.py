@@ -13,7 +13,7 @@ import re
 import pytest
 
 from tests.policy_harness import FREERADIUS_HEAD, FreeRadius
-from tests.radius_harness import SECRET, RadiusOcsd, free_udp_port
+from tests.radius_harness import SECRET, free_udp_port, started
 from tests.test_radius_daemon import GIB, seed
 
 PROXY_SECRET = "proxy-front-secret-0123"
@@ -88,11 +88,8 @@ post-proxy {{
 
 @pytest.fixture(scope="module")
 def rad(tmp_path_factory):
-    d = RadiusOcsd(tmp_path_factory.mktemp("radius-behind-proxy"))
-    d.ids = d.seed(seed)
-    d.start()
-    yield d
-    d.stop()
+    with started(tmp_path_factory.mktemp("radius-behind-proxy"), seed) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")
