@@ -115,7 +115,8 @@ class DiameterServer:
         # old connection still looks open is reached on the newest (see _route)
         self._opened: dict[Connection, int] = {}
         self._opens = itertools.count()
-        # Origin-Host -> the Origin-State-Id of its last CER on this node (restarts)
+        # Origin-Host -> the Origin-State-Id of its last CER here (when the store
+        # cannot be asked; see _peer_state)
         self._peer_states: dict[str, int] = {}
         self._background: set[asyncio.Task] = set()
         self.in_flight = 0
@@ -185,15 +186,37 @@ class DiameterServer:
         info = conn.machine.peer if conn.machine is not None else None
         if info is None or info.origin_state_id is None:
             return
-        host, state = info.origin_host, info.origin_state_id
+        task = conn.loop.create_task(self._peer_state(info.origin_host, info.origin_state_id,
+                                                      now_us()))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _peer_state(self, host: str, state: int, at: int) -> None:
+        """Compare a client's Origin-State-Id with the one it sent before, to this or
+        any node (the store keeps it; in memory when the store cannot be reached), and
+        close its earlier sessions if it restarted."""
         before = self._peer_states.get(host)
         self._peer_states[host] = state
-        if before is not None and before != state and self.config.close_sessions_on_peer_restart:
-            log.warning("peer %s restarted (Origin-State-Id %d, was %d): closing the "
-                        "sessions it started before", host, state, before, extra={"peer": host})
-            task = conn.loop.create_task(self._peer_restarted(host, now_us()))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        store = getattr(self.charging, "store", None)
+        if store is not None:
+            try:
+                before = await store.swap_peer_state(host, state)
+            except StoreUnavailable as exc:
+                log.warning("Origin-State-Id of %s not recorded: %s", host, exc,
+                            extra={"peer": host})
+            except Exception:  # noqa: BLE001 - a background task: logged, never lost
+                log.exception("recording the Origin-State-Id of %s failed", host,
+                              extra={"peer": host})
+        if before is None or before == state:
+            return
+        if not self.config.close_sessions_on_peer_restart:
+            log.warning("peer %s restarted (Origin-State-Id %d, was %d); its sessions are "
+                        "left to supervision (close_sessions_on_peer_restart is off)",
+                        host, state, before, extra={"peer": host})
+            return
+        log.warning("peer %s restarted (Origin-State-Id %d, was %d): closing the "
+                    "sessions it started before", host, state, before, extra={"peer": host})
+        await self._peer_restarted(host, at)
 
     async def _peer_restarted(self, host: str, at: int) -> int:
         """RFC 6733 §8.16: a client whose Origin-State-Id changed lost the sessions it

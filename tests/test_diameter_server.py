@@ -272,6 +272,50 @@ async def test_a_restarted_client_has_its_earlier_sessions_closed_and_released(n
         await again.close()
 
 
+async def test_a_client_restart_is_seen_after_ocsd_itself_restarted(store):
+    """The last Origin-State-Id of a client is kept in the store, not in the memory
+    of the node that saw it: a PGW that restarts while ocsd restarts too (a site
+    power cut) has its old sessions closed when it reconnects to the new ocsd."""
+    import asyncio
+    account = await subscriber(store, "41790000106")
+    cluster = build(RedisConfig(), node="n1")
+    await cluster.start()
+    try:
+        before = await Node(store, cluster).start()
+        c = await connect(before.port, origin_state_id=41)
+        a = await c.request(c.ccr("s-before", INITIAL, 0, msisdn="41790000106",
+                                  msccs=[mscc(10, requested={})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        assert (await store.balance(account))["reserved"] > 0
+        await c.close()
+        await before.close()
+
+        after = await Node(store, cluster).start()  # nothing of the first in memory
+        c = await connect(after.port, origin_state_id=42)
+        try:
+            for _ in range(100):
+                if (await store.get_session("s-before")).status == "closed":
+                    break
+                await asyncio.sleep(0.05)
+            closed = await store.get_session("s-before")
+            assert closed.status == "closed" and closed.attrs["closed_by"] == "peer restart"
+            assert (await store.balance(account))["reserved"] == 0
+        finally:
+            await c.close()
+            await after.close()
+    finally:
+        await cluster.stop()
+
+
+async def test_the_store_swaps_a_peers_origin_state_id(store):
+    assert await store.swap_peer_state("pgw1.example", 7) is None
+    assert await store.swap_peer_state("pgw1.example", 7) == 7
+    assert await store.swap_peer_state("pgw1.example", 8) == 7
+    assert await store.swap_peer_state("pgw2.example", 0xFFFFFFFF) is None
+    assert await store.swap_peer_state("pgw1.example", 8) == 8
+    assert await store.swap_peer_state("pgw2.example", 1) == 0xFFFFFFFF
+
+
 async def test_re_auth_reports_the_clients_answer_and_a_missing_peer(node, store):
     await subscriber(store, "41790000103")
 

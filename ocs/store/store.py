@@ -616,6 +616,22 @@ class Store:
                                "updated_at < $1 ORDER BY updated_at LIMIT $2", before, limit)
         return [Session.from_row(r) for r in rows]
 
+    async def swap_peer_state(self, origin_host: str, origin_state_id: int) -> int | None:
+        """Record the Origin-State-Id a Diameter client sent in its CER; returns the one
+        recorded before (None the first time). Atomic: of two nodes that see the same
+        restart, one gets the old value and the other the new one."""
+        def program():
+            before = yield fetchval("SELECT origin_state_id FROM diameter_peer_states "
+                                    "WHERE origin_host = $1 FOR UPDATE", origin_host)
+            if before != origin_state_id:
+                yield execute("INSERT INTO diameter_peer_states (origin_host, origin_state_id, "
+                              "updated_at) VALUES ($1, $2, $3) ON CONFLICT (origin_host) DO "
+                              "UPDATE SET origin_state_id = excluded.origin_state_id, "
+                              "updated_at = excluded.updated_at",
+                              origin_host, origin_state_id, now_us())
+            return before
+        return await self.driver.run(program)
+
     async def count_sessions(self, *, status: str = "active") -> dict[str, int]:
         rows = await self._all("SELECT proto, count(*) AS n FROM sessions WHERE status = $1 "
                                "GROUP BY proto", status)
