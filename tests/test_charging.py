@@ -211,6 +211,31 @@ async def test_silent_session_is_released_and_closed_by_supervision(store):
     assert await quick.supervise() == {"released_units": 0, "closed_sessions": 0}
 
 
+async def test_supervision_clears_a_backlog_of_idle_sessions_in_one_run(store):
+    """A NAS that vanished leaves more idle sessions than one page: one supervision
+    run closes them all and releases every reservation."""
+    import asyncio
+    quick = ChargingCore(store, PRICES, CONFIG.model_copy(update={"idle_timeout": 60}))
+    a, s = await subscriber(store, balance=100 * EUR)
+    n = quick.SUPERVISION_PAGE + 100
+    decisions = await asyncio.gather(*(
+        quick.charge(req(RequestKind.INITIAL, 0, data(requested=MB), session=f"idle-{i}"))
+        for i in range(n)))
+    assert all(d.result is ResultCode.SUCCESS for d in decisions)
+    assert (await store.balance(a.id))["reserved"] == n * 10_000
+
+    def program():  # make them all silent for an hour (an out-of-band write)
+        from ocs.store.sql import execute
+        yield execute("UPDATE accounts SET version = version + 1")
+        yield execute("UPDATE sessions SET updated_at = $1", now_us() - 3600 * 1_000_000)
+    await store.driver.run(program)
+    report = await quick.supervise()
+    assert report["closed_sessions"] == n
+    assert (await store.balance(a.id))["reserved"] == 0
+    assert await store.list_sessions(status="active") == []
+    assert (await quick.supervise())["closed_sessions"] == 0
+
+
 async def test_unknown_subscriber_suspended_account_and_rating_failure(core, store):
     d = await core.charge(req(RequestKind.INITIAL, 0, data(), user="nobody"))
     assert d.result is ResultCode.UNKNOWN_SUBSCRIBER and d.services == ()
