@@ -35,7 +35,7 @@ PostgreSQL plans lookups into tables it still thinks are empty as sequential
 scans for the first minute or so, until autovacuum analyzes them).
 
     python -m bench.radius [--backend sqlite|postgres] [--sessions 2000] [--interims 5]
-                           [--procs 2] [--window 64] [--rate 0] [--mode acct|auth]
+                           [--procs 2] [--window 64] [--rate 0] [--mode acct|auth] [--daemons 1]
                            [--freeradius] [--repeat 1] [--pg-dsn DSN]
 
 With ``--repeat N`` the load runs N rounds (ocsd, then FreeRADIUS, in each)
@@ -80,6 +80,7 @@ from radius.codec import A, Code  # noqa: E402
 
 SECRET = "bench-secret-0123456789"
 OCSD = str(Path(sys.executable).with_name("ocsd"))
+SOCKETS_PER_PROCESS = 4
 FR_SQL = Path("/etc/freeradius/3.0/mods-config/sql/main/postgresql")
 
 
@@ -130,10 +131,15 @@ def worker(port: int, mode: str, users: list[int], interims: int, window: int, r
            timeout: float, prefix: str, sid_prefix: str, out) -> None:
     """Send this process's share; report (answered, timeouts, latencies, cpu)."""
     started_cpu = time.process_time()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-    sock.connect(("127.0.0.1", port))
-    sock.setblocking(False)
+    # Several source ports: the kernel spreads the flows of several ocsd sharing the
+    # port (`--daemons`, SO_REUSEPORT) by source address and port.
+    socks = []
+    for _ in range(SOCKETS_PER_PROCESS):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        socks.append(sock)
     if mode == "acct":
         plan = [(rnd, u) for rnd in range(interims + 2) for u in users]
     else:
@@ -160,7 +166,7 @@ def worker(port: int, mode: str, users: list[int], interims: int, window: int, r
             else:
                 data = auth_request(ident, f"{prefix}{u}", f"pw{u}")
             try:
-                sock.send(data)
+                socks[i % len(socks)].send(data)
             except BlockingIOError:
                 free_ids.append(ident)
                 break
@@ -176,8 +182,8 @@ def worker(port: int, mode: str, users: list[int], interims: int, window: int, r
         wait = 0.05
         if interval and i < len(plan) and free_ids:  # else only an answer can unblock it
             wait = max(0.0, min(wait, next_at - time.perf_counter()))
-        ready, _, _ = select.select([sock], [], [], wait)
-        if ready:
+        ready, _, _ = select.select(socks, [], [], wait)
+        for sock in ready:
             while True:
                 try:
                     reply = sock.recv(4096)
@@ -204,13 +210,15 @@ def worker(port: int, mode: str, users: list[int], interims: int, window: int, r
 
 
 def run_load(port: int, mode: str, n: int, interims: int, procs: int, window: int,
-             rate: float, timeout: float, prefix: str, server_pids, sid_prefix: str = "s"
-             ) -> dict:
+             rate: float, timeout: float, prefix: str, server_pids, sid_prefix: str = "s",
+             daemons: int = 1) -> dict:
+    """`server_pids()`: the server's processes (its `daemons` first), then the
+    database's."""
     users = list(range(n))
     shares = [users[k::procs] for k in range(procs)]
     queue: mp.Queue = mp.Queue()
     pids = server_pids()
-    cpu0, own0 = cpu_seconds(*pids), cpu_seconds(pids[0])
+    cpu0, own0 = cpu_seconds(*pids), cpu_seconds(*pids[:daemons])
     t0 = time.perf_counter()
     workers = [mp.Process(target=worker, args=(port, mode, share, interims, window,
                                                rate / procs if rate else 0.0, timeout,
@@ -223,7 +231,7 @@ def run_load(port: int, mode: str, n: int, interims: int, procs: int, window: in
         w.join()
     elapsed = time.perf_counter() - t0
     cpu = cpu_seconds(*server_pids()) - cpu0  # includes backends started meanwhile
-    own = cpu_seconds(pids[0]) - own0          # the server process alone
+    own = cpu_seconds(*pids[:daemons]) - own0  # the server's processes alone
     answered = sum(r[0] for r in results)
     lat = sorted(x for r in results for x in r[2])
 
@@ -253,6 +261,18 @@ def run_load(port: int, mode: str, n: int, interims: int, procs: int, window: in
             if answered else None}
 
 
+def wait_http(port: int, deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            scrape.metrics(port)
+            return
+        except OSError:
+            if time.monotonic() > end:
+                raise RuntimeError(f"ocsd's API on port {port} did not come up") from None
+            time.sleep(0.1)
+
+
 def wait_status(port: int, deadline: float = 20.0) -> None:
     data = codec.encode_request(Code.STATUS_SERVER, 1, [], SECRET.encode(),
                                 message_authenticator=True)
@@ -274,7 +294,10 @@ class Ocsd:
     def __init__(self, args, tmp: str):
         self.args, self.tmp = args, tmp
         self.auth_port, self.acct_port = free_port(), free_port()
-        self.api_port = free_port(socket.SOCK_STREAM)
+        self.daemons = args.daemons
+        self.api_ports = [free_port(socket.SOCK_STREAM) for _ in range(self.daemons)]
+        self.api_port = self.api_ports[0]
+        self.procs: list[subprocess.Popen] = []
         self.schema = None
         if args.backend == "postgres":
             self.schema = "ocs_bench_" + secrets.token_hex(4)
@@ -325,9 +348,13 @@ class Ocsd:
 
     def start(self):
         asyncio.run(self._seed())
-        cfg = Path(self.tmp) / "ocs.toml"
         schema = f'schema = "{self.schema}"\n' if self.schema else ""
-        cfg.write_text(f"""
+        self.log = open(Path(self.tmp) / "ocsd.log", "w")
+        for k, api_port in enumerate(self.api_ports):
+            # Several daemons share the RADIUS ports (SO_REUSEPORT) and the store,
+            # as an operator runs one per core.
+            cfg = Path(self.tmp) / f"ocs-{k}.toml"
+            cfg.write_text(f"""
 [log]
 level = "info"
 [store]
@@ -336,31 +363,33 @@ url = "{self.url}"
 group_commit_window_ms = {self.args.group_commit_window_ms}
 pool_max = 10
 [api]
-listen = "127.0.0.1:{self.api_port}"
+listen = "127.0.0.1:{api_port}"
 [radius]
 auth_listen = "127.0.0.1:{self.auth_port}"
 acct_listen = "127.0.0.1:{self.acct_port}"
+reuse_port = {"true" if self.daemons > 1 else "false"}
 [diameter]
 enabled = false
 """)
-        env = dict(os.environ)
-        self.log = open(Path(self.tmp) / "ocsd.log", "w")
-        self.proc = subprocess.Popen([OCSD, "--config", str(cfg)], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=env)
+            self.procs.append(subprocess.Popen([OCSD, "--config", str(cfg)], stdout=self.log,
+                                               stderr=subprocess.STDOUT, env=dict(os.environ)))
+            wait_http(api_port)
         wait_status(self.acct_port)
 
     def pids(self) -> list[int]:
-        return [self.proc.pid] + (postgres_pids() if self.schema else [])
+        return [p.pid for p in self.procs] + (postgres_pids() if self.schema else [])
 
     def metrics(self) -> str:
         return scrape.metrics(self.api_port)
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         self.log.close()
 
     async def drop(self):
@@ -578,16 +607,19 @@ def measure(target_cls, args, prefix: str) -> dict:
     try:
         target.start()
         port = target.acct_port if args.mode == "acct" else target.auth_port
+        daemons = getattr(target, "daemons", 1)
         before: dict = {}
         if args.warmup:
             run_load(port, args.mode, args.sessions, args.interims, args.procs, args.window,
-                     args.rate, args.timeout, prefix, target.pids, sid_prefix="w")
+                     args.rate, args.timeout, prefix, target.pids, sid_prefix="w",
+                     daemons=daemons)
             time.sleep(0.5)
             asyncio.run(target.settle())
             before = asyncio.run(target.rows())
         scraped = target.metrics() if hasattr(target, "metrics") else None
         result = run_load(port, args.mode, args.sessions, args.interims, args.procs,
-                          args.window, args.rate, args.timeout, prefix, target.pids)
+                          args.window, args.rate, args.timeout, prefix, target.pids,
+                          daemons=daemons)
         time.sleep(0.5)  # let the last answers' writes settle before counting
         after = asyncio.run(target.rows())
         result["rows"] = {k: v - before.get(k, 0) for k, v in after.items()}
@@ -610,6 +642,8 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, default=64, help="requests in flight per process")
     p.add_argument("--rate", type=float, default=0.0, help="offered requests/s (0: closed loop)")
     p.add_argument("--timeout", type=float, default=2.0)
+    p.add_argument("--daemons", type=int, default=1,
+                   help="ocsd processes sharing the RADIUS ports (SO_REUSEPORT) and the store")
     p.add_argument("--freeradius", action="store_true",
                    help="run the same load against FreeRADIUS + rlm_sql/PostgreSQL")
     p.add_argument("--sqlite-synchronous", default="FULL", choices=("FULL", "NORMAL"))
@@ -624,8 +658,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
+    if args.daemons < 1:
+        p.error("--daemons must be at least 1")
     out = {"mode": args.mode, "backend": args.backend, "sessions": args.sessions,
            "interims": args.interims, "procs": args.procs, "window": args.window,
+           "ocsd_daemons": args.daemons,
            "offered_rate": args.rate or "closed loop", "warmup": args.warmup,
            "group_commit_window_ms": args.group_commit_window_ms}
     rounds = []  # each round measures ocsd, then FreeRADIUS: a pair taken together

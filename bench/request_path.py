@@ -69,7 +69,7 @@ async def _child(mode: str, requests: int, rounds: int) -> dict:
 
     class Args:
         backend, sessions, pg_dsn = "sqlite", requests, None
-        sqlite_synchronous, group_commit_window_ms = "FULL", 0
+        sqlite_synchronous, group_commit_window_ms, daemons = "FULL", 0, 1
 
     tmp = tempfile.mkdtemp(prefix="ocs-bench-")
     seeded = Ocsd(Args(), tmp)
