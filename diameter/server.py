@@ -263,6 +263,28 @@ class DiameterServer:
             log.info("peer closed: %s %s: %s", conn.peer_host, conn.address, reason,
                      extra={"peer": conn.peer_host})
 
+    def peers(self) -> list[dict]:
+        """The connections of this node, oldest first: who is at the other end (as its
+        CER said), how long it has been connected and how its watchdog stands."""
+        out = []
+        for conn in sorted(self.connections, key=lambda c: c.connected_at or 0.0):
+            m = conn.machine
+            info = m.peer if m is not None else None
+            out.append({
+                "origin_host": info.origin_host if info else None,
+                "origin_realm": info.origin_realm if info else None,
+                "address": conn.address, "local_address": conn.local_address,
+                "transport": "tls" if conn.tls else "tcp",
+                "state": m.state.value if m is not None else "connecting",
+                "watchdog": m.watchdog.value if m is not None else None,
+                "connected_at": conn.connected_at,
+                "product_name": info.product_name if info else None,
+                "vendor_id": info.vendor_id if info else None,
+                "origin_state_id": info.origin_state_id if info else None,
+                "applications": sorted(info.applications) if info else [],
+            })
+        return out
+
     def on_problem(self, conn: Connection, reason: str, detail: str) -> None:
         if self.metrics is not None:
             self.metrics.diameter_errors.labels(reason=reason).inc()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Protocol
 
 from .codec import AvpError, DecodeError, FramingError, Message, decode, describe, encode
@@ -72,6 +73,7 @@ class Connection(asyncio.Protocol):
         # Kept: asyncio.get_running_loop() costs a getpid() system call each time.
         self.loop = asyncio.get_running_loop()
         self._opened = False
+        self.connected_at: float | None = None  # wall clock (time.time) of the TCP connect
 
     # ------------------------------------------------------------ identity
     @property
@@ -90,6 +92,7 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.connected_at = time.time()
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         self.address = peer[0] if peer else "?"

@@ -495,6 +495,31 @@ async def test_metrics_count_messages_by_peer_command_and_result(ocsd):
     await c.close()
 
 
+async def test_the_api_and_ocsctl_list_the_connected_peers(ocsd):
+    from tests.test_cli_local import ocsctl
+    c = await client(ocsd, origin_host="pgw4.pgw.example", origin_state_id=4242)
+    try:
+        peers = api(ocsd, "/v1/diameter/peers")["items"]
+        (mine,) = [p for p in peers if p["origin_host"] == "pgw4.pgw.example"]
+        assert mine["origin_realm"] == "pgw.example" and mine["address"] == "127.0.0.1"
+        assert (mine["state"], mine["watchdog"], mine["transport"]) == ("open", "okay", "tcp")
+        assert mine["origin_state_id"] == 4242 and mine["applications"] == [4]
+        assert mine["connected_at"].endswith("Z")
+        run = ocsctl("--api", ocsd.url, "--token", TOKEN, "diameter", "peers",
+                     cwd=str(ocsd.tmp))
+        assert run.code == 0, run.err
+        (line,) = [x for x in run.out.splitlines() if "pgw4.pgw.example" in x]
+        assert "open" in line and "okay" in line and "4242" in line
+    finally:
+        await c.close()
+    for _ in range(50):  # the server sees the close a moment later
+        peers = api(ocsd, "/v1/diameter/peers")["items"]
+        if not any(p["origin_host"] == "pgw4.pgw.example" for p in peers):
+            break
+        await asyncio.sleep(0.05)
+    assert not any(p["origin_host"] == "pgw4.pgw.example" for p in peers)
+
+
 # ---------------------------------------------------------------------- own daemons
 def test_watchdog_detects_a_dead_peer_within_two_intervals(tmp_path):
     """Tw = 1 s: a peer that answers DWRs stays; one that does not is suspect after

@@ -220,6 +220,8 @@ def test_policy_disabled_answers_503(tmp_path):
     try:
         status, body = d.api("POST", "/v1/sessions/radius:x:1/kill")
         assert status == 503 and body["error"]["code"] == "policy_disabled"
+        status, body = d.api("GET", "/v1/diameter/peers")  # and Diameter is off too
+        assert status == 503 and body["error"]["code"] == "diameter_disabled"
         d.wait_log(r"enforcement disabled \(policy.enabled = false\)")
     finally:
         d.stop()

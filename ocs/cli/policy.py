@@ -1,5 +1,6 @@
 """`ocsctl session kill`, `ocsctl subscriber throttle|restore`, `ocsctl policy queue|retry`:
-enforcement by hand, and the action queue.
+enforcement by hand, and the action queue; `ocsctl diameter peers`: the Diameter
+peers a node is connected to (RAR and ASR reach a client only through them).
 
 The commands queue actions on the daemon (the API answers 202 with what was
 queued); the worker carries them out, retrying as configured. `policy queue`
@@ -139,4 +140,29 @@ def policy_retry(ctx: Ctx, action_ids: tuple[str, ...], all_dead: bool):
         click.echo("no dead-lettered action")
 
 
-COMMANDS = [policy]
+@click.group("diameter")
+def diameter():
+    """Diameter: the peers connected to this node."""
+
+
+@diameter.command("peers")
+@json_option
+@pass_ctx
+def diameter_peers(ctx: Ctx):
+    """List the Diameter connections of the node the API runs on, oldest first."""
+    page = ctx.client.get("/v1/diameter/peers")
+    if ctx.json:
+        return emit_json(page)
+    if not page["items"]:
+        click.echo("no Diameter peer is connected to this node")
+        return
+    click.echo(table([(p["origin_host"] or "-", p["origin_realm"] or "-", p["address"],
+                       p["transport"], p["state"], p["watchdog"] or "-",
+                       when(p["connected_at"]), p["product_name"] or "-",
+                       "-" if p["origin_state_id"] is None else p["origin_state_id"])
+                      for p in page["items"]],
+                     ["origin host", "realm", "address", "transport", "state", "watchdog",
+                      "connected", "product", "origin state"]))
+
+
+COMMANDS = [policy, diameter]
