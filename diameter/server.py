@@ -231,7 +231,7 @@ class DiameterServer:
             mine, offset = [], 0
             while True:
                 page = await store.list_sessions(nas=host, status="active",
-                                                 started_before=at, limit=500, offset=offset)
+                                                 updated_before=at, limit=500, offset=offset)
                 if not page:
                     break
                 offset += len(page)

@@ -323,12 +323,16 @@ class Handler:
         store, closed = self.ctx.store, 0
         prefix = acct.session_prefix(st.name, p, shared=True, source=source) \
             if st.shared else None  # else every session of the entry is the NAS's
+        # Only sessions from before this report: a rebooted NAS sends Starts right
+        # after it, and the sessions they open must stay open.
+        at = now_us()
         seen: set[str] = set()
         while True:
             # Each round closes what it found, so the next finds the rest; one that
             # stayed open (it should not) is not tried again.
             batch = [s for s in await store.list_sessions(nas=st.name, status="active",
-                                                          id_prefix=prefix, limit=500)
+                                                          id_prefix=prefix, updated_before=at,
+                                                          limit=500)
                      if s.id not in seen]
             if not batch:
                 return closed

@@ -399,6 +399,38 @@ def test_accounting_on_closes_every_open_session_of_the_nas(rad):
             [(4242, "accounting-on/off")]
 
 
+def test_sessions_started_right_after_accounting_on_stay_open(rad):
+    """A rebooted BRAS sends Accounting-On, then its subscribers' Starts at once.
+    Closing its earlier sessions takes a while when it had many; the sessions
+    those Starts open meanwhile are not among them and stay open."""
+    from ocs.model import Session, now_us
+
+    async def old_sessions(store):
+        sub = await store.find_subscriber(username="on2")
+        at = now_us() - 60_000_000
+        for i in range(1500):
+            await store.upsert_session(Session(
+                id=f"radius:localhost-nas:old-{i}", account_id=sub.account_id,
+                subscriber_id=sub.id, proto="radius", nas="localhost-nas",
+                nas_session_id=f"old-{i}", framed_ip=None, status="active", last_seq=1,
+                started_at=at, updated_at=at, ended_at=None, attrs={}))
+    rad.seed(old_sessions)
+    on = acct_packet([(A.NAS_IP_ADDRESS, bytes([127, 0, 0, 1])),
+                      (A.ACCT_STATUS_TYPE, codec.u32(7))], ident=201)
+    start = acct_packet([(A.USER_NAME, b"on1"), (A.ACCT_SESSION_ID, b"fresh-1"),
+                         (A.ACCT_STATUS_TYPE, codec.u32(1))], ident=202)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", rad.acct_port))
+        sock.send(on)
+        time.sleep(0.02)
+        assert rad.send_raw(start, timeout=10) is not None  # answered while On works
+        assert codec.decode(sock.recv(100)).code == Code.ACCOUNTING_RESPONSE
+    for sid, wanted in (("old-0", "closed"), ("old-1499", "closed"), ("fresh-1", "active")):
+        status, body = rad.api("GET", f"/v1/sessions/radius:localhost-nas:{sid}")
+        assert (status, body["status"]) == (200, wanted), (sid, body)
+
+
 def test_accounting_on_behind_a_proxy_finds_its_sessions_among_many_others(rad):
     """Behind a shared entry (a proxy), one BRAS's Accounting-On closes its sessions
     however many the other BRAS behind it have open: they are not searched 500 at

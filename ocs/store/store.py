@@ -589,15 +589,17 @@ class Store:
     async def list_sessions(self, *, status: str | None = "active",
                             account_id: int | None = None, subscriber_id: int | None = None,
                             nas: str | None = None, id_prefix: str | None = None,
-                            started_before: int | None = None,
+                            updated_before: int | None = None,
                             limit: int = 100, offset: int = 0) -> list[Session]:
         """Sessions, newest first. `id_prefix`: only those whose id starts with it
         (the sessions of one NAS behind a shared entry, see radius.accounting);
-        `started_before`: only those started before that time (µs)."""
+        `updated_before`: only those whose record was last written before that time
+        (µs, this server's clock): a session opened later, whatever time its client
+        gave it, is not among them."""
         where, args = _where(("status", "=", status), ("account_id", "=", account_id),
                              ("subscriber_id", "=", subscriber_id), ("nas", "=", nas),
                              (f"substr(id, 1, {len(id_prefix or '')})", "=", id_prefix),
-                             ("started_at", "<", started_before))
+                             ("updated_at", "<", updated_before))
         args += [limit, offset]
         rows = await self._all(f"SELECT * FROM sessions{where} ORDER BY started_at DESC "
                                f"LIMIT ${len(args) - 1} OFFSET ${len(args)}", *args,
