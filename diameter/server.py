@@ -115,8 +115,8 @@ class DiameterServer:
         # old connection still looks open is reached on the newest (see _route)
         self._opened: dict[Connection, int] = {}
         self._opens = itertools.count()
-        # Origin-Host -> the Origin-State-Id of its last CER here (when the store
-        # cannot be asked; see _peer_state)
+        # Origin-Host -> the Origin-State-Id it sent last, in a CER or a request (see
+        # _note_state)
         self._peer_states: dict[str, int] = {}
         self._background: set[asyncio.Task] = set()
         self.in_flight = 0
@@ -184,45 +184,57 @@ class DiameterServer:
         self._opened[conn] = next(self._opens)
         self._gauge()
         info = conn.machine.peer if conn.machine is not None else None
-        if info is None or info.origin_state_id is None:
+        if info is not None and info.origin_state_id is not None:
+            self._note_state(info.origin_host, info.origin_state_id, info.origin_host)
+
+    def _note_state(self, host: str, state: int, via: str) -> None:
+        """RFC 6733 §8.16: a client that sends another Origin-State-Id than before
+        restarted and lost its sessions. Seen in a CER (`via` is the client itself)
+        or in a request a relay agent passed on (`via`: the agent, whose connection
+        the client's sessions came over). Only a change is looked into (in the
+        background): the store keeps the last value for every node."""
+        before = self._peer_states.get(host)
+        if before == state:
             return
-        task = conn.loop.create_task(self._peer_state(info.origin_host, info.origin_state_id,
-                                                      now_us()))
+        self._peer_states[host] = state
+        task = asyncio.get_running_loop().create_task(
+            self._peer_state(host, state, before, now_us(), via))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _peer_state(self, host: str, state: int, at: int) -> None:
-        """Compare a client's Origin-State-Id with the one it sent before, to this or
-        any node (the store keeps it; in memory when the store cannot be reached), and
-        close its earlier sessions if it restarted."""
-        before = self._peer_states.get(host)
-        self._peer_states[host] = state
+    async def _peer_state(self, host: str, state: int, before: int | None, at: int,
+                          via: str) -> None:
+        """Record `state` as the client's Origin-State-Id, and close its earlier
+        sessions if the one recorded before (by any node; `before`, this node's own
+        memory, when the store cannot be reached) differs."""
         store = getattr(self.charging, "store", None)
         if store is not None:
             try:
                 before = await store.swap_peer_state(host, state)
-            except StoreUnavailable as exc:
-                log.warning("Origin-State-Id of %s not recorded: %s", host, exc,
+            except Exception as exc:  # noqa: BLE001 - a background task: logged, never lost
+                log.warning("Origin-State-Id %d of %s not recorded: %s", state, host, exc,
                             extra={"peer": host})
-            except Exception:  # noqa: BLE001 - a background task: logged, never lost
-                log.exception("recording the Origin-State-Id of %s failed", host,
-                              extra={"peer": host})
+                if self._peer_states.get(host) == state:
+                    del self._peer_states[host]  # so that the next message tries again
         if before is None or before == state:
             return
+        relayed = f" (through {via})" if via != host else ""
         if not self.config.close_sessions_on_peer_restart:
-            log.warning("peer %s restarted (Origin-State-Id %d, was %d); its sessions are "
+            log.warning("peer %s%s restarted (Origin-State-Id %d, was %d); its sessions are "
                         "left to supervision (close_sessions_on_peer_restart is off)",
-                        host, state, before, extra={"peer": host})
+                        host, relayed, state, before, extra={"peer": host})
             return
-        log.warning("peer %s restarted (Origin-State-Id %d, was %d): closing the "
-                    "sessions it started before", host, state, before, extra={"peer": host})
-        await self._peer_restarted(host, at)
+        log.warning("peer %s%s restarted (Origin-State-Id %d, was %d): closing the "
+                    "sessions it started before", host, relayed, state, before,
+                    extra={"peer": host})
+        await self._peer_restarted(host, at, via)
 
-    async def _peer_restarted(self, host: str, at: int) -> int:
-        """RFC 6733 §8.16: a client whose Origin-State-Id changed lost the sessions it
-        had; close those it started before `at` (µs), releasing what they hold, so a
-        prepaid balance is not kept reserved until the sessions time out. Sessions it
-        only relayed (their CCRs named another Origin-Host) are not its own."""
+    async def _peer_restarted(self, host: str, at: int, via: str | None = None) -> int:
+        """Close the sessions a restarted client had (those whose record was written
+        before `at`, µs), releasing what they hold, so a prepaid balance is not kept
+        reserved until they time out. Its sessions are those whose requests named it
+        as Origin-Host and came over `via`'s connections (its own by default); those
+        it only relayed for other clients are not its own."""
         close = getattr(self.charging, "close_session", None)
         store = getattr(self.charging, "store", None)
         if close is None or store is None:  # a stand-in core (bench --frontend)
@@ -230,7 +242,7 @@ class DiameterServer:
         try:
             mine, offset = [], 0
             while True:
-                page = await store.list_sessions(nas=host, status="active",
+                page = await store.list_sessions(nas=via or host, status="active",
                                                  updated_before=at, limit=500, offset=offset)
                 if not page:
                     break
@@ -379,8 +391,12 @@ class DiameterServer:
             conn.send(gy.cca_error(msg, local, T.DIAMETER_MISSING_AVP, f"missing {name}",
                                    base.example_avp(lacking)))
             return
+        origin_host = index.value(T.ORIGIN_HOST)
+        state = index.value(T.ORIGIN_STATE_ID)
+        if state is not None and self._peer_states.get(origin_host) != state:
+            self._note_state(origin_host, state, conn.peer_host)
         dedup = self.cluster.dedup
-        key = f"diameter:{index.value(T.ORIGIN_HOST)}:{msg.end_to_end}"
+        key = f"diameter:{origin_host}:{msg.end_to_end}"
         ttl = self.config.duplicate_ttl
         claimed = False
         try:

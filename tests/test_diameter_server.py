@@ -272,6 +272,48 @@ async def test_a_restarted_client_has_its_earlier_sessions_closed_and_released(n
         await again.close()
 
 
+async def test_a_client_behind_a_relay_that_restarted_has_its_sessions_closed(node, store):
+    """Behind a DRA ocsd never sees the PGW's CER, only the Origin-State-Id its CCRs
+    carry (RFC 6733 §8.16). When that changes, the sessions the PGW had are closed
+    and released; those of another PGW behind the same relay stay."""
+    import asyncio
+    from diameter.codec import avp
+    account = await subscriber(store, "41790000107")
+    relay = await connect(node.port, origin_host="dra1.pgw.example")
+
+    def relayed(pgw: str, state: int, sid: str, kind: int, number: int, **kw):
+        msg = relay.ccr(sid, kind, number, msisdn="41790000107", **kw)
+        avps = [avp(T.ORIGIN_HOST, pgw) if a.code == T.ORIGIN_HOST and not a.vendor else a
+                for a in msg.avps] + [avp(T.ORIGIN_STATE_ID, state)]
+        return msg.with_avps(avps)
+
+    try:
+        for pgw, sid in (("pgw7.pgw.example", "p7-old"), ("pgw8.pgw.example", "p8")):
+            a = await relay.request(relayed(pgw, 70, sid, INITIAL, 0,
+                                            msccs=[mscc(10, requested={})]))
+            assert value(a.avps, T.RESULT_CODE) == 2001
+        held = (await store.balance(account))["reserved"]
+        a = await relay.request(relayed("pgw7.pgw.example", 70, "p7-old", UPDATE, 1,
+                                        msccs=[mscc(10, requested={}, used={"total": MB})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001  # the same state: nothing happens
+        assert (await store.get_session("p7-old")).status == "active"
+        # pgw7 restarts: its first CCR-I carries a new Origin-State-Id.
+        a = await relay.request(relayed("pgw7.pgw.example", 71, "p7-new", INITIAL, 0,
+                                        msccs=[mscc(10, requested={})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        for _ in range(100):
+            if (await store.get_session("p7-old")).status == "closed":
+                break
+            await asyncio.sleep(0.05)
+        closed = await store.get_session("p7-old")
+        assert closed.status == "closed" and closed.attrs["closed_by"] == "peer restart"
+        assert (await store.get_session("p7-new")).status == "active"
+        assert (await store.get_session("p8")).status == "active"
+        assert (await store.balance(account))["reserved"] == held  # one grant out, one in
+    finally:
+        await relay.close()
+
+
 async def test_a_client_restart_is_seen_after_ocsd_itself_restarted(store):
     """The last Origin-State-Id of a client is kept in the store, not in the memory
     of the node that saw it: a PGW that restarts while ocsd restarts too (a site
