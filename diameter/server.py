@@ -188,13 +188,13 @@ class DiameterServer:
             self._note_state(info.origin_host, info.origin_state_id, info.origin_host)
 
     def _note_state(self, host: str, state: int, via: str) -> None:
-        """RFC 6733 §8.16: a client that sends another Origin-State-Id than before
+        """RFC 6733 §8.16: a client that sends a higher Origin-State-Id than before
         restarted and lost its sessions. Seen in a CER (`via` is the client itself)
         or in a request a relay agent passed on (`via`: the agent, whose connection
         the client's sessions came over). Only a change is looked into (in the
         background): the store keeps the last value for every node."""
         before = self._peer_states.get(host)
-        if before == state:
+        if before is not None and state <= before:  # the same run, or a late message
             return
         self._peer_states[host] = state
         task = asyncio.get_running_loop().create_task(
@@ -216,7 +216,7 @@ class DiameterServer:
                             extra={"peer": host})
                 if self._peer_states.get(host) == state:
                     del self._peer_states[host]  # so that the next message tries again
-        if before is None or before == state:
+        if before is None or state <= before:
             return
         relayed = f" (through {via})" if via != host else ""
         if not self.config.close_sessions_on_peer_restart:
@@ -393,7 +393,7 @@ class DiameterServer:
             return
         origin_host = index.value(T.ORIGIN_HOST)
         state = index.value(T.ORIGIN_STATE_ID)
-        if state is not None and self._peer_states.get(origin_host) != state:
+        if state is not None and state != self._peer_states.get(origin_host):
             self._note_state(origin_host, state, conn.peer_host)
         dedup = self.cluster.dedup
         key = f"diameter:{origin_host}:{msg.end_to_end}"

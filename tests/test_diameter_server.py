@@ -310,6 +310,16 @@ async def test_a_client_behind_a_relay_that_restarted_has_its_sessions_closed(no
         assert (await store.get_session("p7-new")).status == "active"
         assert (await store.get_session("p8")).status == "active"
         assert (await store.balance(account))["reserved"] == held  # one grant out, one in
+        # A late CCR of the earlier run (a relay's retransmission) is no restart, and
+        # the new run's next request is not one either.
+        a = await relay.request(relayed("pgw7.pgw.example", 70, "p7-old", UPDATE, 2,
+                                        msccs=[mscc(10, used={"total": MB})]))
+        assert value(a.avps, T.RESULT_CODE) == T.DIAMETER_UNKNOWN_SESSION_ID
+        a = await relay.request(relayed("pgw7.pgw.example", 71, "p7-new", UPDATE, 1,
+                                        msccs=[mscc(10, requested={}, used={"total": MB})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        await asyncio.sleep(0.3)
+        assert (await store.get_session("p7-new")).status == "active"
     finally:
         await relay.close()
 
@@ -355,6 +365,9 @@ async def test_the_store_swaps_a_peers_origin_state_id(store):
     assert await store.swap_peer_state("pgw1.example", 8) == 7
     assert await store.swap_peer_state("pgw2.example", 0xFFFFFFFF) is None
     assert await store.swap_peer_state("pgw1.example", 8) == 8
+    # A late message of the earlier run: told what is recorded, which stays.
+    assert await store.swap_peer_state("pgw1.example", 7) == 8
+    assert await store.swap_peer_state("pgw1.example", 9) == 8
     assert await store.swap_peer_state("pgw2.example", 1) == 0xFFFFFFFF
 
 

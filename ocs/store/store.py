@@ -619,13 +619,15 @@ class Store:
         return [Session.from_row(r) for r in rows]
 
     async def swap_peer_state(self, origin_host: str, origin_state_id: int) -> int | None:
-        """Record the Origin-State-Id a Diameter client sent in its CER; returns the one
-        recorded before (None the first time). Atomic: of two nodes that see the same
-        restart, one gets the old value and the other the new one."""
+        """Record the Origin-State-Id a Diameter client sent (in a CER or a request)
+        when it is higher than the one recorded (RFC 6733 §8.16: it grows with each
+        restart; a late message of an earlier run carries a lower one); returns the
+        one recorded before (None the first time). Atomic: of two nodes that see the
+        same restart, one gets the old value and the other the new one."""
         def program():
             before = yield fetchval("SELECT origin_state_id FROM diameter_peer_states "
                                     "WHERE origin_host = $1 FOR UPDATE", origin_host)
-            if before != origin_state_id:
+            if before is None or origin_state_id > before:
                 yield execute("INSERT INTO diameter_peer_states (origin_host, origin_state_id, "
                               "updated_at) VALUES ($1, $2, $3) ON CONFLICT (origin_host) DO "
                               "UPDATE SET origin_state_id = excluded.origin_state_id, "
