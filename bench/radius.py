@@ -22,6 +22,8 @@ document per run:
 * ``rows``: what the server really stored (closed sessions and CDRs for
   ocsd, radacct rows for FreeRADIUS), checked against what was sent;
 * ``ratio``: ocsd / FreeRADIUS for rate and CPU per request;
+* with ``--daemons N``, N ocsd processes share the RADIUS ports and the store,
+  and the figures count the CPU of all of them;
 * ``targets``: the RADIUS issue's targets for the mode (CPU per request,
   throughput against FreeRADIUS, p99 from when requests were due in an
   open-loop run), each with what this
@@ -351,8 +353,8 @@ class Ocsd:
         schema = f'schema = "{self.schema}"\n' if self.schema else ""
         self.log = open(Path(self.tmp) / "ocsd.log", "w")
         for k, api_port in enumerate(self.api_ports):
-            # Several daemons share the RADIUS ports (SO_REUSEPORT) and the store,
-            # as an operator runs one per core.
+            # Several daemons share the RADIUS ports (SO_REUSEPORT) and the store
+            # (README: "Several ocsd on one host").
             cfg = Path(self.tmp) / f"ocs-{k}.toml"
             cfg.write_text(f"""
 [log]

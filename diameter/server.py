@@ -206,7 +206,7 @@ class DiameterServer:
                           via: str) -> None:
         """Record `state` as the client's Origin-State-Id, and close its earlier
         sessions if the one recorded before (by any node; `before`, this node's own
-        memory, when the store cannot be reached) differs."""
+        memory, when the store cannot be reached) is lower."""
         store = getattr(self.charging, "store", None)
         if store is not None:
             try:

@@ -13,7 +13,6 @@ decision back and charges nothing more.
 from __future__ import annotations
 
 import asyncio
-
 import logging
 import time
 from dataclasses import replace
