@@ -182,6 +182,7 @@ class RadiusConfig(Section):
     send_class: bool = True
     framed_pool: str = ""
     walled_garden_session_timeout: int = Field(600, ge=1)
+    replace_stale_sessions: bool = True
     data_service: str = "data"
     time_service: str = "time"
     voice_service: str = "voice"

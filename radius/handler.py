@@ -123,6 +123,8 @@ class Handler:
             active = authz.active_sessions  # counted with the balance, when it was read
             if active is None:
                 active = await self.ctx.store.active_sessions(sub.id, limit=sub.max_sessions)
+            if active >= sub.max_sessions and cfg.replace_stale_sessions:
+                active -= await self._close_stale(st, p, sub.id, username)
             if active >= sub.max_sessions:
                 return self._reject(st, p, outcomes.TOO_MANY_SESSIONS.format(
                     limit=sub.max_sessions), username, proof.method)
@@ -317,6 +319,30 @@ class Handler:
         if len(self._metering) > _METERING_CACHE:
             self._metering.popitem(last=False)
         return flag == "t"
+
+    async def _close_stale(self, st: NasState, p: Packet, subscriber_id: int,
+                           username: str) -> int:
+        """Close the subscriber's sessions that this login shows to be gone: on this
+        NAS entry, from the same device (Calling-Station-Id) and port (NAS-Port-Id,
+        when both sessions name one). A NAS authenticates a device on a port again
+        only once its session there ended; one still open here lost its Stop (a NAS
+        that crashed without Accounting-On). Returns how many were closed."""
+        device = p.get_str(A.CALLING_STATION_ID)
+        if not device:
+            return 0
+        port = p.get_str(A.NAS_PORT_ID)
+        open_ = await self.ctx.store.list_sessions(subscriber_id=subscriber_id,
+                                                   status="active", limit=100)
+        stale = [x for x in open_ if x.proto == "radius" and x.nas == st.name
+                 and x.attrs.get("Calling-Station-Id") == device
+                 and (not port or x.attrs.get("NAS-Port-Id", port) == port)]
+        for x in stale:
+            log.warning("closing stale session %s of %s: %s authenticates the same device "
+                        "(%s) again", x.id, username, st.name, device,
+                        extra={"session": x.id, "account": x.account_id})
+            await self.ctx.charging.close_session(x, "same device logged in again")
+            self._metering.pop(x.id, None)
+        return len(stale)
 
     async def _close_nas_sessions(self, st: NasState, p: Packet, source: str) -> int:
         """Accounting-On/Off (RFC 2866 §5.1): the NAS restarted, its sessions are gone."""

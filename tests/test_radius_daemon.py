@@ -241,6 +241,38 @@ def test_simultaneous_use_limit(rad):
     assert auth(rad, "single", "pw-single")[0] == "Access-Accept"
 
 
+def test_a_device_logging_in_again_replaces_its_stale_session(rad):
+    """A BRAS that crashed sent no Stop and no Accounting-On: the subscriber's session
+    stays open here. When the same device logs in again on the same port, that
+    session is stale: it is closed and released, and the login is accepted. Another
+    device, or the same one on another port, is still held to the limit."""
+    device = 'Calling-Station-Id = "00:11:22:33:44:55", NAS-Port-Id = "eth0.100:7"'
+    assert acct(rad, 'User-Name = "single", Acct-Status-Type = Start, '
+                     f'Acct-Session-Id = "ghost-1", {device}') == "Accounting-Response"
+    assert acct(rad, 'User-Name = "single", Acct-Status-Type = Interim-Update, '
+                     'Acct-Session-Id = "ghost-1", Acct-Output-Octets = 1000, '
+                     f'Acct-Session-Time = 60, {device}') == "Accounting-Response"
+    for other in ('Calling-Station-Id = "66:77:88:99:aa:bb", NAS-Port-Id = "eth0.100:7"',
+                  'Calling-Station-Id = "00:11:22:33:44:55", NAS-Port-Id = "eth0.100:8"',
+                  'NAS-Port-Id = "eth0.100:7"'):
+        code, attrs = auth(rad, "single", "pw-single", ", " + other)
+        assert code == "Access-Reject", other
+        assert attrs["Reply-Message"] == "Too many sessions (limit 1)"
+    status, sess = rad.api("GET", "/v1/sessions/radius:localhost-nas:ghost-1")
+    assert sess["status"] == "active"
+    assert auth(rad, "single", "pw-single", ", " + device)[0] == "Access-Accept"
+    status, sess = rad.api("GET", "/v1/sessions/radius:localhost-nas:ghost-1")
+    assert sess["status"] == "closed" and sess["attrs"]["closed_by"] == \
+        "same device logged in again"
+    status, cdrs = rad.api("GET", "/v1/cdrs?session=radius:localhost-nas:ghost-1")
+    assert [c["units"] for c in cdrs["items"]] == [1000]  # what it reported stays charged
+    assert acct(rad, 'User-Name = "single", Acct-Status-Type = Start, '
+                     f'Acct-Session-Id = "ghost-2", {device}') == "Accounting-Response"
+    assert acct(rad, 'User-Name = "single", Acct-Status-Type = Stop, '
+                     f'Acct-Session-Id = "ghost-2", Acct-Session-Time = 5, {device}') \
+        == "Accounting-Response"
+
+
 # ---------------------------------------------------------------- accounting = charging
 def test_start_interim_stop_charge_octets_with_gigawords(rad):
     acc = rad.ids["acct1"]
