@@ -273,6 +273,87 @@ def test_a_device_logging_in_again_replaces_its_stale_session(rad):
         == "Accounting-Response"
 
 
+def test_wireshark_reads_every_kind_of_reply_without_complaint(rad, tmp_path):
+    """tshark (Wireshark's RADIUS dissector and dictionaries) reads what ocsd sends:
+    Access-Accept with each vendor's speed and quota attributes, MS-CHAPv2 success
+    with MPPE keys, rejects (an EAP one too), accounting responses and the
+    Status-Server answer. No malformed packet, no expert warning, every reply's
+    code and identifier as the request's, and the vendor attributes named."""
+    from tests import pcap
+    _, page = rad.api("GET", "/v1/nas")
+    vendors = ("mikrotik", "cisco", "juniper", "huawei", "chillispot", "wispr", "accel-ppp")
+    added = []
+    for k, vendor in enumerate(vendors):
+        status, nas = rad.api("POST", "/v1/nas", {
+            "name": f"ws-{vendor}", "address": f"127.0.0.{10 + k}", "secret": SECRET,
+            "vendor": vendor})
+        assert status == 201, nas
+        added.append(nas["id"])
+    exchanged: list[tuple[bool, int, bytes]] = []
+
+    def ask(req: bytes, port: str = "auth", source: str = "127.0.0.1") -> int:
+        raw = None
+        for _ in range(20):  # the registry reloads a moment after the API change
+            raw = rad.send_raw(req, port=port, source=source, timeout=0.5)
+            if raw is not None:
+                break
+        assert raw is not None, (port, source)
+        number = 1812 if port == "auth" else 1813
+        exchanged.extend([(True, number, req), (False, number, raw)])
+        return raw[0]
+
+    def pap(user: str, password: str, ident: int, extra=()) -> bytes:
+        auth = codec.new_authenticator()
+        return codec.encode_request(Code.ACCESS_REQUEST, ident, [
+            (A.USER_NAME, user.encode()),
+            (A.USER_PASSWORD, codec.hide_password(password.encode(), SECRET.encode(), auth)),
+            *extra], SECRET.encode(), authenticator=auth, message_authenticator=True)
+
+    try:
+        for k, vendor in enumerate(vendors):
+            assert ask(pap("timed1", "pw-timed1", k), source=f"127.0.0.{10 + k}") == 2, vendor
+            assert ask(pap("demo", "demo", 20 + k), source=f"127.0.0.{10 + k}") == 2, vendor
+        assert ask(pap("demo", "wrong", 40)) == 3
+        assert ask(codec.encode_request(Code.ACCESS_REQUEST, 41, [
+            (A.USER_NAME, b"demo"), (A.EAP_MESSAGE, bytes([2, 7, 0, 9, 1]) + b"demo")],
+            SECRET.encode(), message_authenticator=True)) == 3
+        challenge, peer = os.urandom(16), os.urandom(16)
+        response = mschap.client_response(auth_challenge=challenge, username=b"mschap",
+                                          password="pw-mschap", ident=5, peer_challenge=peer)
+        assert ask(codec.encode_request(Code.ACCESS_REQUEST, 42, [
+            (A.USER_NAME, b"mschap"), (MS_CHAP_CHALLENGE, challenge),
+            (MS_CHAP2_RESPONSE, response)], SECRET.encode(), message_authenticator=True)) == 2
+        assert ask(codec.encode_request(Code.STATUS_SERVER, 43, [], SECRET.encode(),
+                                        message_authenticator=True)) == 2
+        for ident, status in ((44, 1), (45, 3), (46, 2)):
+            assert ask(acct_packet([(A.USER_NAME, b"acct2"), (A.ACCT_SESSION_ID, b"ws-1"),
+                                    (A.ACCT_STATUS_TYPE, codec.u32(status)),
+                                    (A.ACCT_OUTPUT_OCTETS, codec.u32(ident))], ident=ident),
+                       port="acct") == 5
+    finally:
+        for nas_id in added:
+            rad.api("DELETE", f"/v1/nas/{nas_id}")
+    capture = tmp_path / "radius.pcap"
+    pcap.write(capture, pcap.udp_exchange(exchanged))
+    secret = ("-o", f"radius.shared_secret:{SECRET}")
+    assert pcap.problems(capture, *secret) == []
+    rows = [line.split("|") for line in pcap.tshark(
+        capture, *secret, "-Y", "radius", "-T", "fields", "-E", "separator=|",
+        "-e", "radius.code", "-e", "radius.id").splitlines()]
+    assert len(rows) == len(exchanged)
+    for (_, _, req), (code, ident) in zip(exchanged, rows):
+        assert int(ident) == req[1]
+    assert [int(code) for code, _ in rows[1::2]] == [x[2][0] for x in exchanged[1::2]]
+    text = pcap.tshark(capture, *secret, "-V")
+    for name in ("Mikrotik-Rate-Limit", "Mikrotik-Total-Limit", "Cisco-AVPair",
+                 "Unisphere-Qos-Profile-Name", "Unisphere-Service-Activate",
+                 "Huawei-Input-Average-Rate", "Huawei-Remanent-Volume",
+                 "ChilliSpot-Bandwidth-Max-Down", "ChilliSpot-Max-Total-Octets",
+                 "WISPr-Bandwidth-Max-Down", "MS-CHAP2-Success", "MS-MPPE-Send-Key",
+                 "EAP-Message", "Message-Authenticator"):
+        assert f"t={name}(" in text, name
+
+
 # ---------------------------------------------------------------- accounting = charging
 def test_start_interim_stop_charge_octets_with_gigawords(rad):
     acc = rad.ids["acct1"]
