@@ -31,6 +31,10 @@ class Metrics:
         self.radius_replies = Counter(
             "ocs_radius_replies_total", "RADIUS replies sent, by NAS and code",
             ["nas", "code"], registry=r)
+        self.radius_bad_secret = Counter(
+            "ocs_radius_bad_secret_total", "RADIUS packets dropped because their "
+            "Authenticator or Message-Authenticator does not verify with the NAS's stored "
+            "secret (a shared secret that differs), by NAS", ["nas"], registry=r)
         self.radius_duplicates = Counter(
             "ocs_radius_duplicates_total", "RADIUS retransmissions answered from the "
             "duplicate cache (RFC 5080)", ["nas"], registry=r)

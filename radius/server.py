@@ -27,6 +27,12 @@ answered):
 7. the handler's answer is sent, and cached for retransmissions; a store
    that is unavailable (``store_unavailable``) gets no answer.
 
+What an operator must fix is also logged as a warning, at most once a minute
+for each source: an unknown client's address (a NAS not registered, or not
+sending from the address registered), a NAS whose signatures do not verify
+(its shared secret differs; also counted by NAS in
+``ocs_radius_bad_secret_total{nas}``), a NAS sending malformed packets.
+
 Replies are sent at the end of the event loop's turn, all of that turn's
 together, not one by one as each request finishes: a NAS (or a load generator
 on the same host) reading them is woken once for the lot. Measured with the
@@ -123,6 +129,9 @@ class RadiusServer:
         self._requests: dict[tuple[str, int], Any] = {}
         self._duplicates: dict[str, Any] = {}
         self._duration: dict[str, Any] = {}
+        self._bad_secret: dict[str, Any] = {}
+        # (what, who) -> [loop time of the last warning, drops since]: see _warn
+        self._warnings: dict[tuple[str, str], list] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
 
     # ------------------------------------------------------------ lifecycle
@@ -172,6 +181,33 @@ class RadiusServer:
             child = self._drop[reason] = self.metrics.radius_dropped.labels(reason=reason)
         child.inc()
 
+    WARN_EVERY = 60.0  # seconds between two warnings of one kind about one source
+
+    def _warn(self, what: str, who: str, message: str, *args) -> None:
+        """A warning about a misconfigured or misbehaving source, at most one a
+        minute for each (kind, source), with how many were dropped since the last:
+        the log names who to fix without being flooded by a NAS that retries."""
+        now = time.monotonic()
+        entry = self._warnings.get((what, who))
+        if entry is not None and now - entry[0] < self.WARN_EVERY:
+            entry[1] += 1
+            return
+        if len(self._warnings) >= 10_000:  # many sources (a scan): start afresh
+            self._warnings.clear()
+        since = f" ({entry[1]} more since the last warning)" if entry and entry[1] else ""
+        self._warnings[(what, who)] = [now, 0]
+        log.warning(message + since, *args)
+
+    def _secret_mismatch(self, st: NasState, address: str, what: str) -> None:
+        child = self._bad_secret.get(st.name)
+        if child is None:
+            child = self._bad_secret[st.name] = self.metrics.radius_bad_secret.labels(
+                nas=st.name)
+        child.inc()
+        self._warn("secret", st.name, "RADIUS packets from NAS %s (%s) dropped: %s does "
+                   "not verify, so its shared secret differs from the one stored for it",
+                   st.name, address, what)
+
     def nas(self, ip: str) -> NasState | None:
         registry = self.ctx.registry
         if registry is not self._registry:  # reloaded (SIGHUP, API change): rebuild the cache
@@ -191,19 +227,22 @@ class RadiusServer:
         st = self.nas(addr[0])
         if st is None:
             self._dropped("unknown_client")
-            log.debug("packet from unknown client %s dropped", addr[0])
+            self._warn("unknown", addr[0], "RADIUS packets from %s dropped: no NAS is "
+                       "registered for this address (ocsctl nas add NAME %s --secret ...)",
+                       addr[0], addr[0])
             return
         try:
             packet = decode(data)
         except DecodeError as exc:
             self._dropped(exc.reason)
-            log.debug("malformed packet from %s (%s): %s", st.name, addr[0], exc)
+            self._warn("malformed", st.name, "malformed RADIUS packet from NAS %s (%s) "
+                       "dropped: %s", st.name, addr[0], exc)
             return
         code = packet.code
         if code not in (_AUTH_CODES if endpoint.port == "auth" else _ACCT_CODES):
             self._dropped("wrong_port")
             return
-        if not self._signed(st, packet):
+        if not self._signed(st, packet, addr[0]):
             return
         counter = self._requests.get((st.name, code))
         if counter is None:
@@ -215,16 +254,16 @@ class RadiusServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _signed(self, st: NasState, packet) -> bool:
+    def _signed(self, st: NasState, packet, address: str) -> bool:
         secret = st.secret
         if packet.code in SIGNED_REQUESTS and not request_authenticator_ok(packet, secret):
             self._dropped("bad_authenticator")
-            log.debug("bad Request Authenticator from %s (wrong secret?)", st.name)
+            self._secret_mismatch(st, address, "the Request Authenticator")
             return False
         if packet.has_message_authenticator:
             if not message_authenticator_ok(packet, secret):
                 self._dropped("bad_message_authenticator")
-                log.debug("bad Message-Authenticator from %s", st.name)
+                self._secret_mismatch(st, address, "the Message-Authenticator")
                 return False
             if packet.code == _ACCESS_REQUEST:
                 if st.nas.id not in self._ma_seen:

@@ -658,7 +658,13 @@ def test_accounting_for_an_unknown_subscriber_is_kept_for_reconciliation(rad):
 
 
 def test_wrong_secret_is_silently_dropped_and_counted(rad):
-    before = rad.dropped("bad_authenticator")
+    """No answer (RFC 2865), but the operator learns which NAS has another secret:
+    a warning naming it (at most one a minute) and a counter by NAS."""
+    def bad_secret() -> float:
+        m = re.search(r'^ocs_radius_bad_secret_total\{nas="localhost-nas"\} (\S+)$',
+                      rad.metrics_text(), re.M)
+        return float(m.group(1)) if m else 0.0
+    before, counted = rad.dropped("bad_authenticator"), bad_secret()
     code, _ = rad.radclient("acct", 'User-Name = "demo", Acct-Status-Type = Start, '
                                     'Acct-Session-Id = "ws-1"', secret="not-the-secret",
                             timeout=0.5, retries=1)
@@ -668,6 +674,11 @@ def test_wrong_secret_is_silently_dropped_and_counted(rad):
                                     'Message-Authenticator = 0x00', secret="not-the-secret",
                             timeout=0.5, retries=1)
     assert code is None  # the Message-Authenticator does not verify
+    assert bad_secret() >= counted + 2
+    rad.wait_log(r"WARNING.*RADIUS packets from NAS localhost-nas \(127\.0\.0\.1\) "
+                 r"dropped: the (Request |Message-)Authenticator does not verify, so its "
+                 r"shared secret differs")
+    assert len(re.findall("its shared secret differs", rad.log())) == 1  # once a minute
 
 
 def test_status_server_on_both_ports(rad):
@@ -676,10 +687,17 @@ def test_status_server_on_both_ports(rad):
 
 
 def test_unknown_source_address_is_dropped(rad):
+    """Dropped and counted; the log says which address sent it (a NAS nobody
+    registered, or one whose source address is not the one registered), once a
+    minute however often it retries."""
     before = rad.dropped("unknown_client")
     pkt = acct_packet([(A.ACCT_STATUS_TYPE, codec.u32(1)), (A.ACCT_SESSION_ID, s("x"))])
-    assert rad.send_raw(pkt, source="127.0.0.2", timeout=0.3) is None
-    assert rad.dropped("unknown_client") == before + 1
+    for _ in range(3):
+        assert rad.send_raw(pkt, source="127.0.0.99", timeout=0.3) is None
+    assert rad.dropped("unknown_client") == before + 3
+    rad.wait_log(r"WARNING.*RADIUS packets from 127\.0\.0\.99 dropped: no NAS is registered "
+                 r"for this address \(ocsctl nas add NAME 127\.0\.0\.99")
+    assert len(re.findall(r"from 127\.0\.0\.99 dropped", rad.log())) == 1
 
 
 def test_a_second_daemon_on_the_same_radius_ports_refuses_to_start(rad, tmp_path):
