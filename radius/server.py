@@ -217,6 +217,8 @@ class RadiusServer:
         except KeyError:
             nas = registry.nas_for(ip)
             st = nas_state(nas) if nas is not None and nas.kind.value == "nas" else None
+            if len(self._by_ip) >= 100_000:  # sprayed from many (spoofed) addresses
+                self._by_ip = {}
             self._by_ip[ip] = st
             return st
 
