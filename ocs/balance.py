@@ -217,6 +217,11 @@ class Composite:
     # not its end (only the usage it reports is charged)
     require_session: bool = False
     opens: bool = False  # the request starts the session (may reopen a closed id)
+    # An opening request that is no replay, for a session still open here, starts a
+    # new run of a reused id when it is later than that run's start and the run has
+    # been silent (RADIUS: a NAS restarted without Stop or Accounting-On and hands
+    # out its session ids again); see _Engine._restarted.
+    restarts: bool = False
     # Whether the result is stored under op_key for replays. A mid-session report of
     # cumulative counters (a RADIUS Interim-Update) does without: its commits charge
     # only what exceeds the session's charged units and re-hold what they release,
@@ -537,7 +542,16 @@ class _Engine:
                           for part in op.parts if isinstance(part, Commit))
             return Result(Outcome.UNKNOWN_SESSION, parts=parts,
                           message=f"session {op.session} has ended")
-        if op.opens and known is not None and known.status == "closed":
+        reused = op.opens and known is not None and known.status == "closed"
+        if op.opens and op.restarts and self._restarted(known, op.record):
+            # The earlier run ends here, with what it reported: its CDR, its holds given
+            # back. The request opens a new session under the same id.
+            self._release(acct, Release(acct.id, op.session))
+            self._close_session(acct, op.session, replace(
+                known, status="closed", updated_at=self.now, ended_at=self.now,
+                attrs={**known.attrs, "closed_by": "session id reused"}))
+            known, reused = None, True
+        if reused:
             # The id was reused (a NAS restarted its counter): a new session, whose
             # cumulative counters start again from zero.
             for charge_key in [k for k, c in self.state.charges.items()
@@ -552,6 +566,18 @@ class _Engine:
         if op.close:
             self._close_session(acct, op.session, record)
         return Result(bad, parts=parts)
+
+    RESTART_SILENCE_US = 5_000_000
+
+    def _restarted(self, known: Session | None, record: Session | None) -> bool:
+        """Whether an opening request starts a new run of a session id still open here:
+        it began after that run did (a reordered Start of the same run is older than
+        the report that opened it), and the run has been silent for a while (a NAS
+        that flushes buffered reports sends them within moments; a restart takes
+        longer). The earlier run's end was never reported."""
+        return (known is not None and record is not None and known.status != "closed"
+                and record.started_at > known.started_at
+                and self.now - known.updated_at >= self.RESTART_SILENCE_US)
 
     def _one(self, acct: AccountState, op: Operation, key: str | None) -> Result:
         counter_before = (self.state.counters.get(op.counter, 0)

@@ -8,6 +8,7 @@ grants, final-unit actions, balances, CDRs and events.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -520,6 +521,69 @@ async def test_an_interim_arriving_after_the_stop_holds_nothing(core, store):
     position = await store.balance(a.id)
     assert position["reserved"] == 0 and position["balance"] == 10 * EUR - 30 * 10_000
     assert len(await store.list_cdrs(session="sess-1")) == 1
+
+
+async def _silence(store, seconds: int) -> None:
+    """Make every session look silent for `seconds` (an out-of-band write)."""
+    from ocs.store.sql import execute
+
+    def program():
+        yield execute("UPDATE accounts SET version = version + 1")
+        yield execute("UPDATE sessions SET updated_at = updated_at - $1", seconds * 1_000_000)
+    await store.driver.run(program)
+
+
+def later(request: ChargeRequest, seconds: int) -> ChargeRequest:
+    return replace(request, timestamp=request.timestamp + seconds * 1_000_000)
+
+
+async def test_a_session_id_reused_while_its_first_run_looks_open(core, store):
+    """A NAS that crashed sends no Stop and no Accounting-On, and may hand out the same
+    Acct-Session-Id again. Its new Start, later than the silent run's start, ends that
+    run with what it reported (its CDR, its holds given back), and the new run's
+    counters, from zero again, are charged in full."""
+    a, s = await subscriber(store)
+    await core.charge(req(RequestKind.INITIAL, 0, data(), cumulative=True))
+    await core.charge(req(RequestKind.UPDATE, 1, data(used=30 * MB), cumulative=True))
+    await _silence(store, 600)
+    start = later(req(RequestKind.INITIAL, 10, data(), cumulative=True), 600)
+    assert (await core.charge(start)).result is ResultCode.SUCCESS
+    assert [c.units for c in await store.list_cdrs(session="sess-1")] == [30 * MB]
+    (cdr,) = await store.list_cdrs(session="sess-1")
+    assert cdr.details["closed_by"] == "session id reused"
+    again = await core.charge(later(req(RequestKind.UPDATE, 11, data(used=5 * MB),
+                                        cumulative=True), 900))
+    assert again.cost == 5 * 10_000
+    await core.charge(later(req(RequestKind.TERMINATE, 12, data(used=8 * MB),
+                                cumulative=True), 1000))
+    assert sorted(c.units for c in await store.list_cdrs(session="sess-1")) == [8 * MB, 30 * MB]
+    position = await store.balance(a.id)
+    assert position["reserved"] == 0 and position["balance"] == 10 * EUR - 38 * 10_000
+    await assert_ledger_matches(store, a.id)
+
+
+async def test_a_late_start_of_the_same_run_is_no_new_run(core, store):
+    """Reports a NAS buffered come in any order: a Start older than the interim that
+    opened the session, or one right behind it (a NAS that does not say how late it
+    is), belongs to the same run, and nothing is charged twice."""
+    a, s = await subscriber(store)
+    interim = req(RequestKind.UPDATE, 1, data(used=30 * MB), cumulative=True)
+    await core.charge(interim)
+    await _silence(store, 600)
+    await core.charge(later(req(RequestKind.INITIAL, 0, data(), cumulative=True), -300))
+    await core.charge(later(req(RequestKind.UPDATE, 2, data(used=40 * MB),
+                                cumulative=True), 300))
+    assert (await store.balance(a.id))["balance"] == 10 * EUR - 40 * 10_000
+    b, t = await subscriber(store, username="bob")
+    await core.charge(req(RequestKind.UPDATE, 1, data(used=30 * MB), user="bob",
+                          session="sess-2", cumulative=True))
+    await core.charge(later(req(RequestKind.INITIAL, 0, data(), user="bob", session="sess-2",
+                                cumulative=True), 60))  # right behind it, "later"
+    await core.charge(later(req(RequestKind.UPDATE, 2, data(used=40 * MB), user="bob",
+                                session="sess-2", cumulative=True), 300))
+    assert (await store.balance(b.id))["balance"] == 10 * EUR - 40 * 10_000
+    assert await store.list_cdrs(session="sess-1") == []
+    assert await store.list_cdrs(session="sess-2") == []
 
 
 async def test_a_session_id_reused_after_its_stop_is_a_new_session(core, store):

@@ -48,7 +48,7 @@ async def seed(store) -> dict:
 
     data_plan = await store.find_plan("demo-data")
     for name in ("acct1", "acct2", "retx", "on1", "on2", "fs", "ast", "kam", "mschap",
-                 "burst"):
+                 "burst", "reuse1"):
         await sub(name, data_plan, max_sessions=5)
     await sub("garden1", garden, status="suspended")
     await sub("suspended1", tiny, status="suspended")
@@ -382,6 +382,42 @@ def test_start_interim_stop_charge_octets_with_gigawords(rad):
     status, cdrs = rad.api("GET", f"/v1/cdrs?account_id={acc}")
     assert [(c["service"], c["units"]) for c in cdrs["items"]] == [("data", 2**32 + 11_000)]
     assert cdrs["items"][0]["details"]["Acct-Terminate-Cause"] == "User-Request"
+
+
+def test_a_nas_that_restarts_and_reuses_a_session_id_is_charged_for_both_runs(rad):
+    """A BRAS that crashed (no Stop, no Accounting-On) and numbers its sessions from
+    the start again: the new Start ends the silent first run with what it reported,
+    and the new run's counters, from zero, are charged in full (before, they were
+    taken as the first run's and charged nothing until they passed its totals)."""
+    acc = rad.ids["reuse1"]
+    before = rad.buckets(acc)["octets"]
+    base = 'User-Name = "reuse1", Acct-Session-Id = "81a00001", '
+    t0 = int(time.time()) - 3600
+    assert acct(rad, base + f"Acct-Status-Type = Start, Event-Timestamp = {t0}") \
+        == "Accounting-Response"
+    assert acct(rad, base + "Acct-Status-Type = Interim-Update, Acct-Output-Octets = 30000, "
+                            f"Acct-Session-Time = 300, Event-Timestamp = {t0 + 300}") \
+        == "Accounting-Response"
+
+    async def silent(store):  # the crash: nothing heard of the run for a while
+        from ocs.store.sql import execute
+
+        def program():
+            yield execute("UPDATE accounts SET version = version + 1")
+            yield execute("UPDATE sessions SET updated_at = updated_at - 600000000 "
+                          "WHERE id = 'radius:localhost-nas:81a00001'")
+        await store.driver.run(program)
+    rad.seed(silent)
+    now = int(time.time())
+    assert acct(rad, base + f"Acct-Status-Type = Start, Event-Timestamp = {now}") \
+        == "Accounting-Response"
+    assert acct(rad, base + "Acct-Status-Type = Interim-Update, Acct-Output-Octets = 5000, "
+                            f"Acct-Session-Time = 60, Event-Timestamp = {now + 60}") \
+        == "Accounting-Response"
+    assert rad.buckets(acc)["octets"] == before - 35000
+    status, cdrs = rad.api("GET", "/v1/cdrs?session=radius:localhost-nas:81a00001")
+    assert [(c["units"], c["details"]["closed_by"]) for c in cdrs["items"]] == \
+        [(30000, "session id reused")]
 
 
 def test_time_rated_session_charges_seconds_with_and_without_the_class_echo(rad):

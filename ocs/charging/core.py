@@ -308,6 +308,7 @@ class ChargingCore:
             require_session=req.require_session and req.kind in (RequestKind.UPDATE,
                                                                  RequestKind.TERMINATE),
             opens=req.kind is RequestKind.INITIAL,
+            restarts=req.cumulative and req.kind is RequestKind.INITIAL,
             keep_result=not (req.cumulative and req.kind is RequestKind.UPDATE)))
         if result.events and self._on_events is not None:
             self._on_events()  # e.g. a late update of an ended session crossing a limit
