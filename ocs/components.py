@@ -329,11 +329,22 @@ class Supervision:
             await asyncio.sleep(min(self.PURGE_EVERY, retention_h * 1800))
             await self._guarded("operation purge", self.purge_once)
 
+    def _idle(self) -> dict[str, int]:
+        """Silence, by protocol, after which supervision closes a session when it is not
+        [charging] idle_timeout: RADIUS sessions after `[radius] stale_after_intervals`
+        missed interims (of the Acct-Interim-Interval ocsd sends)."""
+        radius = self.ctx.config.radius
+        if radius.enabled and radius.stale_after_intervals and radius.acct_interim_interval:
+            # plus a minute: a session's record is rewritten at most once a minute
+            # (ocs.balance.SESSION_TOUCH_US), so its last report may be that much newer
+            return {"radius": radius.stale_after_intervals * radius.acct_interim_interval + 60}
+        return {}
+
     async def sweep_once(self) -> int:
         """Release expired reservations and close idle sessions (with their CDRs)."""
         assert self.ctx.store is not None
         if self.ctx.charging is not None:
-            report = await self.ctx.charging.supervise()
+            report = await self.ctx.charging.supervise(self._idle())
             units, closed = report["released_units"], report["closed_sessions"]
         else:
             units, closed = await self.ctx.store.release_expired(), 0

@@ -183,6 +183,7 @@ class RadiusConfig(Section):
     framed_pool: str = ""
     walled_garden_session_timeout: int = Field(600, ge=1)
     replace_stale_sessions: bool = True
+    stale_after_intervals: int = Field(0, ge=0, le=1000)
     data_service: str = "data"
     time_service: str = "time"
     voice_service: str = "voice"

@@ -237,6 +237,23 @@ async def test_supervision_clears_a_backlog_of_idle_sessions_in_one_run(store):
     assert (await quick.supervise())["closed_sessions"] == 0
 
 
+async def test_radius_sessions_can_go_stale_sooner_than_others(core, store):
+    """`supervise(idle={"radius": s})`: a RADIUS session silent for s seconds (its NAS
+    missed that many interims) is closed, while a Diameter session as silent stays
+    until idle_timeout, which its Validity-Time and Tcc allow for."""
+    a, s = await subscriber(store)
+    await core.charge(req(RequestKind.INITIAL, 0, data(), session="r-1", proto="radius",
+                          cumulative=True))
+    await core.charge(req(RequestKind.INITIAL, 0, data(), session="d-1", proto="diameter"))
+    await _silence(store, 700)
+    assert (await core.supervise(idle={"radius": 600}))["closed_sessions"] == 1
+    assert (await store.get_session("r-1")).status == "closed"
+    assert (await store.get_session("d-1")).status == "active"
+    await _silence(store, CONFIG.idle_timeout)
+    assert (await core.supervise(idle={"radius": 600}))["closed_sessions"] == 1
+    assert (await store.get_session("d-1")).status == "closed"
+
+
 async def test_unknown_subscriber_suspended_account_and_rating_failure(core, store):
     d = await core.charge(req(RequestKind.INITIAL, 0, data(), user="nobody"))
     assert d.result is ResultCode.UNKNOWN_SUBSCRIBER and d.services == ()

@@ -182,3 +182,19 @@ def test_configuration_is_immutable(tmp_path):
     with pytest.raises(ValidationError, match="frozen"):
         config.api.listen = "0.0.0.0:80"  # type: ignore[misc]
     assert cfgmod.DEFAULT_PATH == "conf/ocs.toml"
+
+
+def test_radius_sessions_go_stale_after_missed_interims_when_asked(tmp_path):
+    """[radius] stale_after_intervals: that many Acct-Interim-Intervals, plus the minute
+    a session's record may lag, is the silence after which supervision closes a
+    RADIUS session; 0 (the default) leaves every session to [charging] idle_timeout."""
+    from ocs.components import Context, Supervision
+    from ocs.metrics import Metrics
+
+    def idle(**radius) -> dict:
+        config = load(str(DOCUMENTED), overrides={"radius": radius} if radius else None)
+        return Supervision(Context(config=config, config_path="", metrics=Metrics()))._idle()
+    assert idle() == {}
+    assert idle(stale_after_intervals=3) == {"radius": 3 * 300 + 60}
+    assert idle(stale_after_intervals=3, acct_interim_interval=0) == {}
+    assert idle(stale_after_intervals=3, enabled=False) == {}

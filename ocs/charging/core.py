@@ -452,18 +452,28 @@ class ChargingCore:
     SUPERVISION_PAGE = 500     # idle sessions closed together (one group commit)
     SUPERVISION_PAGES = 40     # at most this many pages a run; the next run goes on
 
-    async def supervise(self) -> dict[str, int]:
-        """Release expired reservations and close sessions silent past idle_timeout.
+    async def supervise(self, idle: dict[str, int] | None = None) -> dict[str, int]:
+        """Release expired reservations and close sessions silent past idle_timeout,
+        or past `idle[proto]` seconds for the protocols it names (RADIUS: a number of
+        missed interims).
 
         Idle sessions are closed a page at a time, each page concurrently, so a
         backlog (a NAS that vanished with thousands of sessions) is cleared in one
         run rather than 500 per sweep. A session that cannot be closed is logged
         and left for the next run."""
         released = await self.store.release_expired()
-        cutoff = now_us() - self.config.idle_timeout * 1_000_000
+        now, idle = now_us(), idle or {}
+        closed = await self._close_idle(now - self.config.idle_timeout * 1_000_000,
+                                        other_than=tuple(idle))
+        for proto, seconds in idle.items():
+            closed += await self._close_idle(now - seconds * 1_000_000, proto=proto)
+        return {"released_units": released, "closed_sessions": closed}
+
+    async def _close_idle(self, cutoff: int, **which) -> int:
         closed = 0
         for _ in range(self.SUPERVISION_PAGES):
-            page = await self.store.stale_sessions(cutoff, limit=self.SUPERVISION_PAGE)
+            page = await self.store.stale_sessions(cutoff, limit=self.SUPERVISION_PAGE,
+                                                   **which)
             outcomes = await asyncio.gather(
                 *(self.close_session(x, "supervision") for x in page), return_exceptions=True)
             failed = 0
@@ -478,7 +488,7 @@ class ChargingCore:
                                                            "account": session.account_id})
             if failed or len(page) < self.SUPERVISION_PAGE:
                 break
-        return {"released_units": released, "closed_sessions": closed}
+        return closed
 
     async def close_session(self, session: Session, reason: str) -> None:
         """Close a session nobody will report on again: release what it holds,

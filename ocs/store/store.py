@@ -612,10 +612,18 @@ class Store:
         row = await self._one(_COUNT_ACTIVE_SESSIONS, subscriber_id, limit)
         return row["n"]
 
-    async def stale_sessions(self, before: int, *, limit: int = 500) -> list[Session]:
-        """Active sessions with no request since `before` (supervision)."""
-        rows = await self._all("SELECT * FROM sessions WHERE status = 'active' AND "
-                               "updated_at < $1 ORDER BY updated_at LIMIT $2", before, limit)
+    async def stale_sessions(self, before: int, *, limit: int = 500, proto: str | None = None,
+                             other_than: tuple[str, ...] = ()) -> list[Session]:
+        """Active sessions with no request since `before` (supervision): of `proto`
+        only, or of any protocol but those in `other_than`."""
+        where, args = _where(("status", "=", "active"), ("updated_at", "<", before),
+                             ("proto", "=", proto))
+        for p in other_than:
+            args.append(p)
+            where += f" AND proto <> ${len(args)}"
+        args.append(limit)
+        rows = await self._all(f"SELECT * FROM sessions{where} ORDER BY updated_at "
+                               f"LIMIT ${len(args)}", *args)
         return [Session.from_row(r) for r in rows]
 
     async def swap_peer_state(self, origin_host: str, origin_state_id: int) -> int | None:
