@@ -51,6 +51,7 @@ log = logging.getLogger("ocs.diameter")
 #: operator can also set its level apart ([log] levels).
 access_log = logging.getLogger("ocs.diameter.access")
 _SUCCESS = T.DIAMETER_SUCCESS
+_OPENING = (gy.INITIAL, gy.EVENT)  # CC-Request-Types a new session (or event) starts with
 
 PRODUCT_NAME = "ocsd"
 
@@ -393,7 +394,11 @@ class DiameterServer:
             return
         origin_host = index.value(T.ORIGIN_HOST)
         state = index.value(T.ORIGIN_STATE_ID)
-        if state is not None and state != self._peer_states.get(origin_host):
+        if state is not None and state != self._peer_states.get(origin_host) \
+                and index.value(T.CC_REQUEST_TYPE) in _OPENING:
+            # A restarted client's first request opens a session: only those are looked
+            # at, so a client that fills in Origin-State-Id oddly on its updates cannot
+            # close its sessions from under it.
             self._note_state(origin_host, state, conn.peer_host)
         dedup = self.cluster.dedup
         key = f"diameter:{origin_host}:{msg.end_to_end}"

@@ -297,6 +297,13 @@ async def test_a_client_behind_a_relay_that_restarted_has_its_sessions_closed(no
                                         msccs=[mscc(10, requested={}, used={"total": MB})]))
         assert value(a.avps, T.RESULT_CODE) == 2001  # the same state: nothing happens
         assert (await store.get_session("p7-old")).status == "active"
+        # Only a request that opens a session speaks for a restart: an update with
+        # another value (a client filling the AVP in oddly) closes nothing.
+        a = await relay.request(relayed("pgw8.pgw.example", 99, "p8", UPDATE, 1,
+                                        msccs=[mscc(10, requested={}, used={"total": MB})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        await asyncio.sleep(0.3)
+        assert (await store.get_session("p8")).status == "active"
         # pgw7 restarts: its first CCR-I carries a new Origin-State-Id.
         a = await relay.request(relayed("pgw7.pgw.example", 71, "p7-new", INITIAL, 0,
                                         msccs=[mscc(10, requested={})]))
