@@ -123,8 +123,10 @@ class Handler:
             active = authz.active_sessions  # counted with the balance, when it was read
             if active is None:
                 active = await self.ctx.store.active_sessions(sub.id, limit=sub.max_sessions)
-            if active >= sub.max_sessions and cfg.replace_stale_sessions:
-                active -= await self._close_stale(st, p, sub.id, username)
+            if active >= sub.max_sessions and cfg.replace_stale_sessions \
+                    and await self._close_stale(st, p, sub.id, username):
+                # counted again: the count above stops at the limit
+                active = await self.ctx.store.active_sessions(sub.id, limit=sub.max_sessions)
             if active >= sub.max_sessions:
                 return self._reject(st, p, outcomes.TOO_MANY_SESSIONS.format(
                     limit=sub.max_sessions), username, proof.method)
