@@ -65,7 +65,7 @@ class _Endpoint:
 async def _child(mode: str, requests: int, rounds: int) -> dict:
     if mode == "ccr":
         return await _child_ccr(requests, rounds)
-    from bench.radius import Ocsd, acct_request, auth_request, free_port
+    from bench.radius import Ocsd, acct_request, auth_request
 
     class Args:
         backend, sessions, pg_dsn = "sqlite", requests, None
@@ -74,10 +74,10 @@ async def _child(mode: str, requests: int, rounds: int) -> dict:
     tmp = tempfile.mkdtemp(prefix="ocs-bench-")
     seeded = Ocsd(Args(), tmp)
     await seeded._seed()
-    daemon = await _daemon(tmp, seeded.url, f"""
+    daemon = await _daemon(tmp, seeded.url, """
 [radius]
-auth_listen = "127.0.0.1:{free_port()}"
-acct_listen = "127.0.0.1:{free_port()}"
+auth_listen = "127.0.0.1:0"
+acct_listen = "127.0.0.1:0"
 [diameter]
 enabled = false
 """)
@@ -113,13 +113,12 @@ enabled = false
 
 async def _daemon(tmp: str, url: str, sections: str):
     """A real ocsd's components, started in this process from a configuration:
-    the store at `url`, the API on a free port, and `sections`."""
-    from bench.radius import free_port
+    the store at `url`, the API on a port the system picks, and `sections`."""
     from ocs.config import load
     from ocs.daemon import Daemon
     path = os.path.join(tmp, "ocs.toml")
     Path(path).write_text(f'[log]\nlevel = "warning"\n[store]\nurl = "{url}"\n'
-                          f'[api]\nlisten = "127.0.0.1:{free_port(1)}"\n' + sections)
+                          '[api]\nlisten = "127.0.0.1:0"\n' + sections)
     daemon = Daemon(load(path), path)
     await daemon._start_all()
     return daemon
@@ -134,18 +133,17 @@ def _report(implementation: str, per_request: list[float]) -> dict:
 
 async def _child_ccr(requests: int, rounds: int) -> dict:
     from bench.diameter import USED, CountingTransport, connect_in_process, prepare_store
-    from bench.radius import free_port
     from diameter.client import INITIAL, UPDATE, mscc
     from diameter.codec import encode
 
     tmp = tempfile.mkdtemp(prefix="ocs-bench-")
     url = f"sqlite:{tmp}/ocs.db"
     await prepare_store(url, None, requests)
-    daemon = await _daemon(tmp, url, f"""
+    daemon = await _daemon(tmp, url, """
 [radius]
 enabled = false
 [diameter]
-listen = "127.0.0.1:{free_port()}"
+listen = "127.0.0.1:0"
 origin_host = "ocs.bench.example"
 origin_realm = "bench.example"
 allowed_addresses = ["127.0.0.1"]
