@@ -263,6 +263,20 @@ async def test_plans_and_nas(served):
     assert "a-long-secret-123" not in nas.out and "testing123" not in nas.out
     dup = await served.run("nas", "add", "other", "127.0.0.1", "--secret", "x" * 20)
     assert dup.code == 1 and "HTTP 409" in dup.err
+    # After a "shared secret differs" warning: a new secret and rule, by name.
+    r = await served.run("nas", "set", "mk-1", "--secret", "another-secret-456",
+                         "--require-message-authenticator", "auto")
+    assert r.code == 0, r.err
+    assert "Changed NAS mk-1 at 10.1.0.0/24: require_message_authenticator, secret." in r.out
+    nas = await served.run("--json", "nas", "list")
+    (mk,) = [n for n in nas.json()["items"] if n["name"] == "mk-1"]
+    assert mk["require_message_authenticator"] == "auto"
+    assert (await served.run("nas", "set", "mk-1")).code == 2  # nothing to change
+    missing = await served.run("nas", "set", "nope", "--vendor", "cisco")
+    assert missing.code == 1 and "no NAS named 'nope'" in missing.err
+    r = await served.run("nas", "delete", "mk-1")
+    assert r.code == 0 and "Deleted NAS mk-1." in r.out
+    assert "mk-1" not in (await served.run("nas", "list")).out
 
 
 async def test_sessions(served):

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from .accounts import resolve_account
+from .client import ApiFailure
 from .context import Ctx, json_option, pass_ctx
 from .output import amount, emit_json, fields, size, table, when
 
@@ -205,6 +206,51 @@ def nas_add(ctx: Ctx, name, address, secret, kind, vendor, coa_port, msg_auth):
     if ctx.json:
         return emit_json(created)
     click.echo(f"Added NAS {created['name']} at {created['address']} (#{created['id']}).")
+
+
+def _nas_id(ctx: Ctx, ref: str) -> int:
+    """The id of the NAS named `ref` (or with that id)."""
+    for n in ctx.client.get("/v1/nas")["items"]:
+        if n["name"] == ref or str(n["id"]) == ref:
+            return int(n["id"])
+    raise ApiFailure(404, f"no NAS named {ref!r} (see 'ocsctl nas list')", code="not_found")
+
+
+@nas.command("set")
+@click.argument("ref", metavar="NAME")
+@click.option("--secret", help="A new RADIUS shared secret (what the NAS has configured).")
+@click.option("--address", help="A new IP address or CIDR prefix.")
+@click.option("--vendor")
+@click.option("--coa-port", type=click.IntRange(1, 65535))
+@click.option("--require-message-authenticator", "msg_auth",
+              type=click.Choice(["yes", "no", "auto"]))
+@click.option("--rename", metavar="NEW_NAME")
+@json_option
+@pass_ctx
+def nas_set(ctx: Ctx, ref, secret, address, vendor, coa_port, msg_auth, rename):
+    """Change a NAS: its secret (after a "shared secret differs" warning), address,
+    vendor, CoA port or Message-Authenticator rule. Takes effect at once."""
+    body = {k: v for k, v in (("secret", secret), ("address", address), ("vendor", vendor),
+                              ("coa_port", coa_port),
+                              ("require_message_authenticator", msg_auth), ("name", rename))
+            if v is not None}
+    if not body:
+        raise click.UsageError("nothing to change: give --secret, --address, --vendor, "
+                               "--coa-port, --require-message-authenticator or --rename")
+    changed = ctx.client.patch(f"/v1/nas/{_nas_id(ctx, ref)}", body)
+    if ctx.json:
+        return emit_json(changed)
+    click.echo(f"Changed NAS {changed['name']} at {changed['address']}: "
+               + ", ".join(sorted(body)) + ".")
+
+
+@nas.command("delete")
+@click.argument("ref", metavar="NAME")
+@pass_ctx
+def nas_delete(ctx: Ctx, ref):
+    """Remove a NAS: its packets are dropped from then on (its sessions stay as they are)."""
+    ctx.client.delete(f"/v1/nas/{_nas_id(ctx, ref)}")
+    click.echo(f"Deleted NAS {ref}.")
 
 
 # ----------------------------------------------------------------------------- sessions
