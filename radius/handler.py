@@ -342,8 +342,7 @@ class Handler:
             log.warning("closing stale session %s of %s: %s authenticates the same device "
                         "(%s) again", x.id, username, st.name, device,
                         extra={"session": x.id, "account": x.account_id})
-            await self.ctx.charging.close_session(x, "same device logged in again")
-            self._metering.pop(x.id, None)
+            await self._close(x, "same device logged in again")
         return len(stale)
 
     async def _close_nas_sessions(self, st: NasState, p: Packet, source: str) -> int:
@@ -367,21 +366,17 @@ class Handler:
             seen.update(s.id for s in batch)
             # Closed together, so they commit in a few batches, not one by one: a BRAS
             # with thousands of sessions is answered before it retransmits.
-            done = await asyncio.gather(*(self._close_session(st, s) for s in batch),
+            done = await asyncio.gather(*(self._close(s, "accounting-on/off") for s in batch),
                                         return_exceptions=True)
             failed = next((x for x in done if isinstance(x, BaseException)), None)
             if failed is not None:
                 raise failed  # no answer: the NAS sends it again, the rest is closed then
             closed += len(batch)
 
-    async def _close_session(self, st: NasState, session) -> None:
-        sub = await self.ctx.store.get_subscriber(session.subscriber_id)
-        identity = Identity(username=sub.username, msisdn=sub.msisdn, imsi=sub.imsi,
-                            sip_user=sub.sip_user)
-        await self.ctx.charging.charge(ChargeRequest(
-            identity, session.id, RequestKind.TERMINATE, session.last_seq + 1, (),
-            now_us(), proto="radius", nas=st.name, nas_session_id=session.nas_session_id,
-            cumulative=True, attrs={"closed_by": "accounting-on/off"}))
+    async def _close(self, session, reason: str) -> None:
+        """Close a session whose NAS will not report its end (what it reported stays
+        charged, what it holds is released), and forget its metering."""
+        await self.ctx.charging.close_session(session, reason)
         self._metering.pop(session.id, None)
 
 
