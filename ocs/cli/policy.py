@@ -15,30 +15,15 @@ from typing import Any
 
 import click
 
-from .client import ApiFailure
 from .context import Ctx, json_option, pass_ctx
 from .output import emit_json, table, when
 from .resources import parse_speed, session
-from .subscribers import _guesses, subscriber
+from .subscribers import lookup_subscriber, subscriber
 
 
 def resolve_subscriber(ctx: Ctx, ref: str) -> int:
-    """The id of the subscriber `ref`: an id, else a username, MSISDN, IMSI, SIP user,
-    framed IP or session id (the first that matches)."""
-    if ref.isdigit():
-        try:
-            return int(ctx.client.get(f"/v1/subscribers/{ref}")["id"])
-        except ApiFailure as exc:
-            if exc.status != 404:
-                raise
-    for key in _guesses(ref):
-        try:
-            return int(ctx.client.get("/v1/subscribers/find", **{key: ref})["id"])
-        except ApiFailure as exc:
-            if exc.status != 404:
-                raise
-    raise ApiFailure(404, f"no subscriber with id, username, msisdn, imsi, sip_user, framed "
-                          f"ip or session {ref!r}", code="not_found")
+    """The id of the subscriber `ref` names (see subscribers.lookup_subscriber)."""
+    return int(lookup_subscriber(ctx, ref)["id"])
 
 
 def _queued(ctx: Ctx, page: dict[str, Any], what: str) -> None:

@@ -95,15 +95,27 @@ def subscriber_find(ctx: Ctx, value, **given):
         show_subscriber(sub)
 
 
-def _find_by_value(ctx: Ctx, value: str) -> dict[str, Any]:
+def _find_by_value(ctx: Ctx, value: str, *, by_id: bool = False) -> dict[str, Any]:
     for key in _guesses(value):
         try:
             return ctx.client.get("/v1/subscribers/find", **{key: value})
         except ApiFailure as exc:
             if exc.status != 404:
                 raise
-    raise ApiFailure(404, f"no subscriber with username, msisdn, imsi, sip_user, "
-                          f"framed ip or session {value!r}", code="not_found")
+    raise ApiFailure(404, f"no subscriber with {'id, ' if by_id else ''}username, msisdn, "
+                          f"imsi, sip_user, framed ip or session {value!r}", code="not_found")
+
+
+def lookup_subscriber(ctx: Ctx, ref: str) -> dict[str, Any]:
+    """The subscriber `ref` names: an id, else a username, MSISDN, IMSI, SIP user,
+    framed IP or session id (the first that matches, as 'find')."""
+    if ref.isdigit():
+        try:
+            return ctx.client.get(f"/v1/subscribers/{int(ref)}")
+        except ApiFailure as exc:
+            if exc.status != 404:
+                raise
+    return _find_by_value(ctx, ref, by_id=ref.isdigit())
 
 
 @subscriber.command("show")
@@ -113,15 +125,7 @@ def _find_by_value(ctx: Ctx, value: str) -> dict[str, Any]:
 def subscriber_show(ctx: Ctx, ref: str):
     """Show a subscriber, with its account balance and plan: by id, else by
     username, MSISDN, IMSI, SIP user, framed IP or session (as 'find')."""
-    sub = None
-    if ref.isdigit():
-        try:
-            sub = ctx.client.get(f"/v1/subscribers/{int(ref)}")
-        except ApiFailure as exc:
-            if exc.status != 404:
-                raise
-    if sub is None:
-        sub = _find_by_value(ctx, ref)
+    sub = lookup_subscriber(ctx, ref)
     if ctx.json:
         emit_json(sub)
     else:
