@@ -130,7 +130,7 @@ class RadiusServer:
         self._duplicates: dict[str, Any] = {}
         self._duration: dict[str, Any] = {}
         self._bad_secret: dict[str, Any] = {}
-        # (what, who) -> [loop time of the last warning, drops since]: see _warn
+        # (what, who) -> [time.monotonic() of the last warning, drops since]: see _warn
         self._warnings: dict[tuple[str, str], list] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
 
