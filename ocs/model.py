@@ -480,7 +480,10 @@ class AuditEntry:
     @classmethod
     def from_row(cls, r: Mapping[str, Any]) -> "AuditEntry":
         d = {k: r[k] for k in cls.__dataclass_fields__}
-        d["request"] = _loads(d["request"])
+        try:
+            d["request"] = _loads(d["request"])
+        except ValueError:
+            pass  # a bare-string body stored unencoded by earlier versions: shown as is
         return cls(**d)
 
 

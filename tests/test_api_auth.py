@@ -130,3 +130,17 @@ async def test_every_mutating_call_is_audited_with_who_what_and_status(api: Api)
     older = await api.admin.get("/v1/audit", params={"actor": "ops", "limit": 2,
                                                      "before_id": r.json["items"][1]["id"]})
     assert [e["status"] for e in older.json["items"]] == [409, 200]
+
+
+@pytest.mark.parametrize("store_target", ["sqlite"], indirect=True)
+async def test_a_bare_string_body_is_audited_and_the_log_still_reads(api: Api):
+    # '"AAA"' is valid JSON but not an object: refused, audited as the string it was,
+    # and the audit log (which once failed to read such a record back) still answers.
+    r = await api.admin.post("/v1/accounts", data=b'"AAA"',
+                             headers={"Content-Type": "application/json"})
+    assert r.status == 422
+    log = await api.admin.get("/v1/audit")
+    assert log.status == 200
+    (entry, *_) = log.json["items"]
+    assert (entry["action"], entry["status"], entry["request"]) == (
+        "POST /v1/accounts", 422, "AAA")

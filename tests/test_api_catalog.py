@@ -118,6 +118,8 @@ async def test_nas_addresses_are_validated(api: Api):
     for bad in ("300.1.1.1", "bras1.example", "192.0.2.1/33", "", "1.2.3"):
         r = await api.admin.post("/v1/nas", {"name": "bad", "address": bad, "secret": SECRET})
         assert r.status == 422 and r.fields() == {"address"}, (bad, r.text)
+        # The message quotes what was sent (not a template's placeholder).
+        assert f"{bad!r} is not an IPv4/IPv6 address" in r.json["error"]["message"], r.text
     r = await api.admin.post("/v1/nas", {"name": "nosecret", "address": "192.0.2.9"})
     assert r.status == 422 and r.fields() == {"secret"}
     r = await api.admin.post("/v1/nas", {"name": "pool", "address": "192.0.2.50",

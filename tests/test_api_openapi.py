@@ -29,7 +29,8 @@ from ocs.api.routing import ROUTES
 from ocs.api.views import ErrorResponse
 from ocs.model import Role
 from ocs.store import Store, make_driver
-from tests.test_api_harness import ADMIN_SECRET, Api, api, start_api, stop_api  # noqa: F401
+from tests.test_api_harness import (  # noqa: F401
+    ADMIN_SECRET, Api, api, make_account, start_api, stop_api)
 
 
 async def fetch_doc(api: Api) -> dict:
@@ -376,3 +377,22 @@ def test_role_ranks_match_the_model():
     """The document's x-required-role values are Role values, ordered as Role.allows."""
     assert [r.value for r in Role] == ["read-only", "operator", "admin"]
     assert {ep.role for ep in ROUTES} == {None, Role.READ_ONLY, Role.OPERATOR, Role.ADMIN}
+
+
+@pytest.mark.parametrize("store_target", ["sqlite"], indirect=True)
+async def test_a_body_is_required_where_leaving_it_out_is_refused(api: Api):
+    # A missing JSON body reads as {}: documented as optional exactly where that passes.
+    doc = await fetch_doc(api)
+    ops = {(ep.method, ep.template): ep for ep in ROUTES}
+    suspend = doc["paths"]["/v1/accounts/{id}/suspend"]["post"]["requestBody"]
+    topup = doc["paths"]["/v1/accounts/{id}/topup"]["post"]["requestBody"]
+    assert (suspend["required"], topup["required"]) == (False, True)
+    acct = await make_account(api)
+    assert (await api.operator.post(f"/v1/accounts/{acct['id']}/suspend")).status == 200
+    r = await api.operator.post(f"/v1/accounts/{acct['id']}/topup")
+    assert r.status == 422 and "amount" in r.fields()
+    for (method, template), ep in ops.items():
+        body = doc["paths"][template][method.lower()].get("requestBody")
+        if body is not None and ep.content_type != "application/json":
+            assert body["required"] is True
+            assert body["content"][ep.content_type]["schema"]["minLength"] == 1

@@ -88,10 +88,13 @@ def _operation(ep: Endpoint, refs: dict) -> dict[str, Any]:
     if params:
         op["parameters"] = params
     if ep.content_type != "application/json":
-        op["requestBody"] = {"required": True,
-                             "content": {ep.content_type: {"schema": {"type": "string"}}}}
-    elif ep.body is not None:
         op["requestBody"] = {"required": True, "content": {
+            ep.content_type: {"schema": {"type": "string", "minLength": 1}}}}
+    elif ep.body is not None:
+        # A missing body reads as {} (routing.parse_json_body), so it may be left
+        # out where every field has a default.
+        required = any(f.is_required() for f in ep.body.model_fields.values())
+        op["requestBody"] = {"required": required, "content": {
             "application/json": {"schema": refs[(ep.body, "validation")]}}}
     if ep.response is None:
         responses = {str(ep.status if ep.status != 200 else 204): {"description": "Done"}}

@@ -98,8 +98,8 @@ def _units_of_kind(value: Any, kind: str | None) -> Any:
                                           "{limit} whole units", {"limit": MAX_WHOLE_UNITS})
             return value * MICRO
         if not _POSITIVE_MONEY.fullmatch(value):
-            raise PydanticCustomError("money_format", "{value!r} is not a positive amount "
-                                      "written like \"10.50\"", {"value": value[:40]})
+            raise PydanticCustomError("money_format", "{value} is not a positive amount "
+                                      "written like \"10.50\"", {"value": repr(value[:40])})
         return parse_money(value)
     if isinstance(value, str):
         raise PydanticCustomError("units_type", "units of kind {kind} must be an integer",

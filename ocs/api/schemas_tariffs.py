@@ -62,8 +62,9 @@ def _zone(value: Any) -> str:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
-        raise PydanticCustomError("time_zone", "unknown time zone {value!r} (use an IANA name "
-                                  "such as \"Europe/Zurich\")", {"value": value[:64]}) from None
+        raise PydanticCustomError("time_zone", "unknown time zone {value} (use an IANA name "
+                                  "such as \"Europe/Zurich\")",
+                                  {"value": repr(value[:64])}) from None
     return value
 
 
@@ -100,8 +101,8 @@ def _at(value: Any) -> str:
         else:
             _dt.datetime.fromisoformat(value)
     except ValueError:
-        raise PydanticCustomError("at_format", "{value!r} is not an ISO 8601 date or date-time",
-                                  {"value": value[:40]}) from None
+        raise PydanticCustomError("at_format", "{value} is not an ISO 8601 date or date-time",
+                                  {"value": repr(value[:40])}) from None
     return value
 
 
@@ -158,8 +159,8 @@ class HolidayIn(Body):
         try:
             _dt.date.fromisoformat(value)
         except ValueError:
-            raise PydanticCustomError("date", "{value!r} is not a calendar date",
-                                      {"value": value}) from None
+            raise PydanticCustomError("date", "{value} is not a calendar date",
+                                      {"value": repr(value)}) from None
         return value
 
 

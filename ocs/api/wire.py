@@ -94,9 +94,9 @@ def _money_validator(sign: str):
         if isinstance(value, str):
             if not pattern.fullmatch(value):
                 raise PydanticCustomError(
-                    "money_format", "{value!r} is not an amount {words} written like \"10.50\" "
+                    "money_format", "{value} is not an amount {words} written like \"10.50\" "
                     "(digits, optional '.' and at most 6 decimals, at most {limit} units)",
-                    {"value": value[:40], "words": words, "limit": MAX_WHOLE_UNITS})
+                    {"value": repr(value[:40]), "words": words, "limit": MAX_WHOLE_UNITS})
             return parse_money(value)
         raise PydanticCustomError("money_type", "money must be a decimal string such as "
                                   "\"10.50\" or an integer")
@@ -131,8 +131,8 @@ def _instant(value: Any) -> int:
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
-        raise PydanticCustomError("instant_format", "{value!r} is not an ISO 8601 instant",
-                                  {"value": value[:40]}) from None
+        raise PydanticCustomError("instant_format", "{value} is not an ISO 8601 instant",
+                                  {"value": repr(value[:40])}) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return int(dt.timestamp()) * MICRO + dt.microsecond
@@ -156,8 +156,8 @@ def _ip_or_cidr(value: Any) -> str:
         return str(ipaddress.ip_address(value))
     except ValueError:
         raise PydanticCustomError(
-            "address_format", "{value!r} is not an IPv4/IPv6 address or CIDR prefix",
-            {"value": value[:60]}) from None
+            "address_format", "{value} is not an IPv4/IPv6 address or CIDR prefix",
+            {"value": repr(value[:60])}) from None
 
 
 IpOrCidr = Annotated[str, PlainValidator(_ip_or_cidr),
@@ -173,8 +173,8 @@ def _ip(value: Any) -> str:
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
-        raise PydanticCustomError("ip_format", "{value!r} is not an IPv4 or IPv6 address",
-                                  {"value": value[:60]}) from None
+        raise PydanticCustomError("ip_format", "{value} is not an IPv4 or IPv6 address",
+                                  {"value": repr(value[:60])}) from None
 
 
 IpAddress = Annotated[str, PlainValidator(_ip),

@@ -718,7 +718,11 @@ class Store:
         def program():
             yield execute("INSERT INTO audit (at, actor, role, action, target, request, status, "
                           "remote) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                          now_us(), actor, role, action, target, _json(request), status, remote)
+                          now_us(), actor, role, action, target,
+                          # Always encoded: a JSON body may be a bare string.
+                          None if request is None else json.dumps(
+                              request, separators=(",", ":"), default=_enum_value),
+                          status, remote)
         await self.driver.run(program)
 
     async def list_audit(self, *, actor: str | None = None, limit: int = 100,
