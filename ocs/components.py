@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__, accel, logs
@@ -446,6 +447,37 @@ def split_listen(listen: str) -> tuple[str | None, int]:
     return (None if host in ("", "::") else host), int(port)
 
 
+class _HttpServerLog(logging.LoggerAdapter):
+    """aiohttp's server log, with malformed HTTP told apart from our own faults.
+
+    aiohttp logs a request it cannot parse (a bad header, a scanner's garbage)
+    with a traceback at ERROR, as if the server had failed. The client gets 400
+    either way; here that is one warning line, at most one a minute, and a count
+    (`ocs_api_requests_total{route="malformed",status="400"}`).
+    """
+
+    def __init__(self, metrics: Metrics):
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self.metrics = metrics
+        self._warned_at = -60.0
+        self._dropped = 0
+
+    def exception(self, msg, *args, exc_info=True, **kwargs):
+        exc = exc_info if isinstance(exc_info, BaseException) else None
+        if not isinstance(exc, HttpProcessingError):
+            return super().exception(msg, *args, exc_info=exc_info, **kwargs)
+        self.metrics.api_requests.labels(method="-", route="malformed", status="400").inc()
+        now = time.monotonic()
+        if now - self._warned_at < 60:
+            self._dropped += 1
+            return
+        dropped, self._dropped, self._warned_at = self._dropped, 0, now
+        text = " ".join(str(exc.message or exc).split())[:200]
+        remote = args[0] if args else "?"
+        self.logger.warning("malformed HTTP request from %s answered 400: %s%s", remote, text,
+                            f" ({dropped} more since the last warning)" if dropped else "")
+
+
 class HttpListeners:
     """The API listener (api.listen) and the optional metrics-only one (metrics.listen).
 
@@ -517,7 +549,7 @@ class HttpListeners:
             # cancelling the request), each time up to its shutdown_timeout; half
             # of ours each keeps the whole wait within api.shutdown_timeout.
             runner = web.AppRunner(self._app(with_api=with_api), access_log=None,
-                                   handle_signals=False,
+                                   handle_signals=False, logger=_HttpServerLog(self.ctx.metrics),
                                    shutdown_timeout=cfg.api.shutdown_timeout / 2)
             await runner.setup()
             self._runners.append((name, runner))

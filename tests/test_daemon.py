@@ -531,6 +531,29 @@ def test_metrics_listener_and_prometheus_names(daemons, tmp_path):
     assert d.wait() == 0
 
 
+def test_malformed_http_gets_400_one_warning_and_a_count(daemons):
+    d = daemons().start()
+
+    def raw(request: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
+            s.sendall(request)
+            return s.recv(4096)
+    # A NUL in a header value, then a header line without a colon (RFC 9110/9112).
+    for bad in (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Probe: \x00\r\n\r\n",
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"):
+        assert re.match(rb"HTTP/1\.[01] 400 ", raw(bad)), bad
+    assert raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    text = http(d.url + "/metrics")[2].decode()
+    assert metric(text, "ocs_api_requests_total",
+                  '{method="-",route="malformed",status="400"}') == 2
+    # One warning naming the client (the second is within the minute), no traceback.
+    line = d.wait_log(r"^.*malformed HTTP request from 127\.0\.0\.1 answered 400.*$").group(0)
+    assert "WARNING" in line
+    log = d.log()
+    assert log.count("malformed HTTP request") == 1 and "Traceback" not in log, log
+    assert "ERROR" not in log, log
+
+
 # ---------------------------------------------------------------------- SIGHUP
 def test_sighup_with_broken_config_keeps_the_old_one(daemons):
     d = daemons().start()
