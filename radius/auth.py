@@ -53,7 +53,7 @@ class Proof:
     """The outcome of checking the credentials of one Access-Request."""
 
     ok: bool
-    method: str                      # pap | chap | mschapv2 | mschap | none
+    method: str                      # pap | chap | mschapv2 | mschap | none | pap+chap
     reason: str = ""                 # why not, for Reply-Message and the log
     accept_attrs: tuple[tuple[int, bytes], ...] = ()  # MS-CHAP2-Success, MPPE keys
     reject_attrs: tuple[tuple[int, bytes], ...] = ()  # MS-CHAP-Error
@@ -76,6 +76,9 @@ def method_of(packet: Packet) -> str:
 
 
 def check(packet: Packet, secret: bytes, sub: Subscriber) -> Proof:
+    if A.USER_PASSWORD in packet and A.CHAP_PASSWORD in packet:
+        # RFC 2865 §5.3: never both; a request carrying both is not believed by either.
+        return Proof(False, "pap+chap", "both User-Password and CHAP-Password in the request")
     method = method_of(packet)
     if method == "pap":
         return _pap(packet, secret, sub)

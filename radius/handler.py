@@ -233,6 +233,8 @@ class Handler:
                      "Accounting-On" if status == AcctStatus.ACCOUNTING_ON else "Accounting-Off",
                      st.name, closed)
             return self._acct_response(st, p)
+        if status is None:  # RFC 2866 §5.1: every Accounting-Request carries one
+            raise MissingAttribute("Acct-Status-Type")
         kind = _KIND.get(status)
         if kind is None:  # Failed, tunnel records...: acknowledged, nothing to charge
             log.debug("accounting status %s from %s acknowledged", status, st.name)

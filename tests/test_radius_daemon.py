@@ -118,6 +118,12 @@ def test_chap_accept_and_reject(rad):
     code, attrs = rad.radclient("auth", 'User-Name = "demo", CHAP-Password = "wrong", '
                                         'Message-Authenticator = 0x00')
     assert code == "Access-Reject" and attrs["Reply-Message"] == "Wrong password"
+    # RFC 2865 §5.3: never both. The right PAP password does not let a CHAP one ride along.
+    code, attrs = rad.radclient("auth", 'User-Name = "demo", User-Password = "demo", '
+                                        'CHAP-Password = "demo", Message-Authenticator = 0x00')
+    assert code == "Access-Reject" and attrs["Reply-Message"] == "Wrong password"
+    rad.wait_log(r"reject demo via \S+ \(pap\+chap\): Wrong password \(both User-Password "
+                 r"and CHAP-Password in the request\)")
 
 
 def test_eap_is_refused_with_an_eap_failure_and_dropped_unsigned(rad):
@@ -808,6 +814,20 @@ def test_counters_beyond_any_real_session_are_dropped_counted_and_not_charged(ra
                                             (A.ACCT_SESSION_TIME, codec.u32(120))],
                                     ident=32)) is not None
     assert rad.buckets(acc)["octets"] == before - 5000
+
+
+def test_accounting_without_a_status_type_is_not_acknowledged(rad):
+    """RFC 2866 §5.1: Acct-Status-Type is in every Accounting-Request. Without it
+    nothing can be recorded, so nothing is acknowledged (the NAS keeps the record);
+    a status with nothing to charge (Failed, tunnel records) is acknowledged."""
+    base = [(A.USER_NAME, s("demo")), (A.ACCT_SESSION_ID, s("nostatus-1"))]
+    before = rad.dropped("missing_attribute")
+    assert rad.send_raw(acct_packet(base, ident=40), timeout=0.5) is None
+    assert rad.dropped("missing_attribute") == before + 1
+    rad.wait_log(r"dropped: missing Acct-Status-Type")
+    for status in (15, 9):  # Failed, Tunnel-Start (RFC 2867)
+        assert rad.send_raw(acct_packet(base + [(A.ACCT_STATUS_TYPE, codec.u32(status))],
+                                        ident=41 + status)) is not None, status
 
 
 def test_malformed_packets_are_dropped_counted_and_the_daemon_keeps_answering(rad):
