@@ -112,6 +112,10 @@ class Commit:
     # the billing period: tiers across sessions) rather than the session's; it advances
     # with the usage charged.
     tier_counter: str | None = None
+    # A cumulative `used` from a counter that wraps at this many units (0: never).
+    # A newer report (higher seq) below what was charged then means the counter
+    # wrapped, if the units gained that way are plausible (at most half a wrap).
+    wraps: int = 0
 
     def __post_init__(self):
         _check_units(self.used, "used")
@@ -627,6 +631,17 @@ class _Engine:
                           op.price, op.seq, op.ttl, released=released, match=op.match,
                           base=self._tier_base(op.tier_counter))
 
+    @staticmethod
+    def _wrapped(op: Commit, charge: ChargeState, behind: int) -> int:
+        """The units a cumulative report below the session's total adds: none for an
+        older or repeated report; for a newer one from a counter that wraps, what it
+        gained across the fewest wraps that bring it past the total. More than half a
+        wrap in one report is not believed (a counter reset, not traffic)."""
+        if not op.wraps or op.seq <= charge.seq:
+            return 0
+        gained = behind + -(behind // op.wraps) * op.wraps  # behind < 0: ceil division
+        return gained if gained <= op.wraps // 2 else 0
+
     def _tier_base(self, counter: str | None) -> int | None:
         return self.state.counters.get(counter, 0) if counter is not None else None
 
@@ -637,7 +652,9 @@ class _Engine:
         self._drop_reservation(op.session, op.service)
         fresh = (op.session, op.service) not in self.state.charges
         charge = self._charge_state(acct, op.session, op.service, op.kind)
-        used = max(0, op.used - charge.units) if op.cumulative else op.used
+        used = op.used - charge.units if op.cumulative else op.used
+        if used < 0:
+            used = self._wrapped(op, charge, used)
         # What the price counts as already used: the session's units, or the tier counter's.
         priced_after = self._tier_base(op.tier_counter)
         if priced_after is None:

@@ -42,6 +42,7 @@ _KIND = {AcctStatus.START: RequestKind.INITIAL, AcctStatus.INTERIM_UPDATE: Reque
 # Enum members the accounting path reads per request, read once here: reading a
 # member off its class costs about 100 ns on Python 3.11.
 _UPDATE, _TERMINATE, _OCTETS = RequestKind.UPDATE, RequestKind.TERMINATE, Kind.OCTETS
+_OCTETS_WRAP = 1 << 32  # Acct-Input/Output-Octets alone count modulo 2**32 (RFC 2869 §5.1)
 _UNKNOWN_SUBSCRIBER, _ACCOUNTING_RESPONSE = ResultCode.UNKNOWN_SUBSCRIBER, Code.ACCOUNTING_RESPONSE
 _NAS_RESTART = frozenset({AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF})
 _CLASS_PREFIX = b"ocs1:"
@@ -261,6 +262,9 @@ class Handler:
         else:
             identity = Identity(username=username, msisdn=acct.calling_number(p))
             data = ServiceUsage(cfg.data_service, _OCTETS, used=u.octets_in + u.octets_out)
+            first = p.first
+            if A.ACCT_INPUT_GIGAWORDS not in first and A.ACCT_OUTPUT_GIGAWORDS not in first:
+                data.wraps = _OCTETS_WRAP  # a NAS counting without Gigawords: 32-bit counters
             metered = self._metered_time(p, session_id)
             if metered is None:
                 metered = await self._look_up_metered_time(session_id, identity)

@@ -247,6 +247,34 @@ async def test_cumulative_reports_charge_only_what_is_new(store):
     assert charges[""]["units"] == 80_000_000 and charges[""]["cost"] == 8 * EUR // 10
 
 
+async def test_a_wrapping_counter_is_charged_across_the_wrap(store):
+    """A counter without high words (RADIUS octets without Gigawords) wraps at 2**32:
+    a newer report below the total gained the fewest wraps that bring it past it."""
+    a = await account(store)
+    wrap = 2**32
+    kw = dict(kind=Kind.OCTETS, price=PER_MB, cumulative=True, wraps=wrap)
+    await store.commit(a.id, "w", 4_200_000_000, seq=10, **kw)
+    r = await store.commit(a.id, "w", 4_300_000_000 - wrap, seq=20, **kw)
+    assert r.charged == 100_000_000 and r.session_units == 4_300_000_000
+    # An older report (lower seq) charges nothing, as without wraps; a repeat of the
+    # same one is answered from the first.
+    assert (await store.commit(a.id, "w", 5_000, seq=15, **kw)).charged == 0
+    assert (await store.commit(a.id, "w", 4_300_000_000 - wrap, seq=20, **kw)).replayed
+    assert (await store.session_charges("w"))[""]["units"] == 4_300_000_000
+    # Two wraps since the last report (both directions of a sum): still the fewest.
+    r = await store.commit(a.id, "w", 4_500_000_000 - 2 * wrap + wrap, seq=30, **kw)
+    assert r.charged == 200_000_000 and r.session_units == 4_500_000_000
+    # Implausible as traffic (more than half a wrap in one report): a counter reset,
+    # charged nothing rather than billions of octets.
+    r = await store.commit(a.id, "w", 1_000, seq=40, **kw)
+    assert r.charged == 0 and r.session_units == 4_500_000_000
+    # Without `wraps`, a newer report below the total charges nothing.
+    await store.commit(a.id, "n", 4_200_000_000, seq=10, kind=Kind.OCTETS, price=PER_MB,
+                       cumulative=True)
+    assert (await store.commit(a.id, "n", 5_032_704, seq=20, kind=Kind.OCTETS,
+                               price=PER_MB, cumulative=True)).charged == 0
+
+
 async def test_increments_apply_to_the_session_not_to_each_report(store):
     a = await account(store)
     per_minute = LinearPrice(price=EUR, per=60, first=60, next=60)

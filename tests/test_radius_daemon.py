@@ -48,7 +48,7 @@ async def seed(store) -> dict:
 
     data_plan = await store.find_plan("demo-data")
     for name in ("acct1", "acct2", "retx", "on1", "on2", "fs", "ast", "kam", "mschap",
-                 "burst", "reuse1"):
+                 "burst", "reuse1", "wrap1"):
         await sub(name, data_plan, max_sessions=5)
     await sub("garden1", garden, status="suspended")
     await sub("suspended1", tiny, status="suspended")
@@ -388,6 +388,34 @@ def test_start_interim_stop_charge_octets_with_gigawords(rad):
     status, cdrs = rad.api("GET", f"/v1/cdrs?account_id={acc}")
     assert [(c["service"], c["units"]) for c in cdrs["items"]] == [("data", 2**32 + 11_000)]
     assert cdrs["items"][0]["details"]["Acct-Terminate-Cause"] == "User-Request"
+
+
+def test_a_nas_counting_without_gigawords_is_charged_across_the_32_bit_wrap(rad):
+    """A NAS that sends no Acct-*-Gigawords counts octets modulo 2**32: past 4 GiB its
+    counter starts again from zero. The newer report (later Acct-Session-Time) below
+    the session's total is read as a wrap, not as nothing used. An older one (a
+    late, reordered interim) still charges nothing."""
+    acc = rad.ids["wrap1"]
+    before = rad.buckets(acc)["octets"]
+    base = 'User-Name = "wrap1", Acct-Session-Id = "w-1", '
+
+    def interim(octets_in: int, octets_out: int, seconds: int, status="Interim-Update"):
+        assert acct(rad, base + f"Acct-Status-Type = {status}, Acct-Input-Octets = "
+                                f"{octets_in}, Acct-Output-Octets = {octets_out}, "
+                                f"Acct-Session-Time = {seconds}") == "Accounting-Response"
+        return before - rad.buckets(acc)["octets"]
+    assert acct(rad, base + "Acct-Status-Type = Start") == "Accounting-Response"
+    wrap = 2**32
+    assert interim(4_200_000_000, 4_000_000_000, 600) == 8_200_000_000
+    # The input counter passed 2**32: 4,400,000,000 in is reported as 4,400,000,000 - 2**32.
+    assert interim(4_400_000_000 - wrap, 4_100_000_000, 900) == 8_500_000_000
+    # A late copy of the first interim (earlier session time) charges nothing.
+    assert interim(4_200_000_000, 4_000_000_000, 600) == 8_500_000_000
+    # Since then the output counter wrapped too; the Stop closes with the whole session.
+    total = interim(4_500_000_000 - wrap, 4_300_000_000 - wrap, 1200, status="Stop")
+    assert total == 8_800_000_000
+    status, cdrs = rad.api("GET", f"/v1/cdrs?account_id={acc}")
+    assert [(c["service"], c["units"]) for c in cdrs["items"]] == [("data", total)]
 
 
 def test_a_nas_that_restarts_and_reuses_a_session_id_is_charged_for_both_runs(rad):

@@ -365,11 +365,11 @@ class ChargingCore:
             elif req.kind in (RequestKind.INITIAL, RequestKind.UPDATE):
                 parts.append(Commit(account.id, req.session_id, usage.used, reserve=want,
                                     ttl=ttl, cumulative=req.cumulative, counter=counter,
-                                    counter_threshold=threshold, **common))
+                                    counter_threshold=threshold, wraps=usage.wraps, **common))
             elif req.kind is RequestKind.TERMINATE:
                 parts.append(Commit(account.id, req.session_id, usage.used, final=True,
                                     cumulative=req.cumulative, counter=counter,
-                                    counter_threshold=threshold, **common))
+                                    counter_threshold=threshold, wraps=usage.wraps, **common))
             elif req.kind is RequestKind.EVENT:
                 units = usage.used or (usage.requested or 1)
                 parts.append(Commit(account.id, req.session_id, units, final=True,

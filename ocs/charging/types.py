@@ -73,6 +73,9 @@ class ServiceUsage:
     destination: str | None = None
     rating_group: int | None = None
     service_id: int | None = None
+    # What a cumulative `used` wraps at when the network counts without high words
+    # (RADIUS octets without Gigawords: 2**32 per direction); 0 = it never wraps.
+    wraps: int = 0
 
 
 @dataclass(slots=True)
