@@ -362,10 +362,14 @@ def reply_authenticator_ok(packet: Packet, secret: bytes, request_authenticator:
     return hmac.compare_digest(want, raw[4:20])
 
 
+class PacketTooLong(ValueError):
+    """What was to be sent does not fit in one RADIUS packet (4096 octets)."""
+
+
 def _assemble(code: int, ident: int, auth: bytes, body: bytes) -> bytearray:
     length = HEADER + len(body)
     if length > MAX_PACKET:
-        raise ValueError(f"packet of {length} octets exceeds {MAX_PACKET}")
+        raise PacketTooLong(f"packet of {length} octets exceeds {MAX_PACKET}")
     buf = bytearray(struct.pack("!BBH", code, ident, length))
     buf += auth
     buf += body
@@ -379,10 +383,16 @@ def encode_reply(request: Packet, code: int, attributes: Iterable[tuple[int, byt
                  secret: bytes, *, message_authenticator: bool = True) -> bytes:
     """A reply to `request`. Message-Authenticator, when asked for, is the first
     attribute (the BlastRADIUS mitigation of draft-ietf-radext-deprecating-radius),
-    and Proxy-State attributes of the request are copied back (RFC 2865 §5.33)."""
+    and Proxy-State attributes of the request are copied back (RFC 2865 §5.33).
+    Where the Proxy-States leave no room for all of `attributes`, Reply-Message
+    (text for people) is left out; where even that does not fit, `PacketTooLong`."""
     body = encode_attributes(attributes) if attributes else b""
     if A.PROXY_STATE in request.first:
-        body += encode_attributes([(k, v) for k, v in request.attributes if k == A.PROXY_STATE])
+        proxy_states = encode_attributes(
+            [(k, v) for k, v in request.attributes if k == A.PROXY_STATE])
+        if HEADER + len(body) + len(proxy_states) + 18 > MAX_PACKET and attributes:
+            body = encode_attributes([(k, v) for k, v in attributes if k != A.REPLY_MESSAGE])
+        body += proxy_states
     if message_authenticator:
         body = _MA_EMPTY + body
     buf = _assemble(code, request.identifier, request.authenticator, body)
@@ -418,8 +428,8 @@ def new_authenticator() -> bytes:
 
 
 __all__ = ["A", "AcctStatus", "Code", "DecodeError", "IMPLEMENTATION", "KNOWN_CODES",
-           "MAX_PACKET", "Packet", "SIGNED_REQUESTS", "decode", "encode_attributes",
-           "encode_reply", "encode_request", "first_values", "hide_password", "hmac_md5",
-           "message_authenticator_ok", "new_authenticator", "reply_authenticator_ok",
+           "MAX_PACKET", "Packet", "PacketTooLong", "SIGNED_REQUESTS", "decode",
+           "encode_attributes", "encode_reply", "encode_request", "first_values", "hide_password",
+           "hmac_md5", "message_authenticator_ok", "new_authenticator", "reply_authenticator_ok",
            "request_authenticator_ok", "salt_decrypt", "salt_encrypt", "tagged", "u32",
            "unhide_password", "untag_int", "vsa"]

@@ -53,8 +53,8 @@ from typing import Any
 
 from ocs.errors import StoreUnavailable
 
-from .codec import (A, Code, DecodeError, SIGNED_REQUESTS, decode, message_authenticator_ok,
-                    request_authenticator_ok)
+from .codec import (A, Code, DecodeError, PacketTooLong, SIGNED_REQUESTS, decode,
+                    message_authenticator_ok, request_authenticator_ok)
 from .handler import Handler, InvalidAttribute, MissingAttribute, NasState, nas_state
 
 log = logging.getLogger("ocs.radius")
@@ -337,6 +337,11 @@ class RadiusServer:
         except InvalidAttribute as exc:
             self._dropped("invalid_attribute")
             log.warning("request from %s dropped: %s", st.name, exc)
+        except PacketTooLong as exc:  # the request's Proxy-States leave no room for the reply
+            self._dropped("reply_too_long")
+            self._warn("too_long", st.name, "no answer to %s from %s: the reply does not fit in "
+                       "a RADIUS packet (%s)%s", op, st.name, exc,
+                       " (the usage is charged)" if op == "accounting" else "")
         except Exception:  # noqa: BLE001 - one bad request must not stop the server; logged whole
             self._dropped("internal_error")
             log.exception("processing a request from %s failed", st.name)

@@ -196,6 +196,26 @@ def test_reply_puts_message_authenticator_first_and_copies_proxy_state():
     assert not codec.message_authenticator_ok(reply, SECRET, bytes(16))
 
 
+def test_a_reply_the_proxy_states_leave_no_room_for():
+    """The Proxy-States of a request come back whole; Reply-Message gives way to them,
+    and a reply that still does not fit is refused with PacketTooLong."""
+    states = [(A.PROXY_STATE, bytes([i]) * 253) for i in range(15)] + [(A.PROXY_STATE, b"z" * 200)]
+    req = codec.decode(codec.encode_request(Code.ACCESS_REQUEST, 7, [(A.USER_NAME, b"u")] + states,
+                                            SECRET, message_authenticator=True))
+    text = (A.REPLY_MESSAGE, b"Unknown subscriber, please call the help desk")
+    reply = codec.decode(codec.encode_reply(req, Code.ACCESS_REJECT, [text], SECRET))
+    assert [v for k, v in reply.attributes if k == A.PROXY_STATE] == [v for _, v in states]
+    assert A.REPLY_MESSAGE not in reply and len(reply.raw) <= codec.MAX_PACKET
+    assert codec.reply_authenticator_ok(reply, SECRET, req.authenticator)
+    # With room, the text stays.
+    small = codec.decode(codec.encode_request(Code.ACCESS_REQUEST, 8, [(A.USER_NAME, b"u")]
+                                              + states[:2], SECRET))
+    assert codec.decode(codec.encode_reply(small, Code.ACCESS_REJECT, [text],
+                                           SECRET)).get(A.REPLY_MESSAGE) == text[1]
+    with pytest.raises(codec.PacketTooLong):
+        codec.encode_reply(req, Code.ACCESS_ACCEPT, [(A.CLASS, b"c" * 200), text], SECRET)
+
+
 def test_signed_request_with_message_authenticator():
     data = codec.encode_request(Code.COA_REQUEST, 3, [(A.USER_NAME, b"x")], SECRET,
                                 message_authenticator=True)

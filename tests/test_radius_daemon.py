@@ -858,6 +858,27 @@ def test_accounting_without_a_status_type_is_not_acknowledged(rad):
                                         ident=41 + status)) is not None, status
 
 
+def test_a_reply_that_cannot_fit_beside_the_proxy_states_is_dropped_and_counted(rad):
+    """A request carrying almost 4 KiB of Proxy-State (RFC 2865 §5.33: copied into the
+    reply) leaves no room for an Access-Accept's attributes: no answer, counted and
+    warned about, and the daemon goes on answering."""
+    auth_attr = codec.new_authenticator()
+    attrs = [(A.USER_NAME, s("timed1")),
+             (A.USER_PASSWORD, codec.hide_password(b"pw-timed1", SECRET.encode(), auth_attr))]
+    room = codec.MAX_PACKET - 20 - 18 - sum(2 + len(v) for _, v in attrs)  # 18: M-A
+    states = [(A.PROXY_STATE, bytes([i]) * 253) for i in range(room // 255)]
+    states.append((A.PROXY_STATE, b"z" * (room % 255 - 2)))
+    data = codec.encode_request(Code.ACCESS_REQUEST, 50, attrs + states, SECRET.encode(),
+                                authenticator=auth_attr, message_authenticator=True)
+    assert len(data) == codec.MAX_PACKET
+    before = rad.dropped("reply_too_long")
+    assert rad.send_raw(data, port="auth", timeout=0.5) is None
+    assert rad.dropped("reply_too_long") == before + 1
+    rad.wait_log(r"no answer to access from \S+: the reply does not fit in a RADIUS packet")
+    assert rad.dropped("internal_error") == 0
+    assert auth(rad, "demo", "demo")[0] == "Access-Accept"
+
+
 def test_malformed_packets_are_dropped_counted_and_the_daemon_keeps_answering(rad):
     good = acct_packet([(A.USER_NAME, s("demo")), (A.ACCT_STATUS_TYPE, codec.u32(3)),
                         (A.ACCT_SESSION_ID, s("m-1"))])
