@@ -55,6 +55,7 @@ async def seed(store) -> dict:
     await sub("empty1", nothing)
     await sub("tiny1", tiny)
     await sub("timed1", timed, framed_ip="10.9.9.9")
+    await sub("timed2", timed, framed_ip="10.9.9.10")  # only for the Proxy-State test
     await sub("single", data_plan, max_sessions=1)
     voice = await store.find_plan("demo-voice")
     for name in ("fs", "ast", "kam"):
@@ -863,8 +864,8 @@ def test_a_reply_that_cannot_fit_beside_the_proxy_states_is_dropped_and_counted(
     reply) leaves no room for an Access-Accept's attributes: no answer, counted and
     warned about, and the daemon goes on answering."""
     auth_attr = codec.new_authenticator()
-    attrs = [(A.USER_NAME, s("timed1")),
-             (A.USER_PASSWORD, codec.hide_password(b"pw-timed1", SECRET.encode(), auth_attr))]
+    attrs = [(A.USER_NAME, s("timed2")),
+             (A.USER_PASSWORD, codec.hide_password(b"pw-timed2", SECRET.encode(), auth_attr))]
     room = codec.MAX_PACKET - 20 - 18 - sum(2 + len(v) for _, v in attrs)  # 18: M-A
     states = [(A.PROXY_STATE, bytes([i]) * 253) for i in range(room // 255)]
     states.append((A.PROXY_STATE, b"z" * (room % 255 - 2)))
