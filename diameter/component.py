@@ -19,22 +19,11 @@ from __future__ import annotations
 import logging
 import ssl
 
-from ocs.components import split_listen
+from ocs.components import split_listen, tls_server_context
 
 from .server import DiameterServer, ServerRequestResult
 
 log = logging.getLogger("ocs.diameter")
-
-
-def tls_context(cfg) -> ssl.SSLContext:
-    """Server-side TLS 1.2+ (RFC 6733 section 13: TLS 1.2 or later)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cfg.tls_certificate, cfg.tls_key)
-    if cfg.tls_ca:
-        ctx.load_verify_locations(cfg.tls_ca)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
 
 
 class DiameterComponent:
@@ -61,7 +50,7 @@ class DiameterComponent:
             await self._bind(server, "diameter", host, port, None, cfg.listen)
             if cfg.tls_listen:
                 try:
-                    context = tls_context(cfg)
+                    context = tls_server_context(cfg)
                 except (OSError, ssl.SSLError) as exc:
                     raise OSError(getattr(exc, "errno", None),
                                   f"cannot load the Diameter TLS certificate: {exc}") from exc

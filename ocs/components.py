@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -445,6 +446,19 @@ def split_listen(listen: str) -> tuple[str | None, int]:
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     return (None if host in ("", "::") else host), int(port)
+
+
+def tls_server_context(cfg) -> ssl.SSLContext:
+    """Server-side TLS 1.2 or later from a section's tls_certificate, tls_key and
+    tls_ca (RFC 6733 §13, RFC 6614 §2.3); with tls_ca, clients must present a
+    certificate it verifies."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cfg.tls_certificate, cfg.tls_key)
+    if cfg.tls_ca:
+        ctx.load_verify_locations(cfg.tls_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 class _HttpServerLog(logging.LoggerAdapter):

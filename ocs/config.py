@@ -189,6 +189,22 @@ class RadiusConfig(Section):
     voice_service: str = "voice"
     log_accounting: bool = False
     log_accepts: bool = False
+    # RADIUS over TLS (RFC 6614, "RadSec"): off unless set, e.g. "0.0.0.0:2083".
+    tls_listen: Listen | None = None
+    tls_certificate: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_idle_timeout: int = Field(0, ge=0, le=86_400)
+
+    @field_validator("tls_ca")
+    @classmethod
+    def _tls(cls, v: str, info) -> str:
+        data = info.data
+        if data.get("tls_listen") and not (data.get("tls_certificate") and data.get("tls_key")
+                                           and v):
+            # RFC 6614 §2.3: both ends authenticate; NAS certificates are checked with tls_ca.
+            raise ValueError("tls_listen needs tls_certificate, tls_key and tls_ca")
+        return v
 
 
 class DiameterConfig(Section):

@@ -220,8 +220,9 @@ class Handler:
 
     # ------------------------------------------------------------ Status-Server
     def status(self, st: NasState, p: Packet, port: str) -> bytes:
-        """RFC 5997: Access-Accept on the auth port, Accounting-Response on the acct port."""
-        code = Code.ACCESS_ACCEPT if port == "auth" else Code.ACCOUNTING_RESPONSE
+        """RFC 5997: Access-Accept on the auth port (and over RADIUS/TLS, which carries
+        both), Accounting-Response on the acct port."""
+        code = Code.ACCOUNTING_RESPONSE if port == "acct" else Code.ACCESS_ACCEPT
         self._count(st, "status")
         return encode_reply(p, code, [(A.REPLY_MESSAGE, b"ocsd alive")], st.secret)
 

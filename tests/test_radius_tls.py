@@ -1,0 +1,266 @@
+"""RADIUS over TLS (RFC 6614, "RadSec"): a real FreeRADIUS 3.2 proxy forwarding to
+ocsd over TLS with a client certificate, and a raw TLS client for what a proxy
+never sends (pipelined requests, broken framing, no or a foreign certificate,
+an unregistered address).
+
+FreeRADIUS is the RadSec client operators put in front of UDP-only NAS, and
+the one eduroam-style deployments use: radclient -> FreeRADIUS (UDP) ->
+ocsd (TLS, shared secret "radsec")."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+
+import pytest
+
+from radius import codec
+from radius.codec import A, Code
+from tests.policy_harness import FREERADIUS_HEAD, FreeRadius
+from tests.radius_harness import free_udp_port, started
+from tests.services import free_port
+from tests.test_diameter_interop import certificates
+from tests.test_radius_daemon import GIB, seed
+
+RADSEC = b"radsec"
+FRONT_SECRET = "tls-front-secret-0123"
+
+PROXY_CONF = FREERADIUS_HEAD + """
+client radclient {{
+	ipaddr = 127.0.0.1
+	secret = {front_secret}
+}}
+proxy_requests = yes
+proxy server {{
+	default_fallback = no
+}}
+home_server ocsd-tls {{
+	type = auth+acct
+	ipaddr = 127.0.0.1
+	port = {tls_port}
+	proto = tcp
+	secret = radsec
+	response_window = 5
+	status_check = none
+	tls {{
+		private_key_file = {key}
+		certificate_file = {cert}
+		ca_file = {ca}
+		fragment_size = 8192
+		check_crl = no
+		cipher_list = "DEFAULT"
+	}}
+}}
+home_server_pool ocsd-pool {{
+	type = fail-over
+	home_server = ocsd-tls
+}}
+realm ocs {{
+	auth_pool = ocsd-pool
+	acct_pool = ocsd-pool
+}}
+modules {{
+}}
+listen {{
+	type = auth
+	ipaddr = 127.0.0.1
+	port = {listen_auth}
+}}
+listen {{
+	type = acct
+	ipaddr = 127.0.0.1
+	port = {listen_acct}
+}}
+authorize {{
+	update control {{
+		&Proxy-To-Realm := "ocs"
+	}}
+}}
+authenticate {{
+}}
+preacct {{
+	update control {{
+		&Proxy-To-Realm := "ocs"
+	}}
+}}
+accounting {{
+}}
+post-proxy {{
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return certificates(tmp_path_factory.mktemp("radsec-certs"))
+
+
+@pytest.fixture(scope="module")
+def rad(tmp_path_factory, certs):
+    tls_port = free_port()
+    extra = (f'tls_listen = "127.0.0.1:{tls_port}"\ntls_certificate = "{certs["ocs.pem"]}"\n'
+             f'tls_key = "{certs["ocs.key"]}"\ntls_ca = "{certs["ca.pem"]}"\n'
+             'tls_idle_timeout = 2\n')
+    with started(tmp_path_factory.mktemp("radsec"), seed, extra_radius=extra) as d:
+        d.tls_port = tls_port
+        yield d
+
+
+@pytest.fixture(scope="module")
+def proxy(rad, certs, tmp_path_factory):
+    listen_auth, listen_acct = free_udp_port(), free_udp_port()
+    fr = FreeRadius(tmp_path_factory.mktemp("freeradius-radsec"), PROXY_CONF,
+                    front_secret=FRONT_SECRET, tls_port=rad.tls_port, key=certs["fd.key"],
+                    cert=certs["fd.pem"], ca=certs["ca.pem"], listen_auth=listen_auth,
+                    listen_acct=listen_acct)
+    fr.listen_auth, fr.listen_acct = listen_auth, listen_acct
+    fr.start()
+    yield fr
+    fr.stop()
+
+
+def via(rad, proxy, kind, text):
+    return rad.radclient(kind, text, secret=FRONT_SECRET, timeout=5, retries=1,
+                         port=proxy.listen_auth if kind == "auth" else proxy.listen_acct)
+
+
+def test_freeradius_over_tls_gets_answers_and_accounting_is_charged(rad, proxy):
+    code, attrs = via(rad, proxy, "auth", 'User-Name = "demo", User-Password = "demo", '
+                                          'Message-Authenticator = 0x00')
+    assert code == "Access-Accept", proxy.text()[-3000:]
+    assert attrs["Filter-Id"] == "20M" and attrs["Acct-Interim-Interval"] == "300"
+    code, attrs = via(rad, proxy, "auth", 'User-Name = "demo", User-Password = "nope", '
+                                          'Message-Authenticator = 0x00')
+    assert code == "Access-Reject" and attrs["Reply-Message"] == "Wrong password"
+    assert "(TLS)" in proxy.text()  # FreeRADIUS really proxied over TLS
+
+    acc = rad.ids["acct2"]
+    before = rad.buckets(acc)["octets"]
+    assert before == 10 * GIB
+    base = 'User-Name = "acct2", Acct-Session-Id = "tls-1", '
+    for status, octets in (("Start", 0), ("Interim-Update", 7000), ("Stop", 9000)):
+        code, _ = via(rad, proxy, "acct", base + f"Acct-Status-Type = {status}, "
+                                                 f"Acct-Input-Octets = {octets}, "
+                                                 f"Acct-Session-Time = {octets // 100}")
+        assert code == "Accounting-Response", status
+        assert rad.buckets(acc)["octets"] == before - octets, status
+    status, body = rad.api("GET", "/v1/sessions/radius:localhost-nas:tls-1")
+    assert status == 200 and body["status"] == "closed"
+    rad.wait_log(r"RADIUS/TLS connection from 127\.0\.0\.1 \(certificate CN=fd\.test\.example\)")
+
+
+# ------------------------------------------------------------------ a raw TLS client
+def tls_client(certs, *, cert: str | None = "fd", ca=None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca or certs["ca.pem"]))
+    ctx.check_hostname = False
+    if cert:
+        ctx.load_cert_chain(str(certs[f"{cert}.pem"]), str(certs[f"{cert}.key"]))
+    return ctx
+
+
+def connect(rad, ctx: ssl.SSLContext, source: str = "127.0.0.1") -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", rad.tls_port), timeout=5,
+                                   source_address=(source, 0))
+    return ctx.wrap_socket(raw)
+
+
+def read_packets(sock: ssl.SSLSocket, count: int) -> list[codec.Packet]:
+    buf, out = b"", []
+    while len(out) < count:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        while len(buf) >= 4 and len(buf) >= int.from_bytes(buf[2:4], "big"):
+            length = int.from_bytes(buf[2:4], "big")
+            out.append(codec.decode(buf[:length]))
+            buf = buf[length:]
+    return out
+
+
+def pap(ident: int, user: bytes, password: bytes) -> bytes:
+    auth = codec.new_authenticator()
+    return codec.encode_request(Code.ACCESS_REQUEST, ident, [
+        (A.USER_NAME, user), (A.USER_PASSWORD, codec.hide_password(password, RADSEC, auth))],
+        RADSEC, authenticator=auth)
+
+
+def test_one_connection_carries_auth_accounting_and_status_pipelined(rad, certs):
+    """Requests written back to back, each kind on the one port: every answer comes
+    back signed with "radsec" for its own request; no Message-Authenticator needed."""
+    acct = codec.encode_request(Code.ACCOUNTING_REQUEST, 2, [
+        (A.USER_NAME, b"acct1"), (A.ACCT_STATUS_TYPE, codec.u32(1)),
+        (A.ACCT_SESSION_ID, b"tls-pipe-1")], RADSEC)
+    status = codec.encode_request(Code.STATUS_SERVER, 3, [], RADSEC, message_authenticator=True)
+    requests = {1: pap(1, b"demo", b"demo"), 2: acct, 3: status, 4: pap(4, b"demo", b"no")}
+    with connect(rad, tls_client(certs)) as sock:
+        sock.sendall(b"".join(requests.values()))
+        replies = {p.identifier: p for p in read_packets(sock, 4)}
+    assert {i: Code(p.code).name for i, p in replies.items()} == {
+        1: "ACCESS_ACCEPT", 2: "ACCOUNTING_RESPONSE", 3: "ACCESS_ACCEPT", 4: "ACCESS_REJECT"}
+    for ident, reply in replies.items():
+        request = codec.decode(requests[ident])
+        assert codec.reply_authenticator_ok(reply, RADSEC, request.authenticator), ident
+
+
+def test_broken_framing_closes_the_connection_and_is_counted(rad, certs):
+    before = rad.dropped("bad_length")
+    with connect(rad, tls_client(certs)) as sock:
+        sock.sendall(b"\x01\x07\x00\x05" + b"\x00" * 16)  # a Length of 5
+        assert sock.recv(100) == b""  # closed by ocsd
+    assert rad.dropped("bad_length") == before + 1
+    rad.wait_log(r"RADIUS/TLS connection from 127\.0\.0\.1 closed: a packet Length of 5")
+    # A packet cut in two writes is read whole.
+    with connect(rad, tls_client(certs)) as sock:
+        data = pap(9, b"demo", b"demo")
+        sock.sendall(data[:7])
+        time.sleep(0.05)
+        sock.sendall(data[7:])
+        (reply,) = read_packets(sock, 1)
+        assert reply.code == Code.ACCESS_ACCEPT
+
+
+def test_a_nas_without_a_certificate_of_the_ca_is_refused(rad, certs, tmp_path):
+    before = rad.dropped("tls_handshake")
+    for ctx in (tls_client(certs, cert=None),
+                tls_client(certificates(tmp_path), ca=certs["ca.pem"])):  # another CA
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            with connect(rad, ctx) as sock:
+                sock.sendall(pap(1, b"demo", b"demo"))
+                assert sock.recv(100) == b""  # TLS 1.3: refused after the handshake
+                raise ConnectionError("closed")
+    assert rad.dropped("tls_handshake") == before + 2
+    rad.wait_log(r"RADIUS/TLS connection from 127\.0\.0\.1 closed: the TLS handshake failed "
+                 r"\(.*CERTIFICATE.*\); is its certificate signed by \[radius\] tls_ca\?")
+    # The server goes on: a NAS with a good certificate is answered.
+    with connect(rad, tls_client(certs)) as sock:
+        sock.sendall(pap(1, b"demo", b"demo"))
+        assert read_packets(sock, 1)[0].code == Code.ACCESS_ACCEPT
+
+
+def test_an_unregistered_address_is_closed_with_a_warning(rad, certs):
+    before = rad.dropped("unknown_client")
+    with pytest.raises((ssl.SSLError, ConnectionError)):  # closed before any TLS
+        connect(rad, tls_client(certs), source="127.0.0.9")
+    assert rad.dropped("unknown_client") == before + 1
+    rad.wait_log(r"RADIUS/TLS connection from 127\.0\.0\.9 closed: no NAS is registered")
+
+
+def test_an_idle_connection_is_closed_after_tls_idle_timeout(rad, certs):
+    with connect(rad, tls_client(certs)) as sock:
+        sock.sendall(pap(1, b"demo", b"demo"))
+        assert read_packets(sock, 1)[0].code == Code.ACCESS_ACCEPT
+        started = time.monotonic()
+        sock.settimeout(10)
+        assert sock.recv(100) == b""  # closed by ocsd, not by this client's timeout
+        assert 1.5 < time.monotonic() - started < 8
+    rad.wait_log(r"RADIUS/TLS connection from 127\.0\.0\.1 closed: idle for 2 s")
+
+
+def test_tls_listen_needs_a_ca_for_the_nas_certificates():
+    from ocs.config import ConfigError, from_dict
+    with pytest.raises(ConfigError, match="tls_listen needs tls_certificate, tls_key and "
+                                          "tls_ca"):
+        from_dict({"radius": {"tls_listen": "127.0.0.1:2083", "tls_certificate": "c.pem",
+                              "tls_key": "k.pem"}})
