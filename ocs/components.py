@@ -454,9 +454,16 @@ def tls_server_context(cfg) -> ssl.SSLContext:
     certificate it verifies."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cfg.tls_certificate, cfg.tls_key)
+    try:
+        ctx.load_cert_chain(cfg.tls_certificate, cfg.tls_key)
+    except OSError as exc:  # ssl.SSLError too; name the files, the error alone does not
+        raise type(exc)(exc.errno, f"{cfg.tls_certificate} / {cfg.tls_key}: "
+                                   f"{exc.strerror or exc}") from exc
     if cfg.tls_ca:
-        ctx.load_verify_locations(cfg.tls_ca)
+        try:
+            ctx.load_verify_locations(cfg.tls_ca)
+        except OSError as exc:
+            raise type(exc)(exc.errno, f"{cfg.tls_ca}: {exc.strerror or exc}") from exc
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 

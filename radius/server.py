@@ -314,7 +314,8 @@ class RadiusServer:
         except (OSError, ssl.SSLError) as exc:
             await self.stop()
             raise OSError(getattr(exc, "errno", None),
-                          f"cannot load the RADIUS TLS certificate: {exc}") from exc
+                          f"cannot load the RADIUS TLS certificate, key or CA "
+                          f"([radius] tls_certificate, tls_key, tls_ca): {exc}") from exc
         self.tls_context = context
         host, port = split_listen(listen)
         try:

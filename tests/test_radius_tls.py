@@ -18,7 +18,7 @@ import pytest
 from radius import codec
 from radius.codec import A, Code
 from tests.policy_harness import FREERADIUS_HEAD, FreeRadius
-from tests.radius_harness import free_udp_port, started
+from tests.radius_harness import RadiusOcsd, free_udp_port, started
 from tests.services import free_port
 from tests.test_diameter_interop import certificates
 from tests.test_radius_daemon import GIB, seed
@@ -256,6 +256,22 @@ def test_an_idle_connection_is_closed_after_tls_idle_timeout(rad, certs):
         assert sock.recv(100) == b""  # closed by ocsd, not by this client's timeout
         assert 1.5 < time.monotonic() - started < 8
     rad.wait_log(r"RADIUS/TLS connection from 127\.0\.0\.1 closed: idle for 2 s")
+
+
+def test_a_missing_certificate_stops_the_start_naming_the_file(tmp_path, certs):
+    missing = tmp_path / "nope.pem"
+    d = RadiusOcsd(tmp_path, extra_radius=(
+        f'tls_listen = "127.0.0.1:{free_port()}"\ntls_certificate = "{missing}"\n'
+        f'tls_key = "{certs["ocs.key"]}"\ntls_ca = "{certs["ca.pem"]}"\n'))
+    try:
+        d.start(wait_ready=False)
+        assert d.wait() == 1
+        d.wait_log(r"cannot start: cannot load the RADIUS TLS certificate, key or CA "
+                   rf"\(\[radius\] tls_certificate, tls_key, tls_ca\): .*{missing}.*"
+                   r"No such file")
+        assert "Traceback" not in d.log()
+    finally:
+        d.stop()
 
 
 def test_tls_listen_needs_a_ca_for_the_nas_certificates():
