@@ -157,7 +157,7 @@ class CreditControl:
 def _units(group) -> tuple[int | None, int | None, int | None]:
     """(seconds, octets, events) in a *-Service-Unit group; None where absent.
     Raises CcrInvalid (5004) for a count beyond `MAX_USAGE`."""
-    seconds = total = inp = out = events = None
+    seconds = total = inp = out = events = out_avp = None
     if isinstance(group, tuple):
         for a in group:
             if a.vendor:
@@ -172,11 +172,14 @@ def _units(group) -> tuple[int | None, int | None, int | None]:
             elif c == _CC_INPUT:
                 inp = a.value
             elif c == _CC_OUTPUT:
-                out = a.value
+                out, out_avp = a.value, a
             elif c == _CC_SSU:
                 events = a.value
     if total is None and (inp is not None or out is not None):
         total = (inp or 0) + (out or 0)
+        if total > MAX_USAGE:  # each in range, the sum not: the second one is at fault
+            raise _invalid(out_avp, f"CC-Input-Octets + CC-Output-Octets = {total} units "
+                                    "is out of range")
     return seconds, total, events
 
 
@@ -299,13 +302,13 @@ def sms_recipient(msg: Message) -> str | None:
     sms = _service_information(msg, T.SMS_INFORMATION)
     if not isinstance(sms, tuple):
         return None
-    stack = list(sms)
+    stack = list(reversed(sms))  # the next AVP in document order is at the end
     while stack:  # Recipient-Info / Recipient-Address / Address-Data, at any depth
-        a = stack.pop(0)
+        a = stack.pop()
         if a.key == T.ADDRESS_DATA and isinstance(a.value, str):
             return party_number(a.value)
         if a.key in (T.RECIPIENT_INFO, T.RECIPIENT_ADDRESS) and isinstance(a.value, tuple):
-            stack[:0] = list(a.value)
+            stack.extend(reversed(a.value))
     return None
 
 
@@ -423,6 +426,9 @@ def parse_ccr(msg: Message, policy: GyPolicy, *, now_us: int, nas: str | None = 
         used = 0
         for u in usus:
             used += _amount(u, kind_) or 0
+        if used > MAX_USAGE:
+            raise CcrInvalid(f"Used-Service-Unit: {used} units in all is out of range",
+                             T.DIAMETER_INVALID_AVP_VALUE)
         if fixed_service is not None:
             key = fixed_service
         elif rg is not None:
@@ -498,20 +504,27 @@ def _merge(services: list[ServiceRequest]) -> list[ServiceRequest]:
     if len(services) < 2 or len({s.usage.service for s in services}) == len(services):
         return services
     merged: dict[str, ServiceRequest] = {}
+    seen_ids: dict[str, dict[int, None]] = {}  # ordered sets: membership in O(1)
     for s in services:
-        prev = merged.get(s.usage.service)
+        key = s.usage.service
+        prev = merged.get(key)
         if prev is None:
-            merged[s.usage.service] = s
+            merged[key] = s
+            seen_ids[key] = dict.fromkeys(s.service_ids)
             continue
         a, b = prev.usage, s.usage
         requested = None if a.requested is None or b.requested is None else max(
             a.requested, b.requested)
+        if a.used + b.used > MAX_USAGE:
+            raise CcrInvalid(f"Multiple-Services-Credit-Control: {a.used + b.used} units "
+                             f"in all for {key} is out of range",
+                             T.DIAMETER_INVALID_AVP_VALUE)
         usage = ServiceUsage(a.service, a.kind, used=a.used + b.used, requested=requested,
                              destination=a.destination, rating_group=a.rating_group,
                              service_id=a.service_id)
-        merged[s.usage.service] = ServiceRequest(
-            usage, prev.rating_group, prev.service_ids + tuple(
-                i for i in s.service_ids if i not in prev.service_ids))
+        ids = seen_ids[key]
+        ids.update(dict.fromkeys(s.service_ids))
+        merged[key] = ServiceRequest(usage, prev.rating_group, tuple(ids))
     return list(merged.values())
 
 

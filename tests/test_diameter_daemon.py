@@ -23,6 +23,7 @@ from diameter.client import (EVENT, INITIAL, TERMINATION, UPDATE, DiameterClient
                              ims_information, mscc)
 from diameter.codec import FLAG_REQUEST, Message, avp, encode, encode_avp, value, values
 from diameter.gy import CONTEXT_SMS, CONTEXT_VOICE
+from ocs.model import MAX_USAGE
 from tests.services import free_port
 from tests.test_daemon import Ocsd, http, in_store, metric
 
@@ -341,6 +342,16 @@ async def test_bad_requests_get_their_result_codes_and_the_connection_stays(ocsd
         a = await c.request(absurd)
         assert value(a.avps, T.RESULT_CODE) == 5004
         assert value(value(a.avps, T.FAILED_AVP), T.CC_TOTAL_OCTETS) == 2**64 - 1
+        # Each count in range, their sum not: input + output, several USUs, or MSCCs
+        # of one rating group. Refused the same way, before the charging core.
+        for n, msccs in enumerate((
+                [mscc(10, used={"input": MAX_USAGE, "output": MAX_USAGE})],
+                [mscc(10, used=[{"total": MAX_USAGE}, {"total": MAX_USAGE}])],
+                [mscc(10, used={"total": MAX_USAGE}), mscc(10, used={"total": 1})])):
+            a = await c.request(c.ccr("v1", UPDATE, 1, msisdn="41790000006", msccs=msccs))
+            assert value(a.avps, T.RESULT_CODE) == 5004, msccs
+            if n == 0:  # the second of the two counts is named
+                assert value(value(a.avps, T.FAILED_AVP), T.CC_OUTPUT_OCTETS) == MAX_USAGE
         # CCR-Event without Requested-Action -> 5005.
         a = await c.request(c.ccr("v2", EVENT, 0, msisdn="41790000006", context=CONTEXT_SMS))
         assert value(a.avps, T.RESULT_CODE) == 5005
