@@ -46,6 +46,9 @@ class Metrics:
             "ocs_radius_nas_without_message_authenticator", "1 for a NAS whose last "
             "Access-Request had no Message-Authenticator (BlastRADIUS exposure)", ["nas"],
             registry=r)
+        self.radius_tls_connections = Gauge(
+            "ocs_radius_tls_connections", "Open RADIUS/TLS (RFC 6614) connections, by NAS",
+            ["nas"], registry=r)
         self.diameter_messages = Counter(
             "ocs_diameter_messages_total", "Diameter messages by peer, command and result",
             ["peer", "cmd", "result_code"], registry=r)

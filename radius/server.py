@@ -151,6 +151,7 @@ class _Stream(asyncio.Protocol):
         self._open = False  # through the handshake
         self._buffer = bytearray()
         self._timer: asyncio.TimerHandle | None = None
+        self.nas_name = ""  # once open: the NAS it counts for in the metrics
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -415,6 +416,9 @@ class RadiusServer:
 
     def stream_opened(self, stream: _Stream) -> None:
         self._streams.add(stream)
+        st = self.nas(stream.peer[0])
+        stream.nas_name = st.name if st is not None else stream.peer[0]
+        self.metrics.radius_tls_connections.labels(nas=stream.nas_name).inc()
         log.info("RADIUS/TLS connection from %s (%s)", stream.peer[0], _subject(stream.tls))
 
     def stream_broken(self, stream: _Stream, what: str) -> None:
@@ -425,6 +429,7 @@ class RadiusServer:
     def stream_closed(self, stream: _Stream, exc: Exception | None) -> None:
         if stream in self._streams:
             self._streams.discard(stream)
+            self.metrics.radius_tls_connections.labels(nas=stream.nas_name).dec()
             log.info("RADIUS/TLS connection from %s closed%s", stream.peer[0],
                      f": {exc}" if exc else "")
 

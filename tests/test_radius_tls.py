@@ -20,6 +20,7 @@ from radius.codec import A, Code
 from tests.policy_harness import FREERADIUS_HEAD, FreeRadius
 from tests.radius_harness import RadiusOcsd, free_udp_port, started
 from tests.services import free_port
+from tests.test_daemon import metric
 from tests.test_diameter_interop import certificates
 from tests.test_radius_daemon import GIB, seed
 
@@ -148,6 +149,9 @@ def test_freeradius_over_tls_gets_answers_and_accounting_is_charged(rad, proxy):
     status, body = rad.api("GET", "/v1/sessions/radius:localhost-nas:tls-1")
     assert status == 200 and body["status"] == "closed"
     rad.wait_log(r"RADIUS/TLS connection from 127\.0\.0\.1 \(certificate CN=fd\.test\.example\)")
+    # FreeRADIUS keeps its connection open: counted for the NAS entry it comes from.
+    assert metric(rad.metrics_text(), "ocs_radius_tls_connections",
+                  '{nas="localhost-nas"}') >= 1
 
 
 # ------------------------------------------------------------------ a raw TLS client
@@ -251,11 +255,14 @@ def test_an_idle_connection_is_closed_after_tls_idle_timeout(rad, certs):
     with connect(rad, tls_client(certs)) as sock:
         sock.sendall(pap(1, b"demo", b"demo"))
         assert read_packets(sock, 1)[0].code == Code.ACCESS_ACCEPT
+        opened = metric(rad.metrics_text(), "ocs_radius_tls_connections", '{nas="localhost-nas"}')
         started = time.monotonic()
         sock.settimeout(10)
         assert sock.recv(100) == b""  # closed by ocsd, not by this client's timeout
         assert 1.5 < time.monotonic() - started < 8
     rad.wait_log(r"RADIUS/TLS connection from 127\.0\.0\.1 closed: idle for 2 s")
+    assert metric(rad.metrics_text(), "ocs_radius_tls_connections",
+                  '{nas="localhost-nas"}') <= opened - 1
 
 
 def test_a_missing_certificate_stops_the_start_naming_the_file(tmp_path, certs):
