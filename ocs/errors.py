@@ -45,6 +45,18 @@ class LineError:
         return {"line": self.line, "column": self.column, "message": self.message}
 
 
+def csv_problem(exc: Exception) -> str:
+    """What a `csv.Error` means to whoever wrote the file (Python's own wording
+    speaks of file modes)."""
+    text = str(exc)
+    if "new-line character seen in unquoted field" in text:
+        return ("a line break inside an unquoted field (quote the field, or save the file "
+                "with one kind of line ending)")
+    if "NUL" in text:
+        return "a NUL character (is this a text file?)"
+    return text
+
+
 class NotFound(OcsError):
     """The named object does not exist."""
 

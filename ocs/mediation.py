@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .errors import ValidationError
+from .errors import ValidationError, csv_problem
 from .money import format_money
 from .rating.decks import parse_instant
 from .rating.model import US
@@ -188,7 +188,7 @@ def _records(text: str) -> Iterator[tuple[int, list[str] | None, str | None]]:
             return
         except csv.Error as exc:
             last = reader.line_num if reader.line_num > last else first
-            yield first, None, str(exc)
+            yield first, None, csv_problem(exc)
             continue
         last = reader.line_num
         if not fields or not any(f.strip() for f in fields):

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from . import passwords
-from .errors import LineError, ValidationError
+from .errors import LineError, ValidationError, csv_problem
 from .money import format_money, parse_money
 from .store.sql import fetch
 
@@ -256,7 +256,7 @@ def _parse(text: str, errors: _Errors) -> list[dict[str, Any]]:
             rows.append(row)
     except csv.Error as exc:
         errors.add(max(reader.line_num, 1), None,
-                   f"malformed CSV: {exc} (nothing after this line was read)")
+                   f"malformed CSV: {csv_problem(exc)} (nothing after this line was read)")
     if header is None and not errors:
         errors.add(1, None, "the file is empty: a header row is required")
     elif not rows and not errors:

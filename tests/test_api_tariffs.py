@@ -201,6 +201,14 @@ async def test_deck_import_names_every_bad_line_and_imports_nothing(api: Api):
     missing_tariff = await api.admin.post("/v1/tariffs/nothing/decks/base",
                                           data=b"prefix,price\n1,1\n", headers=CSV)
     assert missing_tariff.status == 404
+    # A carriage return inside an unquoted field: the CSV itself cannot be read on.
+    # Once an internal error (500); now the line and what to do about it.
+    for bad in (b"prefix,price\n44,1.00\n49\r7,2.00\n", b"prefix,pr\rice\n44,1\n"):
+        broken = await api.admin.post("/v1/tariffs/retail/decks/base", data=bad, headers=CSV)
+        assert broken.status == 422 and broken.error["code"] == "import_rejected", broken.text
+        (detail,) = broken.error["details"]
+        assert detail["line"] == bad.count(b"\n", 0, bad.index(b"\r")) + 1
+        assert "a line break inside an unquoted field (quote the field" in detail["message"]
 
     # Nothing changed: same deck, same revision, same charge, no reload.
     t = (await api.reader.get("/v1/tariffs/retail")).json

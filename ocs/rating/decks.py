@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ..errors import LineError, ValidationError
+from ..errors import LineError, ValidationError, csv_problem
 from ..money import format_money, parse_money
 from .model import (_BAND, _NAME, MAX_DIGITS, MAX_INCREMENT, MAX_PRICE, OPEN_FROM, OPEN_TO,
                     US)
@@ -297,12 +297,16 @@ def parse_deck_csv(text: str, *, name: str = "base", service: str = "voice",
     if text.startswith("\ufeff"):
         text = text[1:]
     reader = csv.reader(io.StringIO(text))
+    unreadable: list[LineError] = []  # where the CSV itself broke (reading stops there)
+    rows = _read(reader, unreadable)
     errors: list[LineError] = []
     header = None
-    for fields in reader:
+    for fields in rows:
         if fields and any(f.strip() for f in fields) and not fields[0].lstrip().startswith("#"):
             header = fields
             break
+    if unreadable:
+        raise RateDeckError(unreadable, f"deck {name}")
     if header is None:
         raise RateDeckError([LineError(1, None, "empty deck: no header row")], f"deck {name}")
     header_line = reader.line_num
@@ -341,7 +345,7 @@ def parse_deck_csv(text: str, *, name: str = "base", service: str = "voice",
         idx = columns.get(col)
         return fields[idx].strip() if idx is not None else ""
 
-    for fields in reader:
+    for fields in rows:
         line = reader.line_num
         if not fields or not any(f.strip() for f in fields) or fields[0].lstrip().startswith("#"):
             continue
@@ -370,9 +374,21 @@ def parse_deck_csv(text: str, *, name: str = "base", service: str = "voice",
             continue
         b.add(line, cell(fields, "prefix"), cell(fields, "destination"), price, fee, minimum,
               inc, nxt, vfrom, vto, band_prices)
+    b.errors.extend(unreadable)
     return b.finish(name=name, service=service, unit=unit, priority=priority,
                     effective_from=effective_from, effective_to=effective_to,
                     source=f"deck {name}", columns_bands=list(bands))
+
+
+def _read(reader, unreadable: list[LineError]):
+    """The reader's rows until the CSV itself breaks (a stray carriage return in an
+    unquoted field, a NUL): that is noted in `unreadable`, not raised."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        unreadable.append(LineError(max(reader.line_num, 1), None,
+                                    f"malformed CSV: {csv_problem(exc)} (nothing after this "
+                                    "line was read)"))
 
 
 class _Builder:
