@@ -34,7 +34,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
-from .model import AccountStatus, Billing, EntryType, Kind, Session
+from .model import MAX_BALANCE, AccountStatus, Billing, EntryType, Kind, Session
 from .pricing import MONEY, Price
 
 
@@ -893,6 +893,8 @@ class _Engine:
             self.writes.new_buckets.append((b.id, acct.id, b))
         else:
             b = acct.main_bucket()
+        if b.balance + op.amount > MAX_BALANCE:
+            return _too_full(b)
         self._post(acct, b, op.amount, EntryType.CREDIT, None, op.op_key, op.reason, op.actor)
         return Result(Outcome.OK, bucket_id=b.id, draws=((b.id, op.amount),))
 
@@ -903,6 +905,8 @@ class _Engine:
         if op.amount < 0 and not op.force and b.balance + op.amount - b.reserved < b.floor:
             return Result(Outcome.REJECTED, bucket_id=b.id,
                           message="adjustment would take the bucket below its floor")
+        if b.balance + op.amount > MAX_BALANCE:
+            return _too_full(b)
         self._post(acct, b, op.amount, EntryType.ADJUST, None, op.op_key, op.reason, op.actor)
         return Result(Outcome.OK, bucket_id=b.id, draws=((b.id, op.amount),))
 
@@ -921,6 +925,13 @@ class _Engine:
         self.writes.ledger.append(LedgerRow(
             acct.id, b.id, b.kind, amount, b.balance, entry_type, session, op_key, reason,
             actor, self.now))
+
+
+def _too_full(b: BucketState) -> Result:
+    return Result(Outcome.REJECTED, bucket_id=b.id,
+                  message="the bucket would hold more than a balance may (2^62 micro-units "
+                          "of money, about 4.6 million million in the currency, or 2^62 "
+                          "octets, seconds or events)")
 
 
 def bucket_pays(bucket, kind: Kind, service: str, now: int, match: str | None = None) -> bool:

@@ -23,6 +23,10 @@ MICRO = 1_000_000
 #: in every JSON implementation, and far below what the 64-bit columns hold. A NAS
 #: counter or an AVP beyond it is not usage, it is a broken or hostile client.
 MAX_USAGE = 2**53 - 1
+#: The most one bucket may hold (micro-units of money, or usage units): half of
+#: what the 64-bit columns hold, so that no sum of a few balances overflows them.
+#: 4.6 million million currency units; a credit beyond it is refused.
+MAX_BALANCE = 2**62
 
 
 def now_us() -> int:

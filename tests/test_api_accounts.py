@@ -63,6 +63,24 @@ async def test_topup_credits_once_per_ref(api: Api):
     assert await api.store.ledger_sums(aid) == {entries[0]["bucket_id"]: 25_500_000}
 
 
+async def test_credits_beyond_what_a_balance_may_hold_are_refused(api: Api):
+    """Each top-up is within the per-request limit; their sum would pass what the
+    64-bit columns hold (once a 503 'store unavailable' on PostgreSQL and an
+    internal error on SQLite). Refused with the reason; the balance stays whole."""
+    acct = await make_account(api)
+    aid, most = acct["id"], 10**12  # the largest amount one request takes
+    for n in range(4):
+        r = await api.operator.post(f"/v1/accounts/{aid}/topup", {"amount": most})
+        assert r.status == 200, (n, r.text)
+    r = await api.operator.post(f"/v1/accounts/{aid}/topup", {"amount": most})
+    assert r.status == 409 and "more than a balance may" in r.error["message"], r.text
+    r = await api.operator.post(f"/v1/accounts/{aid}/adjust", {"amount": most, "reason": "x"})
+    assert r.status == 409 and "more than a balance may" in r.error["message"], r.text
+    balance = (await api.reader.get(f"/v1/accounts/{aid}")).json["balance"]["balance"]
+    assert balance == f"{4 * most}.00"
+    assert sum((await api.store.ledger_sums(aid)).values()) == 4 * most * EUR
+
+
 async def test_adjust_below_the_floor_is_refused_unless_forced(api: Api):
     acct = await make_account(api, opening_balance="3.00")
     aid = acct["id"]
