@@ -26,7 +26,7 @@ from cpython.long cimport PyLong_FromLong, PyLong_FromLongLong, PyLong_FromUnsig
 from cpython.long cimport PyLong_FromUnsignedLongLong
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcpy
 
 cdef extern from *:
     """
@@ -135,6 +135,8 @@ cdef object _walk(bytes buf, const unsigned char* p, Py_ssize_t pos, Py_ssize_t 
             ti = t
             if ti == UTF8 or ti == IDENTITY or ti == URI or ti == IPFILTER or ti == QOSFILTER:
                 try:
+                    if memchr(p + start, 0, n) != NULL:  # a NUL is not text: the pure path
+                        raise UnicodeDecodeError("utf-8", b"", 0, 1, "NUL")
                     val = PyUnicode_DecodeUTF8(<const char*>p + start, n, NULL)
                 except UnicodeDecodeError:
                     val = _slow(buf, t, pos, start, stop, strict, depth, d, key, code, flags,

@@ -33,7 +33,8 @@ Errors are typed and carry what the answer needs:
   - 5014 DIAMETER_INVALID_AVP_LENGTH: an AVP overruns its message or group,
     is shorter than its header, or has the wrong size for its type; the
     Failed-AVP holds its header with a zero payload of the type's minimum size;
-  - 5004 DIAMETER_INVALID_AVP_VALUE: text that is not UTF-8, nesting deeper
+  - 5004 DIAMETER_INVALID_AVP_VALUE: text that is not UTF-8 or holds a NUL
+    (no identity or name needs one, and PostgreSQL stores none), nesting deeper
     than `MAX_DEPTH`;
   - 5001 DIAMETER_AVP_UNSUPPORTED: an AVP we do not know with the M bit set;
   - 3009 DIAMETER_INVALID_AVP_BITS: reserved AVP flag bits set.
@@ -263,6 +264,9 @@ def decode_address(data: bytes):
 def _decode_value(t: int, data: bytes, strict: bool, depth: int, d: Dictionary):
     """The typed value; raises _Fault (strict) on a bad one."""
     if t == UTF8 or t == IDENTITY or t == URI or t == IPFILTER or t == QOSFILTER:
+        if b"\x00" in data:  # a control character no text needs, refused by PostgreSQL
+            raise UnicodeDecodeError("utf-8", bytes(data), data.index(b"\x00"),
+                                     data.index(b"\x00") + 1, "NUL")
         return data.decode()
     if t == UINT32:
         return _U32.unpack(data)[0]
@@ -298,8 +302,8 @@ def _slow_value(t: int, data: bytes, strict: bool, depth: int, d: Dictionary, ke
         return _fault_in(inner, t, data, strict, d, key, code, flags, vendor, raw)
     except UnicodeDecodeError:
         if strict:
-            raise _Fault(INVALID_AVP_VALUE, _padded(raw),
-                         f"{d.name(key)} is not valid UTF-8") from None
+            raise _Fault(INVALID_AVP_VALUE, _padded(raw), f"{d.name(key)} " + (
+                "holds a NUL character" if b"\x00" in data else "is not valid UTF-8")) from None
         return bytes(data)
     except (ValueError, struct.error) as exc:
         if strict:
@@ -394,6 +398,8 @@ def _decode_avps(buf: bytes, pos: int, end: int, strict: bool, depth: int, d: Di
             val = bytes(data)
         elif t in _TEXT:
             try:
+                if b"\x00" in data:  # a NUL is not text: refused by the slow path
+                    raise UnicodeDecodeError("utf-8", b"", 0, 1, "NUL")
                 val = data.decode()
             except UnicodeDecodeError:
                 val = _slow_value(t, data, strict, depth, d, key, code, flags, vendor,

@@ -39,7 +39,7 @@ import socket
 import zlib
 from dataclasses import dataclass
 
-from .codec import A, AcctStatus, Packet, vsa
+from .codec import A, AcctStatus, Packet, text, vsa
 
 FREESWITCH, DIGIUM, CISCO = 27880, 22736, 9
 FS_DST, FS_SRC, FS_BILLUSEC, FS_HANGUP = vsa(FREESWITCH, 5), vsa(FREESWITCH, 4), \
@@ -90,7 +90,7 @@ def usage_of(packet: Packet) -> Usage:
     session_id = get(A.ACCT_SESSION_ID)
     return Usage(  # positional, in field order
         _u32(get(A.ACCT_STATUS_TYPE)) or 0,
-        session_id.decode("utf-8", "replace") if session_id else "",
+        text(session_id) if session_id else "",
         time_raw or 0,
         time_raw is not None,
         ((_u32(get(A.ACCT_INPUT_GIGAWORDS)) or 0) << 32) + (_u32(get(A.ACCT_INPUT_OCTETS)) or 0),
@@ -171,7 +171,7 @@ def _first_number(packet: Packet, keys: tuple[int, ...]) -> str | None:
     for key in keys:
         value = get(key)
         if value:
-            found = number(value.decode("utf-8", "replace"))
+            found = number(text(value))
             if found:
                 return found
     return None

@@ -136,6 +136,15 @@ class AcctStatus(enum.IntEnum):
 
 
 # ---------------------------------------------------------------- packets
+def text(value: bytes) -> str:
+    """A text attribute as a string: UTF-8 (invalid octets as U+FFFD), without the
+    NUL terminator some NAS add, and any other NUL as U+FFFD: a NUL is not text
+    (RFC 8044 §3.4), and PostgreSQL refuses it in every string it stores."""
+    if b"\x00" in value:
+        return value.rstrip(b"\x00").decode("utf-8", "replace").replace("\x00", "\ufffd")
+    return value.decode("utf-8", "replace")
+
+
 @dataclass(frozen=True, slots=True)
 class Packet:
     """One decoded packet. `raw` is the datagram up to its Length field; `first`
@@ -173,7 +182,7 @@ class Packet:
         value = self.first.get(key)
         if value is None:
             return default
-        return value.decode("utf-8", "replace")
+        return text(value)
 
     @property
     def has_message_authenticator(self) -> bool:
@@ -431,5 +440,5 @@ __all__ = ["A", "AcctStatus", "Code", "DecodeError", "IMPLEMENTATION", "KNOWN_CO
            "MAX_PACKET", "Packet", "PacketTooLong", "SIGNED_REQUESTS", "decode",
            "encode_attributes", "encode_reply", "encode_request", "first_values", "hide_password",
            "hmac_md5", "message_authenticator_ok", "new_authenticator", "reply_authenticator_ok",
-           "request_authenticator_ok", "salt_decrypt", "salt_encrypt", "tagged", "u32",
+           "request_authenticator_ok", "salt_decrypt", "salt_encrypt", "tagged", "text", "u32",
            "unhide_password", "untag_int", "vsa"]

@@ -348,7 +348,9 @@ def test_framer_refuses_what_is_not_diameter(garbage):
 
 # ---------------------------------------------------------------------- properties and fuzz
 _leaf = st.sampled_from([
-    (T.SESSION_ID, st.text(max_size=40)), (T.CC_REQUEST_NUMBER, st.integers(0, 2**32 - 1)),
+    # Text without NUL: a NUL in text is refused (test_a_nul_in_text_is_refused).
+    (T.SESSION_ID, st.text(st.characters(blacklist_characters="\x00"), max_size=40)),
+    (T.CC_REQUEST_NUMBER, st.integers(0, 2**32 - 1)),
     (T.CC_TOTAL_OCTETS, st.integers(0, 2**64 - 1)), (T.EXPONENT, st.integers(-2**31, 2**31 - 1)),
     (T.CLASS, st.binary(max_size=30)), (T.CC_TIME, st.integers(0, 2**32 - 1)),
     (T.VOLUME_QUOTA_THRESHOLD, st.integers(0, 2**32 - 1)),
@@ -377,6 +379,22 @@ def test_any_message_round_trips(avps, hbh, is_request):
     back = decode(raw)
     assert [_normal(a) for a in back.avps] == [_normal(a) for a in msg.avps]
     assert encode(back) == raw
+
+
+def test_a_nul_in_text_is_refused():
+    """No identity or name needs a NUL, and PostgreSQL stores none: text holding one
+    is 5004 with the AVP as Failed-AVP, at any depth, as text that is not UTF-8 is;
+    in an answer (lenient) it is kept as octets."""
+    for avps in ([avp(T.SESSION_ID, "pgw;1\x00")],
+                 [avp(T.SESSION_ID, "pgw;1"), avp(T.SUBSCRIPTION_ID, (
+                     avp(T.SUBSCRIPTION_ID_TYPE, 0), avp(T.SUBSCRIPTION_ID_DATA, "4179\x00")))]):
+        raw = encode(Message(272, FLAG_REQUEST | 0x40, 4, 1, 2, tuple(avps)))
+        with pytest.raises(AvpError) as caught:
+            decode(raw)
+        assert caught.value.result_code == 5004 and "holds a NUL character" in str(caught.value)
+        assert b"\x00" in caught.value.failed_avp
+        answer = decode(encode(Message(272, 0x40, 4, 1, 2, tuple(avps))), strict=False)
+        assert b"\x00" in encode(answer)
 
 
 def _mutations(raw: bytes, rng: random.Random, n: int):

@@ -376,3 +376,12 @@ def test_content_crc_is_zlibs_over_keys_and_values():
         want = zlib.crc32(value, zlib.crc32(key.to_bytes(4, "big"), want))
     want = zlib.crc32(b"w", zlib.crc32(codec.vsa(70_000, 2).to_bytes(8, "big"), want))
     assert content_crc(attrs, frozenset({41})) == want
+
+
+def test_text_attributes_lose_a_nul_terminator_and_no_other_nul_survives():
+    assert codec.text(b"alice\x00") == codec.text(b"alice\x00\x00") == "alice"
+    assert codec.text(b"al\x00ice") == "al\ufffdice"
+    assert codec.text(b"caf\xc3\xa9") == "caf\u00e9" and codec.text(b"\xff") == "\ufffd"
+    p = codec.decode(codec.encode_request(Code.ACCOUNTING_REQUEST, 1, [
+        (A.USER_NAME, b"bob\x00"), (A.NAS_IDENTIFIER, b"b\x00ras")], SECRET))
+    assert (p.get_str(A.USER_NAME), p.get_str(A.NAS_IDENTIFIER)) == ("bob", "b\ufffdras")
