@@ -18,7 +18,11 @@ from tests.test_radius_daemon import GIB, seed
 
 PROXY_SECRET = "proxy-front-secret-0123"
 
-PROXY_CONF = FREERADIUS_HEAD + """
+def proxy_conf(home_servers: str, auth_pool: str, acct_pool: str) -> str:
+    """FreeRADIUS as a proxy: radclient's requests on {listen_auth}/{listen_acct}
+    (secret {front_secret}) all go to realm "ocs", whose pools the caller's
+    `home_servers` define."""
+    return FREERADIUS_HEAD + """
 client radclient {{
 	ipaddr = 127.0.0.1
 	secret = {front_secret}
@@ -27,35 +31,12 @@ proxy_requests = yes
 proxy server {{
 	default_fallback = no
 }}
-home_server ocsd-auth {{
-	type = auth
-	ipaddr = 127.0.0.1
-	port = {auth_port}
-	secret = {secret}
-	response_window = 5
-	status_check = none
-}}
-home_server ocsd-acct {{
-	type = acct
-	ipaddr = 127.0.0.1
-	port = {acct_port}
-	secret = {secret}
-	response_window = 5
-	status_check = none
-}}
-home_server_pool ocsd-auth-pool {{
-	type = fail-over
-	home_server = ocsd-auth
-}}
-home_server_pool ocsd-acct-pool {{
-	type = fail-over
-	home_server = ocsd-acct
-}}
-realm ocs {{
-	auth_pool = ocsd-auth-pool
-	acct_pool = ocsd-acct-pool
-}}
-modules {{
+""" + home_servers + f"""
+realm ocs {{{{
+	auth_pool = {auth_pool}
+	acct_pool = {acct_pool}
+}}}}
+""" + """modules {{
 }}
 listen {{
 	type = auth
@@ -86,26 +67,58 @@ post-proxy {{
 """
 
 
+PROXY_CONF = proxy_conf("""home_server ocsd-auth {{
+	type = auth
+	ipaddr = 127.0.0.1
+	port = {auth_port}
+	secret = {secret}
+	response_window = 5
+	status_check = none
+}}
+home_server ocsd-acct {{
+	type = acct
+	ipaddr = 127.0.0.1
+	port = {acct_port}
+	secret = {secret}
+	response_window = 5
+	status_check = none
+}}
+home_server_pool ocsd-auth-pool {{
+	type = fail-over
+	home_server = ocsd-auth
+}}
+home_server_pool ocsd-acct-pool {{
+	type = fail-over
+	home_server = ocsd-acct
+}}""", "ocsd-auth-pool", "ocsd-acct-pool")
+
+
 @pytest.fixture(scope="module")
 def rad(tmp_path_factory):
     with started(tmp_path_factory.mktemp("radius-behind-proxy"), seed) as d:
         yield d
 
 
+def started_proxy(directory, template: str, front_secret: str, **values) -> FreeRadius:
+    """FreeRADIUS on `template` (from `proxy_conf`), listening on free ports."""
+    listen_auth, listen_acct = free_udp_port(), free_udp_port()
+    fr = FreeRadius(directory, template, front_secret=front_secret, listen_auth=listen_auth,
+                    listen_acct=listen_acct, **values)
+    fr.listen_auth, fr.listen_acct, fr.front_secret = listen_auth, listen_acct, front_secret
+    return fr.start()
+
+
 @pytest.fixture(scope="module")
 def proxy(rad, tmp_path_factory):
-    listen_auth, listen_acct = free_udp_port(), free_udp_port()
-    fr = FreeRadius(tmp_path_factory.mktemp("freeradius-proxy"), PROXY_CONF,
-                    front_secret=PROXY_SECRET, secret=SECRET, auth_port=rad.auth_port,
-                    acct_port=rad.acct_port, listen_auth=listen_auth, listen_acct=listen_acct)
-    fr.listen_auth, fr.listen_acct = listen_auth, listen_acct
-    fr.start()
+    fr = started_proxy(tmp_path_factory.mktemp("freeradius-proxy"), PROXY_CONF, PROXY_SECRET,
+                       secret=SECRET, auth_port=rad.auth_port, acct_port=rad.acct_port)
     yield fr
     fr.stop()
 
 
 def via(rad, proxy, kind, text):
-    return rad.radclient(kind, text, secret=PROXY_SECRET, timeout=3, retries=1,
+    """radclient's request to the proxy in front of ocsd, and its answer."""
+    return rad.radclient(kind, text, secret=proxy.front_secret, timeout=5, retries=1,
                          port=proxy.listen_auth if kind == "auth" else proxy.listen_acct)
 
 

@@ -17,26 +17,17 @@ import pytest
 
 from radius import codec
 from radius.codec import A, Code
-from tests.policy_harness import FREERADIUS_HEAD, FreeRadius
-from tests.radius_harness import RadiusOcsd, free_udp_port, started
+from tests.radius_harness import RadiusOcsd, started
 from tests.services import free_port
 from tests.test_daemon import metric
 from tests.test_diameter_interop import certificates
 from tests.test_radius_daemon import GIB, seed
+from tests.test_radius_proxy import proxy_conf, started_proxy, via
 
 RADSEC = b"radsec"
 FRONT_SECRET = "tls-front-secret-0123"
 
-PROXY_CONF = FREERADIUS_HEAD + """
-client radclient {{
-	ipaddr = 127.0.0.1
-	secret = {front_secret}
-}}
-proxy_requests = yes
-proxy server {{
-	default_fallback = no
-}}
-home_server ocsd-tls {{
+PROXY_CONF = proxy_conf("""home_server ocsd-tls {{
 	type = auth+acct
 	ipaddr = 127.0.0.1
 	port = {tls_port}
@@ -56,40 +47,7 @@ home_server ocsd-tls {{
 home_server_pool ocsd-pool {{
 	type = fail-over
 	home_server = ocsd-tls
-}}
-realm ocs {{
-	auth_pool = ocsd-pool
-	acct_pool = ocsd-pool
-}}
-modules {{
-}}
-listen {{
-	type = auth
-	ipaddr = 127.0.0.1
-	port = {listen_auth}
-}}
-listen {{
-	type = acct
-	ipaddr = 127.0.0.1
-	port = {listen_acct}
-}}
-authorize {{
-	update control {{
-		&Proxy-To-Realm := "ocs"
-	}}
-}}
-authenticate {{
-}}
-preacct {{
-	update control {{
-		&Proxy-To-Realm := "ocs"
-	}}
-}}
-accounting {{
-}}
-post-proxy {{
-}}
-"""
+}}""", "ocsd-pool", "ocsd-pool")
 
 
 @pytest.fixture(scope="module")
@@ -110,20 +68,11 @@ def rad(tmp_path_factory, certs):
 
 @pytest.fixture(scope="module")
 def proxy(rad, certs, tmp_path_factory):
-    listen_auth, listen_acct = free_udp_port(), free_udp_port()
-    fr = FreeRadius(tmp_path_factory.mktemp("freeradius-radsec"), PROXY_CONF,
-                    front_secret=FRONT_SECRET, tls_port=rad.tls_port, key=certs["fd.key"],
-                    cert=certs["fd.pem"], ca=certs["ca.pem"], listen_auth=listen_auth,
-                    listen_acct=listen_acct)
-    fr.listen_auth, fr.listen_acct = listen_auth, listen_acct
-    fr.start()
+    fr = started_proxy(tmp_path_factory.mktemp("freeradius-radsec"), PROXY_CONF, FRONT_SECRET,
+                       tls_port=rad.tls_port, key=certs["fd.key"], cert=certs["fd.pem"],
+                       ca=certs["ca.pem"])
     yield fr
     fr.stop()
-
-
-def via(rad, proxy, kind, text):
-    return rad.radclient(kind, text, secret=FRONT_SECRET, timeout=5, retries=1,
-                         port=proxy.listen_auth if kind == "auth" else proxy.listen_acct)
 
 
 def test_freeradius_over_tls_gets_answers_and_accounting_is_charged(rad, proxy):
