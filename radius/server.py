@@ -394,10 +394,6 @@ class RadiusServer:
             return st
 
     # ------------------------------------------------------------ RADIUS/TLS
-    def track(self, task: asyncio.Task) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def stream_allowed(self, stream: _Stream) -> bool:
         address = stream.peer[0]
         if self.nas(address) is None:
@@ -477,7 +473,9 @@ class RadiusServer:
                 nas=st.name, code=_CODE_LABEL[code])
         counter.inc()
         self.in_flight += 1
-        self.track(endpoint.loop.create_task(self._serve(endpoint, st, packet, addr)))
+        task = endpoint.loop.create_task(self._serve(endpoint, st, packet, addr))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _signed(self, st: NasState, packet, address: str) -> bool:
         secret = st.secret
