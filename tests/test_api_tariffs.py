@@ -100,6 +100,9 @@ async def test_put_show_list_and_round_trip(api: Api):
     exists = await api.admin.request("PUT", "/v1/tariffs/retail", json={**edited, "revision": 0})
     assert exists.status == 409 and "exists already" in exists.error["message"]
     assert heard == ["tariff", "tariff"]
+    # ... and the OpenAPI document says a PUT may answer so.
+    doc = (await api.anon.get("/openapi.json")).json
+    assert "409" in doc["paths"]["/v1/tariffs/{name}"]["put"]["responses"]
 
     # Reading is for every role, writing for admins only.
     r = await api.operator.request("PUT", "/v1/tariffs/retail", json=edited)

@@ -124,7 +124,7 @@ def _error_statuses(ep: Endpoint) -> list[int]:
         statuses += [400, 413, 422]
     elif ep.query is not None:
         statuses.append(422)
-    if ep.method in ("POST", "PATCH", "DELETE"):
+    if ep.method in ("POST", "PUT", "PATCH", "DELETE"):  # PUT: a revision that moved on
         statuses.append(409)
     if ep.role is not None:
         statuses.append(503)
