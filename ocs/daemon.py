@@ -350,6 +350,8 @@ class Daemon:
         for component in self._started:
             if isinstance(component, ChargingComponent):
                 await component.reload()  # tariffs recompiled, plans reloaded
+            elif hasattr(component, "reload_certificates"):
+                component.reload_certificates()  # rotated certificate files, same paths
         self.ctx.generation += 1
         for change in restart:
             log.warning("%s needs restart; still running with the old value", change)

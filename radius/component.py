@@ -30,6 +30,10 @@ class RadiusComponent:
         log.info("radius ready (%d dictionary attributes, %s codec)",
                  len(dictionary.by_name), IMPLEMENTATION)
 
+    def reload_certificates(self) -> None:
+        if self.server is not None:
+            self.server.reload_certificates()
+
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop(min(4.0, self.ctx.config.daemon.drain_timeout))

@@ -330,6 +330,19 @@ class RadiusServer:
         self.addresses["tls"] = self._tls_server.sockets[0].getsockname()[:2]
         log.info("radius tls listening on %s", listen)
 
+    def reload_certificates(self) -> None:
+        """SIGHUP: the RADIUS/TLS certificate, key and CA files read again (rotated in
+        place); new connections use them, open ones keep theirs. A file that cannot be
+        loaded keeps the running ones."""
+        if self.tls_context is None:
+            return
+        try:
+            self.tls_context = tls_server_context(self.cfg)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("RADIUS TLS certificates not reloaded, keeping the running ones: %s", exc)
+            return
+        log.info("RADIUS TLS certificate, key and CA reloaded for new connections")
+
     async def stop(self, drain: float = 5.0) -> None:
         for endpoint in self._endpoints:
             if endpoint.transport is not None:

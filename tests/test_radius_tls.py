@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
 import time
 
 import pytest
@@ -226,6 +227,48 @@ def test_a_missing_certificate_stops_the_start_naming_the_file(tmp_path, certs):
                    rf"\(\[radius\] tls_certificate, tls_key, tls_ca\): .*{missing}.*"
                    r"No such file")
         assert "Traceback" not in d.log()
+    finally:
+        d.stop()
+
+
+def test_sighup_reads_rotated_certificate_files_for_new_connections(tmp_path, certs):
+    """Certificates are rotated in place (same paths): SIGHUP makes new connections use
+    the new one. A file that cannot be loaded keeps the running certificate."""
+    directory = certs["ca.pem"].parent
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.write_bytes(certs["ocs.pem"].read_bytes())
+    key.write_bytes(certs["ocs.key"].read_bytes())
+    port = free_port()
+    d = RadiusOcsd(tmp_path, extra_radius=(
+        f'tls_listen = "127.0.0.1:{port}"\ntls_certificate = "{cert}"\n'
+        f'tls_key = "{key}"\ntls_ca = "{certs["ca.pem"]}"\n'))
+    d.tls_port = port
+
+    async def nas(store):
+        await store.create_nas(name="local", address="127.0.0.1", secret="not-used-over-tls-1")
+    d.seed(nas)
+
+    def served_name() -> str:
+        with connect(d, tls_client(certs)) as sock:
+            sock.sendall(codec.encode_request(Code.STATUS_SERVER, 1, [], RADSEC,
+                                              message_authenticator=True))
+            assert read_packets(sock, 1)[0].code == Code.ACCESS_ACCEPT
+            return dict(x[0] for x in sock.getpeercert()["subject"])["commonName"]
+    try:
+        d.start()
+        assert served_name() == "ocs.test.example"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                        "-keyout", str(key), "-out", str(cert), "-subj", "/CN=rotated.example",
+                        "-CA", str(directory / "ca.pem"), "-CAkey", str(directory / "ca.key")],
+                       check=True, capture_output=True, timeout=30)
+        d.reload()
+        d.wait_log(r"RADIUS TLS certificate, key and CA reloaded for new connections")
+        assert served_name() == "rotated.example"
+        cert.write_text("not a certificate")
+        d.reload()
+        d.wait_log(r"RADIUS TLS certificates not reloaded, keeping the running ones")
+        assert served_name() == "rotated.example"
     finally:
         d.stop()
 
