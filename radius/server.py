@@ -62,7 +62,6 @@ import time
 from typing import Any
 
 from ocs.components import split_listen, tls_server_context
-
 from ocs.errors import StoreUnavailable
 
 from .codec import (A, Code, DecodeError, PacketTooLong, SIGNED_REQUESTS, decode,
@@ -78,6 +77,12 @@ _PORT_CODES = {"auth": _AUTH_CODES, "acct": _ACCT_CODES, "tls": _AUTH_CODES | _A
 RADSEC_SECRET = b"radsec"  # RFC 6614 §2.3
 HANDSHAKE_TIMEOUT = 10.0  # seconds a connection may take to complete its TLS handshake
 
+# Read once: reading an enum member off its class costs about 100 ns on Python 3.11.
+_ACCESS_REQUEST, _STATUS_SERVER = Code.ACCESS_REQUEST, Code.STATUS_SERVER
+_EAP_MESSAGE = A.EAP_MESSAGE
+_CODE_LABEL = {Code.ACCESS_REQUEST: "access-request", Code.ACCOUNTING_REQUEST:
+               "accounting-request", Code.STATUS_SERVER: "status-server"}
+
 
 def _subject(tls: ssl.SSLObject) -> str:
     """Who the NAS's certificate names, for the log."""
@@ -87,11 +92,6 @@ def _subject(tls: ssl.SSLObject) -> str:
             if key == "commonName":
                 return f"certificate CN={value}"
     return "certificate without a CN"
-# Read once: reading an enum member off its class costs about 100 ns on Python 3.11.
-_ACCESS_REQUEST, _STATUS_SERVER = Code.ACCESS_REQUEST, Code.STATUS_SERVER
-_EAP_MESSAGE = A.EAP_MESSAGE
-_CODE_LABEL = {Code.ACCESS_REQUEST: "access-request", Code.ACCOUNTING_REQUEST:
-               "accounting-request", Code.STATUS_SERVER: "status-server"}
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -152,6 +152,17 @@ class _Stream(asyncio.Protocol):
         self._buffer = bytearray()
         self._timer: asyncio.TimerHandle | None = None
         self.nas_name = ""  # once open: the NAS it counts for in the metrics
+        self._base: NasState | None = None  # the NAS as UDP sees it, and ...
+        self._twin: NasState | None = None  # ... as seen over TLS (see over_tls)
+
+    def over_tls(self, st: NasState) -> NasState:
+        """The NAS as seen over RADIUS/TLS: shared secret "radsec" (RFC 6614 §2.3),
+        Message-Authenticator not required. Made again only when the NAS's state was
+        (a reload)."""
+        if st is not self._base:
+            self._base, self._twin = st, dataclasses.replace(st, secret=RADSEC_SECRET,
+                                                             require_ma="no")
+        return self._twin
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -274,7 +285,6 @@ class RadiusServer:
         self._tls_server: asyncio.base_events.Server | None = None
         self.tls_context: ssl.SSLContext | None = None
         self._streams: set[_Stream] = set()
-        self._radsec: dict[int, NasState] = {}  # id(UDP state) -> its RADIUS/TLS twin
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -442,17 +452,6 @@ class RadiusServer:
             log.info("RADIUS/TLS connection from %s closed%s", stream.peer[0],
                      f": {exc}" if exc else "")
 
-    def _over_tls(self, st: NasState) -> NasState:
-        """The NAS as seen over RADIUS/TLS: shared secret "radsec" (RFC 6614 §2.3),
-        Message-Authenticator not required."""
-        twin = self._radsec.get(id(st))
-        if twin is None or twin.nas is not st.nas:
-            if len(self._radsec) >= 100_000:
-                self._radsec = {}
-            twin = self._radsec[id(st)] = dataclasses.replace(st, secret=RADSEC_SECRET,
-                                                              require_ma="no")
-        return twin
-
     # ------------------------------------------------------------ per packet
     def received(self, endpoint: _Endpoint | _Stream, data: bytes, addr: Any) -> None:
         if self.in_flight >= self.cfg.max_in_flight:
@@ -460,7 +459,7 @@ class RadiusServer:
             return
         st = self.nas(addr[0])
         if st is not None and endpoint.port == "tls":
-            st = self._over_tls(st)
+            st = endpoint.over_tls(st)
         if st is None:
             self._dropped("unknown_client")
             self._warn("unknown", addr[0], "RADIUS packets from %s dropped: no NAS is "
