@@ -883,6 +883,8 @@ class _Engine:
             if b is None:
                 return Result(Outcome.REJECTED, message=f"bucket {op.bucket_id} not in account")
         elif op.new_bucket:
+            if op.amount > MAX_BALANCE:
+                return _too_full(None)
             b = BucketState(
                 id=self._next_tmp, kind=op.kind, service=op.service, balance=0, reserved=0,
                 priority=op.priority if op.priority is not None else 10,
@@ -927,8 +929,8 @@ class _Engine:
             actor, self.now))
 
 
-def _too_full(b: BucketState) -> Result:
-    return Result(Outcome.REJECTED, bucket_id=b.id,
+def _too_full(b: BucketState | None) -> Result:
+    return Result(Outcome.REJECTED, bucket_id=b.id if b is not None else None,
                   message="the bucket would hold more than a balance may (2^62 micro-units "
                           "of money, about 4.6 million million in the currency, or 2^62 "
                           "octets, seconds or events)")

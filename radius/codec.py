@@ -399,7 +399,9 @@ def encode_reply(request: Packet, code: int, attributes: Iterable[tuple[int, byt
     if A.PROXY_STATE in request.first:
         proxy_states = encode_attributes(
             [(k, v) for k, v in request.attributes if k == A.PROXY_STATE])
-        if HEADER + len(body) + len(proxy_states) + 18 > MAX_PACKET and attributes:
+        room = MAX_PACKET - HEADER - len(proxy_states) - (len(_MA_EMPTY) if
+                                                          message_authenticator else 0)
+        if len(body) > room and attributes:
             body = encode_attributes([(k, v) for k, v in attributes if k != A.REPLY_MESSAGE])
         body += proxy_states
     if message_authenticator:

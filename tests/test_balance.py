@@ -275,6 +275,18 @@ async def test_a_wrapping_counter_is_charged_across_the_wrap(store):
                                price=PER_MB, cumulative=True)).charged == 0
 
 
+async def test_a_credit_beyond_what_a_bucket_may_hold_changes_nothing(store):
+    from ocs.balance import Outcome
+    from ocs.model import MAX_BALANCE
+    a = await account(store)
+    before = await store.buckets(a.id, include_empty=True)
+    for kw in ({}, {"kind": Kind.OCTETS}):  # the main bucket, and a new one
+        r = await store.credit(a.id, MAX_BALANCE + 1, **kw)
+        assert r.outcome is Outcome.REJECTED and "more than a balance may" in r.message, kw
+    assert await store.buckets(a.id, include_empty=True) == before  # no bucket was made
+    assert (await store.balance(a.id))["balance"] == 10 * EUR
+
+
 async def test_increments_apply_to_the_session_not_to_each_report(store):
     a = await account(store)
     per_minute = LinearPrice(price=EUR, per=60, first=60, next=60)

@@ -214,6 +214,11 @@ def test_a_reply_the_proxy_states_leave_no_room_for():
                                            SECRET)).get(A.REPLY_MESSAGE) == text[1]
     with pytest.raises(codec.PacketTooLong):
         codec.encode_reply(req, Code.ACCESS_ACCEPT, [(A.CLASS, b"c" * 200), text], SECRET)
+    # Without Message-Authenticator its 18 octets are room for the text.
+    exact = (A.REPLY_MESSAGE, b"x" * (codec.MAX_PACKET - 20 - 4027 - 2))
+    bare = codec.decode(codec.encode_reply(req, Code.ACCESS_REJECT, [exact], SECRET,
+                                           message_authenticator=False))
+    assert len(bare.raw) == codec.MAX_PACKET and bare.get(A.REPLY_MESSAGE) == exact[1]
 
 
 def test_signed_request_with_message_authenticator():
