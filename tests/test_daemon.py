@@ -138,7 +138,7 @@ class Ocsd:
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait_ready: bool = True) -> "Ocsd":
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "a")  # a restart adds to the same log
         self.proc = subprocess.Popen(self.argv0 + ["--config", str(self.config)],
                                      stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=self.env)

@@ -1,0 +1,270 @@
+"""Exactly-once charging across crashes of the daemon itself.
+
+ocsd is killed with SIGKILL, three times, while NAS and PGWs are charging
+through it, and started again on the same store each time. The clients do what
+real ones do: a NAS sends each unanswered Accounting-Request again, unchanged,
+until it is answered (RFC 2866 §2, RFC 5080 §2.2.1); a PGW connects again and
+sends each unanswered CCR again with the T flag and its End-to-End-Identifier
+(RFC 6733 §5.5.4). Some requests die in the daemon before they are stored,
+some after they are stored but before the answer left.
+
+At the end every session's usage is charged exactly once: each balance is its
+opening one less what its session reported, to the octet and the micro-unit,
+nothing stays reserved, and each session has one CDR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import time
+
+import pytest
+
+from diameter import tables as T
+from diameter.client import INITIAL, TERMINATION, UPDATE, DiameterClient, mscc
+from diameter.codec import value
+from ocs.model import Kind
+from ocs.rating import TariffDefinition, Tier, UsageRate
+from ocs.rating.storage import save_tariff
+from radius import codec
+from tests.radius_harness import SECRET, A, Code, RadiusOcsd, acct_packet
+from tests.services import free_port
+from tests.test_diameter_daemon import diameter_config
+
+RADIUS_SESSIONS = 24      # half on an octets allowance, half paying money
+DIAMETER_SESSIONS = 12    # over three PGW connections
+INTERIMS = 8
+ALLOWANCE = 10**9         # octets
+OPENING = 100_000_000     # 100.00 in micro-units
+PRICE = 7                 # micro-units per 1,000 octets
+IN, OUT = 97_000, 23_000  # octets per interim, each way
+USED = 151_000            # octets per CCR-U
+DEADLINE = 90.0           # seconds for the whole load, crashes and restarts included
+
+
+def radius_total(interims: int = INTERIMS) -> int:
+    return interims * (IN + OUT) + 5_000  # the Stop adds 5,000 octets
+
+
+DIAMETER_TOTAL = INTERIMS * USED + 17_000  # the CCR-T reports 17,000 more
+
+
+async def seed(store) -> dict[str, list[int]]:
+    await store.create_nas(name="crash-nas", address="127.0.0.1", secret=SECRET)
+    tariff = TariffDefinition(name="per-kb", currency="EUR", usage_rates=(
+        UsageRate("data", Kind.OCTETS, (Tier(None, PRICE),), unit=1000),))
+    await save_tariff(store, tariff)
+    bytes_plan = await store.create_plan(name="bytes", currency="EUR", allowances=[
+        {"kind": "octets", "units": ALLOWANCE, "validity_days": 30}])
+    money_plan = await store.create_plan(name="money", currency="EUR", tariff="per-kb")
+    ids: dict[str, list[int]] = {"bytes": [], "money": [], "gy": []}
+    for n in range(RADIUS_SESSIONS):
+        kind = "bytes" if n % 2 == 0 else "money"
+        a = await store.create_account(name=f"r{n}", currency="EUR", billing="prepaid",
+                                       opening_balance=OPENING)
+        await store.create_subscriber(account_id=a.id, username=f"r{n}", password="pw",
+                                      plan_id=(bytes_plan if kind == "bytes" else money_plan).id)
+        ids[kind].append(a.id)
+    for n in range(DIAMETER_SESSIONS):
+        a = await store.create_account(name=f"g{n}", currency="EUR", billing="prepaid")
+        await store.create_subscriber(account_id=a.id, msisdn=f"4179100{n:04d}",
+                                      plan_id=bytes_plan.id)
+        ids["gy"].append(a.id)
+    return ids
+
+
+class Crasher:
+    """Kills the daemon with SIGKILL when the load has been answered `at` times,
+    and starts it again on the same configuration and store."""
+
+    def __init__(self, d: RadiusOcsd, total: int, fractions=(0.2, 0.45, 0.7)):
+        self.d = d
+        self.thresholds = [int(total * f) for f in fractions]
+        self.answered = 0
+        self.crashes = 0
+        self.lost = 0
+        self.restarted = asyncio.Event()
+        self.restarted.set()
+        self._task: asyncio.Task | None = None
+
+    def answer(self) -> bool:
+        """Count an answer; False when it is lost: the one that sets off a crash,
+        and those arriving while the daemon is down (sent before it died). Their
+        requests were stored, and are sent again to the restarted daemon."""
+        if not self.restarted.is_set():
+            self.lost += 1
+            return False
+        self.answered += 1
+        if self.thresholds and self.answered >= self.thresholds[0]:
+            self.thresholds.pop(0)
+            self.d.proc.kill()  # at once, with requests in flight
+            self.crashes += 1
+            self.restarted.clear()
+            self._task = asyncio.get_running_loop().create_task(self._restart())
+            self.lost += 1
+            return False
+        return True
+
+    async def _restart(self) -> None:
+        def again():
+            self.d.proc.wait(10)
+            self.d._log.close()
+            self.d.start()  # waits for READY=1
+        await asyncio.to_thread(again)
+        self.restarted.set()
+
+
+async def nas_session(d: RadiusOcsd, crasher: Crasher, n: int, stamp: int) -> int:
+    """One NAS session, Start, interims and Stop, each sent until answered;
+    returns the octets it reported in all."""
+    loop = asyncio.get_running_loop()
+    sid = f"crash-{n}-{secrets.token_hex(3)}"
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    reports = [("Start", 0, 0, 0)]
+    reports += [("Interim-Update", i * IN, i * OUT, i * 60) for i in range(1, INTERIMS + 1)]
+    reports.append(("Stop", INTERIMS * IN + 5_000, INTERIMS * OUT, INTERIMS * 60 + 30))
+    status = {"Start": 1, "Stop": 2, "Interim-Update": 3}
+    try:
+        for ident, (kind, octets_in, octets_out, seconds) in enumerate(reports):
+            raw = acct_packet([
+                (A.USER_NAME, f"r{n}".encode()), (A.ACCT_SESSION_ID, sid.encode()),
+                (A.ACCT_STATUS_TYPE, codec.u32(status[kind])),
+                (A.NAS_IP_ADDRESS, socket.inet_aton("127.0.0.1")),
+                (A.NAS_PORT, codec.u32(n)),
+                (A.EVENT_TIMESTAMP, codec.u32(stamp + seconds)),
+                (A.ACCT_INPUT_OCTETS, codec.u32(octets_in)),
+                (A.ACCT_OUTPUT_OCTETS, codec.u32(octets_out)),
+                (A.ACCT_SESSION_TIME, codec.u32(seconds))], ident=ident)
+            while True:  # the same packet again and again, as a NAS retransmits
+                await loop.sock_sendto(sock, raw, ("127.0.0.1", d.acct_port))
+                try:
+                    reply = await asyncio.wait_for(loop.sock_recv(sock, 4096), 0.3)
+                except asyncio.TimeoutError:
+                    continue
+                if reply[0] == Code.ACCOUNTING_RESPONSE and reply[1] == ident \
+                        and crasher.answer():
+                    break
+        return reports[-1][1] + reports[-1][2]
+    finally:
+        sock.close()
+
+
+class Pgw:
+    """One PGW connection that connects again after the daemon went away."""
+
+    def __init__(self, d: RadiusOcsd, name: str):
+        self.d, self.name = d, name
+        self.client: DiameterClient | None = None
+        self._lock = asyncio.Lock()
+
+    async def connection(self, broken: DiameterClient | None = None) -> DiameterClient:
+        async with self._lock:
+            if self.client is not None and self.client is not broken \
+                    and not self.client.closed.is_set():
+                return self.client
+            if self.client is not None:
+                await self.client.close(dpr=False)
+            while True:
+                c = DiameterClient("127.0.0.1", self.d.diameter_port,
+                                   origin_host=f"{self.name}.pgw.example",
+                                   origin_realm="pgw.example",
+                                   destination_realm="test.example")
+                try:
+                    cea = await c.connect(timeout=2.0)
+                except (OSError, asyncio.TimeoutError):
+                    await c.close(dpr=False)
+                    await asyncio.sleep(0.2)
+                    continue
+                assert value(cea.avps, T.RESULT_CODE) == 2001
+                self.client = c
+                return c
+
+
+async def pgw_session(pgw: Pgw, crasher: Crasher, n: int) -> tuple[int, list[int]]:
+    """CCR-I, CCR-U x INTERIMS, CCR-T, each sent until answered; returns the octets
+    reported and the Result-Codes of the answers."""
+    sid = f"{pgw.name}.pgw.example;crash;{n};{secrets.token_hex(3)}"
+    msisdn = f"4179100{n:04d}"
+    steps = [(INITIAL, None)] + [(UPDATE, USED)] * INTERIMS + [(TERMINATION, 17_000)]
+    codes: list[int] = []
+    for number, (kind, used) in enumerate(steps):
+        client = await pgw.connection()
+        e2e = client.ids()[1]
+        group = mscc(10, requested=None if kind == TERMINATION else {"total": 1},
+                     used=None if used is None else {"total": used})
+        resend = False
+        while True:
+            hbh = client.ids()[0]
+            msg = client.ccr(sid, kind, number, msisdn=msisdn, msccs=[group],
+                             retransmit=resend, ids=(hbh, e2e))
+            try:
+                answer = await client.request(msg, timeout=2.0)
+                if crasher.answer():
+                    break
+            except (ConnectionError, asyncio.TimeoutError):
+                pass
+            resend = True
+            await crasher.restarted.wait()
+            client = await pgw.connection(broken=client)
+        codes.append(value(answer.avps, T.RESULT_CODE))
+        for group in answer.all(T.MULTIPLE_SERVICES_CREDIT_CONTROL):
+            codes.append(value(group, T.RESULT_CODE))
+    return DIAMETER_TOTAL, codes
+
+
+async def load(d: RadiusOcsd) -> tuple[Crasher, list[int], list[tuple[int, list[int]]]]:
+    total = RADIUS_SESSIONS * (INTERIMS + 2) + DIAMETER_SESSIONS * (INTERIMS + 2)
+    crasher = Crasher(d, total)
+    stamp = int(time.time()) - 3600
+    pgws = [Pgw(d, f"pgw{k}") for k in range(3)]
+    radius = asyncio.gather(*[nas_session(d, crasher, n, stamp) for n in range(RADIUS_SESSIONS)])
+    gy = asyncio.gather(*[pgw_session(pgws[n % 3], crasher, n)
+                          for n in range(DIAMETER_SESSIONS)])
+    reported, answered = await asyncio.wait_for(asyncio.gather(radius, gy), DEADLINE)
+    await crasher.restarted.wait()
+    for pgw in pgws:
+        if pgw.client is not None:
+            await pgw.client.close()
+    return crasher, reported, answered
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_sigkill_mid_load_charges_every_session_exactly_once(tmp_path, request, backend):
+    kw, options = {}, {}
+    if backend == "postgres":
+        from tests.conftest import pg_store_target
+        url, options = pg_store_target(request, request.getfixturevalue("pg_dsn"))
+        kw = dict(store_url=url, extra_store=f'schema = "{options["schema"]}"')
+    port = free_port()
+    d = RadiusOcsd(tmp_path, extra_radius="\n[charging]\n"
+                   "default_quota = { octets = 2000000, seconds = 600, events = 1 }\n"
+                   + diameter_config(port), **kw)
+    d.diameter_port = port
+    ids = d.seed(seed, **options)
+    d.start()
+    try:
+        crasher, reported, answered = asyncio.run(load(d))
+        assert crasher.crashes == 3 and crasher.lost >= 3
+        assert all(code == 2001 for _, codes in answered for code in codes), answered
+        assert reported == [radius_total()] * RADIUS_SESSIONS
+
+        for account in ids["bytes"]:
+            assert d.buckets(account) == {"money": OPENING,
+                                          "octets": ALLOWANCE - radius_total()}
+        for account in ids["money"]:
+            assert d.buckets(account) == {"money": OPENING - radius_total() // 1000 * PRICE}
+        for account in ids["gy"]:
+            assert d.buckets(account) == {"money": 0, "octets": ALLOWANCE - DIAMETER_TOTAL}
+        for account in ids["bytes"] + ids["money"] + ids["gy"]:
+            status, detail = d.api("GET", f"/v1/accounts/{account}")
+            assert status == 200 and detail["balance"]["reserved"] in (0, "0.00"), detail
+            status, cdrs = d.api("GET", f"/v1/cdrs?account_id={account}")
+            assert status == 200 and cdrs["count"] == 1, cdrs
+        status, sessions = d.api("GET", "/v1/sessions")
+        assert status == 200 and sessions["count"] == 0, sessions
+    finally:
+        d.stop()
