@@ -406,7 +406,7 @@ class DiameterServer:
         claimed = False
         try:
             if msg.retransmit:
-                if not await dedup.claim(key, ttl):
+                if not await dedup.claim(key):  # a short claim: see [redis] dedup_claim_ttl
                     cached = await dedup.get(key)
                     if cached is not None:
                         conn.write(with_hop_by_hop(cached, msg.hop_by_hop))

@@ -130,6 +130,7 @@ class RedisConfig(Section):
     url: str = ""
     key_prefix: str = "ocs:"
     dedup_ttl: float = Field(30.0, gt=0)
+    dedup_claim_ttl: float = Field(5.0, gt=0)
     event_stream: str = "events"
     stream_maxlen: int = Field(1_000_000, ge=1000)
     timeout: float = Field(3.0, gt=0, le=60)

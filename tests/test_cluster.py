@@ -217,14 +217,18 @@ async def test_an_answer_stored_after_a_short_claim_lives_its_own_lifetime(clust
     assert await cluster.dedup.claim(key, 30) is True
 
 
-async def test_claim_lapses_after_its_ttl_default_from_config(nodes):
-    cluster = await nodes(dedup_ttl=0.25)
+async def test_claims_and_answers_lapse_after_their_ttls_from_config(nodes):
+    """A claim lives dedup_claim_ttl (a node that died mid-request holds back the
+    retransmissions only that long); an answer lives dedup_ttl."""
+    cluster = await nodes(dedup_ttl=0.6, dedup_claim_ttl=0.2)
     assert await cluster.dedup.claim("radius:a") is True
     assert await cluster.dedup.claim("radius:a") is False
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.25)
     assert await cluster.dedup.claim("radius:a") is True
-    await cluster.dedup.store("radius:a", b"answer")  # default ttl too
+    await cluster.dedup.store("radius:a", b"answer")
     await asyncio.sleep(0.3)
+    assert await cluster.dedup.get("radius:a") == b"answer"  # past the claim's ttl
+    await asyncio.sleep(0.35)
     assert await cluster.dedup.get("radius:a") is None
 
 

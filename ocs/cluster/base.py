@@ -203,11 +203,13 @@ class DuplicateCache(ABC):
     async def claim(self, key: str, ttl: float | None = None) -> bool:
         """Atomically claim `key`: True for exactly one caller across all
         nodes; False while it is claimed or answered. The claim lapses after
-        `ttl` seconds (default: the configured ``dedup_ttl``)."""
+        `ttl` seconds (default: the configured ``dedup_claim_ttl``), so a node
+        that dies mid-request holds back its retransmissions only that long."""
 
     @abstractmethod
     async def store(self, key: str, answer: bytes, ttl: float | None = None) -> None:
-        """Record the answer for `key`; duplicates get it for `ttl` seconds."""
+        """Record the answer for `key`; duplicates get it for `ttl` seconds
+        (default: the configured ``dedup_ttl``)."""
 
     @abstractmethod
     async def get(self, key: str) -> bytes | None:

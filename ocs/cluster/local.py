@@ -149,9 +149,10 @@ class LocalSessionDirectory(SessionDirectory):
 class LocalDuplicateCache(DuplicateCache):
     _CLAIMED = object()
 
-    def __init__(self, state: _State, default_ttl: float):
+    def __init__(self, state: _State, answer_ttl: float, claim_ttl: float):
         self._state = state
-        self._seconds = ttl_ms(default_ttl) / 1000  # checked once: every request uses it
+        # Checked once: every request uses them.
+        self._seconds, self._claim_seconds = ttl_ms(answer_ttl) / 1000, ttl_ms(claim_ttl) / 1000
         # key -> _CLAIMED, or the answer bytes
         self._entries: _Expiring[Any] = _Expiring()
 
@@ -159,12 +160,13 @@ class LocalDuplicateCache(DuplicateCache):
         self._state.check()
         check_name(key, "duplicate-cache key")
 
-    def _lifetime(self, ttl: float | None) -> float:
-        return self._seconds if ttl is None else ttl_ms(ttl) / 1000
+    @staticmethod
+    def _lifetime(ttl: float | None, default: float) -> float:
+        return default if ttl is None else ttl_ms(ttl) / 1000
 
     async def claim(self, key, ttl=None):
         self._check(key)
-        seconds = self._lifetime(ttl)
+        seconds = self._lifetime(ttl, self._claim_seconds)
         if self._entries.get(key) is not None:
             return False
         self._entries.set_for(key, self._CLAIMED, seconds)
@@ -174,7 +176,7 @@ class LocalDuplicateCache(DuplicateCache):
         self._check(key)
         if not isinstance(answer, (bytes, bytearray, memoryview)):
             raise TypeError(f"answer must be bytes, not {type(answer).__name__}")
-        self._entries.set_for(key, bytes(answer), self._lifetime(ttl))
+        self._entries.set_for(key, bytes(answer), self._lifetime(ttl, self._seconds))
 
     async def get(self, key):
         self._check(key)
@@ -377,7 +379,8 @@ class LocalCluster(Cluster):
         self.node = node
         self._state = _State()
         self.sessions = LocalSessionDirectory(self._state, node)
-        self.dedup = LocalDuplicateCache(self._state, config.dedup_ttl)
+        self.dedup = LocalDuplicateCache(self._state, config.dedup_ttl,
+                                         config.dedup_claim_ttl)
         self.events = LocalEventStream(self._state, config.stream_maxlen)
 
     def describe(self) -> str:

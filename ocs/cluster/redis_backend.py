@@ -262,10 +262,11 @@ class RedisSessionDirectory(SessionDirectory):
 
 
 class RedisDuplicateCache(DuplicateCache):
-    def __init__(self, link: _Link, keys: Keys, node: str, default_ttl: float):
+    def __init__(self, link: _Link, keys: Keys, node: str, answer_ttl: float,
+                 claim_ttl: float):
         self._link = link
         self._keys = keys
-        self._ttl = default_ttl
+        self._ttl, self._claim_ttl = answer_ttl, claim_ttl
         self._token_base = f"C{node}:".encode()
         self._claim = link.client.register_script(_CLAIM)
         self._release = link.client.register_script(_RELEASE)
@@ -283,8 +284,7 @@ class RedisDuplicateCache(DuplicateCache):
 
     async def claim(self, key, ttl=None):
         check_name(key, "duplicate-cache key")
-        ttl = self._ttl if ttl is None else ttl
-        px = ttl_ms(ttl)
+        px = ttl_ms(self._claim_ttl if ttl is None else ttl)
         token = self._token_base + os.urandom(8).hex().encode()
         with self._link.guard("dedup claim"):
             previous = await self._claim(keys=[self._keys.dedup(key)], args=[token, px])
@@ -488,7 +488,8 @@ class RedisCluster(Cluster):
         self.keys = Keys(config.key_prefix, config.event_stream)
         self._link = _Link(config, node, timeout)
         self.sessions = RedisSessionDirectory(self._link, self.keys, node)
-        self.dedup = RedisDuplicateCache(self._link, self.keys, node, config.dedup_ttl)
+        self.dedup = RedisDuplicateCache(self._link, self.keys, node, config.dedup_ttl,
+                                         config.dedup_claim_ttl)
         self.events = RedisEventStream(self._link, self.keys, config.stream_maxlen)
 
     def describe(self) -> str:
