@@ -34,6 +34,7 @@ class DiameterComponent:
     def __init__(self, ctx):
         self.ctx = ctx
         self.server: DiameterServer | None = None
+        self._tls: ssl.SSLContext | None = None  # the newest certificates, key and CA
 
     async def start(self) -> None:
         cfg = self.ctx.config.diameter
@@ -54,6 +55,10 @@ class DiameterComponent:
                 except (OSError, ssl.SSLError) as exc:
                     raise OSError(getattr(exc, "errno", None),
                                   f"cannot load the Diameter TLS certificate: {exc}") from exc
+                # The listener keeps its context; each handshake switches to the
+                # newest one, so SIGHUP can rotate certificates and CAs.
+                context.sni_callback = self._newest_certificates
+                self._tls = context
                 host, port = split_listen(cfg.tls_listen)
                 await self._bind(server, "diameter-tls", host, port, context, cfg.tls_listen)
         except BaseException:
@@ -75,6 +80,24 @@ class DiameterComponent:
             why = os.strerror(exc.errno) if exc.errno else str(exc)
             raise OSError(exc.errno, f"cannot listen on {listen} ({name}): {why}") from exc
         log.info("%s listening on %s as %s", name, listen, self.ctx.config.diameter.origin_host)
+
+    def _newest_certificates(self, tls_object, server_name, listener_context) -> None:
+        """Called on every ClientHello, with or without SNI (server_name None)."""
+        if self._tls is not listener_context:
+            tls_object.context = self._tls
+
+    def reload_certificates(self) -> None:
+        """SIGHUP: the TLS certificate, key and CA files read again (rotated in place);
+        new connections use them, open ones keep theirs. A file that cannot be loaded
+        keeps the running ones."""
+        if self._tls is None:
+            return
+        try:
+            self._tls = tls_server_context(self.ctx.config.diameter)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("Diameter TLS certificates not reloaded, keeping the running ones: %s", exc)
+            return
+        log.info("Diameter TLS certificate, key and CA reloaded for new connections")
 
     async def stop(self) -> None:
         if getattr(self.ctx, "diameter", None) is self:

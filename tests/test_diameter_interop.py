@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from diameter import base
 from diameter import tables as T
 from diameter.client import INITIAL, TERMINATION, DiameterClient, mscc
 from diameter.codec import Message, value
@@ -258,6 +259,101 @@ def test_tls_with_freediameter_and_our_client(tmp_path):
         d.stop()
     log = (tmp_path / "freediameter.log").read_text()
     assert "'STATE_WAITCEA'\t-> 'STATE_OPEN'\t'ocs.test.example'" in log, log[-2000:]
+
+
+RELAY_HOST = FD_HOST  # its certificate's name; its realm is the PGW's
+RELAY_CONF = """
+Identity = "{identity}";
+Realm = "pgw.example";
+Port = {port};
+SecPort = {secport};
+ListenOn = "127.0.0.1";
+No_SCTP;
+No_IPv6;
+TcTimer = 2;
+TwTimer = 6;
+TLS_Cred = "{cert}", "{key}";
+TLS_CA = "{ca}";
+LoadExtension = "/usr/lib/freeDiameter/dict_nasreq.fdx";
+LoadExtension = "/usr/lib/freeDiameter/dict_dcca.fdx";
+LoadExtension = "/usr/lib/freeDiameter/dict_dcca_3gpp.fdx";
+LoadExtension = "/usr/lib/freeDiameter/acl_wl.fdx" : "{acl}";
+ConnectPeer = "{ocs_host}" {{ ConnectTo = "127.0.0.1"; Port = {ocs_port}; No_TLS; }};
+"""
+
+
+def test_sighup_rotates_the_tls_certificate_and_ca_for_new_connections(tmp_path):
+    """Certificate, key and CA files replaced in place, then SIGHUP: new connections
+    get the new certificate and are checked against the new CA only (a client of
+    the old CA is refused); the connection opened before keeps working. A file
+    that cannot be loaded keeps the running ones."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old, new = certificates(tmp_path / "old"), certificates(tmp_path / "new")
+    files = {name: tmp_path / f"server-{name}" for name in ("ocs.pem", "ocs.key", "ca.pem")}
+    for name, path in files.items():
+        path.write_bytes(old[name].read_bytes())
+    plain, port = free_port(), free_port()
+    tls = (f'tls_listen = "127.0.0.1:{port}"\ntls_certificate = "{files["ocs.pem"]}"\n'
+           f'tls_key = "{files["ocs.key"]}"\ntls_ca = "{files["ca.pem"]}"\n'
+           'allowed_realms = ["pgw.example"]\n')
+    d = Ocsd(tmp_path, extra=ocsd_config(plain, tw=30, extra=tls))
+    trust_both = tmp_path / "both-cas.pem"
+    trust_both.write_bytes(old["ca.pem"].read_bytes() + new["ca.pem"].read_bytes())
+
+    def client(certs, name: str) -> DiameterClient:
+        ctx = ssl.create_default_context(cafile=str(trust_both))
+        ctx.check_hostname = False
+        ctx.load_cert_chain(str(certs["fd.pem"]), str(certs["fd.key"]))
+        return DiameterClient("127.0.0.1", port, origin_host=f"{name}.pgw.example",
+                              origin_realm="pgw.example", ssl=ctx)
+
+    def served(c: DiameterClient) -> bytes:
+        return c._writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+
+    def der(pem: Path) -> bytes:
+        return ssl.PEM_cert_to_DER_cert(pem.read_text())
+
+    async def refused(c: DiameterClient) -> bool:
+        try:
+            cea = await c.connect(timeout=3)
+            await c.request(c.ccr("x", INITIAL, 0, msisdn="1"), 3)
+        except (ssl.SSLError, ConnectionError, asyncio.TimeoutError):
+            return True
+        finally:
+            await c.close(dpr=False)
+        return value(cea.avps, T.RESULT_CODE) != 2001
+
+    async def scenario():
+        before = client(old, "before")
+        assert value((await before.connect()).avps, T.RESULT_CODE) == 2001
+        assert served(before) == der(old["ocs.pem"])
+
+        for name, path in files.items():
+            path.write_bytes(new[name].read_bytes())
+        await asyncio.to_thread(d.reload)
+        d.wait_log(r"Diameter TLS certificate, key and CA reloaded for new connections")
+        after = client(new, "after")
+        assert value((await after.connect()).avps, T.RESULT_CODE) == 2001
+        assert served(after) == der(new["ocs.pem"])
+        await after.close()
+        assert await refused(client(old, "stale")), "a client of the old CA got in"
+        dwr_answer = await before.request(base.dwr(before.local, *before.ids()))
+        assert value(dwr_answer.avps, T.RESULT_CODE) == 2001  # opened before: still served
+        await before.close()
+
+        files["ocs.pem"].write_text("not a certificate")
+        await asyncio.to_thread(d.reload)
+        d.wait_log(r"Diameter TLS certificates not reloaded, keeping the running ones")
+        again = client(new, "again")
+        assert value((await again.connect()).avps, T.RESULT_CODE) == 2001
+        assert served(again) == der(new["ocs.pem"])
+        await again.close()
+    d.start()
+    try:
+        asyncio.run(scenario())
+    finally:
+        d.stop()
 
 
 RELAY_HOST = FD_HOST  # its certificate's name; its realm is the PGW's
