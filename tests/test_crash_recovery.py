@@ -6,7 +6,9 @@ real ones do: a NAS sends each unanswered Accounting-Request again, unchanged,
 until it is answered (RFC 2866 §2, RFC 5080 §2.2.1); a PGW connects again and
 sends each unanswered CCR again with the T flag and its End-to-End-Identifier
 (RFC 6733 §5.5.4). Some requests die in the daemon before they are stored,
-some after they are stored but before the answer left.
+some after they are stored but before the answer left. With two nodes on one
+PostgreSQL and Redis, the clients fail over to the other node instead, and
+it carries on their sessions.
 
 At the end every session's usage is charged exactly once: each balance is its
 opening one less what its session reported, to the octet and the micro-unit,
@@ -77,47 +79,75 @@ async def seed(store) -> dict[str, list[int]]:
 
 
 class Crasher:
-    """Kills the daemon with SIGKILL when the load has been answered `at` times,
-    and starts it again on the same configuration and store."""
+    """Kills the serving daemon with SIGKILL when the load has been answered a
+    given number of times, and starts it again on the same configuration and
+    store. With two nodes, the clients fail over to the other one meanwhile, as
+    a NAS with a secondary server and a PGW with an alternate peer do."""
 
-    def __init__(self, d: RadiusOcsd, total: int, fractions=(0.2, 0.45, 0.7)):
-        self.d = d
+    def __init__(self, nodes: list[RadiusOcsd], total: int, fractions=(0.2, 0.45, 0.7)):
+        self.nodes = nodes
+        self.live = 0  # the node the clients talk to
         self.thresholds = [int(total * f) for f in fractions]
         self.answered = 0
         self.crashes = 0
         self.lost = 0
-        self.restarted = asyncio.Event()
+        self.restarted = asyncio.Event()  # the clients have a node to talk to
         self.restarted.set()
+        self.done = asyncio.Event()  # every crash happened, every node is back
         self._task: asyncio.Task | None = None
+        self.restarting = False
+
+    @property
+    def node(self) -> RadiusOcsd:
+        return self.nodes[self.live]
 
     def answer(self) -> bool:
         """Count an answer; False when it is lost: the one that sets off a crash,
-        and those arriving while the daemon is down (sent before it died). Their
-        requests were stored, and are sent again to the restarted daemon."""
+        and those arriving while no node serves (sent before the daemon died).
+        Their requests were stored, and are sent again."""
         if not self.restarted.is_set():
             self.lost += 1
             return False
         self.answered += 1
-        if self.thresholds and self.answered >= self.thresholds[0]:
-            self.thresholds.pop(0)
-            self.d.proc.kill()  # at once, with requests in flight
-            self.crashes += 1
-            self.restarted.clear()
-            self._task = asyncio.get_running_loop().create_task(self._restart())
+        if self._crash():
             self.lost += 1
             return False
         return True
 
-    async def _restart(self) -> None:
+    def _crash(self) -> bool:
+        """Kill the serving node if the next crash is due and no node is restarting."""
+        if not self.thresholds or self.answered < self.thresholds[0] or self.restarting:
+            return False
+        self.thresholds.pop(0)
+        self.restarting = True
+        victim = self.node
+        victim.proc.kill()  # at once, with requests in flight
+        self.crashes += 1
+        if len(self.nodes) > 1:
+            self.live = (self.live + 1) % len(self.nodes)
+        else:
+            self.restarted.clear()
+        self._task = asyncio.get_running_loop().create_task(self._restart(victim))
+        return True
+
+    async def _restart(self, d: RadiusOcsd) -> None:
         def again():
-            self.d.proc.wait(10)
-            self.d._log.close()
-            self.d.start()  # waits for READY=1
+            d.proc.wait(10)
+            d._log.close()
+            d.start()  # waits for READY=1
         await asyncio.to_thread(again)
+        self.restarting = False
         self.restarted.set()
+        if not self.thresholds:
+            self.done.set()
+        self._crash()  # one that fell due while this node was starting
+
+    async def settle(self) -> None:
+        if self._task is not None:
+            await self._task
 
 
-async def nas_session(d: RadiusOcsd, crasher: Crasher, n: int, stamp: int) -> int:
+async def nas_session(crasher: Crasher, n: int, stamp: int) -> int:
     """One NAS session, Start, interims and Stop, each sent until answered;
     returns the octets it reported in all."""
     loop = asyncio.get_running_loop()
@@ -131,6 +161,8 @@ async def nas_session(d: RadiusOcsd, crasher: Crasher, n: int, stamp: int) -> in
     status = {"Start": 1, "Stop": 2, "Interim-Update": 3}
     try:
         for ident, (kind, octets_in, octets_out, seconds) in enumerate(reports):
+            if kind == "Stop":  # every crash comes mid-session
+                await crasher.done.wait()
             raw = acct_packet([
                 (A.USER_NAME, f"r{n}".encode()), (A.ACCT_SESSION_ID, sid.encode()),
                 (A.ACCT_STATUS_TYPE, codec.u32(status[kind])),
@@ -145,7 +177,7 @@ async def nas_session(d: RadiusOcsd, crasher: Crasher, n: int, stamp: int) -> in
                 if crasher.restarted.is_set():  # while it is down, the NAS would fail over
                     tries += 1
                     assert tries <= NAS_TRIES, f"the NAS gave up on {kind} of {sid}"
-                await loop.sock_sendto(sock, raw, ("127.0.0.1", d.acct_port))
+                await loop.sock_sendto(sock, raw, ("127.0.0.1", crasher.node.acct_port))
                 try:
                     reply = await asyncio.wait_for(loop.sock_recv(sock, 4096), 0.3)
                 except asyncio.TimeoutError:
@@ -161,8 +193,8 @@ async def nas_session(d: RadiusOcsd, crasher: Crasher, n: int, stamp: int) -> in
 class Pgw:
     """One PGW connection that connects again after the daemon went away."""
 
-    def __init__(self, d: RadiusOcsd, name: str):
-        self.d, self.name = d, name
+    def __init__(self, crasher: Crasher, name: str):
+        self.crasher, self.name = crasher, name
         self.client: DiameterClient | None = None
         self._lock = asyncio.Lock()
 
@@ -174,7 +206,7 @@ class Pgw:
             if self.client is not None:
                 await self.client.close(dpr=False)
             while True:
-                c = DiameterClient("127.0.0.1", self.d.diameter_port,
+                c = DiameterClient("127.0.0.1", self.crasher.node.diameter_port,
                                    origin_host=f"{self.name}.pgw.example",
                                    origin_realm="pgw.example",
                                    destination_realm="test.example")
@@ -197,6 +229,8 @@ async def pgw_session(pgw: Pgw, crasher: Crasher, n: int) -> tuple[int, list[int
     steps = [(INITIAL, None)] + [(UPDATE, USED)] * INTERIMS + [(TERMINATION, 17_000)]
     codes: list[int] = []
     for number, (kind, used) in enumerate(steps):
+        if kind == TERMINATION:  # every crash comes mid-session
+            await crasher.done.wait()
         client = await pgw.connection()
         e2e = client.ids()[1]
         group = mscc(10, requested=None if kind == TERMINATION else {"total": 1},
@@ -221,27 +255,26 @@ async def pgw_session(pgw: Pgw, crasher: Crasher, n: int) -> tuple[int, list[int
     return DIAMETER_TOTAL, codes
 
 
-async def load(d: RadiusOcsd) -> tuple[Crasher, list[int], list[tuple[int, list[int]]]]:
+async def load(nodes: list[RadiusOcsd]
+               ) -> tuple[Crasher, list[int], list[tuple[int, list[int]]]]:
     total = RADIUS_SESSIONS * (INTERIMS + 2) + DIAMETER_SESSIONS * (INTERIMS + 2)
-    crasher = Crasher(d, total)
+    crasher = Crasher(nodes, total)
     stamp = int(time.time()) - 3600
-    pgws = [Pgw(d, f"pgw{k}") for k in range(3)]
-    radius = asyncio.gather(*[nas_session(d, crasher, n, stamp) for n in range(RADIUS_SESSIONS)])
+    pgws = [Pgw(crasher, f"pgw{k}") for k in range(3)]
+    radius = asyncio.gather(*[nas_session(crasher, n, stamp) for n in range(RADIUS_SESSIONS)])
     gy = asyncio.gather(*[pgw_session(pgws[n % 3], crasher, n)
                           for n in range(DIAMETER_SESSIONS)])
     reported, answered = await asyncio.wait_for(asyncio.gather(radius, gy), DEADLINE)
-    await crasher.restarted.wait()
+    await crasher.settle()
     for pgw in pgws:
         if pgw.client is not None:
             await pgw.client.close()
     return crasher, reported, answered
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres", "postgres+redis"])
-def test_sigkill_mid_load_charges_every_session_exactly_once(tmp_path, request, backend):
-    """With Redis, the duplicate cache outlives the daemon: the claims the killed
-    daemon held on requests in flight must not keep their retransmissions from
-    being answered after the restart."""
+def charge_through_crashes(tmp_path, request, backend: str, nodes: int = 1) -> Crasher:
+    """The load on `nodes` daemons sharing one store, with three crashes; then
+    what every session was charged, read back through the API."""
     kw, options, extra = {}, {}, ""
     if backend.startswith("postgres"):
         from tests.conftest import pg_store_target
@@ -250,19 +283,29 @@ def test_sigkill_mid_load_charges_every_session_exactly_once(tmp_path, request, 
     if backend.endswith("redis"):
         redis_url = request.getfixturevalue("redis_url")
         extra = f'\n[redis]\nurl = "{redis_url}"\nkey_prefix = "crash-{secrets.token_hex(4)}:"\n'
-    port = free_port()
-    d = RadiusOcsd(tmp_path, extra_radius="\n[charging]\n"
-                   "default_quota = { octets = 2000000, seconds = 600, events = 1 }\n"
-                   + diameter_config(port) + extra, **kw)
-    d.diameter_port = port
+    daemons = []
+    for n in range(nodes):
+        port = free_port()
+        home = tmp_path / f"node{n}"
+        home.mkdir()
+        d = RadiusOcsd(home, extra_radius="\n[charging]\n"
+                       "default_quota = { octets = 2000000, seconds = 600, events = 1 }\n"
+                       + diameter_config(port) + extra, **kw)
+        d.config.write_text(d.config.read_text().replace('node_name = "test-node"',
+                                                         f'node_name = "node{n}"'))
+        d.diameter_port = port
+        daemons.append(d)
+    d = daemons[0]
     ids = d.seed(seed, **options)
-    d.start()
     try:
-        crasher, reported, answered = asyncio.run(load(d))
-        assert crasher.crashes == 3 and crasher.lost >= 3
+        for each in daemons:
+            each.start()
+        crasher, reported, answered = asyncio.run(load(daemons))
+        assert crasher.crashes == 3 and crasher.lost >= 1
         assert all(code == 2001 for _, codes in answered for code in codes), answered
         assert reported == [radius_total()] * RADIUS_SESSIONS
 
+        d = crasher.node
         for account in ids["bytes"]:
             assert d.buckets(account) == {"money": OPENING,
                                           "octets": ALLOWANCE - radius_total()}
@@ -277,5 +320,23 @@ def test_sigkill_mid_load_charges_every_session_exactly_once(tmp_path, request, 
             assert status == 200 and cdrs["count"] == 1, cdrs
         status, sessions = d.api("GET", "/v1/sessions")
         assert status == 200 and sessions["count"] == 0, sessions
+        return crasher
     finally:
-        d.stop()
+        for each in daemons:
+            each.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "postgres+redis"])
+def test_sigkill_mid_load_charges_every_session_exactly_once(tmp_path, request, backend):
+    """With Redis, the duplicate cache outlives the daemon: the claims the killed
+    daemon held on requests in flight must not keep their retransmissions from
+    being answered after the restart."""
+    charge_through_crashes(tmp_path, request, backend)
+
+
+def test_two_nodes_take_over_each_others_sessions_when_one_dies(tmp_path, request):
+    """Two nodes on one PostgreSQL and Redis. The NAS and PGWs talk to one; it is
+    killed, they fail over to the other mid-session and carry on there; later
+    that one is killed and they go back to the first, restarted meanwhile."""
+    crasher = charge_through_crashes(tmp_path, request, "postgres+redis", nodes=2)
+    assert crasher.live == 1  # three crashes: node0, node1, node0
