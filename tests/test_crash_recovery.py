@@ -78,28 +78,53 @@ async def seed(store) -> dict[str, list[int]]:
     return ids
 
 
-class Crasher:
-    """Kills the serving daemon with SIGKILL when the load has been answered a
-    given number of times, and starts it again on the same configuration and
-    store. With two nodes, the clients fail over to the other one meanwhile, as
-    a NAS with a secondary server and a PGW with an alternate peer do."""
+CRASH_BEFORE = (3, 5, 7)  # the reports each crash comes before (gates)
+TRIGGER = 12              # answers after a gate opens until its crash
 
-    def __init__(self, nodes: list[RadiusOcsd], total: int, fractions=(0.2, 0.45, 0.7)):
+
+class Crasher:
+    """Kills the serving daemon with SIGKILL three times, and starts it again on
+    the same configuration and store. With two nodes, the clients fail over to
+    the other one meanwhile, as a NAS with a secondary server and a PGW with an
+    alternate peer do.
+
+    Each session waits at a gate before reports 3, 5 and 7. A gate opens once
+    every session reached it and the last crash's node is back; TRIGGER answers
+    later, with requests in flight, the next crash comes. So every crash comes
+    mid-session, and no request lives through two of them."""
+
+    def __init__(self, nodes: list[RadiusOcsd], sessions: int):
         self.nodes = nodes
         self.live = 0  # the node the clients talk to
-        self.thresholds = [int(total * f) for f in fractions]
-        self.answered = 0
+        self.sessions = sessions
+        self.arrived = [0] * len(CRASH_BEFORE)
+        self.gates = [asyncio.Event() for _ in CRASH_BEFORE]
+        self.opened = -1  # the last gate opened
+        self.since_gate = 0  # answers since it opened
         self.crashes = 0
         self.lost = 0
         self.restarted = asyncio.Event()  # the clients have a node to talk to
         self.restarted.set()
-        self.done = asyncio.Event()  # every crash happened, every node is back
-        self._task: asyncio.Task | None = None
         self.restarting = False
+        self._task: asyncio.Task | None = None
 
     @property
     def node(self) -> RadiusOcsd:
         return self.nodes[self.live]
+
+    async def gate(self, report: int) -> None:
+        if report not in CRASH_BEFORE:
+            return
+        g = CRASH_BEFORE.index(report)
+        self.arrived[g] += 1
+        self._open()
+        await self.gates[g].wait()
+
+    def _open(self) -> None:
+        g = self.opened + 1
+        if g < len(self.gates) and self.arrived[g] == self.sessions and not self.restarting:
+            self.opened, self.since_gate = g, 0
+            self.gates[g].set()
 
     def answer(self) -> bool:
         """Count an answer; False when it is lost: the one that sets off a crash,
@@ -108,17 +133,9 @@ class Crasher:
         if not self.restarted.is_set():
             self.lost += 1
             return False
-        self.answered += 1
-        if self._crash():
-            self.lost += 1
-            return False
-        return True
-
-    def _crash(self) -> bool:
-        """Kill the serving node if the next crash is due and no node is restarting."""
-        if not self.thresholds or self.answered < self.thresholds[0] or self.restarting:
-            return False
-        self.thresholds.pop(0)
+        self.since_gate += 1
+        if self.crashes != self.opened or self.since_gate < TRIGGER:
+            return True  # no crash due: its gate is not open, or it came already
         self.restarting = True
         victim = self.node
         victim.proc.kill()  # at once, with requests in flight
@@ -128,7 +145,8 @@ class Crasher:
         else:
             self.restarted.clear()
         self._task = asyncio.get_running_loop().create_task(self._restart(victim))
-        return True
+        self.lost += 1
+        return False
 
     async def _restart(self, d: RadiusOcsd) -> None:
         def again():
@@ -138,9 +156,7 @@ class Crasher:
         await asyncio.to_thread(again)
         self.restarting = False
         self.restarted.set()
-        if not self.thresholds:
-            self.done.set()
-        self._crash()  # one that fell due while this node was starting
+        self._open()
 
     async def settle(self) -> None:
         if self._task is not None:
@@ -161,8 +177,7 @@ async def nas_session(crasher: Crasher, n: int, stamp: int) -> int:
     status = {"Start": 1, "Stop": 2, "Interim-Update": 3}
     try:
         for ident, (kind, octets_in, octets_out, seconds) in enumerate(reports):
-            if kind == "Stop":  # every crash comes mid-session
-                await crasher.done.wait()
+            await crasher.gate(ident)
             raw = acct_packet([
                 (A.USER_NAME, f"r{n}".encode()), (A.ACCT_SESSION_ID, sid.encode()),
                 (A.ACCT_STATUS_TYPE, codec.u32(status[kind])),
@@ -229,8 +244,7 @@ async def pgw_session(pgw: Pgw, crasher: Crasher, n: int) -> tuple[int, list[int
     steps = [(INITIAL, None)] + [(UPDATE, USED)] * INTERIMS + [(TERMINATION, 17_000)]
     codes: list[int] = []
     for number, (kind, used) in enumerate(steps):
-        if kind == TERMINATION:  # every crash comes mid-session
-            await crasher.done.wait()
+        await crasher.gate(number)
         client = await pgw.connection()
         e2e = client.ids()[1]
         group = mscc(10, requested=None if kind == TERMINATION else {"total": 1},
@@ -257,8 +271,7 @@ async def pgw_session(pgw: Pgw, crasher: Crasher, n: int) -> tuple[int, list[int
 
 async def load(nodes: list[RadiusOcsd]
                ) -> tuple[Crasher, list[int], list[tuple[int, list[int]]]]:
-    total = RADIUS_SESSIONS * (INTERIMS + 2) + DIAMETER_SESSIONS * (INTERIMS + 2)
-    crasher = Crasher(nodes, total)
+    crasher = Crasher(nodes, RADIUS_SESSIONS + DIAMETER_SESSIONS)
     stamp = int(time.time()) - 3600
     pgws = [Pgw(crasher, f"pgw{k}") for k in range(3)]
     radius = asyncio.gather(*[nas_session(crasher, n, stamp) for n in range(RADIUS_SESSIONS)])
@@ -301,7 +314,7 @@ def charge_through_crashes(tmp_path, request, backend: str, nodes: int = 1) -> C
         for each in daemons:
             each.start()
         crasher, reported, answered = asyncio.run(load(daemons))
-        assert crasher.crashes == 3 and crasher.lost >= 1
+        assert crasher.crashes == 3 and crasher.lost >= 3
         assert all(code == 2001 for _, codes in answered for code in codes), answered
         assert reported == [radius_total()] * RADIUS_SESSIONS
 
