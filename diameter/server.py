@@ -36,6 +36,7 @@ from types import MappingProxyType
 from typing import Any, Callable
 
 from ocs.errors import OcsError, StoreUnavailable
+from ocs.logs import Throttled
 from ocs.model import Kind, PeerKind, now_us
 
 from . import base, gy, outcomes
@@ -105,6 +106,7 @@ class DiameterServer:
         self.charging = charging
         self.cluster = cluster
         self.metrics = metrics
+        self._warnings = Throttled(log)  # an outage fails every request: a line a minute
         self.registry = registry or (lambda: None)
         self.session_ttl = session_ttl
         self.policy = policy_from_config(config)
@@ -422,8 +424,10 @@ class DiameterServer:
                 claimed = True
             answer, op, ccr = await self._answer(conn, msg, local, index)
         except StoreUnavailable as exc:
-            log.warning("CCR from %s not answered with a grant: %s", conn.peer_host, exc,
-                        extra={"peer": conn.peer_host, "session": msg.value(T.SESSION_ID)})
+            self._warnings.warning(("store", conn.peer_host),
+                                   "CCR from %s not answered with a grant: %s", conn.peer_host,
+                                   exc, extra={"peer": conn.peer_host,
+                                               "session": msg.value(T.SESSION_ID)})
             self.on_problem(conn, "store-unavailable", str(exc))
             conn.send(gy.cca_error(msg, local, outcomes.STORE_UNAVAILABLE,
                                    "charging store unavailable"))
@@ -437,7 +441,7 @@ class DiameterServer:
         try:
             await dedup.store(key, raw, ttl)
         except StoreUnavailable as exc:
-            log.warning("duplicate cache unavailable: %s", exc)
+            self._warnings.warning("dedup", "duplicate cache unavailable: %s", exc)
 
     async def _answer(self, conn: Connection, msg: Message, local: base.LocalIdentity,
                       index: gy.AvpIndex):
@@ -553,7 +557,8 @@ class DiameterServer:
             await self.cluster.sessions.put(sid, record, self.session_ttl)
             self._remember(sid, now, destination, via)
         except (StoreUnavailable, ValueError) as exc:
-            log.warning("session directory not updated for %s: %s", sid, exc)
+            self._warnings.warning("directory", "session directory not updated for %s: %s",
+                                   sid, exc)
 
     def _remember(self, sid: str, now: float, destination: str | None,
                   via: str | None = None) -> None:

@@ -480,23 +480,17 @@ class _HttpServerLog(logging.LoggerAdapter):
     def __init__(self, metrics: Metrics):
         super().__init__(logging.getLogger("aiohttp.server"), {})
         self.metrics = metrics
-        self._warned_at = -60.0
-        self._dropped = 0
+        self._warnings = logs.Throttled(self.logger)
 
     def exception(self, msg, *args, exc_info=True, **kwargs):
         exc = exc_info if isinstance(exc_info, BaseException) else None
         if not isinstance(exc, HttpProcessingError):
             return super().exception(msg, *args, exc_info=exc_info, **kwargs)
         self.metrics.api_requests.labels(method="-", route="malformed", status="400").inc()
-        now = time.monotonic()
-        if now - self._warned_at < 60:
-            self._dropped += 1
-            return
-        dropped, self._dropped, self._warned_at = self._dropped, 0, now
         text = " ".join(str(exc.message or exc).split())[:200]
         remote = args[0] if args else "?"
-        self.logger.warning("malformed HTTP request from %s answered 400: %s%s", remote, text,
-                            f" ({dropped} more since the last warning)" if dropped else "")
+        self._warnings.warning("malformed", "malformed HTTP request from %s answered 400: %s",
+                               remote, text)
 
 
 class HttpListeners:

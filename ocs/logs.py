@@ -26,6 +26,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
@@ -293,3 +294,29 @@ def teardown() -> None:
         logging.getLogger(name).setLevel(logging.NOTSET)
     _configured_levels.clear()
     root.setLevel(logging.WARNING)
+
+
+class Throttled:
+    """Warnings about one thing (a key: what went wrong, and where) at most once
+    every `every` seconds, each with how many were left out since the last one:
+    the log says what to fix without being flooded by a NAS that retries or an
+    outage that fails every request."""
+
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter, every: float = 60.0,
+                 keys: int = 10_000):
+        self.logger, self.every, self.keys = logger, every, keys
+        self._last: dict[Any, list] = {}  # key -> [monotonic time logged, left out since]
+
+    def warning(self, key: Any, message: str, *args: Any, **kwargs: Any) -> bool:
+        """Log unless `key` was logged less than `every` seconds ago; True if logged."""
+        now = time.monotonic()
+        entry = self._last.get(key)
+        if entry is not None and now - entry[0] < self.every:
+            entry[1] += 1
+            return False
+        if len(self._last) >= self.keys:  # many sources (a scan): start afresh
+            self._last.clear()
+        since = f" ({entry[1]} more since the last warning)" if entry and entry[1] else ""
+        self._last[key] = [now, 0]
+        self.logger.warning(message + since, *args, **kwargs)
+        return True

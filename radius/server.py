@@ -63,6 +63,7 @@ from typing import Any
 
 from ocs.components import split_listen, tls_server_context
 from ocs.errors import StoreUnavailable
+from ocs.logs import Throttled
 
 from .codec import (A, Code, DecodeError, PacketTooLong, SIGNED_REQUESTS, decode,
                     message_authenticator_ok, request_authenticator_ok)
@@ -279,8 +280,7 @@ class RadiusServer:
         self._duplicates: dict[str, Any] = {}
         self._duration: dict[str, Any] = {}
         self._bad_secret: dict[str, Any] = {}
-        # (what, who) -> [time.monotonic() of the last warning, drops since]: see _warn
-        self._warnings: dict[tuple[str, str], list] = {}
+        self._warnings = Throttled(log)  # keyed by (kind, source)
         self.addresses: dict[str, tuple[str, int]] = {}
         self._tls_server: asyncio.base_events.Server | None = None
         self.tls_context: ssl.SSLContext | None = None
@@ -375,22 +375,10 @@ class RadiusServer:
             child = self._drop[reason] = self.metrics.radius_dropped.labels(reason=reason)
         child.inc()
 
-    WARN_EVERY = 60.0  # seconds between two warnings of one kind about one source
-
     def _warn(self, what: str, who: str, message: str, *args) -> None:
         """A warning about a misconfigured or misbehaving source, at most one a
-        minute for each (kind, source), with how many were dropped since the last:
-        the log names who to fix without being flooded by a NAS that retries."""
-        now = time.monotonic()
-        entry = self._warnings.get((what, who))
-        if entry is not None and now - entry[0] < self.WARN_EVERY:
-            entry[1] += 1
-            return
-        if len(self._warnings) >= 10_000:  # many sources (a scan): start afresh
-            self._warnings.clear()
-        since = f" ({entry[1]} more since the last warning)" if entry and entry[1] else ""
-        self._warnings[(what, who)] = [now, 0]
-        log.warning(message + since, *args)
+        minute for each (kind, source)."""
+        self._warnings.warning((what, who), message, *args)
 
     def _secret_mismatch(self, st: NasState, address: str, what: str) -> None:
         child = self._bad_secret.get(st.name)
@@ -537,6 +525,7 @@ class RadiusServer:
             if packet.code == _STATUS_SERVER:  # RFC 5997 §3: never from the cache
                 reply = self.handler.status(st, packet, endpoint.port)
             else:
+                op = "access" if packet.code == _ACCESS_REQUEST else "accounting"
                 if dedup is not None:
                     key = (f"radius:{addr[0]}:{addr[1]}:{packet.code}:{packet.identifier}:"
                            f"{packet.authenticator.hex()}")
@@ -550,10 +539,8 @@ class RadiusServer:
                         endpoint.send(cached, addr)
                         return
                 if packet.code == _ACCESS_REQUEST:
-                    op = "access"
                     reply = await self.handler.access(st, packet)
                 else:
-                    op = "accounting"
                     reply = await self.handler.accounting(st, packet, addr[0])
             if reply is None:
                 raise StoreUnavailable("no answer")
@@ -563,7 +550,9 @@ class RadiusServer:
             endpoint.send(reply, addr)
         except StoreUnavailable as exc:
             self._dropped("store_unavailable")
-            log.warning("no answer to %s from %s: store unavailable (%s)", op, st.name, exc)
+            # One line a minute: an outage drops every request, and says so itself.
+            self._warn("store", op, "no answer to %s from %s: store unavailable (%s)",
+                       op, st.name, exc)
         except MissingAttribute as exc:
             self._dropped("missing_attribute")
             log.info("request from %s dropped: %s", st.name, exc)

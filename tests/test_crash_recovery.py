@@ -18,6 +18,7 @@ nothing stays reserved, and each session has one CDR.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import socket
 import time
@@ -32,7 +33,7 @@ from ocs.rating import TariffDefinition, Tier, UsageRate
 from ocs.rating.storage import save_tariff
 from radius import codec
 from tests.radius_harness import SECRET, A, Code, RadiusOcsd, acct_packet
-from tests.services import free_port
+from tests.services import ThrowawayRedis, free_port
 from tests.test_diameter_daemon import diameter_config
 
 RADIUS_SESSIONS = 24      # half on an octets allowance, half paying money
@@ -93,8 +94,10 @@ class Crasher:
     later, with requests in flight, the next crash comes. So every crash comes
     mid-session, and no request lives through two of them."""
 
-    def __init__(self, nodes: list[RadiusOcsd], sessions: int):
+    def __init__(self, nodes: list[RadiusOcsd], sessions: int,
+                 redis: list[ThrowawayRedis] | None = None):
         self.nodes = nodes
+        self.redis = redis  # throwaway Redis servers, the last one running: what crashes
         self.live = 0  # the node the clients talk to
         self.sessions = sessions
         self.arrived = [0] * len(CRASH_BEFORE)
@@ -137,16 +140,27 @@ class Crasher:
         if self.crashes != self.opened or self.since_gate < TRIGGER:
             return True  # no crash due: its gate is not open, or it came already
         self.restarting = True
+        self.crashes += 1
+        self.lost += 1
+        if self.redis is not None:
+            self.redis[-1].proc.kill()  # its data is gone: it keeps nothing on disk
+            self._task = asyncio.get_running_loop().create_task(self._restart_redis())
+            return False
         victim = self.node
         victim.proc.kill()  # at once, with requests in flight
-        self.crashes += 1
         if len(self.nodes) > 1:
             self.live = (self.live + 1) % len(self.nodes)
         else:
             self.restarted.clear()
         self._task = asyncio.get_running_loop().create_task(self._restart(victim))
-        self.lost += 1
         return False
+
+    async def _restart_redis(self) -> None:
+        await asyncio.sleep(1.0)  # an outage, not a blink
+        self.redis[-1].proc.wait(10)
+        self.redis.append(await asyncio.to_thread(ThrowawayRedis, self.redis[-1].port))
+        self.restarting = False
+        self._open()
 
     async def _restart(self, d: RadiusOcsd) -> None:
         def again():
@@ -256,6 +270,10 @@ async def pgw_session(pgw: Pgw, crasher: Crasher, n: int) -> tuple[int, list[int
                              retransmit=resend, ids=(hbh, e2e))
             try:
                 answer = await client.request(msg, timeout=2.0)
+                if 3000 <= value(answer.avps, T.RESULT_CODE) < 4000:
+                    await asyncio.sleep(0.3)  # a transient failure: the PGW tries again
+                    resend = True
+                    continue
                 if crasher.answer():
                     break
             except (ConnectionError, asyncio.TimeoutError):
@@ -269,9 +287,9 @@ async def pgw_session(pgw: Pgw, crasher: Crasher, n: int) -> tuple[int, list[int
     return DIAMETER_TOTAL, codes
 
 
-async def load(nodes: list[RadiusOcsd]
+async def load(nodes: list[RadiusOcsd], redis=None
                ) -> tuple[Crasher, list[int], list[tuple[int, list[int]]]]:
-    crasher = Crasher(nodes, RADIUS_SESSIONS + DIAMETER_SESSIONS)
+    crasher = Crasher(nodes, RADIUS_SESSIONS + DIAMETER_SESSIONS, redis)
     stamp = int(time.time()) - 3600
     pgws = [Pgw(crasher, f"pgw{k}") for k in range(3)]
     radius = asyncio.gather(*[nas_session(crasher, n, stamp) for n in range(RADIUS_SESSIONS)])
@@ -285,16 +303,18 @@ async def load(nodes: list[RadiusOcsd]
     return crasher, reported, answered
 
 
-def charge_through_crashes(tmp_path, request, backend: str, nodes: int = 1) -> Crasher:
-    """The load on `nodes` daemons sharing one store, with three crashes; then
-    what every session was charged, read back through the API."""
+def charge_through_crashes(tmp_path, request, backend: str, nodes: int = 1,
+                           redis: list[ThrowawayRedis] | None = None) -> Crasher:
+    """The load on `nodes` daemons sharing one store, with three crashes (of
+    `redis` when given); then what every session was charged, read back
+    through the API."""
     kw, options, extra = {}, {}, ""
     if backend.startswith("postgres"):
         from tests.conftest import pg_store_target
         url, options = pg_store_target(request, request.getfixturevalue("pg_dsn"))
         kw = dict(store_url=url, extra_store=f'schema = "{options["schema"]}"')
     if backend.endswith("redis"):
-        redis_url = request.getfixturevalue("redis_url")
+        redis_url = redis[0].url if redis else request.getfixturevalue("redis_url")
         extra = f'\n[redis]\nurl = "{redis_url}"\nkey_prefix = "crash-{secrets.token_hex(4)}:"\n'
     daemons = []
     for n in range(nodes):
@@ -313,7 +333,7 @@ def charge_through_crashes(tmp_path, request, backend: str, nodes: int = 1) -> C
     try:
         for each in daemons:
             each.start()
-        crasher, reported, answered = asyncio.run(load(daemons))
+        crasher, reported, answered = asyncio.run(load(daemons, redis))
         assert crasher.crashes == 3 and crasher.lost >= 3
         assert all(code == 2001 for _, codes in answered for code in codes), answered
         assert reported == [radius_total()] * RADIUS_SESSIONS
@@ -353,3 +373,25 @@ def test_two_nodes_take_over_each_others_sessions_when_one_dies(tmp_path, reques
     that one is killed and they go back to the first, restarted meanwhile."""
     crasher = charge_through_crashes(tmp_path, request, "postgres+redis", nodes=2)
     assert crasher.live == 1  # three crashes: node0, node1, node0
+
+
+def test_losing_redis_mid_load_charges_every_session_exactly_once(tmp_path, request):
+    """Redis keeps nothing on disk: it is killed three times mid-load and comes back
+    empty, losing the duplicate cache and the session directory. Meanwhile the
+    daemon answers no NAS (RFC 2866: no answer while a record cannot be handled)
+    and tells PGWs 3002 (they send the request again); afterwards the store
+    alone keeps every session charged once."""
+    servers = [ThrowawayRedis()]
+    try:
+        crasher = charge_through_crashes(tmp_path, request, "postgres+redis", redis=servers)
+    finally:
+        for server in servers:
+            if server.proc.poll() is None:
+                server.stop()
+    # The outages are logged, each kind of failure once a minute, not once a request.
+    log = crasher.node.log()
+    assert len(re.findall(r"no answer to accounting from crash-nas: store unavailable \(redis "
+                          r"at \S+ unavailable", log)) == 1, log[-3000:]
+    assert "no answer to status" not in log
+    refusals = re.findall(r"CCR from (\S+) not answered with a grant", log)
+    assert refusals and len(refusals) == len(set(refusals)), refusals  # once for each PGW

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import time
 
 import pytest
 
@@ -147,3 +148,21 @@ def test_bad_format_string_does_not_lose_the_line():
     assert logs.RedactFilter().filter(record)
     line = logs.TextFormatter().format(record)
     assert "log formatting failed" in line and "%d requests" in line
+
+
+def test_throttled_warnings_come_once_per_interval_per_key_with_the_count_left_out(caplog):
+    logger = logging.getLogger("ocs.test.throttled")
+    throttled = logs.Throttled(logger, every=0.2, keys=3)
+    with caplog.at_level(logging.WARNING, logger="ocs.test.throttled"):
+        assert throttled.warning("a", "store down: %s", "one") is True
+        assert throttled.warning("a", "store down: %s", "two") is False
+        assert throttled.warning("a", "store down: %s", "three") is False
+        assert throttled.warning("b", "secret wrong for %s", "nas1") is True  # its own key
+        time.sleep(0.25)
+        assert throttled.warning("a", "store down: %s", "four") is True
+    assert [r.getMessage() for r in caplog.records] == [
+        "store down: one", "secret wrong for nas1",
+        "store down: four (2 more since the last warning)"]
+    for n in range(5):  # keys beyond the bound (a scan from many addresses) start afresh
+        throttled.warning(("scan", n), "from %s", n)
+    assert len(throttled._last) <= 3
