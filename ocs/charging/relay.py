@@ -5,7 +5,9 @@ caused them (ocs.balance); this component publishes them, in order, to the
 cluster event stream (Redis Streams, or the in-process stream on a single
 node) that `policy/` consumes, and marks them published. A crash between the
 two steps publishes an event twice: event ids are deterministic, so
-consumers de-duplicate; an event is never lost.
+consumers de-duplicate. An event marked published is as durable as the
+stream: Redis keeps what it keeps on disk, and the in-process stream dies
+with the process, taking the events that `policy/` had not handled yet.
 """
 
 from __future__ import annotations
