@@ -232,7 +232,12 @@ class EventRelayComponent:
 
     async def start(self) -> None:
         from .charging import EventRelay
-        relay = EventRelay(self.ctx.store, self.ctx.cluster.events.publish_many)
+        events = self.ctx.cluster.events
+        # The in-process stream dies with the process: an event counts as published
+        # once policy/ handled it. With policy off nobody will, and none is waited for.
+        waits = not events.durable and self.ctx.config.policy.enabled
+        relay = EventRelay(self.ctx.store, events.publish_many,
+                           handled=events.handled if waits else None)
         await relay.start()
         self.ctx.relay = relay
 

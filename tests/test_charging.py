@@ -419,6 +419,44 @@ async def test_events_reach_the_stream_through_the_outbox(core, store):
         await cluster.stop()
 
 
+async def test_in_process_stream_events_count_as_published_once_policy_handled_them(store):
+    """The in-process stream dies with the process. There an event is marked
+    published only once the consumer acknowledged it; killed before that (a new
+    process: a new stream and relay on the same store), it is published again,
+    and handled then. Within one process it is published once."""
+    from ocs.cluster import build
+    from ocs.config import RedisConfig
+
+    async def process():
+        cluster = build(RedisConfig(), node="n1")
+        await cluster.start()
+        events = cluster.events
+        assert events.durable is False
+        return cluster, EventRelay(store, events.publish_many, handled=events.handled)
+
+    empty = await store.create_account(name="dry", currency="EUR", billing="prepaid")
+    await store.reserve(empty.id, "s1", EUR)  # refused: an "exhausted" event in the outbox
+    first, relay = await process()
+    assert await relay.relay_once() == 1
+    assert await relay.relay_once() == 0  # not published twice by one process
+    await first.events.ensure_group("policy")
+    (entry_id, event), = await first.events.consume("policy", "w1", block_ms=0)
+    assert event["type"] == "exhausted"
+    await relay.relay_once()
+    assert [e["id"] for _, e in await store.unpublished_events()] == [event["id"]]
+    await first.stop()  # killed before the consumer acknowledged it
+
+    second, relay = await process()
+    assert await relay.relay_once() == 1
+    await second.events.ensure_group("policy")
+    (again_id, again), = await second.events.consume("policy", "w1", block_ms=0)
+    assert again["id"] == event["id"]
+    await second.events.ack("policy", [again_id])
+    await relay.relay_once()
+    assert await store.unpublished_events() == []
+    await second.stop()
+
+
 async def test_authorize_sizes_the_session_without_reserving(core, store):
     from ocs.charging import Identity
     plan = await store.create_plan(name="voice-bundle", currency="EUR", allowances=[

@@ -5,15 +5,20 @@ caused them (ocs.balance); this component publishes them, in order, to the
 cluster event stream (Redis Streams, or the in-process stream on a single
 node) that `policy/` consumes, and marks them published. A crash between the
 two steps publishes an event twice: event ids are deterministic, so
-consumers de-duplicate. An event marked published is as durable as the
-stream: Redis keeps what it keeps on disk, and the in-process stream dies
-with the process, taking the events that `policy/` had not handled yet.
+consumers de-duplicate.
+
+A Redis stream keeps what it was given (as far as Redis keeps it on disk), so
+an event is marked published once Redis has it. The in-process stream dies
+with the process: there an event is marked published only once `policy/` has
+handled it (`handled`), and whatever it had not is published again after a
+restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any, Awaitable, Callable
 
 from ..errors import StoreUnavailable
@@ -24,12 +29,17 @@ log = logging.getLogger("ocs.charging")
 
 class EventRelay:
     def __init__(self, store, publish: Callable[[list[dict[str, Any]]], Awaitable[Any]], *,
-                 interval: float = 1.0, batch: int = 500):
+                 interval: float = 1.0, batch: int = 500,
+                 handled: Callable[[str], Awaitable[bool]] | None = None):
         self.store = store
-        self.publish = publish      # publishes a list of events, all or nothing
+        self.publish = publish      # publishes a list of events, all or nothing; their ids
+        self.handled = handled      # None: published is durable; else entry id -> handled?
         self.interval = interval
         self.batch = batch
         self.published = 0
+        self._sent = 0              # the last outbox row published by this process
+        # Published, not yet handled: (outbox row ids, the last one's stream entry id).
+        self._unhandled: deque[tuple[list[int], str]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -47,23 +57,43 @@ class EventRelay:
             await self.relay_once()
         except StoreUnavailable as exc:
             log.warning("events left in the outbox at stop: %s", exc)
+        if self._unhandled:
+            log.info("%d charging events not yet handled by policy at stop; they are "
+                     "published again at the next start",
+                     sum(len(rows) for rows, _ in self._unhandled))
 
     async def relay_once(self) -> int:
         """Publish every pending event; returns how many."""
         total = 0
         while True:
-            pending = await self.store.unpublished_events(self.batch)
+            await self._mark_handled()
+            pending = await self.store.unpublished_events(self.batch, after=self._sent)
             if not pending:
                 return total
-            await self.publish([event for _, event in pending])
-            await self.store.mark_published([row_id for row_id, _ in pending])
+            ids = await self.publish([event for _, event in pending])
+            rows = [row_id for row_id, _ in pending]
+            self._sent = rows[-1]
+            if self.handled is None:
+                await self.store.mark_published(rows)
+            else:
+                self._unhandled.append((rows, ids[-1]))
             total += len(pending)
             self.published += len(pending)
 
+    async def _mark_handled(self) -> None:
+        """Mark published, oldest first, what the consumers have handled."""
+        rows: list[int] = []
+        while self._unhandled and await self.handled(self._unhandled[0][1]):
+            rows += self._unhandled.popleft()[0]
+        if rows:
+            await self.store.mark_published(rows)
+
     async def _run(self) -> None:
         while True:
+            # Published events waiting for the consumers are looked at again soon.
+            wait = min(self.interval, 0.2) if self._unhandled else self.interval
             try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await asyncio.wait_for(self._wake.wait(), wait)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()

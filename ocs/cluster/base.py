@@ -250,6 +250,17 @@ class EventStream(ABC):
     async def publish_many(self, events: list[dict]) -> list[str]:
         """Append several events in one round trip, in order."""
 
+    #: Whether a published entry outlives this process (Redis: as far as Redis
+    #: keeps it). The in-process stream does not.
+    durable = True
+
+    async def handled(self, entry_id: str) -> bool:
+        """Whether every consumer group took `entry_id` and every entry before it,
+        and acknowledged them. Only the event relay of a stream that is not
+        durable asks; an entry nobody handled yet is published again after a
+        restart."""
+        return True
+
     @abstractmethod
     async def ensure_group(self, group: str, *, start: str = "0") -> None:
         """Create the consumer group if missing. ``start="0"`` delivers what

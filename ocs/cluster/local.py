@@ -223,6 +223,8 @@ def _entry_key(entry: tuple[tuple[int, int], str]) -> tuple[int, int]:
 
 
 class LocalEventStream(EventStream):
+    durable = False  # it dies with the process
+
     def __init__(self, state: _State, maxlen: int):
         self._state = state
         self._maxlen = maxlen
@@ -328,6 +330,17 @@ class LocalEventStream(EventStream):
             if parsed is not None and g.pel.pop(parsed, None) is not None:
                 done += 1
         return done
+
+    async def handled(self, entry_id):
+        self._state.check()
+        parsed = _parse_id(entry_id)
+        if parsed is None or not self._groups:
+            return False  # no consumer yet: it has handled nothing
+        for g in self._groups.values():
+            oldest = next(iter(g.pel), None)  # the PEL iterates oldest first
+            if g.last < parsed or (oldest is not None and oldest <= parsed):
+                return False
+        return True
 
     async def pending(self, group):
         self._state.check()

@@ -284,10 +284,12 @@ class Store:
             raise NotFound(f"account {account_id} not found")
         return Account.from_row(row)
 
-    async def unpublished_events(self, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
-        """Outbox rows not yet relayed to the event stream, oldest first."""
+    async def unpublished_events(self, limit: int = 500, after: int = 0
+                                 ) -> list[tuple[int, dict[str, Any]]]:
+        """Outbox rows not yet marked published (with a row id above `after`), oldest
+        first."""
         rows = await self._all("SELECT id, payload FROM outbox WHERE published_at IS NULL "
-                               "ORDER BY id LIMIT $1", limit)
+                               "AND id > $1 ORDER BY id LIMIT $2", after, limit)
         return [(r["id"], json.loads(r["payload"])) for r in rows]
 
     async def mark_published(self, ids: list[int]) -> None:
