@@ -261,27 +261,6 @@ def test_tls_with_freediameter_and_our_client(tmp_path):
     assert "'STATE_WAITCEA'\t-> 'STATE_OPEN'\t'ocs.test.example'" in log, log[-2000:]
 
 
-RELAY_HOST = FD_HOST  # its certificate's name; its realm is the PGW's
-RELAY_CONF = """
-Identity = "{identity}";
-Realm = "pgw.example";
-Port = {port};
-SecPort = {secport};
-ListenOn = "127.0.0.1";
-No_SCTP;
-No_IPv6;
-TcTimer = 2;
-TwTimer = 6;
-TLS_Cred = "{cert}", "{key}";
-TLS_CA = "{ca}";
-LoadExtension = "/usr/lib/freeDiameter/dict_nasreq.fdx";
-LoadExtension = "/usr/lib/freeDiameter/dict_dcca.fdx";
-LoadExtension = "/usr/lib/freeDiameter/dict_dcca_3gpp.fdx";
-LoadExtension = "/usr/lib/freeDiameter/acl_wl.fdx" : "{acl}";
-ConnectPeer = "{ocs_host}" {{ ConnectTo = "127.0.0.1"; Port = {ocs_port}; No_TLS; }};
-"""
-
-
 def test_sighup_rotates_the_tls_certificate_and_ca_for_new_connections(tmp_path):
     """Certificate, key and CA files replaced in place, then SIGHUP: new connections
     get the new certificate and are checked against the new CA only (a client of
@@ -324,6 +303,12 @@ def test_sighup_rotates_the_tls_certificate_and_ca_for_new_connections(tmp_path)
             await c.close(dpr=False)
         return value(cea.avps, T.RESULT_CODE) != 2001
 
+    async def gets_in(certs, name: str, served_with: Path) -> None:
+        c = client(certs, name)
+        assert value((await c.connect()).avps, T.RESULT_CODE) == 2001
+        assert served(c) == der(served_with)
+        await c.close()
+
     async def scenario():
         before = client(old, "before")
         assert value((await before.connect()).avps, T.RESULT_CODE) == 2001
@@ -333,10 +318,7 @@ def test_sighup_rotates_the_tls_certificate_and_ca_for_new_connections(tmp_path)
             path.write_bytes(new[name].read_bytes())
         await asyncio.to_thread(d.reload)
         d.wait_log(r"Diameter TLS certificate, key and CA reloaded for new connections")
-        after = client(new, "after")
-        assert value((await after.connect()).avps, T.RESULT_CODE) == 2001
-        assert served(after) == der(new["ocs.pem"])
-        await after.close()
+        await gets_in(new, "after", new["ocs.pem"])
         assert await refused(client(old, "stale")), "a client of the old CA got in"
         dwr_answer = await before.request(base.dwr(before.local, *before.ids()))
         assert value(dwr_answer.avps, T.RESULT_CODE) == 2001  # opened before: still served
@@ -345,10 +327,7 @@ def test_sighup_rotates_the_tls_certificate_and_ca_for_new_connections(tmp_path)
         files["ocs.pem"].write_text("not a certificate")
         await asyncio.to_thread(d.reload)
         d.wait_log(r"Diameter TLS certificates not reloaded, keeping the running ones")
-        again = client(new, "again")
-        assert value((await again.connect()).avps, T.RESULT_CODE) == 2001
-        assert served(again) == der(new["ocs.pem"])
-        await again.close()
+        await gets_in(new, "again", new["ocs.pem"])  # the running ones kept
     d.start()
     try:
         asyncio.run(scenario())
