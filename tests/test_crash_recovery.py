@@ -23,6 +23,7 @@ import secrets
 import socket
 import time
 
+import asyncpg
 import pytest
 
 from diameter import tables as T
@@ -95,9 +96,10 @@ class Crasher:
     mid-session, and no request lives through two of them."""
 
     def __init__(self, nodes: list[RadiusOcsd], sessions: int,
-                 redis: list[ThrowawayRedis] | None = None):
+                 redis: list[ThrowawayRedis] | None = None, database: str | None = None):
         self.nodes = nodes
         self.redis = redis  # throwaway Redis servers, the last one running: what crashes
+        self.database = database  # or: PostgreSQL (DSN) cuts the daemon's connections
         self.live = 0  # the node the clients talk to
         self.sessions = sessions
         self.arrived = [0] * len(CRASH_BEFORE)
@@ -146,6 +148,9 @@ class Crasher:
             self.redis[-1].proc.kill()  # its data is gone: it keeps nothing on disk
             self._task = asyncio.get_running_loop().create_task(self._restart_redis())
             return False
+        if self.database is not None:
+            self._task = asyncio.get_running_loop().create_task(self._cut_database())
+            return False
         victim = self.node
         victim.proc.kill()  # at once, with requests in flight
         if len(self.nodes) > 1:
@@ -154,6 +159,22 @@ class Crasher:
             self.restarted.clear()
         self._task = asyncio.get_running_loop().create_task(self._restart(victim))
         return False
+
+    async def _cut_database(self) -> None:
+        """Every connection of the daemon terminated by the server at once, some in
+        the middle of a transaction or its COMMIT (as a failover or a restart of
+        PostgreSQL does): whether those committed, the daemon cannot know."""
+        conn = await asyncpg.connect(self.database)
+        try:
+            for _ in range(10):  # again and again for half a second: some are busy
+                await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                   "WHERE application_name = 'ocsd' "
+                                   "AND pid <> pg_backend_pid()")
+                await asyncio.sleep(0.05)
+        finally:
+            await conn.close()
+        self.restarting = False
+        self._open()
 
     async def _restart_redis(self) -> None:
         await asyncio.sleep(1.0)  # an outage, not a blink
@@ -287,9 +308,9 @@ async def pgw_session(pgw: Pgw, crasher: Crasher, n: int) -> tuple[int, list[int
     return DIAMETER_TOTAL, codes
 
 
-async def load(nodes: list[RadiusOcsd], redis=None
+async def load(nodes: list[RadiusOcsd], redis=None, database=None
                ) -> tuple[Crasher, list[int], list[tuple[int, list[int]]]]:
-    crasher = Crasher(nodes, RADIUS_SESSIONS + DIAMETER_SESSIONS, redis)
+    crasher = Crasher(nodes, RADIUS_SESSIONS + DIAMETER_SESSIONS, redis, database)
     stamp = int(time.time()) - 3600
     pgws = [Pgw(crasher, f"pgw{k}") for k in range(3)]
     radius = asyncio.gather(*[nas_session(crasher, n, stamp) for n in range(RADIUS_SESSIONS)])
@@ -304,10 +325,12 @@ async def load(nodes: list[RadiusOcsd], redis=None
 
 
 def charge_through_crashes(tmp_path, request, backend: str, nodes: int = 1,
-                           redis: list[ThrowawayRedis] | None = None) -> Crasher:
+                           redis: list[ThrowawayRedis] | None = None,
+                           cut_database: bool = False) -> Crasher:
     """The load on `nodes` daemons sharing one store, with three crashes (of
-    `redis` when given); then what every session was charged, read back
-    through the API."""
+    `redis` when given, of the daemon's database connections with
+    `cut_database`); then what every session was charged, read back through
+    the API."""
     kw, options, extra = {}, {}, ""
     if backend.startswith("postgres"):
         from tests.conftest import pg_store_target
@@ -333,7 +356,8 @@ def charge_through_crashes(tmp_path, request, backend: str, nodes: int = 1,
     try:
         for each in daemons:
             each.start()
-        crasher, reported, answered = asyncio.run(load(daemons, redis))
+        database = request.getfixturevalue("pg_dsn") if cut_database else None
+        crasher, reported, answered = asyncio.run(load(daemons, redis, database))
         assert crasher.crashes == 3 and crasher.lost >= 3
         assert all(code == 2001 for _, codes in answered for code in codes), answered
         assert reported == [radius_total()] * RADIUS_SESSIONS
@@ -395,3 +419,18 @@ def test_losing_redis_mid_load_charges_every_session_exactly_once(tmp_path, requ
     assert "no answer to status" not in log
     refusals = re.findall(r"CCR from (\S+) not answered with a grant", log)
     assert refusals and len(refusals) == len(set(refusals)), refusals  # once for each PGW
+
+
+def test_database_connections_cut_mid_load_charge_every_session_exactly_once(tmp_path,
+                                                                             request):
+    """PostgreSQL terminates every connection of the daemon, again and again for
+    half a second, three times mid-load (as a restart or failover does). Some
+    die inside a transaction or its COMMIT, so the daemon cannot know whether
+    those committed: it answers none of their requests (RADIUS) or answers 3002
+    (Diameter), and the retransmissions are charged once. Others are found dead
+    before their transaction began: those run again on a new connection."""
+    crasher = charge_through_crashes(tmp_path, request, "postgres", cut_database=True)
+    log = crasher.node.log()
+    # A connection found dead before its transaction began is replaced, quietly;
+    # no batch is taken for a fault of its own.
+    assert "Traceback" not in log and "retrying one by one" not in log, log[-3000:]

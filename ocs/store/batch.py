@@ -435,7 +435,9 @@ class GroupCommitter:
                         fut.set_exception(StoreUnavailable("store stopped mid-commit"))
                 raise
             except StoreUnavailable as exc:
-                log.error("balance batch of %d not committed: %s", len(ops), exc)
+                # Lost in COMMIT, it may have committed: its callers answer no one,
+                # and the retransmissions are charged once either way.
+                log.error("balance batch of %d not confirmed: %s", len(ops), exc)
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)

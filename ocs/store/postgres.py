@@ -33,6 +33,22 @@ _CONNECTION_ERRORS = (
     asyncpg.AdminShutdownError,
 )
 _CONNECTION_OR_SERVER_ERRORS = (*_CONNECTION_ERRORS, asyncpg.PostgresError)
+# A pooled connection whose server went away (a restart, a failover, a DBA's
+# pg_terminate_backend) fails its next use, or leaves asyncpg's protocol in a
+# state it refuses to use (InternalClientError). A slow server (a timeout) is
+# not a dead connection: asking again would only wait again.
+_DEAD = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+         asyncpg.AdminShutdownError, asyncpg.InternalClientError)
+_BROKEN = (*_CONNECTION_ERRORS, asyncpg.InternalClientError)
+
+
+def _discard(conn) -> None:
+    """Close a connection found broken, so the pool opens a new one in its place
+    (asyncpg may have taken a lost connection back already)."""
+    try:
+        conn.terminate()
+    except asyncpg.InterfaceError:
+        pass
 
 
 class PostgresDriver:
@@ -85,10 +101,29 @@ class PostgresDriver:
         for attempt in range(_RETRIES):
             try:
                 async with self._acquire() as conn:
-                    if not write:
-                        return await self._drive(conn, program(*args))
-                    async with conn.transaction():
-                        return await self._drive(conn, program(*args))
+                    transaction = conn.transaction() if write else None
+                    try:
+                        if transaction is None:
+                            return await self._drive(conn, program(*args))
+                        await transaction.start()
+                    except _DEAD as exc:
+                        # A read, or BEGIN, failed: nothing was changed, so a fresh
+                        # connection may try again.
+                        _discard(conn)
+                        if attempt == _RETRIES - 1:
+                            raise StoreUnavailable(f"postgres: {exc}") from exc
+                        log.info("PostgreSQL connection lost (%s); retrying on a new one", exc)
+                        continue
+                    try:
+                        result = await self._drive(conn, program(*args))
+                    except BaseException:
+                        try:
+                            await transaction.rollback()
+                        except Exception:  # noqa: BLE001 - the first error is the one to report
+                            _discard(conn)
+                        raise
+                    await transaction.commit()  # lost here: committed or not, unknown
+                    return result
             except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError) as exc:
                 if attempt == _RETRIES - 1:
                     raise StoreUnavailable(f"postgres: {exc}") from exc
@@ -101,7 +136,7 @@ class PostgresDriver:
             except (asyncpg.CheckViolationError, asyncpg.NotNullViolationError,
                     asyncpg.DataError) as exc:
                 raise ValidationError(str(exc)) from exc
-            except _CONNECTION_ERRORS as exc:
+            except _BROKEN as exc:
                 raise StoreUnavailable(f"postgres: {exc}") from exc
             except asyncpg.PostgresError as exc:
                 raise StoreUnavailable(f"postgres: {exc}") from exc
