@@ -362,3 +362,57 @@ def test_bad_requests_get_clear_answers(ocsd):
     # A subscriber without an active session: nothing to enforce, and it says so.
     status, body = ocsd.api("POST", f"/v1/subscribers/{ocsd.ids['cut1'][1]}/restore")
     assert status == 409 and "no active session" in body["error"]["message"]
+
+
+PATIENT = """
+[policy]
+coa_timeout = 0.2
+coa_max_timeout = 0.2
+coa_retransmissions = 0
+coa_max_duration = 0.5
+backoff_initial = 0.3
+backoff_max = 0.5
+max_attempts = 100
+poll_interval = 0.2
+lease = 1
+confirm_timeout = 3
+"""
+
+
+def test_a_disconnect_queued_before_a_crash_reaches_the_nas_after_the_restart(tmp_path):
+    """The balance runs dry and ocsd decides to disconnect, but the NAS does not
+    answer CoA yet (nothing listens on its port), so the action waits for its
+    next attempt. ocsd is killed with SIGKILL meanwhile. Started again, it takes
+    the action up from the durable queue, and the Disconnect-Request reaches the
+    NAS (FreeRADIUS, now listening), which acknowledges it."""
+    (tmp_path / "fr").mkdir()
+    (tmp_path / "ocsd").mkdir()
+    fr = FreeRadiusNas(tmp_path / "fr", secret=SECRET)  # not started yet
+    d = RadiusOcsd(tmp_path / "ocsd", extra_radius=PATIENT)
+    d.ids = d.seed(lambda store: seed(store, fr.port))
+    d.start()
+    try:
+        accounting(d, "cut1", "x-1", "Start")
+        accounting(d, "cut1", "x-1", "Interim-Update", octets=3_000_000)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            _, page = d.api("GET", "/v1/policy/actions?status=queue")
+            waiting = [a for a in page["items"] if a["session"] == "radius:bras:x-1"]
+            if waiting and waiting[0]["result"] is not None:  # an attempt failed
+                break
+            time.sleep(0.1)
+        assert waiting and waiting[0]["action"] == "disconnect", page
+        assert waiting[0]["status"] in ("pending", "running") and \
+            waiting[0]["result"] in ("timeout", "error"), waiting
+        d.proc.kill()
+        d.proc.wait(10)
+        fr.start()
+        d._log.close()
+        d.start()
+        got, delay = seen(fr, 0, 1, timeout=15)
+        assert delay is not None, got
+        assert got[0].code == "Disconnect-Request" and got[0].reply == "Disconnect-ACK"
+        assert got[0].attrs["Acct-Session-Id"] == "x-1"
+    finally:
+        d.stop()
+        fr.stop()
