@@ -279,3 +279,42 @@ def test_tls_listen_needs_a_ca_for_the_nas_certificates():
                                           "tls_ca"):
         from_dict({"radius": {"tls_listen": "127.0.0.1:2083", "tls_certificate": "c.pem",
                               "tls_key": "k.pem"}})
+
+
+def test_freeradius_connects_again_after_ocsd_was_killed(tmp_path, certs):
+    """ocsd killed with SIGKILL under a RadSec proxy and started again: FreeRADIUS
+    finds its TLS connection dead, opens a new one, and gets answers again; an
+    accounting session begun before the crash ends charged once after it."""
+    tls_port = free_port()
+    extra = (f'tls_listen = "127.0.0.1:{tls_port}"\ntls_certificate = "{certs["ocs.pem"]}"\n'
+             f'tls_key = "{certs["ocs.key"]}"\ntls_ca = "{certs["ca.pem"]}"\n')
+    (tmp_path / "ocsd").mkdir()
+    (tmp_path / "fr").mkdir()
+    with started(tmp_path / "ocsd", seed, extra_radius=extra) as d:
+        d.tls_port = tls_port
+        fr = started_proxy(tmp_path / "fr", PROXY_CONF, FRONT_SECRET, tls_port=tls_port,
+                           key=certs["fd.key"], cert=certs["fd.pem"], ca=certs["ca.pem"])
+        try:
+            pap = 'User-Name = "demo", User-Password = "demo", Message-Authenticator = 0x00'
+            assert via(d, fr, "auth", pap)[0] == "Access-Accept", fr.text()[-3000:]
+            account = d.ids["acct1"]
+            before = d.buckets(account)["octets"]
+            base = 'User-Name = "acct1", Acct-Session-Id = "tls-crash", '
+            assert via(d, fr, "acct", base + "Acct-Status-Type = Start")[0] == \
+                "Accounting-Response"
+
+            d.proc.kill()
+            d.proc.wait(10)
+            d._log.close()
+            d.start()
+            deadline, code = time.monotonic() + 30, None
+            while code != "Access-Accept" and time.monotonic() < deadline:
+                code, _ = via(d, fr, "auth", pap)
+            assert code == "Access-Accept", fr.text()[-3000:]
+            stop = base + ("Acct-Status-Type = Stop, Acct-Input-Octets = 5000, "
+                           "Acct-Session-Time = 50")
+            assert via(d, fr, "acct", stop)[0] == "Accounting-Response"
+            assert via(d, fr, "acct", stop)[0] == "Accounting-Response"  # once more
+            assert d.buckets(account)["octets"] == before - 5000
+        finally:
+            fr.stop()
