@@ -22,6 +22,7 @@ from collections import deque
 from typing import Any, Awaitable, Callable
 
 from ..errors import StoreUnavailable
+from ..logs import Throttled
 from ..tasks import cancel_and_wait
 
 log = logging.getLogger("ocs.charging")
@@ -42,6 +43,7 @@ class EventRelay:
         self._unhandled: deque[tuple[list[int], str]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._warnings = Throttled(log)  # an outage retries every interval: a line a minute
 
     def notify(self) -> None:
         """New events were committed: relay them now rather than at the next poll."""
@@ -83,10 +85,16 @@ class EventRelay:
     async def _mark_handled(self) -> None:
         """Mark published, oldest first, what the consumers have handled."""
         rows: list[int] = []
-        while self._unhandled and await self.handled(self._unhandled[0][1]):
-            rows += self._unhandled.popleft()[0]
+        done = 0
+        for batch_rows, last_entry in self._unhandled:
+            if not await self.handled(last_entry):
+                break
+            rows += batch_rows
+            done += 1
         if rows:
-            await self.store.mark_published(rows)
+            await self.store.mark_published(rows)  # if this fails, they are kept for later
+            for _ in range(done):
+                self._unhandled.popleft()
 
     async def _run(self) -> None:
         while True:
@@ -100,5 +108,5 @@ class EventRelay:
             try:
                 await self.relay_once()
             except StoreUnavailable as exc:  # the stream or the store is down: retry later
-                log.warning("event relay paused: %s", exc)
+                self._warnings.warning("paused", "event relay paused: %s", exc)
                 await asyncio.sleep(self.interval)
