@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import ssl
 
-from ocs.components import split_listen, tls_server_context
+from ocs.components import reloaded_tls_context, split_listen, tls_server_context
 
 from .server import DiameterServer, ServerRequestResult
 
@@ -90,14 +90,8 @@ class DiameterComponent:
         """SIGHUP: the TLS certificate, key and CA files read again (rotated in place);
         new connections use them, open ones keep theirs. A file that cannot be loaded
         keeps the running ones."""
-        if self._tls is None:
-            return
-        try:
-            self._tls = tls_server_context(self.ctx.config.diameter)
-        except (OSError, ssl.SSLError) as exc:
-            log.error("Diameter TLS certificates not reloaded, keeping the running ones: %s", exc)
-            return
-        log.info("Diameter TLS certificate, key and CA reloaded for new connections")
+        if self._tls is not None:
+            self._tls = reloaded_tls_context(self.ctx.config.diameter, self._tls, "Diameter")
 
     async def stop(self) -> None:
         if getattr(self.ctx, "diameter", None) is self:

@@ -453,6 +453,19 @@ def split_listen(listen: str) -> tuple[str | None, int]:
     return (None if host in ("", "::") else host), int(port)
 
 
+def reloaded_tls_context(cfg, running: ssl.SSLContext, what: str) -> ssl.SSLContext:
+    """SIGHUP: a section's certificate, key and CA files read again (rotated in
+    place), for new connections; `running` kept, with an error logged, when a file
+    cannot be loaded."""
+    try:
+        fresh = tls_server_context(cfg)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("%s TLS certificates not reloaded, keeping the running ones: %s", what, exc)
+        return running
+    log.info("%s TLS certificate, key and CA reloaded for new connections", what)
+    return fresh
+
+
 def tls_server_context(cfg) -> ssl.SSLContext:
     """Server-side TLS 1.2 or later from a section's tls_certificate, tls_key and
     tls_ca (RFC 6733 §13, RFC 6614 §2.3); with tls_ca, clients must present a

@@ -61,7 +61,7 @@ import ssl
 import time
 from typing import Any
 
-from ocs.components import split_listen, tls_server_context
+from ocs.components import reloaded_tls_context, split_listen, tls_server_context
 from ocs.errors import StoreUnavailable
 from ocs.logs import Throttled
 
@@ -344,14 +344,8 @@ class RadiusServer:
         """SIGHUP: the RADIUS/TLS certificate, key and CA files read again (rotated in
         place); new connections use them, open ones keep theirs. A file that cannot be
         loaded keeps the running ones."""
-        if self.tls_context is None:
-            return
-        try:
-            self.tls_context = tls_server_context(self.cfg)
-        except (OSError, ssl.SSLError) as exc:
-            log.error("RADIUS TLS certificates not reloaded, keeping the running ones: %s", exc)
-            return
-        log.info("RADIUS TLS certificate, key and CA reloaded for new connections")
+        if self.tls_context is not None:
+            self.tls_context = reloaded_tls_context(self.cfg, self.tls_context, "RADIUS")
 
     async def stop(self, drain: float = 5.0) -> None:
         for endpoint in self._endpoints:

@@ -49,8 +49,7 @@ DEADLINE = 90.0           # seconds for the whole load, crashes and restarts inc
 NAS_TRIES = 40            # a NAS gives up on a request after 40 sends 0.3 s apart
 
 
-def radius_total(interims: int = INTERIMS) -> int:
-    return interims * (IN + OUT) + 5_000  # the Stop adds 5,000 octets
+RADIUS_TOTAL = INTERIMS * (IN + OUT) + 5_000  # the Stop adds 5,000 octets
 
 
 DIAMETER_TOTAL = INTERIMS * USED + 17_000  # the CCR-T reports 17,000 more
@@ -360,14 +359,14 @@ def charge_through_crashes(tmp_path, request, backend: str, nodes: int = 1,
         crasher, reported, answered = asyncio.run(load(daemons, redis, database))
         assert crasher.crashes == 3 and crasher.lost >= 3
         assert all(code == 2001 for _, codes in answered for code in codes), answered
-        assert reported == [radius_total()] * RADIUS_SESSIONS
+        assert reported == [RADIUS_TOTAL] * RADIUS_SESSIONS
 
         d = crasher.node
         for account in ids["bytes"]:
             assert d.buckets(account) == {"money": OPENING,
-                                          "octets": ALLOWANCE - radius_total()}
+                                          "octets": ALLOWANCE - RADIUS_TOTAL}
         for account in ids["money"]:
-            assert d.buckets(account) == {"money": OPENING - radius_total() // 1000 * PRICE}
+            assert d.buckets(account) == {"money": OPENING - RADIUS_TOTAL // 1000 * PRICE}
         for account in ids["gy"]:
             assert d.buckets(account) == {"money": 0, "octets": ALLOWANCE - DIAMETER_TOTAL}
         for account in ids["bytes"] + ids["money"] + ids["gy"]:
