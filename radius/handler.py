@@ -297,9 +297,13 @@ class Handler:
         return self._acct_response(st, p)
 
     def _acct_response(self, st: NasState, p: Packet) -> bytes:
+        # No Message-Authenticator, even when the request was signed with one: no RFC
+        # defines it in an Accounting-Response, FreeRADIUS sends none, and clients do
+        # not agree on how to check one (FreeRADIUS's radclient and proxy take a zero
+        # Authenticator, others the request's), so any reply would be dropped by some.
+        # The Response Authenticator signs it (RFC 2866 §3).
         self._count(st, "accounting-response")
-        return encode_reply(p, _ACCOUNTING_RESPONSE, (), st.secret,
-                            message_authenticator=p.has_message_authenticator)
+        return encode_reply(p, _ACCOUNTING_RESPONSE, (), st.secret, message_authenticator=False)
 
     async def _elapsed(self, session_id: str, at: int) -> int:
         """Kamailio reports no duration: the call lasted from its Start to this Stop."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
@@ -48,6 +50,9 @@ class DaeNas:
     received: list[Received] = field(default_factory=list)
     port: int = 0
     answer_invalid: bool = False   # answer even requests that fail the signature checks
+    # The Authenticator its answers' Message-Authenticator is computed over: the
+    # request's (RFC 5176 §3.5) or sixteen zeros (FreeRADIUS and NAS built on it).
+    sign_over: str = "request"
 
     async def start(self) -> "DaeNas":
         loop = asyncio.get_running_loop()
@@ -73,13 +78,28 @@ class DaeNas:
             return
         code = (_ACK if what == "ack" else _NAK)[packet.code]
         attrs = [(A.ERROR_CAUSE, codec.u32(c)) for c in causes]
-        self.transport.sendto(codec.encode_reply(packet, code, attrs, secret), addr)
+        if self.sign_over == "zeros":
+            reply = _signed_over_zeros(packet, code, attrs, secret)
+        else:
+            reply = codec.encode_reply(packet, code, attrs, secret)
+        self.transport.sendto(reply, addr)
 
     async def wait(self, n: int, timeout: float = 5.0) -> list[Received]:
         deadline = time.monotonic() + timeout
         while len(self.received) < n and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         return self.received
+
+
+def _signed_over_zeros(request, code: int, attrs, secret: bytes) -> bytes:
+    """An answer whose Message-Authenticator is computed with a zero Authenticator."""
+    body = bytes((A.MESSAGE_AUTHENTICATOR, 18)) + bytes(16) + codec.encode_attributes(attrs)
+    buf = bytearray(struct.pack("!BBH", code, request.identifier, 20 + len(body)))
+    buf += bytes(16) + body
+    buf[22:38] = codec.hmac_md5(secret, buf)
+    buf[4:20] = request.authenticator
+    buf[4:20] = hashlib.md5(bytes(buf) + secret).digest()
+    return bytes(buf)
 
 
 class _DaeProtocol(asyncio.DatagramProtocol):

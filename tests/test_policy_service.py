@@ -264,6 +264,25 @@ async def test_session_gone_on_the_nas_counts_as_done(store, nas, config):
         await stopped(ctx, svc)
 
 
+async def test_an_answer_signed_the_freeradius_way_is_taken(store, nas, config):
+    """A NAS built on FreeRADIUS's libraries computes the Message-Authenticator of its
+    Disconnect-ACK over a zero Authenticator, not the request's (RFC 5176 §3.5): its
+    ACK is taken at the first attempt, not retransmitted to until given up."""
+    nas.sign_over = "zeros"
+    info = await seed(store, nas_port=nas.port, policy={"on_exhausted": "disconnect"})
+    ctx, svc = await running(store, config(max_attempts=1))
+    try:
+        await ctx.cluster.events.publish(event("exhausted", info["account"].id,
+                                               info["sessions"][0]))
+        done = await until(lambda: svc.listing(("done",)), timeout=6)
+        assert done[0]["result"] in ("ack", "confirmed", "unconfirmed")
+        assert len(nas.received) == 1 and nas.received[0].valid
+        assert metric(ctx, "ocs_policy_actions_total", action="disconnect", backend="coa",
+                      result="ack") == 1
+    finally:
+        await stopped(ctx, svc)
+
+
 async def test_wrong_secret_answers_are_ignored(store, nas, config):
     nas.secret = "not-the-secret-we-share-with-it"
     nas.answer_invalid = True   # it answers, signed with its own (wrong) secret

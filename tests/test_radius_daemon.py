@@ -6,6 +6,7 @@ malformed input, events."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -389,6 +390,36 @@ def test_start_interim_stop_charge_octets_with_gigawords(rad):
     status, cdrs = rad.api("GET", f"/v1/cdrs?account_id={acc}")
     assert [(c["service"], c["units"]) for c in cdrs["items"]] == [("data", 2**32 + 11_000)]
     assert cdrs["items"][0]["details"]["Acct-Terminate-Cause"] == "User-Request"
+
+
+def test_accounting_signed_with_message_authenticator_is_answered_and_charged_once(rad):
+    """Some NAS (and FreeRADIUS proxies) sign every Accounting-Request with a
+    Message-Authenticator. radclient checks each Accounting-Response it gets and
+    drops one it cannot verify, as such a NAS would: every step is answered, the
+    repeated interim charges nothing, and a wrong signature is dropped."""
+    acc = rad.ids["acct2"]
+    before = rad.buckets(acc)["octets"]
+    base = ('User-Name = "acct2", Acct-Session-Id = "ma-1", Message-Authenticator = 0x00, '
+            'Acct-Status-Type = ')
+    interim = base + ("Interim-Update, Acct-Input-Octets = 700, Acct-Output-Octets = 300, "
+                      "Acct-Session-Time = 60")
+    assert acct(rad, base + "Start") == "Accounting-Response"
+    assert acct(rad, interim) == "Accounting-Response"
+    assert acct(rad, interim) == "Accounting-Response"  # sent again: charged once
+    assert rad.buckets(acc)["octets"] == before - 1000
+    assert acct(rad, base + "Stop, Acct-Input-Octets = 900, Acct-Output-Octets = 300, "
+                            "Acct-Session-Time = 90") == "Accounting-Response"
+    assert rad.buckets(acc)["octets"] == before - 1200
+    req = bytearray(codec.encode_request(
+        Code.ACCOUNTING_REQUEST, 6, [(A.USER_NAME, b"acct2"), (A.ACCT_STATUS_TYPE, codec.u32(3)),
+                                     (A.ACCT_SESSION_ID, b"ma-1")],
+        SECRET.encode(), message_authenticator=True))
+    req[20 + 2] ^= 0xFF  # the Message-Authenticator is the first attribute
+    req[4:20] = bytes(16)  # signed again, so only the Message-Authenticator is wrong
+    req[4:20] = hashlib.md5(bytes(req) + SECRET.encode()).digest()
+    before_drops = rad.dropped("bad_message_authenticator")
+    assert rad.send_raw(bytes(req), port="acct", timeout=0.3) is None
+    assert rad.dropped("bad_message_authenticator") == before_drops + 1
 
 
 def test_a_nas_counting_without_gigawords_is_charged_across_the_32_bit_wrap(rad):
