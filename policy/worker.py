@@ -4,7 +4,9 @@ every attempt, and retries, falls back or dead-letters.
 One worker per node, bounded by ``[policy] max_in_flight`` concurrent
 attempts (the queue applies ``per_nas_concurrency``). For each action taken:
 
-1. an action whose session has a newer decision is dropped (superseded);
+1. an action whose session has a newer decision is dropped (superseded), and one
+   whose session has ended by its own Stop or termination is finished unsent
+   ("gone");
 2. the back-end's actuator tries it once (`Attempt`);
 3. the attempt goes to the audit log (actor ``policy``) with what was sent,
    what came back and how long it took, and to the metrics;
@@ -36,7 +38,7 @@ from ocs.model import Nas
 from ocs.tasks import cancel_and_wait
 
 from . import decide
-from .model import Action, ActuatorError, Attempt
+from .model import RESTORE, TC, Action, ActuatorError, Attempt
 
 log = logging.getLogger("ocs.policy")
 
@@ -149,6 +151,12 @@ class Worker:
             log.info("policy %s via %s of %s superseded by a newer decision (%s)",
                      action.action, action.backend, action.session, current.action)
             return None
+        if await self._ended(action):
+            await self.queue.done(action, "gone")
+            self._count(action, "gone")
+            log.info("policy %s via %s of %s not sent: the session ended first (its Stop or "
+                     "termination was reported)", action.action, action.backend, action.session)
+            return None
         nas = self.nas_lookup(action.nas)
         attempt = await self._attempt(action, nas, cfg)
         number = action.attempts + 1
@@ -188,6 +196,20 @@ class Worker:
             log.error("policy %s via %s of %s dead-lettered after %d attempt(s): %s",
                       action.action, action.backend, action.session, number, attempt.error)
         return attempt
+
+    async def _ended(self, action: Action) -> bool:
+        """Has the session ended by its own report (RADIUS Stop, CCR-T, a call's end)?
+        Then its NAS holds nothing to act on: a NAS that is down would only be sent
+        the action until it is dead-lettered. A session closed here without its
+        report (idle, Accounting-On, the same device again) may still run on its NAS,
+        so it is acted on; and a tc restore still lifts the shaping of its address."""
+        if action.backend == TC and action.action == RESTORE:
+            return False
+        try:
+            session = await self.store.get_session(action.session)
+        except (NotFound, StoreError):
+            return False  # unknown here, or the store is away: act as decided
+        return session.status == "closed" and "closed_by" not in session.attrs
 
     async def _attempt(self, action: Action, nas: Nas | None, cfg) -> Attempt:
         actuator = self.actuators.get(action.backend)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from dataclasses import replace
 
 import pytest
 import redis
@@ -246,6 +247,40 @@ async def test_silent_nas_gets_retransmissions_then_retries_then_dead_letter(sto
         assert [a.request["attempt"] for a in audit] == [2, 1]
         assert metric(ctx, "ocs_policy_dead_lettered_total", action="disconnect",
                       backend="coa") == 1
+    finally:
+        await stopped(ctx, svc)
+
+
+async def test_a_session_whose_stop_arrives_between_attempts_is_not_pursued(store, nas,
+                                                                             config):
+    """The NAS does not answer the Disconnect-Request; before the next attempt the
+    session's own Stop arrives. Nothing more is sent: the action is done ("gone")
+    rather than retried until it is dead-lettered. A session closed here without
+    its Stop (idle, Accounting-On) may still run on the NAS and is still acted on."""
+    nas.answer = lambda r: ("drop", [])
+    info = await seed(store, nas_port=nas.port, policy={"on_exhausted": "disconnect"},
+                      sessions=2)
+    ctx, svc = await running(store, config(max_attempts=3, backoff_initial=0.5,
+                                           backoff_max=0.5))
+    try:
+        stopped_sid, idle_sid = info["sessions"]
+        for sid in info["sessions"]:
+            await ctx.cluster.events.publish(event("exhausted", info["account"].id, sid))
+        await until(lambda: len(nas.received) >= 6, timeout=5)  # first attempt of each
+        await close_session(store, stopped_sid)                 # its Stop
+        s = await store.get_session(idle_sid)
+        await store.upsert_session(replace(s, status="closed", ended_at=now_us(),
+                                           attrs={**s.attrs, "closed_by": "supervision"}))
+        done = await until(lambda: svc.listing(("done",)), timeout=6)
+        assert [(d["session"], d["result"]) for d in done] == [(stopped_sid, "gone")]
+        dead = await until(lambda: svc.listing(("dead",)), timeout=10)
+        assert [(d["session"], d["attempts"]) for d in dead] == [(idle_sid, 3)]
+        sent = {}
+        for r in nas.received:
+            sent[r.attrs["Acct-Session-Id"]] = sent.get(r.attrs["Acct-Session-Id"], 0) + 1
+        assert sent == {"alice-0": 3, "alice-1": 9}  # one attempt; three attempts
+        assert metric(ctx, "ocs_policy_actions_total", action="disconnect", backend="coa",
+                      result="gone") == 1
     finally:
         await stopped(ctx, svc)
 
