@@ -8,7 +8,9 @@ Do not edit: change the source and run `python -m diameter.tools.gen_dictionary`
 
 VENDORS = {
     0: 'IETF',
+    5535: '3GPP2',
     10415: '3GPP',
+    13019: 'ETSI',
 }
 
 APPLICATIONS = {
@@ -309,6 +311,181 @@ AVPS = (
     ('Charging-Characteristics-Selection-Mode', 2066, 10415, 'Enumerated', True),
     ('SGW-Address', 2067, 10415, 'Address', True),
     ('Outgoing-Session-Id', 2320, 10415, 'UTF8String', True),
+    ('PDN-Connection-ID', 1065, 10415, 'OctetString', True),
+    ('Node-Id', 2064, 10415, 'UTF8String', False),
+    ('PDP-Address-Prefix-Length', 2606, 10415, 'Unsigned32', True),
+    ('Dynamic-Address-Flag-Extension', 2068, 10415, 'Enumerated', False),
+    ('TDF-IP-Address', 1091, 10415, 'Address', False),
+    ('ePDG-Address', 3425, 10415, 'Address', True),
+    ('TWAG-Address', 3903, 10415, 'Address', True),
+    ('IMSI-Unauthenticated-Flag', 2308, 10415, 'Enumerated', False),
+    ('ADC-Rule-Base-Name', 1095, 10415, 'UTF8String', True),
+    ('User-Location-Info-Time', 2812, 10415, 'Time', False),
+    ('User-CSG-Information', 2319, 10415, 'Grouped', False),
+    ('CSG-Id', 1437, 10415, 'Unsigned32', True),
+    ('CSG-Access-Mode', 2317, 10415, 'Enumerated', False),
+    ('CSG-Membership-Indication', 2318, 10415, 'Enumerated', False),
+    ('Presence-Reporting-Area-Information', 2822, 10415, 'Grouped', True),
+    ('Presence-Reporting-Area-Identifier', 2821, 10415, 'OctetString', True),
+    ('Presence-Reporting-Area-Status', 2823, 10415, 'Enumerated', True),
+    ('Presence-Reporting-Area-Elements-List', 2820, 10415, 'OctetString', False),
+    ('Presence-Reporting-Area-Node', 2855, 10415, 'Enumerated', True),
+    ('3GPP2-BSID', 9010, 5535, 'UTF8String', True),
+    ('TWAN-User-Location-Info', 2714, 10415, 'Grouped', True),
+    ('SSID', 1524, 10415, 'UTF8String', True),
+    ('BSSID', 2716, 10415, 'UTF8String', True),
+    ('UWAN-User-Location-Info', 3918, 10415, 'Grouped', True),
+    ('UE-Local-IP-Address', 2805, 10415, 'Address', False),
+    ('UDP-Source-Port', 2806, 10415, 'Unsigned32', False),
+    ('Offline-Charging', 1278, 10415, 'Grouped', False),
+    ('Traffic-Data-Volumes', 2046, 10415, 'Grouped', False),
+    ('Accounting-Input-Octets', 363, 0, 'Unsigned64', True),
+    ('Accounting-Output-Octets', 364, 0, 'Unsigned64', True),
+    ('Change-Condition', 2037, 10415, 'Enumerated', False),
+    ('Change-Time', 2038, 10415, 'Time', False),
+    ('Access-Availability-Change-Reason', 2833, 10415, 'Unsigned32', False),
+    ('Related-Change-Condition-Information', 3925, 10415, 'Grouped', True),
+    ('Diagnostics', 2039, 10415, 'Enumerated', False),
+    ('Enhanced-Diagnostics', 3901, 10415, 'Grouped', True),
+    ('RAN-NAS-Release-Cause', 2819, 10415, 'OctetString', False),
+    ('CP-CIoT-EPS-Optimisation-Indicator', 3930, 10415, 'Enumerated', True),
+    ('Serving-PLMN-Rate-Control', 4310, 10415, 'Grouped', True),
+    ('Uplink-Rate-Limit', 4311, 10415, 'Unsigned32', True),
+    ('Downlink-Rate-Limit', 4312, 10415, 'Unsigned32', True),
+    ('Service-Data-Container', 2040, 10415, 'Grouped', False),
+    ('AF-Charging-Identifier', 505, 10415, 'OctetString', True),
+    ('Flows', 510, 10415, 'Grouped', True),
+    ('Media-Component-Number', 518, 10415, 'Unsigned32', True),
+    ('Flow-Number', 509, 10415, 'Unsigned32', True),
+    ('Local-Sequence-Number', 2063, 10415, 'Unsigned32', False),
+    ('Time-First-Usage', 2043, 10415, 'Time', False),
+    ('Time-Last-Usage', 2044, 10415, 'Time', False),
+    ('Time-Usage', 2045, 10415, 'Unsigned32', False),
+    ('Sponsor-Identity', 531, 10415, 'UTF8String', True),
+    ('Application-Service-Provider-Identity', 532, 10415, 'UTF8String', True),
+    ('APN-Rate-Control', 3933, 10415, 'Grouped', True),
+    ('APN-Rate-Control-Uplink', 3935, 10415, 'Grouped', True),
+    ('Additional-Exception-Reports', 3936, 10415, 'Enumerated', True),
+    ('Rate-Control-Time-Unit', 3939, 10415, 'Unsigned32', True),
+    ('Rate-Control-Max-Rate', 3938, 10415, 'Unsigned32', True),
+    ('Rate-Control-Max-Message-Size', 3937, 10415, 'Unsigned32', True),
+    ('APN-Rate-Control-Downlink', 3934, 10415, 'Grouped', True),
+    ('Terminal-Information', 1401, 10415, 'Grouped', True),
+    ('IMEI', 1402, 10415, 'UTF8String', True),
+    ('3GPP2-MEID', 1471, 10415, 'OctetString', True),
+    ('Software-Version', 1403, 10415, 'UTF8String', True),
+    ('Low-Priority-Indicator', 2602, 10415, 'Enumerated', False),
+    ('NBIFOM-Mode', 2830, 10415, 'Enumerated', True),
+    ('NBIFOM-Support', 2831, 10415, 'Enumerated', True),
+    ('MME-Number-for-MT-SMS', 1645, 10415, 'OctetString', False),
+    ('MME-Name', 2402, 10415, 'DiameterIdentity', False),
+    ('MME-Realm', 2408, 10415, 'DiameterIdentity', False),
+    ('Logical-Access-ID', 302, 13019, 'OctetString', False),
+    ('Physical-Access-ID', 313, 13019, 'UTF8String', False),
+    ('Fixed-User-Location-Info', 2825, 10415, 'Grouped', False),
+    ('CN-Operator-Selection-Entity', 3421, 10415, 'Enumerated', True),
+    ('SGi-PtP-Tunnelling-Method', 3931, 10415, 'Enumerated', True),
+    ('UNI-PDU-CP-Only-Flag', 3932, 10415, 'Enumerated', True),
+    ('Charging-Per-IP-CAN-Session-Indicator', 4400, 10415, 'Enumerated', True),
+    ('RRC-Cause-Counter', 4318, 10415, 'Grouped', True),
+    ('Counter-Value', 4319, 10415, 'Unsigned32', True),
+    ('RRC-Counter-Timestamp', 4320, 10415, 'Time', True),
+    ('WLAN-Information', 875, 10415, 'Grouped', True),
+    ('WLAN-Session-Id', 1246, 10415, 'UTF8String', False),
+    ('PDG-Address', 895, 10415, 'Address', True),
+    ('WAG-Address', 890, 10415, 'Address', True),
+    ('WAG-PLMN-Id', 891, 10415, 'OctetString', True),
+    ('WLAN-Radio-Container', 892, 10415, 'Grouped', True),
+    ('Operator-Name', 126, 0, 'OctetString', False),
+    ('Location-Type', 1244, 10415, 'Grouped', False),
+    ('Location-Estimate-Type', 1243, 10415, 'Enumerated', False),
+    ('Deferred-Location-Event-Type', 1230, 10415, 'UTF8String', True),
+    ('Location-Information', 127, 0, 'OctetString', False),
+    ('WLAN-Technology', 893, 10415, 'Unsigned32', True),
+    ('WLAN-UE-Local-IPAddress', 894, 10415, 'Address', True),
+    ('Server-Capabilities', 603, 10415, 'Grouped', True),
+    ('Mandatory-Capability', 604, 10415, 'Unsigned32', True),
+    ('Optional-Capability', 605, 10415, 'Unsigned32', True),
+    ('Server-Name', 602, 10415, 'UTF8String', True),
+    ('SDP-TimeStamps', 1273, 10415, 'Grouped', False),
+    ('SDP-Offer-Timestamp', 1274, 10415, 'Time', False),
+    ('SDP-Answer-Timestamp', 1275, 10415, 'Time', False),
+    ('Originator-Address', 886, 10415, 'Grouped', True),
+    ('Addressee-Type', 1208, 10415, 'Enumerated', False),
+    ('Submission-Time', 1202, 10415, 'Time', False),
+    ('MM-Content-Type', 1203, 10415, 'Grouped', False),
+    ('Type-Number', 1204, 10415, 'Enumerated', False),
+    ('Additional-Type-Information', 1205, 10415, 'UTF8String', False),
+    ('Content-Size', 1206, 10415, 'Unsigned32', False),
+    ('Additional-Content-Information', 1207, 10415, 'Grouped', False),
+    ('Priority', 1209, 10415, 'Enumerated', False),
+    ('Message-ID', 1210, 10415, 'UTF8String', False),
+    ('Message-Type', 1211, 10415, 'Enumerated', False),
+    ('Message-Size', 1212, 10415, 'Unsigned32', False),
+    ('Message-Class', 1213, 10415, 'Grouped', False),
+    ('Class-Identifier', 1214, 10415, 'Enumerated', False),
+    ('Token-Text', 1215, 10415, 'UTF8String', False),
+    ('Delivery-Report-Requested', 1216, 10415, 'Enumerated', False),
+    ('MMBox-Storage-Requested', 1248, 10415, 'Enumerated', False),
+    ('Applic-ID', 1218, 10415, 'UTF8String', False),
+    ('Reply-Applic-ID', 1223, 10415, 'UTF8String', False),
+    ('Aux-Applic-Info', 1219, 10415, 'UTF8String', False),
+    ('Content-Class', 1220, 10415, 'Enumerated', False),
+    ('DRM-Content', 1221, 10415, 'Enumerated', False),
+    ('Adaptations', 1217, 10415, 'Enumerated', False),
+    ('VASP-ID', 1101, 10415, 'UTF8String', False),
+    ('VAS-ID', 1102, 10415, 'UTF8String', False),
+    ('LCS-Information', 878, 10415, 'Grouped', True),
+    ('LCS-Client-ID', 1232, 10415, 'Grouped', False),
+    ('LCS-Client-Type', 1241, 10415, 'Enumerated', False),
+    ('LCS-Client-External-ID', 1234, 10415, 'UTF8String', True),
+    ('LCS-Client-Dialed-By-MS', 1233, 10415, 'UTF8String', True),
+    ('LCS-Client-Name', 1235, 10415, 'Grouped', False),
+    ('LCS-Data-Coding-Scheme', 1236, 10415, 'UTF8String', True),
+    ('LCS-Name-String', 1238, 10415, 'UTF8String', True),
+    ('LCS-Format-Indicator', 1237, 10415, 'Enumerated', False),
+    ('LCS-APN', 1231, 10415, 'UTF8String', True),
+    ('LCS-Requestor-ID', 1239, 10415, 'Grouped', False),
+    ('LCS-Requestor-ID-String', 1240, 10415, 'UTF8String', True),
+    ('Location-Estimate', 1242, 10415, 'OctetString', True),
+    ('Positioning-Data', 1245, 10415, 'UTF8String', True),
+    ('MSISDN', 701, 10415, 'OctetString', True),
+    ('PoC-Information', 879, 10415, 'Grouped', True),
+    ('PoC-Server-Role', 883, 10415, 'Enumerated', True),
+    ('PoC-Session-Type', 884, 10415, 'Enumerated', True),
+    ('PoC-User-Role', 1252, 10415, 'Grouped', False),
+    ('PoC-User-Role-IDs', 1253, 10415, 'UTF8String', False),
+    ('PoC-User-Role-info-Units', 1254, 10415, 'Enumerated', False),
+    ('PoC-Session-Initiation-type', 1277, 10415, 'Enumerated', False),
+    ('PoC-Event-Type', 2025, 10415, 'Enumerated', False),
+    ('Number-Of-Participants', 885, 10415, 'Integer32', True),
+    ('Participants-Involved', 887, 10415, 'UTF8String', True),
+    ('Participant-Group', 1260, 10415, 'Grouped', False),
+    ('Participant-Access-Priority', 1259, 10415, 'Enumerated', False),
+    ('User-Participating-Type', 1279, 10415, 'Enumerated', False),
+    ('Talk-Burst-Exchange', 1255, 10415, 'Grouped', False),
+    ('PoC-Change-Time', 1262, 10415, 'Time', False),
+    ('Number-Of-Talk-Bursts', 1283, 10415, 'Unsigned32', False),
+    ('Talk-Burst-Volume', 1287, 10415, 'Unsigned32', False),
+    ('Talk-Burst-Time', 1286, 10415, 'Unsigned32', False),
+    ('Number-Of-Received-Talk-Bursts', 1282, 10415, 'Unsigned32', False),
+    ('Received-Talk-Burst-Volume', 1285, 10415, 'Unsigned32', False),
+    ('Received-Talk-Burst-Time', 1284, 10415, 'Unsigned32', False),
+    ('PoC-Change-Condition', 1261, 10415, 'Enumerated', False),
+    ('PoC-Controlling-Address', 858, 10415, 'UTF8String', True),
+    ('PoC-Group-Name', 859, 10415, 'UTF8String', True),
+    ('PoC-Session-Id', 1229, 10415, 'UTF8String', True),
+    ('MBMS-Information', 880, 10415, 'Grouped', True),
+    ('TMGI', 900, 10415, 'OctetString', True),
+    ('MBMS-Service-Type', 906, 10415, 'Enumerated', True),
+    ('MBMS-User-Service-Type', 1225, 10415, 'Enumerated', False),
+    ('File-Repair-Supported', 1224, 10415, 'Enumerated', False),
+    ('Required-MBMS-Bearer-Capabilities', 901, 10415, 'UTF8String', True),
+    ('MBMS-2G-3G-Indicator', 907, 10415, 'Enumerated', True),
+    ('RAI', 909, 10415, 'UTF8String', True),
+    ('MBMS-Service-Area', 903, 10415, 'OctetString', True),
+    ('MBMS-Session-Identity', 908, 10415, 'OctetString', True),
+    ('AoC-Request-Type', 2055, 10415, 'Enumerated', False),
 )
 
 #: AVP name -> {value: label}
@@ -827,6 +1004,181 @@ SGW_CHANGE = 10415 << 32 | 2065
 CHARGING_CHARACTERISTICS_SELECTION_MODE = 10415 << 32 | 2066
 SGW_ADDRESS = 10415 << 32 | 2067
 OUTGOING_SESSION_ID = 10415 << 32 | 2320
+PDN_CONNECTION_ID = 10415 << 32 | 1065
+NODE_ID = 10415 << 32 | 2064
+PDP_ADDRESS_PREFIX_LENGTH = 10415 << 32 | 2606
+DYNAMIC_ADDRESS_FLAG_EXTENSION = 10415 << 32 | 2068
+TDF_IP_ADDRESS = 10415 << 32 | 1091
+EPDG_ADDRESS = 10415 << 32 | 3425
+TWAG_ADDRESS = 10415 << 32 | 3903
+IMSI_UNAUTHENTICATED_FLAG = 10415 << 32 | 2308
+ADC_RULE_BASE_NAME = 10415 << 32 | 1095
+USER_LOCATION_INFO_TIME = 10415 << 32 | 2812
+USER_CSG_INFORMATION = 10415 << 32 | 2319
+CSG_ID = 10415 << 32 | 1437
+CSG_ACCESS_MODE = 10415 << 32 | 2317
+CSG_MEMBERSHIP_INDICATION = 10415 << 32 | 2318
+PRESENCE_REPORTING_AREA_INFORMATION = 10415 << 32 | 2822
+PRESENCE_REPORTING_AREA_IDENTIFIER = 10415 << 32 | 2821
+PRESENCE_REPORTING_AREA_STATUS = 10415 << 32 | 2823
+PRESENCE_REPORTING_AREA_ELEMENTS_LIST = 10415 << 32 | 2820
+PRESENCE_REPORTING_AREA_NODE = 10415 << 32 | 2855
+TGPP2_BSID = 5535 << 32 | 9010
+TWAN_USER_LOCATION_INFO = 10415 << 32 | 2714
+SSID = 10415 << 32 | 1524
+BSSID = 10415 << 32 | 2716
+UWAN_USER_LOCATION_INFO = 10415 << 32 | 3918
+UE_LOCAL_IP_ADDRESS = 10415 << 32 | 2805
+UDP_SOURCE_PORT = 10415 << 32 | 2806
+OFFLINE_CHARGING = 10415 << 32 | 1278
+TRAFFIC_DATA_VOLUMES = 10415 << 32 | 2046
+ACCOUNTING_INPUT_OCTETS = 363
+ACCOUNTING_OUTPUT_OCTETS = 364
+CHANGE_CONDITION = 10415 << 32 | 2037
+CHANGE_TIME = 10415 << 32 | 2038
+ACCESS_AVAILABILITY_CHANGE_REASON = 10415 << 32 | 2833
+RELATED_CHANGE_CONDITION_INFORMATION = 10415 << 32 | 3925
+DIAGNOSTICS = 10415 << 32 | 2039
+ENHANCED_DIAGNOSTICS = 10415 << 32 | 3901
+RAN_NAS_RELEASE_CAUSE = 10415 << 32 | 2819
+CP_CIOT_EPS_OPTIMISATION_INDICATOR = 10415 << 32 | 3930
+SERVING_PLMN_RATE_CONTROL = 10415 << 32 | 4310
+UPLINK_RATE_LIMIT = 10415 << 32 | 4311
+DOWNLINK_RATE_LIMIT = 10415 << 32 | 4312
+SERVICE_DATA_CONTAINER = 10415 << 32 | 2040
+AF_CHARGING_IDENTIFIER = 10415 << 32 | 505
+FLOWS = 10415 << 32 | 510
+MEDIA_COMPONENT_NUMBER = 10415 << 32 | 518
+FLOW_NUMBER = 10415 << 32 | 509
+LOCAL_SEQUENCE_NUMBER = 10415 << 32 | 2063
+TIME_FIRST_USAGE = 10415 << 32 | 2043
+TIME_LAST_USAGE = 10415 << 32 | 2044
+TIME_USAGE = 10415 << 32 | 2045
+SPONSOR_IDENTITY = 10415 << 32 | 531
+APPLICATION_SERVICE_PROVIDER_IDENTITY = 10415 << 32 | 532
+APN_RATE_CONTROL = 10415 << 32 | 3933
+APN_RATE_CONTROL_UPLINK = 10415 << 32 | 3935
+ADDITIONAL_EXCEPTION_REPORTS = 10415 << 32 | 3936
+RATE_CONTROL_TIME_UNIT = 10415 << 32 | 3939
+RATE_CONTROL_MAX_RATE = 10415 << 32 | 3938
+RATE_CONTROL_MAX_MESSAGE_SIZE = 10415 << 32 | 3937
+APN_RATE_CONTROL_DOWNLINK = 10415 << 32 | 3934
+TERMINAL_INFORMATION = 10415 << 32 | 1401
+IMEI = 10415 << 32 | 1402
+TGPP2_MEID = 10415 << 32 | 1471
+SOFTWARE_VERSION = 10415 << 32 | 1403
+LOW_PRIORITY_INDICATOR = 10415 << 32 | 2602
+NBIFOM_MODE = 10415 << 32 | 2830
+NBIFOM_SUPPORT = 10415 << 32 | 2831
+MME_NUMBER_FOR_MT_SMS = 10415 << 32 | 1645
+MME_NAME = 10415 << 32 | 2402
+MME_REALM = 10415 << 32 | 2408
+LOGICAL_ACCESS_ID = 13019 << 32 | 302
+PHYSICAL_ACCESS_ID = 13019 << 32 | 313
+FIXED_USER_LOCATION_INFO = 10415 << 32 | 2825
+CN_OPERATOR_SELECTION_ENTITY = 10415 << 32 | 3421
+SGI_PTP_TUNNELLING_METHOD = 10415 << 32 | 3931
+UNI_PDU_CP_ONLY_FLAG = 10415 << 32 | 3932
+CHARGING_PER_IP_CAN_SESSION_INDICATOR = 10415 << 32 | 4400
+RRC_CAUSE_COUNTER = 10415 << 32 | 4318
+COUNTER_VALUE = 10415 << 32 | 4319
+RRC_COUNTER_TIMESTAMP = 10415 << 32 | 4320
+WLAN_INFORMATION = 10415 << 32 | 875
+WLAN_SESSION_ID = 10415 << 32 | 1246
+PDG_ADDRESS = 10415 << 32 | 895
+WAG_ADDRESS = 10415 << 32 | 890
+WAG_PLMN_ID = 10415 << 32 | 891
+WLAN_RADIO_CONTAINER = 10415 << 32 | 892
+OPERATOR_NAME = 126
+LOCATION_TYPE = 10415 << 32 | 1244
+LOCATION_ESTIMATE_TYPE = 10415 << 32 | 1243
+DEFERRED_LOCATION_EVENT_TYPE = 10415 << 32 | 1230
+LOCATION_INFORMATION = 127
+WLAN_TECHNOLOGY = 10415 << 32 | 893
+WLAN_UE_LOCAL_IPADDRESS = 10415 << 32 | 894
+SERVER_CAPABILITIES = 10415 << 32 | 603
+MANDATORY_CAPABILITY = 10415 << 32 | 604
+OPTIONAL_CAPABILITY = 10415 << 32 | 605
+SERVER_NAME = 10415 << 32 | 602
+SDP_TIMESTAMPS = 10415 << 32 | 1273
+SDP_OFFER_TIMESTAMP = 10415 << 32 | 1274
+SDP_ANSWER_TIMESTAMP = 10415 << 32 | 1275
+ORIGINATOR_ADDRESS = 10415 << 32 | 886
+ADDRESSEE_TYPE = 10415 << 32 | 1208
+SUBMISSION_TIME = 10415 << 32 | 1202
+MM_CONTENT_TYPE = 10415 << 32 | 1203
+TYPE_NUMBER = 10415 << 32 | 1204
+ADDITIONAL_TYPE_INFORMATION = 10415 << 32 | 1205
+CONTENT_SIZE = 10415 << 32 | 1206
+ADDITIONAL_CONTENT_INFORMATION = 10415 << 32 | 1207
+PRIORITY = 10415 << 32 | 1209
+MESSAGE_ID = 10415 << 32 | 1210
+MESSAGE_TYPE = 10415 << 32 | 1211
+MESSAGE_SIZE = 10415 << 32 | 1212
+MESSAGE_CLASS = 10415 << 32 | 1213
+CLASS_IDENTIFIER = 10415 << 32 | 1214
+TOKEN_TEXT = 10415 << 32 | 1215
+DELIVERY_REPORT_REQUESTED = 10415 << 32 | 1216
+MMBOX_STORAGE_REQUESTED = 10415 << 32 | 1248
+APPLIC_ID = 10415 << 32 | 1218
+REPLY_APPLIC_ID = 10415 << 32 | 1223
+AUX_APPLIC_INFO = 10415 << 32 | 1219
+CONTENT_CLASS = 10415 << 32 | 1220
+DRM_CONTENT = 10415 << 32 | 1221
+ADAPTATIONS = 10415 << 32 | 1217
+VASP_ID = 10415 << 32 | 1101
+VAS_ID = 10415 << 32 | 1102
+LCS_INFORMATION = 10415 << 32 | 878
+LCS_CLIENT_ID = 10415 << 32 | 1232
+LCS_CLIENT_TYPE = 10415 << 32 | 1241
+LCS_CLIENT_EXTERNAL_ID = 10415 << 32 | 1234
+LCS_CLIENT_DIALED_BY_MS = 10415 << 32 | 1233
+LCS_CLIENT_NAME = 10415 << 32 | 1235
+LCS_DATA_CODING_SCHEME = 10415 << 32 | 1236
+LCS_NAME_STRING = 10415 << 32 | 1238
+LCS_FORMAT_INDICATOR = 10415 << 32 | 1237
+LCS_APN = 10415 << 32 | 1231
+LCS_REQUESTOR_ID = 10415 << 32 | 1239
+LCS_REQUESTOR_ID_STRING = 10415 << 32 | 1240
+LOCATION_ESTIMATE = 10415 << 32 | 1242
+POSITIONING_DATA = 10415 << 32 | 1245
+MSISDN = 10415 << 32 | 701
+POC_INFORMATION = 10415 << 32 | 879
+POC_SERVER_ROLE = 10415 << 32 | 883
+POC_SESSION_TYPE = 10415 << 32 | 884
+POC_USER_ROLE = 10415 << 32 | 1252
+POC_USER_ROLE_IDS = 10415 << 32 | 1253
+POC_USER_ROLE_INFO_UNITS = 10415 << 32 | 1254
+POC_SESSION_INITIATION_TYPE = 10415 << 32 | 1277
+POC_EVENT_TYPE = 10415 << 32 | 2025
+NUMBER_OF_PARTICIPANTS = 10415 << 32 | 885
+PARTICIPANTS_INVOLVED = 10415 << 32 | 887
+PARTICIPANT_GROUP = 10415 << 32 | 1260
+PARTICIPANT_ACCESS_PRIORITY = 10415 << 32 | 1259
+USER_PARTICIPATING_TYPE = 10415 << 32 | 1279
+TALK_BURST_EXCHANGE = 10415 << 32 | 1255
+POC_CHANGE_TIME = 10415 << 32 | 1262
+NUMBER_OF_TALK_BURSTS = 10415 << 32 | 1283
+TALK_BURST_VOLUME = 10415 << 32 | 1287
+TALK_BURST_TIME = 10415 << 32 | 1286
+NUMBER_OF_RECEIVED_TALK_BURSTS = 10415 << 32 | 1282
+RECEIVED_TALK_BURST_VOLUME = 10415 << 32 | 1285
+RECEIVED_TALK_BURST_TIME = 10415 << 32 | 1284
+POC_CHANGE_CONDITION = 10415 << 32 | 1261
+POC_CONTROLLING_ADDRESS = 10415 << 32 | 858
+POC_GROUP_NAME = 10415 << 32 | 859
+POC_SESSION_ID = 10415 << 32 | 1229
+MBMS_INFORMATION = 10415 << 32 | 880
+TMGI = 10415 << 32 | 900
+MBMS_SERVICE_TYPE = 10415 << 32 | 906
+MBMS_USER_SERVICE_TYPE = 10415 << 32 | 1225
+FILE_REPAIR_SUPPORTED = 10415 << 32 | 1224
+REQUIRED_MBMS_BEARER_CAPABILITIES = 10415 << 32 | 901
+MBMS_2G_3G_INDICATOR = 10415 << 32 | 907
+RAI = 10415 << 32 | 909
+MBMS_SERVICE_AREA = 10415 << 32 | 903
+MBMS_SESSION_IDENTITY = 10415 << 32 | 908
+AOC_REQUEST_TYPE = 10415 << 32 | 2055
 
 # Result codes.
 DIAMETER_MULTI_ROUND_AUTH = 1001

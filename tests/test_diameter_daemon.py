@@ -10,6 +10,7 @@ closed, balances and CDRs through the REST API, log lines and metrics.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import signal
@@ -371,6 +372,60 @@ async def test_bad_requests_get_their_result_codes_and_the_connection_stays(ocsd
         # After all that the connection still serves.
         a = await c.request(ccr)
         assert value(a.avps, T.RESULT_CODE) == 2001
+    finally:
+        await c.close()
+
+
+def _with_m(a):
+    """`a` and, in a group, all it holds, with the M bit set (as some PGWs send them)."""
+    kids = a.value
+    if isinstance(kids, tuple) and kids and all(hasattr(k, "flags") for k in kids):
+        kids = tuple(_with_m(k) for k in kids)
+    return dataclasses.replace(a, value=kids, flags=a.flags | 0x40)
+
+
+async def test_a_pgw_sending_all_of_ps_information_with_m_bits_is_served(ocsd):
+    """PS-Information as a PGW fills it: node, CSG, presence area, 3GPP2 and ETSI
+    location, rate control, low priority, AoC, each with the M bit set. All are AVPs
+    of TS 32.299 that Gy does not read; none is refused as unknown. An AVP nobody
+    defines, with the M bit, deep inside it is still refused: 5001, and Failed-AVP
+    holds it inside its groups (RFC 6733 §7.5)."""
+    ps = [avp(T.TGPP_CHARGING_ID, bytes.fromhex("0000abcd")), avp(T.NODE_ID, "pgw-1"),
+          avp(T.PDN_CONNECTION_ID, b"\x05"), avp(T.PDP_ADDRESS, "10.45.0.7"),
+          avp(T.USER_LOCATION_INFO_TIME, 1_700_000_000),
+          avp(T.USER_CSG_INFORMATION, (avp(T.CSG_ID, 7), avp(T.CSG_ACCESS_MODE, 0),
+                                       avp(T.CSG_MEMBERSHIP_INDICATION, 1))),
+          avp(T.PRESENCE_REPORTING_AREA_INFORMATION, (
+              avp(T.PRESENCE_REPORTING_AREA_IDENTIFIER, b"\x00\x00\x01"),
+              avp(T.PRESENCE_REPORTING_AREA_STATUS, 0))),
+          avp(T.TGPP2_BSID, "0x1234"), avp(T.LOGICAL_ACCESS_ID, b"port-7"),
+          avp(T.LOW_PRIORITY_INDICATOR, 0), avp(T.MME_NAME, "mme1.epc.example"),
+          avp(T.SERVING_PLMN_RATE_CONTROL, (avp(T.UPLINK_RATE_LIMIT, 10),
+                                            avp(T.DOWNLINK_RATE_LIMIT, 20))),
+          avp(T.TERMINAL_INFORMATION, (avp(T.IMEI, "35209900176148"),
+                                       avp(T.SOFTWARE_VERSION, "01")))]
+    info = _with_m(avp(T.SERVICE_INFORMATION, (avp(T.PS_INFORMATION, tuple(ps)),)))
+    c = await client(ocsd)
+    try:
+        a = await c.request(c.ccr("ps1", INITIAL, 0, msisdn="41790000006",
+                                  msccs=[mscc(10, requested={})],
+                                  extra=[_with_m(avp(T.AOC_REQUEST_TYPE, 0)), info]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        assert value(msccs_of(a)[10], T.RESULT_CODE) == 2001
+        a = await c.request(c.ccr("ps1", TERMINATION, 1, msisdn="41790000006",
+                                  msccs=[mscc(10, used={"total": 0})], extra=[info]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        unknown = _with_m(avp(65000 | (10415 << 32), b"?"))
+        odd = _with_m(avp(T.SERVICE_INFORMATION, (avp(T.PS_INFORMATION, (
+            avp(T.NODE_ID, "pgw-1"), avp(T.USER_CSG_INFORMATION, (avp(T.CSG_ID, 7), unknown)),
+        )),)))
+        a = await c.request(c.ccr("ps2", INITIAL, 0, msisdn="41790000006",
+                                  msccs=[mscc(10, requested={})], extra=[odd]))
+        assert value(a.avps, T.RESULT_CODE) == 5001
+        (failed,) = value(a.avps, T.FAILED_AVP)
+        (ps_failed,) = failed.value
+        (csg,) = ps_failed.value
+        assert [(x.code, x.vendor) for x in csg.value] == [(65000, 10415)]
     finally:
         await c.close()
 
