@@ -424,6 +424,7 @@ class ChargeState:
     cost: int = 0
     seq: int = 0
     closed: bool = False  # the session ended and its rated CDR is written
+    unpaid: int = 0       # of `units`, those nothing could pay (Result.unpaid)
 
 
 @dataclass(slots=True)
@@ -673,6 +674,7 @@ class _Engine:
             op.match)
         charge.units += used
         charge.cost += cost
+        charge.unpaid += unpaid
         charge.seq = max(charge.seq, op.seq)
         self.writes.charges[(op.session, op.service)] = charge
         counter = None
@@ -734,14 +736,16 @@ class _Engine:
                 continue  # another session, or its CDR is already written
             charge.closed = True
             self.writes.charges[(session, service)] = charge
+            details = dict(record.attrs) if record else {}
+            if charge.unpaid:
+                details["unpaid_units"] = charge.unpaid
             self.writes.cdrs.append({
                 "session": session, "account_id": acct.id,
                 "subscriber_id": record.subscriber_id if record else None,
                 "service": service, "kind": charge.kind.value,
                 "started_at": record.started_at if record else self.now,
                 "ended_at": self.now, "units": charge.units, "cost": charge.cost,
-                "currency": acct.currency,
-                "details": dict(record.attrs) if record else {}})
+                "currency": acct.currency, "details": details})
 
     def _charge_state(self, acct, session, service, kind) -> ChargeState:
         key = (session, service)

@@ -265,7 +265,8 @@ class ChargingComponent:
         log.info("tariffs in force: %s", ", ".join(book.names()) or "none")
         self.ctx.tariffs = book
         core = ChargingCore(self.ctx.store, PlanTariffs(book), self.ctx.config.charging,
-                            on_events=self.ctx.relay.notify if self.ctx.relay else None)
+                            on_events=self.ctx.relay.notify if self.ctx.relay else None,
+                            metrics=self.ctx.metrics)
         await core.reload()
         self.ctx.charging = core
 

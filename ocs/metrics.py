@@ -22,6 +22,10 @@ class Metrics:
         self.config_reloads = Counter(
             "ocs_config_reloads_total", "SIGHUP reloads by result", ["result"], registry=r)
         # Protocols (filled by radius/ and diameter/).
+        self.unpaid_units = Counter(
+            "ocs_charging_unpaid_units_total", "Units sessions reported that nothing could "
+            "pay (no bucket held them and the plan has no price for them), by kind: usage "
+            "that went on before enforcement took effect", ["kind"], registry=r)
         self.radius_requests = Counter(
             "ocs_radius_requests_total", "RADIUS requests by NAS and code",
             ["nas", "code"], registry=r)

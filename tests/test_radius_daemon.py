@@ -681,13 +681,26 @@ def test_accounting_on_behind_a_proxy_finds_its_sessions_among_many_others(rad):
 
 def test_exhausted_event_when_the_allowance_runs_out(rad):
     acc = rad.ids["tiny1"]
-    base = 'User-Name = "tiny1", Acct-Session-Id = "t-1", '
+    base = 'User-Name = "tiny1", Acct-Session-Id = "tiny-1", '
     assert acct(rad, base + "Acct-Status-Type = Start") == "Accounting-Response"
     assert acct(rad, base + "Acct-Status-Type = Interim-Update, Acct-Input-Octets = 1500000, "
                             "Acct-Session-Time = 60") == "Accounting-Response"
     events = rad.seed(lambda store: store.events(account_id=acc))
     assert "exhausted" in [e["type"] for e in events], events
     assert rad.buckets(acc).get("octets", 0) == 0  # drained, not below zero
+    # What the allowance could not pay is not charged, but kept: the CDR has all the
+    # usage and says how much of it went unpaid, and the metric counts it.
+    def unpaid() -> float:
+        m = re.search(r'^ocs_charging_unpaid_units_total\{kind="octets"\} (\S+)$',
+                      rad.metrics_text(), re.M)
+        return float(m.group(1)) if m else 0.0
+    before = unpaid()
+    assert acct(rad, base + "Acct-Status-Type = Stop, Acct-Input-Octets = 1600000, "
+                            "Acct-Session-Time = 70") == "Accounting-Response"
+    status, cdrs = rad.api("GET", "/v1/cdrs?session=radius:localhost-nas:tiny-1")
+    (cdr,) = cdrs["items"]
+    assert cdr["units"] == 1_600_000 and cdr["details"]["unpaid_units"] == 600_000
+    assert unpaid() == before + 100_000  # this Stop's part (the interim's came before)
 
 
 # ---------------------------------------------------------------- VoIP

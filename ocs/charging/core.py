@@ -122,8 +122,9 @@ def fair_usage_period(at_us: int, period: str) -> str:
 
 class ChargingCore:
     def __init__(self, store, prices: PriceResolver, config: ChargingConfig, *,
-                 on_events: Callable[[], Any] | None = None):
+                 on_events: Callable[[], Any] | None = None, metrics=None):
         self.store = store
+        self.metrics = metrics
         self.prices = prices
         self.config = config
         self._on_events = on_events
@@ -431,7 +432,9 @@ class ChargingCore:
                            if r.granted and cfg.quota_threshold_percent else None),
                 final_unit=final_unit if last and final_unit is not None else None,
                 charged=r.charged, cost=r.cost, session_units=r.session_units,
-                session_cost=r.session_cost))
+                session_cost=r.session_cost, unpaid=r.unpaid))
+            if r.unpaid and not result.replayed:
+                self._unpaid(req, usage, r.unpaid, account.id)
         codes = {g.result for g in grants}
         if not grants or ResultCode.SUCCESS in codes:
             overall = ResultCode.SUCCESS
@@ -447,6 +450,16 @@ class ChargingCore:
             currency=account.currency, balance=result.balance, available=result.available,
             account_id=account.id, subscriber_id=sub.id, events=events,
             replayed=result.replayed)
+
+    def _unpaid(self, req: ChargeRequest, usage: ServiceUsage, units: int,
+                account_id: int) -> None:
+        """Usage nothing could pay: kept on the session (its CDR's `unpaid_units`),
+        counted, and said once per report."""
+        if self.metrics is not None:
+            self.metrics.unpaid_units.labels(kind=usage.kind.value).inc(units)
+        log.info("%d %s of %s reported beyond what the balance could pay: not charged",
+                 units, usage.kind.value, usage.service,
+                 extra={"session": req.session_id, "account": account_id})
 
     # ------------------------------------------------------------------ supervision
     SUPERVISION_PAGE = 500     # idle sessions closed together (one group commit)

@@ -111,6 +111,7 @@ class ServiceGrant:
     cost: int = 0
     session_units: int = 0
     session_cost: int = 0
+    unpaid: int = 0                 # of the units reported, those nothing could pay
 
 
 @dataclass(slots=True)

@@ -102,7 +102,7 @@ def balance_program(ops: list[Operation], now: int, cache: BalanceCache | None =
         for r in charge_rows:
             state.charges[(r["session"], r["service"])] = ChargeState(
                 r["session"], r["service"], r["account_id"], Kind(r["kind"]), r["units"],
-                r["cost"], r["seq"], bool(r["closed"]))
+                r["cost"], r["seq"], bool(r["closed"]), r["unpaid"])
         for r in rows:
             state.reservations.setdefault(r["session"], {})[r["service"]] = ReservationState(
                 r["session"], r["service"], r["account_id"], Kind(r["kind"]), r["units"],
@@ -210,12 +210,12 @@ def balance_program(ops: list[Operation], now: int, cache: BalanceCache | None =
     if writes.charges:
         out.append(executemany(
             "INSERT INTO session_charges (session, service, account_id, kind, units, cost, seq, "
-            "closed, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+            "closed, updated_at, unpaid) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
             "ON CONFLICT (session, service) DO UPDATE SET units = excluded.units, "
             "cost = excluded.cost, seq = excluded.seq, closed = excluded.closed, "
-            "updated_at = excluded.updated_at",
+            "updated_at = excluded.updated_at, unpaid = excluded.unpaid",
             [(c.session, c.service, c.account_id, c.kind.value, c.units, c.cost, c.seq,
-              int(c.closed), now) for c in writes.charges.values()]))
+              int(c.closed), now, c.unpaid) for c in writes.charges.values()]))
     if writes.counters:
         out.append(executemany(
             "INSERT INTO usage_counters (key, account_id, units, updated_at) "

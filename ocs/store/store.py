@@ -378,7 +378,8 @@ class Store:
         """What each service of `session` has been charged so far."""
         rows = await self._all("SELECT * FROM session_charges WHERE session = $1", session)
         return {r["service"]: {"units": r["units"], "cost": r["cost"], "kind": r["kind"],
-                               "seq": r["seq"], "closed": bool(r["closed"])} for r in rows}
+                               "seq": r["seq"], "closed": bool(r["closed"]),
+                               "unpaid": r["unpaid"]} for r in rows}
 
     async def usage_counter(self, key: str) -> int:
         row = await self._one("SELECT units FROM usage_counters WHERE key = $1", key)
