@@ -11,6 +11,7 @@ as a whole so readers never see half of one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
@@ -233,11 +234,14 @@ class EventRelayComponent:
     async def start(self) -> None:
         from .charging import EventRelay
         events = self.ctx.cluster.events
-        # The in-process stream dies with the process: an event counts as published
-        # once policy/ handled it. With policy off nobody will, and none is waited for.
+        # Neither stream keeps what it has for sure (the in-process one dies with the
+        # process, Redis may restart empty): an event counts as published once policy/
+        # handled it. With policy off here nobody may, and none is waited for.
+        from policy.consumer import GROUP
         waits = not events.durable and self.ctx.config.policy.enabled
         relay = EventRelay(self.ctx.store, events.publish_many,
-                           handled=events.handled if waits else None)
+                           handled=functools.partial(events.handled, group=GROUP)
+                           if waits else None)
         await relay.start()
         self.ctx.relay = relay
 

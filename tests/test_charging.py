@@ -457,6 +457,46 @@ async def test_in_process_stream_events_count_as_published_once_policy_handled_t
     await second.stop()
 
 
+async def test_redis_stream_events_lost_by_a_redis_restart_are_published_again(store,
+                                                                                redis_url):
+    """A Redis without persistence restarts empty. An event it held that policy had
+    not handled yet is published again by the relay, which marks it published only
+    once the policy group acknowledged it."""
+    import secrets
+    import redis.asyncio as aioredis
+    from ocs.cluster import connect
+    from ocs.config import RedisConfig
+    prefix = f"ocs-relay-{secrets.token_hex(4)}:"
+    cluster = await connect(RedisConfig(url=redis_url, key_prefix=prefix), node="n1")
+    events = cluster.events
+    relay = EventRelay(store, events.publish_many,
+                       handled=lambda entry: events.handled(entry, group="policy"))
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        empty = await store.create_account(name="dry", currency="EUR", billing="prepaid")
+        await store.reserve(empty.id, "s1", EUR)  # refused: an "exhausted" event
+        await events.ensure_group("policy")
+        assert await relay.relay_once() == 1
+        await relay.relay_once()
+        assert len(await store.unpublished_events()) == 1  # not handled yet
+        for key in await r.keys(prefix + "*"):  # Redis restarted without persistence
+            await r.delete(key)
+        await relay.relay_once()  # sees the loss: published again
+        await events.ensure_group("policy")
+        ((entry, event),) = await events.consume("policy", "w1", block_ms=0)
+        assert event["type"] == "exhausted"
+        await relay.relay_once()
+        assert len(await store.unpublished_events()) == 1
+        await events.ack("policy", [entry])
+        await relay.relay_once()
+        assert await store.unpublished_events() == []
+    finally:
+        for key in await r.keys(prefix + "*"):
+            await r.delete(key)
+        await r.aclose()
+        await cluster.stop()
+
+
 async def test_authorize_sizes_the_session_without_reserving(core, store):
     from ocs.charging import Identity
     plan = await store.create_plan(name="voice-bundle", currency="EUR", allowances=[

@@ -296,6 +296,48 @@ async def test_two_consumers_share_a_group_without_duplicates(cluster):
     assert await cluster.events.pending("policy") == 0
 
 
+async def test_handled_means_the_group_took_and_acknowledged_everything_up_to_it(cluster):
+    """What the event relay waits for before it marks an event published: the
+    group (or, asked for none, every group) was delivered the entry and all before
+    it, and acknowledged them."""
+    events = cluster.events
+    first, second = await events.publish_many([{"type": "a"}, {"type": "b"}])
+    assert await events.handled(second) is False  # no consumer yet
+    await events.ensure_group("policy")
+    await events.ensure_group("audit")
+    (got, _), = await events.consume("policy", "w1", count=1, block_ms=0)
+    assert got == first
+    assert await events.handled(first, group="policy") is False  # delivered, pending
+    await events.ack("policy", [first])
+    assert await events.handled(first, group="policy") is True
+    assert await events.handled(second, group="policy") is False  # not delivered yet
+    assert await events.handled(first) is False                   # "audit" took nothing
+    assert await events.handled(first, group="nobody") is False
+    ((got, _),) = await events.consume("policy", "w1", block_ms=0)
+    await events.ack("policy", [got])
+    assert await events.handled(second, group="policy") is True
+
+
+async def test_a_redis_that_lost_the_stream_says_so(redis_nodes):
+    """Redis restarted without persistence: the stream, its groups and its epoch are
+    gone. An entry published before is reported lost (None), not "not yet", even
+    once new entries with later ids were delivered past it."""
+    cluster = await redis_nodes()
+    events = cluster.events
+    await events.ensure_group("policy")
+    (old,) = await events.publish_many([{"type": "topped_up"}])
+    await _drop_keys(redis_nodes.url, redis_nodes.prefix)  # what a restart leaves
+    assert await events.handled(old, group="policy") is None
+    (lost,) = await events.publish_many([{"type": "plan_changed"}])
+    await _drop_keys(redis_nodes.url, redis_nodes.prefix)
+    await events.ensure_group("policy")
+    newer = await events.publish_many([{"type": "x"}])
+    for entry_id, _ in await events.consume("policy", "w1", block_ms=0):
+        await events.ack("policy", [entry_id])
+    assert await events.handled(newer[0], group="policy") is True
+    assert await events.handled(lost, group="policy") is None  # a new epoch
+
+
 async def test_dead_consumers_events_are_reclaimed_after_idle(cluster):
     events = [{"type": "suspended", "account": n} for n in range(3)]
     ids = await cluster.events.publish_many(events)

@@ -7,11 +7,11 @@ node) that `policy/` consumes, and marks them published. A crash between the
 two steps publishes an event twice: event ids are deterministic, so
 consumers de-duplicate.
 
-A Redis stream keeps what it was given (as far as Redis keeps it on disk), so
-an event is marked published once Redis has it. The in-process stream dies
-with the process: there an event is marked published only once `policy/` has
-handled it (`handled`), and whatever it had not is published again after a
-restart.
+An event is marked published only once `policy/` has handled it (`handled`):
+the in-process stream dies with the process, and a Redis without persistence
+restarts empty. Whatever was not handled is published again after a restart
+of ocsd; what a restarted Redis lost, as soon as the relay sees it (the stream
+is gone or has a new epoch, see ocs.cluster.base.Keys).
 """
 
 from __future__ import annotations
@@ -83,11 +83,17 @@ class EventRelay:
             self.published += len(pending)
 
     async def _mark_handled(self) -> None:
-        """Mark published, oldest first, what the consumers have handled."""
+        """Mark published, oldest first, what the consumers have handled; publish
+        again what the stream lost."""
         rows: list[int] = []
         done = 0
+        lost = False
         for batch_rows, last_entry in self._unhandled:
-            if not await self.handled(last_entry):
+            state = await self.handled(last_entry)
+            if state is None:
+                lost = True
+                break
+            if not state:
                 break
             rows += batch_rows
             done += 1
@@ -95,6 +101,13 @@ class EventRelay:
             await self.store.mark_published(rows)  # if this fails, they are kept for later
             for _ in range(done):
                 self._unhandled.popleft()
+        if lost:
+            again = sum(len(r) for r, _ in self._unhandled)
+            log.warning("the event stream lost %d published charging events before policy "
+                        "handled them (did Redis restart without persistence?); publishing "
+                        "them again", again)
+            self._sent = self._unhandled[0][0][0] - 1
+            self._unhandled.clear()
 
     async def _run(self) -> None:
         while True:

@@ -37,6 +37,15 @@ class ClusterUnavailable(ClusterError, StoreUnavailable):
     so the network element retries or fails over."""
 
 
+def parse_entry_id(entry_id: str) -> tuple[int, int] | None:
+    """A stream entry id "<ms>-<seq>" as a comparable pair (None: not one)."""
+    ms, sep, seq = entry_id.partition("-")
+    try:
+        return (int(ms), int(seq) if sep else 0)
+    except ValueError:
+        return None
+
+
 # ---------------------------------------------------------------- key scheme
 class Keys:
     """Names of every key, from the configured prefix ``P`` (default ``ocs:``).
@@ -49,6 +58,11 @@ class Keys:
                                      (a Diameter CCR-Update) finds it
     ``P dup:<key>``                  duplicate-cache entry
     ``P <event_stream>``             the event stream (default ``ocs:events``)
+    ``P <event_stream>:epoch``       a token written with the stream's first entry:
+                                     a Redis that comes back without it lost
+                                     the stream (it restarted without
+                                     persistence), and what the relay published
+                                     before is published again
     ===============================  =========================================
 
     The ``{acct:<id>}`` part is a Redis Cluster hash tag: every key of one
@@ -61,6 +75,7 @@ class Keys:
     def __init__(self, prefix: str, event_stream: str):
         self.prefix = prefix
         self.stream = prefix + event_stream
+        self.stream_epoch = self.stream + ":epoch"
 
     def session(self, session_id: str, account_id: int | str | None = None) -> str:
         if account_id is None:
@@ -250,15 +265,18 @@ class EventStream(ABC):
     async def publish_many(self, events: list[dict]) -> list[str]:
         """Append several events in one round trip, in order."""
 
-    #: Whether a published entry outlives this process (Redis: as far as Redis
-    #: keeps it). The in-process stream does not.
+    #: Whether a published entry is sure to outlive this process and the stream's
+    #: own restarts. Neither stream is: the in-process one dies with the process,
+    #: and a Redis without persistence restarts empty. So the event relay marks an
+    #: event published only once `handled` says so.
     durable = True
 
-    async def handled(self, entry_id: str) -> bool:
-        """Whether every consumer group took `entry_id` and every entry before it,
-        and acknowledged them. Only the event relay of a stream that is not
-        durable asks; an entry nobody handled yet is published again after a
-        restart."""
+    async def handled(self, entry_id: str, *, group: str | None = None) -> bool | None:
+        """Whether `group` (None: every consumer group) took `entry_id` and every
+        entry before it, and acknowledged them (True), not yet (False), or whether
+        the stream lost it before that (None: publish it again). Only the event
+        relay of a stream that is not durable asks; an entry nobody handled yet is
+        published again after a restart."""
         return True
 
     @abstractmethod

@@ -22,7 +22,8 @@ from typing import Any, Generic, TypeVar
 
 from ..config import RedisConfig
 from .base import (Cluster, ClusterUnavailable, DuplicateCache, EventStream, SessionDirectory,
-                   check_block, check_count, check_name, check_start, encode_json, ttl_ms)
+                   check_block, check_count, check_name, check_start, encode_json,
+                   parse_entry_id, ttl_ms)
 
 log = logging.getLogger("ocs.cluster")
 
@@ -206,14 +207,6 @@ class _Group:
     pel: dict[tuple[int, int], _Pending]
 
 
-def _parse_id(entry_id: str) -> tuple[int, int] | None:
-    ms, sep, seq = entry_id.partition("-")
-    try:
-        return (int(ms), int(seq) if sep else 0)
-    except ValueError:
-        return None
-
-
 def _format_id(entry_id: tuple[int, int]) -> str:
     return f"{entry_id[0]}-{entry_id[1]}"
 
@@ -280,7 +273,7 @@ class LocalEventStream(EventStream):
         check_name(group, "group")
         if group in self._groups:
             return
-        last = self._last_id if check_start(start) == "$" else _parse_id(start)
+        last = self._last_id if check_start(start) == "$" else parse_entry_id(start)
         self._groups[group] = _Group(last=last, pel={})
 
     @staticmethod
@@ -326,17 +319,19 @@ class LocalEventStream(EventStream):
             return 0
         done = 0
         for entry_id in ids:
-            parsed = _parse_id(entry_id)
+            parsed = parse_entry_id(entry_id)
             if parsed is not None and g.pel.pop(parsed, None) is not None:
                 done += 1
         return done
 
-    async def handled(self, entry_id):
+    async def handled(self, entry_id, *, group=None):
         self._state.check()
-        parsed = _parse_id(entry_id)
-        if parsed is None or not self._groups:
+        parsed = parse_entry_id(entry_id)
+        groups = [self._groups[group]] if group in self._groups else \
+            list(self._groups.values()) if group is None else []
+        if parsed is None or not groups:
             return False  # no consumer yet: it has handled nothing
-        for g in self._groups.values():
+        for g in groups:
             oldest = next(iter(g.pel), None)  # the PEL iterates oldest first
             if g.last < parsed or (oldest is not None and oldest <= parsed):
                 return False

@@ -44,7 +44,8 @@ from redis.exceptions import (ClusterDownError, ConnectionError as RedisConnecti
 from ..config import RedisConfig
 from .base import (MAX_BLOCK_MS, Cluster, ClusterError, ClusterUnavailable, DuplicateCache,
                    EventStream, Keys, SessionDirectory, check_block, check_count, check_name,
-                   check_start, encode_json, invalid_event, ttl_ms)
+                   check_start, encode_json, invalid_event, parse_entry_id,
+                   ttl_ms)
 
 log = logging.getLogger("ocs.cluster")
 
@@ -322,10 +323,18 @@ class RedisDuplicateCache(DuplicateCache):
 
 
 class RedisEventStream(EventStream):
+    # A Redis without persistence (or restored from an older snapshot) loses what
+    # was published: the relay waits until the consumers acknowledged an event.
+    durable = False
+
     def __init__(self, link: _Link, keys: Keys, maxlen: int):
         self._link = link
         self._key = keys.stream
+        self._epoch_key = keys.stream_epoch
         self._maxlen = maxlen
+        # The stream's epoch when an entry was published, for the entries `handled`
+        # will be asked about (the last of each batch); forgotten once answered.
+        self._epochs: dict[str, str] = {}
 
     def _decode(self, entries) -> list[tuple[str, dict]]:
         out = []
@@ -360,11 +369,53 @@ class RedisEventStream(EventStream):
             return []
         with self._link.guard("event publish"):
             async with self._link.client.pipeline(transaction=False) as pipe:
+                pipe.set(self._epoch_key, os.urandom(8).hex(), nx=True)
+                pipe.get(self._epoch_key)
                 for text in texts:
                     pipe.xadd(self._key, {EVENT_FIELD: text}, maxlen=self._maxlen,
                               approximate=True)
-                ids = await pipe.execute()
-        return [_text(i) for i in ids]
+                _, epoch, *ids = await pipe.execute()
+        ids = [_text(i) for i in ids]
+        if len(self._epochs) >= 100_000:  # nobody asks about them: do not keep them all
+            self._epochs.clear()
+        self._epochs[ids[-1]] = _text(epoch)
+        return ids
+
+    async def handled(self, entry_id, *, group=None):
+        parsed = parse_entry_id(entry_id)
+        if parsed is None:
+            return False
+        with self._link.guard("event handled"):
+            async with self._link.client.pipeline(transaction=False) as pipe:
+                pipe.get(self._epoch_key)
+                pipe.xinfo_groups(self._key)
+                pipe.xrange(self._key, entry_id, entry_id, count=1)
+                epoch, groups, entry = await pipe.execute(raise_on_error=False)
+            published_in = self._epochs.get(entry_id)
+            if (isinstance(groups, ResponseError) or _text(epoch) is None
+                    or (published_in is not None and _text(epoch) != published_in)):
+                # The stream (or its epoch) is gone, or is another one: Redis lost it.
+                self._epochs.pop(entry_id, None)
+                return None
+            if isinstance(entry, ResponseError):
+                raise entry
+            groups = [g for g in groups if group is None or _text(g["name"]) == group]
+            if not groups:
+                return False  # no consumer yet: it has handled nothing
+            for g in groups:
+                last = parse_entry_id(_text(g["last-delivered-id"])) or (0, 0)
+                if last < parsed:
+                    if not entry:  # neither delivered nor in the stream: lost
+                        self._epochs.pop(entry_id, None)
+                        return None
+                    return False
+                if int(g["pending"]):
+                    summary = await self._link.client.xpending(self._key, _text(g["name"]))
+                    oldest = parse_entry_id(_text(summary["min"])) if summary["min"] else None
+                    if oldest is not None and oldest <= parsed:
+                        return False
+        self._epochs.pop(entry_id, None)
+        return True
 
     async def ensure_group(self, group, *, start="0"):
         check_name(group, "group")
