@@ -190,12 +190,22 @@ class RadiusConfig(Section):
     voice_service: str = "voice"
     log_accounting: bool = False
     log_accepts: bool = False
+    strip_realms: list[str] = []
     # RADIUS over TLS (RFC 6614, "RadSec"): off unless set, e.g. "0.0.0.0:2083".
     tls_listen: Listen | None = None
     tls_certificate: str = ""
     tls_key: str = ""
     tls_ca: str = ""
     tls_idle_timeout: int = Field(0, ge=0, le=86_400)
+
+    @field_validator("strip_realms")
+    @classmethod
+    def _realms(cls, v: list[str]) -> list[str]:
+        for realm in v:
+            if realm != "*" and (not realm or "@" in realm or realm != realm.strip()):
+                raise ValueError(f"strip_realms: {realm!r} is not a realm (the part after "
+                                 "'@', e.g. \"isp.example\"; \"*\" for any)")
+        return [realm.lower() for realm in v]
 
     @field_validator("tls_ca")
     @classmethod

@@ -93,11 +93,12 @@ class Handler:
             return self._reject(st, p, outcomes.NO_USER_NAME, "-", "none")
         charging = self.ctx.charging
         called = acct.called_number(p) if st.voice else None
+        name = self._subscriber_name(username)
         if st.voice:
-            identity = Identity(sip_user=username, msisdn=acct.calling_number(p))
+            identity = Identity(sip_user=name, msisdn=acct.calling_number(p))
             usage = ServiceUsage(cfg.voice_service, Kind.SECONDS, destination=called)
         else:
-            identity = Identity(username=username, msisdn=acct.calling_number(p))
+            identity = Identity(username=name, msisdn=acct.calling_number(p))
             usage = ServiceUsage(cfg.data_service, _OCTETS)
         authz = await charging.authorize(identity, usage, count_sessions=True)
         if authz.subscriber is None:
@@ -252,8 +253,9 @@ class Handler:
         delay = p.get_int(A.ACCT_DELAY_TIME, 0) or 0
         at = u.event_time * 1_000_000 if u.event_time else now_us() - delay * 1_000_000
         cfg = self.cfg
+        name = self._subscriber_name(username)
         if st.voice or acct.is_call(p, st.vendor, VOICE_VENDORS):
-            identity = Identity(sip_user=username, msisdn=acct.calling_number(p))
+            identity = Identity(sip_user=name, msisdn=acct.calling_number(p))
             seconds = acct.call_seconds(p, u)
             if seconds is None and kind is RequestKind.TERMINATE:
                 seconds = await self._elapsed(session_id, at)
@@ -261,7 +263,7 @@ class Handler:
                                      destination=acct.called_number(p)),)
             keys = acct.CALL_ID_KEYS
         else:
-            identity = Identity(username=username, msisdn=acct.calling_number(p))
+            identity = Identity(username=name, msisdn=acct.calling_number(p))
             data = ServiceUsage(cfg.data_service, _OCTETS, used=u.octets_in + u.octets_out)
             first = p.first
             if A.ACCT_INPUT_GIGAWORDS not in first and A.ACCT_OUTPUT_GIGAWORDS not in first:
@@ -295,6 +297,17 @@ class Handler:
         if kind is _TERMINATE:
             self._metering.pop(session_id, None)
         return self._acct_response(st, p)
+
+    def _subscriber_name(self, username: str | None) -> str | None:
+        """The name the subscriber is looked up by: `username` without its realm
+        when `[radius] strip_realms` names it (or is "*")."""
+        realms = self.cfg.strip_realms
+        if not realms or not username or "@" not in username:
+            return username
+        user, _, realm = username.rpartition("@")
+        if user and ("*" in realms or realm.lower() in realms):
+            return user
+        return username
 
     def _acct_response(self, st: NasState, p: Packet) -> bytes:
         # No Message-Authenticator, even when the request was signed with one: no RFC

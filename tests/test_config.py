@@ -84,6 +84,7 @@ def test_documented_file_has_no_key_the_model_lacks():
     ("[store]\nurl = 'mysql://db/ocs'\n", "store.url", "use sqlite:PATH or postgresql://"),
     ("[store]\nschema = 'a; DROP'\n", "store.schema", "letters, digits and underscores"),
     ("[redis]\nurl = 'http://cache'\n", "redis.url", "use redis://"),
+    ("[radius]\nstrip_realms = ['@isp.example']\n", "radius.strip_realms", "is not a realm"),
     ("source = 'x'\n", "source", "unknown key"),
 ])
 def test_bad_values_name_file_key_and_reason(tmp_path, text, key, reason):

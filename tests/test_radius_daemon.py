@@ -49,7 +49,7 @@ async def seed(store) -> dict:
 
     data_plan = await store.find_plan("demo-data")
     for name in ("acct1", "acct2", "retx", "on1", "on2", "fs", "ast", "kam", "mschap",
-                 "burst", "reuse1", "wrap1"):
+                 "burst", "reuse1", "wrap1", "realm1"):
         await sub(name, data_plan, max_sessions=5)
     await sub("garden1", garden, status="suspended")
     await sub("suspended1", tiny, status="suspended")
@@ -68,7 +68,8 @@ async def seed(store) -> dict:
 
 @pytest.fixture(scope="module")
 def rad(tmp_path_factory):
-    with started(tmp_path_factory.mktemp("radius"), seed) as d:
+    with started(tmp_path_factory.mktemp("radius"), seed,
+                 extra_radius='strip_realms = ["isp.example"]') as d:
         yield d
 
 
@@ -212,6 +213,30 @@ def test_mschap_v1_from_radclient_accepts_with_mppe_keys(rad):
     assert attrs["Reply-Message"] == "Wrong password"
     assert "MS-CHAP-MPPE-Keys" not in attrs
     rad.wait_log(r"reject mschap via \S+ \(mschap\): Wrong password")
+
+
+def test_a_realm_the_operator_named_is_taken_off_the_user_name(rad):
+    """[radius] strip_realms = ["isp.example"]: "realm1@isp.example" (any case) is
+    the subscriber realm1, in authentication (the password is checked as sent) and
+    in accounting; another realm is not taken off."""
+    for name in ("realm1@isp.example", "realm1@ISP.Example"):
+        code, attrs = auth(rad, name, "pw-realm1")
+        assert code == "Access-Accept", (name, attrs)
+    code, attrs = auth(rad, "realm1@isp.example", "wrong")
+    assert code == "Access-Reject" and attrs["Reply-Message"] == "Wrong password"
+    code, attrs = auth(rad, "realm1@other.example", "pw-realm1")
+    assert code == "Access-Reject" and attrs["Reply-Message"] == "Unknown subscriber"
+    code, attrs = rad.radclient("auth", 'User-Name = "mschap@isp.example", '
+                                        'MS-CHAP-Password = "pw-mschap", '
+                                        'Message-Authenticator = 0x00')
+    assert code == "Access-Accept", attrs
+    acc = rad.ids["realm1"]
+    before = rad.buckets(acc)["octets"]
+    base = 'User-Name = "realm1@isp.example", Acct-Session-Id = "rl-1", Acct-Status-Type = '
+    assert acct(rad, base + "Start") == "Accounting-Response"
+    assert acct(rad, base + "Stop, Acct-Output-Octets = 4321, Acct-Session-Time = 9") \
+        == "Accounting-Response"
+    assert rad.buckets(acc)["octets"] == before - 4321
 
 
 def test_time_rated_plan_gets_session_timeout_speed_and_framed_ip(rad):
