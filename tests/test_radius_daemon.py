@@ -720,6 +720,10 @@ def test_exhausted_event_when_the_allowance_runs_out(rad):
                       rad.metrics_text(), re.M)
         return float(m.group(1)) if m else 0.0
     before = unpaid()
+    status, sess = rad.api("GET", "/v1/sessions/radius:localhost-nas:tiny-1")
+    assert status == 200
+    assert [(c["service"], c["units"], c["unpaid"], c["closed"]) for c in sess["charges"]] \
+        == [("data", 1_500_000, 500_000, False)]
     assert acct(rad, base + "Acct-Status-Type = Stop, Acct-Input-Octets = 1600000, "
                             "Acct-Session-Time = 70") == "Accounting-Response"
     status, cdrs = rad.api("GET", "/v1/cdrs?session=radius:localhost-nas:tiny-1")

@@ -38,12 +38,14 @@ async def list_sessions(call: Call):
 
 
 @route("GET", "/v1/sessions/{id:.+}", role=Role.READ_ONLY, tag="sessions",
-       summary="Show a session with its reservations", response=v.SessionDetail)
+       summary="Show a session with its reservations and what it was charged so far",
+       response=v.SessionDetail)
 async def get_session(call: Call):
     session = await call.store.get_session(call.params["id"])
     reservations = await call.store.reservations(session=session.id)
+    charges = await call.store.session_charges(session.id)
     currency = await _Currencies(call.store)(session.account_id)
-    return v.session_detail(session, reservations, currency)
+    return v.session_detail(session, reservations, currency, charges)
 
 
 @route("GET", "/v1/ledger", role=Role.READ_ONLY, tag="ledger",

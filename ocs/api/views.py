@@ -12,8 +12,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import Field
 
-from ..model import (Account, ApiToken, AuditEntry, Bucket, LedgerEntry, Nas, Plan, RatedCdr,
-                     Reservation, Session, Subscriber, UnmatchedAccounting)
+from ..model import (Account, ApiToken, AuditEntry, Bucket, Kind, LedgerEntry, Nas, Plan,
+                     RatedCdr, Reservation, Session, Subscriber, UnmatchedAccounting)
 from .wire import Out, iso, money, units
 
 T = TypeVar("T")
@@ -403,8 +403,20 @@ class SessionView(Out):
     attrs: dict[str, Any]
 
 
+class ChargeView(Out):
+    """What one service of a session has been charged so far."""
+
+    service: str
+    kind: Literal["money", "octets", "seconds", "events"]
+    units: UnitsValue = Field(description="usage reported so far (for money: the amount)")
+    cost: MoneyStr
+    unpaid: int = Field(description="of `units`, those nothing could pay (not charged)")
+    closed: bool = Field(description="the session ended and its CDR is written")
+
+
 class SessionDetail(SessionView):
     reservations: list[ReservationView]
+    charges: list[ChargeView]
 
 
 def session_view(s: Session) -> SessionView:
@@ -415,14 +427,20 @@ def session_view(s: Session) -> SessionView:
         ended_at=iso(s.ended_at), attrs=s.attrs)
 
 
-def session_detail(s: Session, reservations: list[Reservation], currency: str) -> SessionDetail:
+def session_detail(s: Session, reservations: list[Reservation], currency: str,
+                   charges: dict[str, dict[str, Any]]) -> SessionDetail:
     return SessionDetail(
         **session_view(s).model_dump(),
         reservations=[ReservationView(
             session=r.session, service=r.service, account_id=r.account_id, kind=r.kind.value,
             units=units(r.kind, r.units, currency), holds=[list(h) for h in r.holds],
             seq=r.seq, expires_at=iso(r.expires_at), created_at=iso(r.created_at))
-            for r in reservations])
+            for r in reservations],
+        charges=[ChargeView(service=service, kind=c["kind"],
+                            units=units(Kind(c["kind"]), c["units"], currency),
+                            cost=money(c["cost"], currency), unpaid=c["unpaid"],
+                            closed=c["closed"])
+                 for service, c in sorted(charges.items())])
 
 
 # ---------------------------------------------------------------------------- audit, tokens

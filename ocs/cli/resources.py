@@ -289,7 +289,7 @@ def session_list(ctx: Ctx, status, account_ref, subscriber_id, nas_name, limit):
 @json_option
 @pass_ctx
 def session_show(ctx: Ctx, session_id: str):
-    """Show a session and its reservations."""
+    """Show a session, its reservations and what it was charged so far."""
     s = ctx.client.get("/v1/sessions/" + urllib.parse.quote(session_id, safe=""))
     if ctx.json:
         return emit_json(s)
@@ -304,6 +304,11 @@ def session_show(ctx: Ctx, session_id: str):
         click.echo(table([(r["service"] or "-", r["kind"], amount(r["kind"], r["units"]),
                            when(r["expires_at"])) for r in s["reservations"]],
                          ["service", "kind", "units", "expires"]))
+    if s.get("charges"):
+        click.echo("Charged so far")
+        click.echo(table([(c["service"] or "-", c["kind"], amount(c["kind"], c["units"]),
+                           c["cost"], amount(c["kind"], c["unpaid"]) if c["unpaid"] else "-")
+                          for c in s["charges"]], ["service", "kind", "used", "cost", "unpaid"]))
 
 
 @session.command("unmatched")
