@@ -202,9 +202,10 @@ class RadiusConfig(Section):
     @classmethod
     def _realms(cls, v: list[str]) -> list[str]:
         for realm in v:
-            if realm != "*" and (not realm or "@" in realm or realm != realm.strip()):
+            if realm != "*" and (not realm or "@" in realm or "\\" in realm
+                                 or realm != realm.strip()):
                 raise ValueError(f"strip_realms: {realm!r} is not a realm (the part after "
-                                 "'@', e.g. \"isp.example\"; \"*\" for any)")
+                                 "'@' or before '\\', e.g. \"isp.example\"; \"*\" for any)")
         return [realm.lower() for realm in v]
 
     @field_validator("tls_ca")

@@ -300,11 +300,17 @@ class Handler:
 
     def _subscriber_name(self, username: str | None) -> str | None:
         """The name the subscriber is looked up by: `username` without its realm
-        when `[radius] strip_realms` names it (or is "*")."""
+        ("alice@realm", or "REALM\\alice" as Windows clients send it) when `[radius]
+        strip_realms` names it (or is "*")."""
         realms = self.cfg.strip_realms
-        if not realms or not username or "@" not in username:
+        if not realms or not username:
             return username
-        user, _, realm = username.rpartition("@")
+        if "@" in username:
+            user, _, realm = username.rpartition("@")
+        elif "\\" in username:
+            realm, _, user = username.partition("\\")
+        else:
+            return username
         if user and ("*" in realms or realm.lower() in realms):
             return user
         return username
