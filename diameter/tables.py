@@ -486,6 +486,15 @@ AVPS = (
     ('MBMS-Service-Area', 903, 10415, 'OctetString', True),
     ('MBMS-Session-Identity', 908, 10415, 'OctetString', True),
     ('AoC-Request-Type', 2055, 10415, 'Enumerated', False),
+    ('Conditional-APN-Aggregate-Max-Bitrate', 2818, 10415, 'Grouped', False),
+    ('Extended-Max-Requested-BW-UL', 555, 10415, 'Unsigned32', False),
+    ('Extended-Max-Requested-BW-DL', 554, 10415, 'Unsigned32', False),
+    ('Extended-GBR-UL', 2851, 10415, 'Unsigned32', False),
+    ('Extended-GBR-DL', 2850, 10415, 'Unsigned32', False),
+    ('Extended-APN-AMBR-UL', 2849, 10415, 'Unsigned32', False),
+    ('Extended-APN-AMBR-DL', 2848, 10415, 'Unsigned32', False),
+    ('IP-CAN-Type', 1027, 10415, 'Enumerated', True),
+    ('RAT-Type', 1032, 10415, 'Enumerated', False),
 )
 
 #: AVP name -> {value: label}
@@ -1179,6 +1188,15 @@ RAI = 10415 << 32 | 909
 MBMS_SERVICE_AREA = 10415 << 32 | 903
 MBMS_SESSION_IDENTITY = 10415 << 32 | 908
 AOC_REQUEST_TYPE = 10415 << 32 | 2055
+CONDITIONAL_APN_AGGREGATE_MAX_BITRATE = 10415 << 32 | 2818
+EXTENDED_MAX_REQUESTED_BW_UL = 10415 << 32 | 555
+EXTENDED_MAX_REQUESTED_BW_DL = 10415 << 32 | 554
+EXTENDED_GBR_UL = 10415 << 32 | 2851
+EXTENDED_GBR_DL = 10415 << 32 | 2850
+EXTENDED_APN_AMBR_UL = 10415 << 32 | 2849
+EXTENDED_APN_AMBR_DL = 10415 << 32 | 2848
+IP_CAN_TYPE = 10415 << 32 | 1027
+RAT_TYPE = 10415 << 32 | 1032
 
 # Result codes.
 DIAMETER_MULTI_ROUND_AUTH = 1001

@@ -403,7 +403,12 @@ async def test_a_pgw_sending_all_of_ps_information_with_m_bits_is_served(ocsd):
           avp(T.SERVING_PLMN_RATE_CONTROL, (avp(T.UPLINK_RATE_LIMIT, 10),
                                             avp(T.DOWNLINK_RATE_LIMIT, 20))),
           avp(T.TERMINAL_INFORMATION, (avp(T.IMEI, "35209900176148"),
-                                       avp(T.SOFTWARE_VERSION, "01")))]
+                                       avp(T.SOFTWARE_VERSION, "01"))),
+          avp(T.QOS_INFORMATION, (   # with the TS 29.212 rates beyond 4 Gbit/s
+              avp(T.QOS_CLASS_IDENTIFIER, 9), avp(T.EXTENDED_APN_AMBR_UL, 5_000_000),
+              avp(T.CONDITIONAL_APN_AGGREGATE_MAX_BITRATE, (
+                  avp(T.IP_CAN_TYPE, 5), avp(T.RAT_TYPE, 1004),
+                  avp(T.EXTENDED_APN_AMBR_DL, 8_000_000)))))]
     info = _with_m(avp(T.SERVICE_INFORMATION, (avp(T.PS_INFORMATION, tuple(ps)),)))
     c = await client(ocsd)
     try:
