@@ -46,6 +46,14 @@ def test_radius_targets_per_mode():
     closed = _radius_run("acct", 0.0, None)   # no FreeRADIUS, closed loop: cannot tell
     assert closed["throughput_x_freeradius"]["met"] is None
     assert closed["p99_ms"]["met"] is None
+    # Closed loop against FreeRADIUS, then ocsd offered twice FreeRADIUS's rate.
+    out = {"ocsd": {"server_cpu_us_per_request": 45.0},
+           "ratio": {"throughput_ocsd_over_freeradius": 4.5},
+           "ocsd_at_twice_freeradius": {"offered_rate": 2100.0,
+                                        "latency_from_due_ms": {"p50": 3.0, "p99": 9.0}}}
+    twice = radius.targets(SimpleNamespace(mode="acct", rate=0.0), out)
+    assert twice["p99_ms"] == {"measured": 9.0, "target": "< 10", "met": True,
+                               "offered_rate": 2100.0}
     auth = _radius_run("auth", 3000.0, 4.9)
     assert set(auth) == {"server_cpu_us_per_request", "throughput_x_freeradius"}
     assert auth["server_cpu_us_per_request"]["target"] == "<= 50"
