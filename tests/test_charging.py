@@ -457,6 +457,34 @@ async def test_in_process_stream_events_count_as_published_once_policy_handled_t
     await second.stop()
 
 
+async def test_a_stuck_policy_does_not_make_the_relay_hold_events_without_end(store):
+    """policy/ handles nothing: the relay follows at most `max_waiting` published
+    events; the oldest are let go, unmarked in the outbox, and a restart publishes
+    every one of them again."""
+    from ocs.cluster import build
+    from ocs.config import RedisConfig
+    cluster = build(RedisConfig(), node="n1")
+    await cluster.start()
+
+    async def never(entry_id):
+        return False
+    relay = EventRelay(store, cluster.events.publish_many, batch=2, handled=never,
+                       max_waiting=3)
+    for n in range(5):  # five refused reservations: five "exhausted" events
+        empty = await store.create_account(name=f"dry{n}", currency="EUR", billing="prepaid")
+        await store.reserve(empty.id, f"s{n}", EUR)
+    assert await relay.relay_once() == 5
+    assert relay._waiting <= 3 and len(relay._unhandled) == 2
+    assert len(await store.unpublished_events()) == 5  # none marked
+    assert await relay.relay_once() == 0  # the let-go ones are not sent again meanwhile
+    await cluster.stop()
+    again = EventRelay(store, cluster.events.publish_many)  # the next start
+    await cluster.start()
+    assert await again.relay_once() == 5
+    assert await store.unpublished_events() == []
+    await cluster.stop()
+
+
 async def test_redis_stream_events_lost_by_a_redis_restart_are_published_again(store,
                                                                                 redis_url):
     """A Redis without persistence restarts empty. An event it held that policy had

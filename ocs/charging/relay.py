@@ -31,7 +31,8 @@ log = logging.getLogger("ocs.charging")
 class EventRelay:
     def __init__(self, store, publish: Callable[[list[dict[str, Any]]], Awaitable[Any]], *,
                  interval: float = 1.0, batch: int = 500,
-                 handled: Callable[[str], Awaitable[bool]] | None = None):
+                 handled: Callable[[str], Awaitable[bool | None]] | None = None,
+                 max_waiting: int = 100_000):
         self.store = store
         self.publish = publish      # publishes a list of events, all or nothing; their ids
         self.handled = handled      # None: published is durable; else entry id -> handled?
@@ -41,6 +42,11 @@ class EventRelay:
         self._sent = 0              # the last outbox row published by this process
         # Published, not yet handled: (outbox row ids, the last one's stream entry id).
         self._unhandled: deque[tuple[list[int], str]] = deque()
+        self._waiting = 0           # rows in _unhandled
+        # At most this many are followed: if policy/ stops handling events, the oldest
+        # are let go (they stay unpublished in the outbox, and go out again at the
+        # next start) rather than held in memory without end.
+        self.max_waiting = max_waiting
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._warnings = Throttled(log)  # an outage retries every interval: a line a minute
@@ -79,6 +85,8 @@ class EventRelay:
                 await self.store.mark_published(rows)
             else:
                 self._unhandled.append((rows, ids[-1]))
+                self._waiting += len(rows)
+                self._let_go()
             total += len(pending)
             self.published += len(pending)
 
@@ -100,7 +108,7 @@ class EventRelay:
         if rows:
             await self.store.mark_published(rows)  # if this fails, they are kept for later
             for _ in range(done):
-                self._unhandled.popleft()
+                self._waiting -= len(self._unhandled.popleft()[0])
         if lost:
             again = sum(len(r) for r, _ in self._unhandled)
             log.warning("the event stream lost %d published charging events before policy "
@@ -108,6 +116,20 @@ class EventRelay:
                         "them again", again)
             self._sent = self._unhandled[0][0][0] - 1
             self._unhandled.clear()
+            self._waiting = 0
+
+    def _let_go(self) -> None:
+        """Stop following the oldest published events beyond `max_waiting`."""
+        dropped = 0
+        while self._waiting > self.max_waiting and len(self._unhandled) > 1:
+            rows, _ = self._unhandled.popleft()
+            self._waiting -= len(rows)
+            dropped += len(rows)
+        if dropped:
+            self._warnings.warning(
+                "waiting", "policy has not handled %d published charging events; the oldest "
+                "%d stay in the outbox unmarked and are published again at the next start",
+                self._waiting + dropped, dropped)
 
     async def _run(self) -> None:
         while True:
