@@ -397,3 +397,14 @@ def test_quickstart_migrate_demo_ocsd_then_find_demo(tmp_path):
         code = proc.wait(30)
         log.close()
     assert code == 0, (tmp_path / "ocsd.log").read_text()
+
+
+def test_what_is_left_is_cut_not_rounded_up():
+    """An allowance 3 MB into its 10 GiB reads 9.99 GiB: rounding showed "10 GiB",
+    as if nothing had been used."""
+    from ocs.cli.output import duration, size
+    assert size(10 * 2**30) == "10 GiB"
+    assert size(10 * 2**30 - 3_000_000) == "9.99 GiB"
+    assert size(1536) == "1.5 KiB" and size(1023) == "1023 B" and size(-5 * 2**20) == "-5 MiB"
+    assert duration(7199) == "119.98 min" and duration(5400) == "90 min"
+    assert duration(3600) == "1 h" and duration(59) == "59 s"

@@ -59,11 +59,18 @@ def when(iso: str | None) -> str:
     return iso[:19].replace("T", " ") + "Z"
 
 
+def _cut(units: int, factor: int) -> str:
+    """units / factor with at most two decimals, cut rather than rounded: what is left
+    is never shown as more than it is (10 GiB less 3 MB reads 9.99 GiB, not 10 GiB)."""
+    hundredths = abs(units) * 100 // factor
+    text = f"{hundredths // 100}.{hundredths % 100:02d}".rstrip("0").rstrip(".")
+    return "-" + text if units < 0 else text
+
+
 def size(octets: int) -> str:
     for factor, unit in _SIZE_UNITS:
         if abs(octets) >= factor:
-            value = octets / factor
-            return f"{value:.2f}".rstrip("0").rstrip(".") + f" {unit}"
+            return f"{_cut(octets, factor)} {unit}"
     return f"{octets} B"
 
 
@@ -72,7 +79,7 @@ def duration(seconds: int) -> str:
     if seconds and seconds % 3600 == 0:
         return f"{seconds // 3600} h"
     if abs(seconds) >= 60:
-        return f"{seconds / 60:.2f}".rstrip("0").rstrip(".") + " min"
+        return f"{_cut(seconds, 60)} min"
     return f"{seconds} s"
 
 
