@@ -17,7 +17,11 @@ within a few per cent where the socket benchmarks scatter by a quarter. One
 JSON document is printed:
 
     python -m bench.request_path [--mode auth|acct|ccr] [--requests 3000] [--rounds 7]
-                                 [--pairs 3]
+                                 [--pairs 3] [--window 64] [--sqlite-synchronous FULL]
+
+`--window`: requests in flight; the store's group commits hold about as many,
+so `--window 1` shows what a batch costs apart from its requests (a server at
+moderate load commits small batches).
 
 `auth`: PAP Access-Requests with authorisation from the store (SQLite).
 `acct`: one Interim-Update per session per round, each charged durably.
@@ -44,7 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-WINDOW = 64
+WINDOW = 64            # requests in flight (--window)
+SYNCHRONOUS = "FULL"   # [store] sqlite_synchronous (--sqlite-synchronous)
 
 
 class _Endpoint:
@@ -118,6 +123,7 @@ async def _daemon(tmp: str, url: str, sections: str):
     from ocs.daemon import Daemon
     path = os.path.join(tmp, "ocs.toml")
     Path(path).write_text(f'[log]\nlevel = "warning"\n[store]\nurl = "{url}"\n'
+                          f'sqlite_synchronous = "{SYNCHRONOUS}"\n'
                           '[api]\nlisten = "127.0.0.1:0"\n' + sections)
     daemon = Daemon(load(path), path)
     await daemon._start_all()
@@ -207,7 +213,8 @@ def _measure(mode: str, requests: int, rounds: int, pure: bool) -> dict:
     if pure:
         env["OCS_NO_EXTENSIONS"] = "1"
     out = subprocess.run([sys.executable, "-m", "bench.request_path", "--child", "--mode", mode,
-                          "--requests", str(requests), "--rounds", str(rounds)],
+                          "--requests", str(requests), "--rounds", str(rounds),
+                          "--window", str(WINDOW), "--sqlite-synchronous", SYNCHRONOUS],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"child failed:\n{out.stderr[-2000:]}")
@@ -215,13 +222,19 @@ def _measure(mode: str, requests: int, rounds: int, pure: bool) -> dict:
 
 
 def main(argv=None) -> int:
+    global WINDOW, SYNCHRONOUS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=("auth", "acct", "ccr"), default="auth")
     p.add_argument("--requests", type=int, default=3000, help="requests per round")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--pairs", type=int, default=3, help="runs of each variant, alternating")
+    p.add_argument("--window", type=int, default=WINDOW, help="requests in flight")
+    p.add_argument("--sqlite-synchronous", choices=("FULL", "NORMAL"), default=SYNCHRONOUS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.window < 1:
+        p.error("--window must be at least 1")
+    WINDOW, SYNCHRONOUS = args.window, args.sqlite_synchronous
     if args.child:
         import uvloop
         result = uvloop.run(_child(args.mode, args.requests, args.rounds))
@@ -233,7 +246,8 @@ def main(argv=None) -> int:
             runs[variant].append(_measure(args.mode, args.requests, args.rounds,
                                           variant == "pure_python"))
     out = {"benchmark": "request_path", "mode": args.mode, "requests_per_round": args.requests,
-           "rounds": args.rounds, "pairs": args.pairs}
+           "rounds": args.rounds, "pairs": args.pairs, "window": WINDOW,
+           "sqlite_synchronous": SYNCHRONOUS}
     for variant, each in runs.items():
         out[variant] = {"cpu_us_best": min(r["cpu_us_best"] for r in each),
                         "cpu_us_median_of_bests": round(statistics.median(

@@ -410,7 +410,7 @@ class ChargeView(Out):
     kind: Literal["money", "octets", "seconds", "events"]
     units: UnitsValue = Field(description="usage reported so far (for money: the amount)")
     cost: MoneyStr
-    unpaid: int = Field(description="of `units`, those nothing could pay (not charged)")
+    unpaid: UnitsValue = Field(description="of `units`, those nothing could pay (not charged)")
     closed: bool = Field(description="the session ended and its CDR is written")
 
 
@@ -438,7 +438,8 @@ def session_detail(s: Session, reservations: list[Reservation], currency: str,
             for r in reservations],
         charges=[ChargeView(service=service, kind=c["kind"],
                             units=units(Kind(c["kind"]), c["units"], currency),
-                            cost=money(c["cost"], currency), unpaid=c["unpaid"],
+                            cost=money(c["cost"], currency),
+                            unpaid=units(Kind(c["kind"]), c["unpaid"], currency),
                             closed=c["closed"])
                  for service, c in sorted(charges.items())])
 

@@ -67,8 +67,7 @@ class EventRelay:
             log.warning("events left in the outbox at stop: %s", exc)
         if self._unhandled:
             log.info("%d charging events not yet handled by policy at stop; they are "
-                     "published again at the next start",
-                     sum(len(rows) for rows, _ in self._unhandled))
+                     "published again at the next start", self._waiting)
 
     async def relay_once(self) -> int:
         """Publish every pending event; returns how many."""
@@ -110,10 +109,9 @@ class EventRelay:
             for _ in range(done):
                 self._waiting -= len(self._unhandled.popleft()[0])
         if lost:
-            again = sum(len(r) for r, _ in self._unhandled)
             log.warning("the event stream lost %d published charging events before policy "
                         "handled them (did Redis restart without persistence?); publishing "
-                        "them again", again)
+                        "them again", self._waiting)
             self._sent = self._unhandled[0][0][0] - 1
             self._unhandled.clear()
             self._waiting = 0

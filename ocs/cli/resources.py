@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import re
 import urllib.parse
 from typing import Any
@@ -307,7 +308,8 @@ def session_show(ctx: Ctx, session_id: str):
     if s.get("charges"):
         click.echo("Charged so far")
         click.echo(table([(c["service"] or "-", c["kind"], amount(c["kind"], c["units"]),
-                           c["cost"], amount(c["kind"], c["unpaid"]) if c["unpaid"] else "-")
+                           c["cost"], amount(c["kind"], c["unpaid"])
+                           if decimal.Decimal(str(c["unpaid"])) else "-")
                           for c in s["charges"]], ["service", "kind", "used", "cost", "unpaid"]))
 
 
