@@ -57,7 +57,11 @@ def _pg_bin(name: str) -> str | None:
 
 
 class ThrowawayPostgres:
-    def __init__(self):
+    """A PostgreSQL server in a temporary directory. `settings` go into its
+    postgresql.conf; with `standby_of` (another one's port) its data is a base
+    backup of that server and it starts as its streaming standby."""
+
+    def __init__(self, settings: dict[str, str] | None = None, standby_of: int | None = None):
         initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
         if not (initdb and pg_ctl):
             raise ServiceUnavailable(PG_HINT)
@@ -71,20 +75,69 @@ class ThrowawayPostgres:
                 raise ServiceUnavailable(PG_HINT + " (as root, a 'postgres' user is needed)")
             os.chown(self.dir, user.pw_uid, user.pw_gid)
             self.prefix = ["runuser", "-u", "postgres", "--"]
-        data = os.path.join(self.dir, "data")
-        subprocess.run(self.prefix + [initdb, "-D", data, "-A", "trust", "-U", "postgres"],
-                       check=True, capture_output=True)
-        self.pg_ctl, self.data = pg_ctl, data
-        subprocess.run(self.prefix + [pg_ctl, "-D", data, "-w", "-l",
+        self.pg_ctl, self.data = pg_ctl, os.path.join(self.dir, "data")
+        if standby_of is None:
+            subprocess.run(self.prefix + [initdb, "-D", self.data, "-A", "trust",
+                                          "-U", "postgres"], check=True, capture_output=True)
+            with open(os.path.join(self.data, "postgresql.conf"), "a") as conf:
+                conf.writelines(f"{k} = '{v}'\n" for k, v in (settings or {}).items())
+            self.start()
+        else:
+            self.follow(standby_of)
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        subprocess.run(self.prefix + [self.pg_ctl, "-D", self.data, "-w", "-l",
                                       os.path.join(self.dir, "log"), "-o",
                                       f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
                                       "-c fsync=on", "start"], check=True, capture_output=True)
-        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def follow(self, primary_port: int) -> None:
+        """Start afresh as the streaming standby of the server on `primary_port`
+        (any data here is thrown away, as a failed primary's is)."""
+        shutil.rmtree(self.data, ignore_errors=True)
+        subprocess.run(self.prefix + [_pg_bin("pg_basebackup"), "-h", "127.0.0.1",
+                                      "-p", str(primary_port), "-U", "postgres", "-D", self.data,
+                                      "-R", "-X", "stream", "-c", "fast"], check=True,
+                       capture_output=True)
+        self.start()
+
+    def kill(self) -> None:
+        """Gone at once, as a crashed host: no checkpoint, clients cut."""
+        subprocess.run(self.prefix + [self.pg_ctl, "-D", self.data, "-m", "immediate", "stop"],
+                       check=True, capture_output=True)
+
+    def promote(self) -> None:
+        subprocess.run(self.prefix + [self.pg_ctl, "-D", self.data, "-w", "promote"],
+                       check=True, capture_output=True)
 
     def stop(self):
         subprocess.run(self.prefix + [self.pg_ctl, "-D", self.data, "-m", "fast", "stop"],
                        capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ReplicatedPostgres:
+    """A primary and its standby, as Patroni keeps them: replication synchronous (a
+    COMMIT returns once the standby has it), and a failover that kills the
+    primary, promotes the standby and makes the old primary, its data thrown
+    away, the new one's standby. `dsn` names both hosts, the standby first."""
+
+    def __init__(self):
+        self.primary = ThrowawayPostgres({"synchronous_standby_names": "*"})
+        self.standby = ThrowawayPostgres(standby_of=self.primary.port)
+        self.dsn = (f"postgresql://postgres@127.0.0.1:{self.standby.port},"
+                    f"127.0.0.1:{self.primary.port}/postgres")
+
+    def fail_over(self) -> None:
+        self.primary.kill()
+        self.standby.promote()
+        self.primary, self.standby = self.standby, self.primary
+        self.standby.follow(self.primary.port)
+
+    def stop(self) -> None:
+        self.standby.stop()
+        self.primary.stop()
 
 
 class ThrowawayRedis:

@@ -34,7 +34,7 @@ from ocs.rating import TariffDefinition, Tier, UsageRate
 from ocs.rating.storage import save_tariff
 from radius import codec
 from tests.radius_harness import SECRET, A, Code, RadiusOcsd, acct_packet
-from tests.services import ThrowawayRedis, free_port
+from tests.services import ReplicatedPostgres, ThrowawayRedis, free_port
 from tests.test_diameter_daemon import diameter_config
 
 RADIUS_SESSIONS = 24      # half on an octets allowance, half paying money
@@ -95,10 +95,12 @@ class Crasher:
     mid-session, and no request lives through two of them."""
 
     def __init__(self, nodes: list[RadiusOcsd], sessions: int,
-                 redis: list[ThrowawayRedis] | None = None, database: str | None = None):
+                 redis: list[ThrowawayRedis] | None = None, database: str | None = None,
+                 replicated: ReplicatedPostgres | None = None):
         self.nodes = nodes
         self.redis = redis  # throwaway Redis servers, the last one running: what crashes
         self.database = database  # or: PostgreSQL (DSN) cuts the daemon's connections
+        self.replicated = replicated  # or: the daemon's PostgreSQL primary fails over
         self.live = 0  # the node the clients talk to
         self.sessions = sessions
         self.arrived = [0] * len(CRASH_BEFORE)
@@ -150,6 +152,9 @@ class Crasher:
         if self.database is not None:
             self._task = asyncio.get_running_loop().create_task(self._cut_database())
             return False
+        if self.replicated is not None:
+            self._task = asyncio.get_running_loop().create_task(self._fail_over())
+            return False
         victim = self.node
         victim.proc.kill()  # at once, with requests in flight
         if len(self.nodes) > 1:
@@ -172,6 +177,11 @@ class Crasher:
                 await asyncio.sleep(0.05)
         finally:
             await conn.close()
+        self.restarting = False
+        self._open()
+
+    async def _fail_over(self) -> None:
+        await asyncio.to_thread(self.replicated.fail_over)
         self.restarting = False
         self._open()
 
@@ -307,9 +317,9 @@ async def pgw_session(pgw: Pgw, crasher: Crasher, n: int) -> tuple[int, list[int
     return DIAMETER_TOTAL, codes
 
 
-async def load(nodes: list[RadiusOcsd], redis=None, database=None
+async def load(nodes: list[RadiusOcsd], redis=None, database=None, replicated=None
                ) -> tuple[Crasher, list[int], list[tuple[int, list[int]]]]:
-    crasher = Crasher(nodes, RADIUS_SESSIONS + DIAMETER_SESSIONS, redis, database)
+    crasher = Crasher(nodes, RADIUS_SESSIONS + DIAMETER_SESSIONS, redis, database, replicated)
     stamp = int(time.time()) - 3600
     pgws = [Pgw(crasher, f"pgw{k}") for k in range(3)]
     radius = asyncio.gather(*[nas_session(crasher, n, stamp) for n in range(RADIUS_SESSIONS)])
@@ -325,13 +335,16 @@ async def load(nodes: list[RadiusOcsd], redis=None, database=None
 
 def charge_through_crashes(tmp_path, request, backend: str, nodes: int = 1,
                            redis: list[ThrowawayRedis] | None = None,
-                           cut_database: bool = False) -> Crasher:
+                           cut_database: bool = False,
+                           replicated: ReplicatedPostgres | None = None) -> Crasher:
     """The load on `nodes` daemons sharing one store, with three crashes (of
     `redis` when given, of the daemon's database connections with
-    `cut_database`); then what every session was charged, read back through
-    the API."""
+    `cut_database`, failovers of the `replicated` PostgreSQL); then what every
+    session was charged, read back through the API."""
     kw, options, extra = {}, {}, ""
-    if backend.startswith("postgres"):
+    if replicated is not None:
+        kw = dict(store_url=replicated.dsn)
+    elif backend.startswith("postgres"):
         from tests.conftest import pg_store_target
         url, options = pg_store_target(request, request.getfixturevalue("pg_dsn"))
         kw = dict(store_url=url, extra_store=f'schema = "{options["schema"]}"')
@@ -356,7 +369,7 @@ def charge_through_crashes(tmp_path, request, backend: str, nodes: int = 1,
         for each in daemons:
             each.start()
         database = request.getfixturevalue("pg_dsn") if cut_database else None
-        crasher, reported, answered = asyncio.run(load(daemons, redis, database))
+        crasher, reported, answered = asyncio.run(load(daemons, redis, database, replicated))
         assert crasher.crashes == 3 and crasher.lost >= 3
         assert all(code == 2001 for _, codes in answered for code in codes), answered
         assert reported == [RADIUS_TOTAL] * RADIUS_SESSIONS
@@ -433,3 +446,19 @@ def test_database_connections_cut_mid_load_charge_every_session_exactly_once(tmp
     # A connection found dead before its transaction began is replaced, quietly;
     # no batch is taken for a fault of its own.
     assert "Traceback" not in log and "retrying one by one" not in log, log[-3000:]
+
+
+def test_postgresql_failover_mid_load_charges_every_session_exactly_once(tmp_path, request):
+    """The store is a PostgreSQL primary with a synchronous standby, and the daemon's
+    DSN names both, the standby first. Three times mid-load the primary dies, the
+    standby is promoted, and the old primary comes back as the new one's standby
+    (as Patroni does). The daemon finds the primary each time, on its own: each
+    new connection skips a server that takes no writes. Requests caught in the
+    failover go unanswered (RADIUS) or get 3002 (Diameter), and their
+    retransmissions are charged once."""
+    pair = ReplicatedPostgres()
+    try:
+        crasher = charge_through_crashes(tmp_path, request, "postgres", replicated=pair)
+    finally:
+        pair.stop()
+    assert "Traceback" not in crasher.node.log(), crasher.node.log()[-3000:]

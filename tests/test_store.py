@@ -499,6 +499,51 @@ async def test_postgres_waits_a_bounded_time_for_a_free_connection(pg_dsn, pg_sc
         await driver.close()
 
 
+async def test_postgres_writes_follow_a_switchover_to_the_promoted_standby():
+    """A switchover as operators run one: the primary is fenced (read-only for every
+    session, connections kept), then the standby promoted. The store's pooled
+    connections to the old primary refuse writes; each is dropped on its first
+    refusal and the write runs again on a new connection, which settles on the
+    new primary (DSN: both hosts, the standby first). Balances carry over."""
+    import asyncpg
+
+    from ocs.errors import StoreUnavailable
+    from tests.services import ReplicatedPostgres
+
+    pair = await asyncio.to_thread(ReplicatedPostgres)
+    store = Store(make_driver(pair.dsn, pool_min=3, pool_max=3))
+    try:
+        await store.open(migrate_schema=True)
+        a = await store.create_account(name="switch", currency="EUR", billing="prepaid",
+                                       opening_balance=5_000)
+        old, new = pair.primary, pair.standby
+        fence = await asyncpg.connect(old.dsn)
+        await fence.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+        await fence.execute("SELECT pg_reload_conf()")
+        await fence.close()
+        await asyncio.sleep(0.3)  # the reload reaches every session
+        with pytest.raises(StoreUnavailable, match="no host of the DSN takes writes"):
+            await store.credit(a.id, 1_000, reason="during the fence")
+        await asyncio.to_thread(new.promote)
+        alone = await asyncpg.connect(new.dsn)  # no standby follows it: commit alone
+        await alone.execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+        await alone.execute("SELECT pg_reload_conf()")
+        await alone.close()
+        for n in range(3):  # more writes than pooled connections
+            await store.credit(a.id, 1_000, reason=f"after the promotion {n}")
+        assert (await store.balance(a.id))["balance"] == 8_000
+        check = await asyncpg.connect(new.dsn)
+        try:
+            assert not await check.fetchval("SELECT pg_is_in_recovery()")
+            assert await check.fetchval("SELECT count(*) FROM ledger WHERE account_id = $1",
+                                        a.id) == 4  # the opening balance and three
+        finally:
+            await check.close()
+    finally:
+        await store.close()
+        await asyncio.to_thread(pair.stop)
+
+
 async def test_unmatched_accounting_keeps_the_latest_report_of_each_session(store):
     async def report(seq, at, *, units, closed=False, attrs=None, session="radius:nas1:u1"):
         await store.record_unmatched(session=session, proto="radius", nas=session.split(":")[1],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 from typing import Any
 
@@ -40,6 +41,33 @@ _CONNECTION_OR_SERVER_ERRORS = (*_CONNECTION_ERRORS, asyncpg.PostgresError)
 _DEAD = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
          asyncpg.AdminShutdownError, asyncpg.InternalClientError)
 _BROKEN = (*_CONNECTION_ERRORS, asyncpg.InternalClientError)
+
+
+class _PoolFloorLine(logging.Filter):
+    """asyncpg's pool logs a traceback each time it fails to reopen its minimum of
+    connections (the server down, or no primary during a failover); it retries
+    after 1, 2, 4 ... 60 s. One line says the same: what failed, and why."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            said = record.getMessage().removesuffix("; retrying")
+            record.msg = "PostgreSQL connection pool: %s (%s: %s); retrying with back-off"
+            record.args = (said[:1].lower() + said[1:], type(exc).__name__, _why(exc))
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_POOL_FLOOR_LINE = _PoolFloorLine()
+
+
+def _why(exc: BaseException) -> str:
+    """An error in words: a timeout's own text is empty."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out waiting for the server"
+    if isinstance(exc, asyncpg.TargetServerAttributeNotMatched):
+        return "no host of the DSN takes writes now (each is a standby or read-only)"
+    return str(exc) or type(exc).__name__
 
 
 def _discard(conn) -> None:
@@ -75,6 +103,9 @@ class PostgresDriver:
         return "postgres:" + re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", self.dsn)
 
     async def open(self) -> None:
+        pool_log = logging.getLogger("asyncpg.pool")
+        if _POOL_FLOOR_LINE not in pool_log.filters:
+            pool_log.addFilter(_POOL_FLOOR_LINE)
         settings = {"application_name": "ocsd"}
         if self.schema:
             settings["search_path"] = self.schema
@@ -82,10 +113,21 @@ class PostgresDriver:
             self.pool = await asyncpg.create_pool(
                 self.dsn, min_size=self.min_size, max_size=self.max_size,
                 command_timeout=self.command_timeout, timeout=self.connect_timeout,
-                server_settings=settings, reset=_keep_session)
+                server_settings=settings, reset=_keep_session, **self._target())
         except _CONNECTION_OR_SERVER_ERRORS as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL ({self.describe()}): {exc}") \
                 from exc
+
+    def _target(self) -> dict:
+        """Connect only to a server that takes writes: with several hosts in the DSN
+        (a primary and its standbys, as Patroni or repmgr run them), each new
+        connection tries them in turn and keeps the primary, also the one promoted
+        after a failover. libpq's default, any server, would settle on a standby
+        listed first. A DSN's own target_session_attrs (or PGTARGETSESSIONATTRS)
+        is kept as it says."""
+        if "target_session_attrs" in self.dsn or os.environ.get("PGTARGETSESSIONATTRS"):
+            return {}
+        return {"target_session_attrs": "read-write"}
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -111,24 +153,33 @@ class PostgresDriver:
                         # connection may try again.
                         _discard(conn)
                         if attempt == _RETRIES - 1:
-                            raise StoreUnavailable(f"postgres: {exc}") from exc
+                            raise StoreUnavailable(f"postgres: {_why(exc)}") from exc
                         log.info("PostgreSQL connection lost (%s); retrying on a new one", exc)
                         continue
                     try:
                         result = await self._drive(conn, program(*args))
-                    except BaseException:
+                    except BaseException as exc:
                         try:
                             await transaction.rollback()
                         except Exception:  # noqa: BLE001 - the first error is the one to report
                             _discard(conn)
+                        if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
+                            _discard(conn)  # its server is no primary now: find the one that is
                         raise
                     await transaction.commit()  # lost here: committed or not, unknown
                     return result
             except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError) as exc:
                 if attempt == _RETRIES - 1:
-                    raise StoreUnavailable(f"postgres: {exc}") from exc
+                    raise StoreUnavailable(f"postgres: {_why(exc)}") from exc
                 log.warning("retrying transaction after %s", type(exc).__name__)
                 await asyncio.sleep(0.005 * (attempt + 1))
+            except asyncpg.ReadOnlySQLTransactionError as exc:
+                # A primary fenced for a switchover (default_transaction_read_only), or
+                # a DSN that lets connections settle on a standby. Nothing was written:
+                # a new connection may find the primary.
+                if attempt == _RETRIES - 1:
+                    raise StoreUnavailable(f"postgres: the server is read-only: {exc}") from exc
+                log.info("PostgreSQL server read-only (%s); retrying on a new connection", exc)
             except asyncpg.UniqueViolationError as exc:
                 raise Conflict(_unique_message(exc)) from exc
             except asyncpg.ForeignKeyViolationError as exc:
@@ -137,9 +188,9 @@ class PostgresDriver:
                     asyncpg.DataError) as exc:
                 raise ValidationError(str(exc)) from exc
             except _BROKEN as exc:
-                raise StoreUnavailable(f"postgres: {exc}") from exc
+                raise StoreUnavailable(f"postgres: {_why(exc)}") from exc
             except asyncpg.PostgresError as exc:
-                raise StoreUnavailable(f"postgres: {exc}") from exc
+                raise StoreUnavailable(f"postgres: {_why(exc)}") from exc
         raise AssertionError("unreachable")
 
     @contextlib.asynccontextmanager
