@@ -17,12 +17,14 @@ stays in force and the error is logged.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretStr,
-                      ValidationError as PydanticValidationError, field_validator)
+                      ValidationError as PydanticValidationError, field_validator,
+                      model_validator)
 
 from .errors import ConfigError
 
@@ -128,6 +130,9 @@ class StoreConfig(Section):
 
 class RedisConfig(Section):
     url: str = ""
+    sentinels: list[Listen] = []
+    sentinel_master: str = ""
+    sentinel_password: Secret | None = None
     key_prefix: str = "ocs:"
     dedup_ttl: float = Field(30.0, gt=0)
     dedup_claim_ttl: float = Field(5.0, gt=0)
@@ -141,6 +146,29 @@ class RedisConfig(Section):
         if v and not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("use redis://HOST:PORT/DB, rediss://... or unix://PATH")
         return v
+
+    @model_validator(mode="after")
+    def _sentinel(self) -> "RedisConfig":
+        if self.sentinels and not self.sentinel_master:
+            raise ValueError("sentinels need sentinel_master: the name the Sentinels "
+                             "monitor the primary under")
+        if self.sentinel_master and not self.sentinels:
+            raise ValueError("sentinel_master needs sentinels (HOST:PORT of each)")
+        if self.sentinels and self.url and not self.url.startswith("redis://"):
+            raise ValueError("with sentinels, url may only be redis://[:PASSWORD@]/DB "
+                             "(TLS and unix sockets are not supported with Sentinel)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Nodes share state in Redis (else each keeps its own, in process)."""
+        return bool(self.url or self.sentinels)
+
+    def describe(self) -> str:
+        """Where Redis is, for logs: the URL without its password, or the Sentinels."""
+        if self.sentinels:
+            return f"sentinel primary {self.sentinel_master!r} via {','.join(self.sentinels)}"
+        return re.sub(r"(://[^:@/]*:)[^@/]*@", r"\1***@", self.url)
 
 
 class AuthConfig(Section):

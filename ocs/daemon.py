@@ -149,9 +149,9 @@ def merge_reload(old: Config, new: Config) -> tuple[Config, list[str], list[str]
 
 
 def register_config_secrets(config: Config) -> None:
-    token = config.api.bootstrap_token
-    if token is not None:
-        logs.register_secret(token.get_secret_value())
+    for secret in (config.api.bootstrap_token, config.redis.sentinel_password):
+        if secret is not None:
+            logs.register_secret(secret.get_secret_value())
     for url in (config.store.url, config.redis.url):
         m = _URL_PASSWORD.search(url)
         if m:
@@ -375,7 +375,8 @@ def check_config(path: str) -> int:
             ("node", config.daemon.node_name),
             ("store", hide_url_password(config.store.url)
              + (f" (schema {config.store.schema_})" if config.store.schema_ else "")),
-            ("redis", hide_url_password(config.redis.url) or "none (single node)"),
+            ("redis", config.redis.describe() if config.redis.enabled
+             else "none (single node)"),
             ("api", api),
             ("metrics", config.metrics.listen or "on the API listener"),
             ("log", f"{config.log.format}, level {config.log.level}"),

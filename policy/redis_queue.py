@@ -39,11 +39,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ocs.cluster import ClusterUnavailable
-from ocs.cluster.redis_backend import close_redis
+from ocs.cluster.redis_backend import POOL_SIZE, Script, close_redis, redis_client
 from ocs.model import now_us
 
 from . import state
@@ -110,7 +110,7 @@ class StreamQueue(ActionQueue):
     def __init__(self, redis_config, store, *, owner: str, per_nas: int, lease: float,
                  timeout: float | None = None):
         super().__init__()
-        self.url = redis_config.url
+        self.redis_config = redis_config
         self.prefix = redis_config.key_prefix
         self.timeout = timeout or redis_config.timeout
         self.store = store
@@ -129,13 +129,13 @@ class StreamQueue(ActionQueue):
     async def start(self) -> None:
         if self.client is not None:
             return
-        self.client = aioredis.Redis.from_url(self.url, socket_timeout=self.timeout,
-                                              socket_connect_timeout=self.timeout,
-                                              decode_responses=False)
-        self._enqueue = self.client.register_script(_ENQUEUE)
-        self._move_due = self.client.register_script(_MOVE_DUE)
-        self._lease = self.client.register_script(_LEASE)
-        self._revive = self.client.register_script(_REVIVE)
+        self.client = redis_client(self.redis_config, max_connections=POOL_SIZE,
+                                   timeout=self.timeout, socket_timeout=self.timeout,
+                                   socket_connect_timeout=self.timeout, decode_responses=False)
+        self._enqueue = Script(self.client, _ENQUEUE)
+        self._move_due = Script(self.client, _MOVE_DUE)
+        self._lease = Script(self.client, _LEASE)
+        self._revive = Script(self.client, _REVIVE)
         with self._guard("start"):
             try:
                 await self.client.xgroup_create(self.k_actions, GROUP, id="0", mkstream=True)
@@ -154,7 +154,8 @@ class StreamQueue(ActionQueue):
             raise ClusterUnavailable(f"policy queue is stopped ({what})")
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (RedisConnectionError, RedisTimeoutError, ReadOnlyError, NoScriptError,
+                OSError) as exc:
             raise ClusterUnavailable(f"redis unavailable for the policy queue ({what}): "
                                      f"{exc}") from exc
         except RedisError as exc:

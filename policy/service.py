@@ -68,10 +68,11 @@ class PolicyService:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         cfg = self.config()
-        redis_url = self.ctx.config.redis.url
-        mode = cfg.queue if cfg.queue != "auto" else ("redis" if redis_url else "store")
-        if mode == "redis" and not redis_url:
-            raise ConfigError("the redis queue needs [redis] url", key="policy.queue")
+        shared = self.ctx.config.redis.enabled
+        mode = cfg.queue if cfg.queue != "auto" else ("redis" if shared else "store")
+        if mode == "redis" and not shared:
+            raise ConfigError("the redis queue needs [redis] url or sentinels",
+                              key="policy.queue")
         if mode == "redis":
             from .redis_queue import StreamQueue
             self.queue = StreamQueue(self.ctx.config.redis, self.store, owner=self.node,

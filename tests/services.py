@@ -141,28 +141,132 @@ class ReplicatedPostgres:
 
 
 class ThrowawayRedis:
-    def __init__(self, port: int | None = None):
+    """A Redis server keeping nothing on disk; with `replica_of` (a port), the
+    replica of that one, returned once it holds the primary's data."""
+
+    def __init__(self, port: int | None = None, replica_of: int | None = None):
         binary = shutil.which("redis-server")
         if not binary:
             raise ServiceUnavailable(REDIS_HINT)
         self.dir = tempfile.mkdtemp(prefix="ocs-redis-")
         self.port = port or free_port()
+        follow = ["--replicaof", "127.0.0.1", str(replica_of)] if replica_of else []
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--appendonly", "no", "--dir", self.dir, "--repl-diskless-sync-delay", "0",
+             *follow], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if _redis_answers(self.url):
+            if _redis_answers(self.url) and (not replica_of or self._in_sync()):
                 return
             time.sleep(0.05)
         self.stop()
         raise ServiceUnavailable(f"redis-server did not start on port {self.port}")
 
+    def _in_sync(self) -> bool:
+        client = redis.Redis.from_url(self.url, socket_timeout=2)
+        try:
+            return client.info("replication").get("master_link_status") == "up"
+        finally:
+            client.close()
+
     def stop(self):
         self.proc.terminate()
         self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SentinelRedis:
+    """A Redis primary, its replica and a Sentinel watching them (quorum 1), as an
+    operator runs Redis for several ocsd nodes. `fail_over` kills the primary,
+    waits for the Sentinel to promote the replica, and starts the old primary
+    again, empty, as the new one's replica."""
+
+    MASTER = "ocs-primary"
+
+    def __init__(self):
+        self.primary = ThrowawayRedis()
+        self.replica = ThrowawayRedis(replica_of=self.primary.port)
+        self.sentinel_port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="ocs-sentinel-")
+        conf = os.path.join(self.dir, "sentinel.conf")
+        with open(conf, "w") as fh:  # the Sentinel rewrites this file as it learns
+            fh.write(f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                     f"sentinel monitor {self.MASTER} 127.0.0.1 {self.primary.port} 1\n"
+                     f"sentinel down-after-milliseconds {self.MASTER} 500\n"
+                     f"sentinel failover-timeout {self.MASTER} 2000\n")
+        self.proc = subprocess.Popen([shutil.which("redis-server"), conf, "--sentinel"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.sentinel = f"127.0.0.1:{self.sentinel_port}"
+        self._wait(lambda: self.primary_port() == self.primary.port and self._replicas() == 1,
+                   "the Sentinel did not see the primary and its replica")
+
+    def _ask(self, *command):
+        client = redis.Redis(port=self.sentinel_port, socket_timeout=2, decode_responses=True)
+        try:
+            return client.execute_command(*command)
+        except (redis.RedisError, OSError):
+            return None
+        finally:
+            client.close()
+
+    def primary_port(self) -> int | None:
+        """The primary's port as clients are told it (SENTINEL MASTER, which changes
+        once a failover is complete, unlike GET-MASTER-ADDR-BY-NAME)."""
+        fields = self._ask("SENTINEL", "MASTER", self.MASTER)  # a dict, parsed by redis-py
+        if not fields or "s_down" in fields.get("flags", ""):
+            return None
+        return int(fields["port"])
+
+    def _replicas(self) -> int:
+        replicas = self._ask("SENTINEL", "REPLICAS", self.MASTER) or []
+        return sum(1 for r in replicas if "s_down" not in str(r))
+
+    @staticmethod
+    def _wait(done, what: str, within: float = 30.0) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if done():
+                return
+            time.sleep(0.05)
+        raise AssertionError(what)
+
+    def fail_over(self) -> None:
+        old, new = self.primary, self.replica
+        old.proc.kill()
+        old.proc.wait(10)
+        self._wait(lambda: self.primary_port() == new.port,
+                   "the Sentinel did not promote the replica")
+        shutil.rmtree(old.dir, ignore_errors=True)
+        self.primary, self.replica = new, ThrowawayRedis(old.port, replica_of=new.port)
+        self._wait(lambda: self._replicas() == 1, "the Sentinel did not see the new replica")
+
+    def swap_by_hand(self) -> None:
+        """The replica made primary and the primary its replica with REPLICAOF, by
+        hand, and the Sentinel told afresh which one to watch. Unlike the
+        Sentinel's own switchover (which kills the clients of the server it
+        demotes), the clients' connections to the old primary stay open."""
+        old, new = self.primary, self.replica
+        for server, command in ((new, ("REPLICAOF", "NO", "ONE")),
+                                (old, ("REPLICAOF", "127.0.0.1", str(new.port)))):
+            client = redis.Redis.from_url(server.url, socket_timeout=2)
+            try:
+                client.execute_command(*command)
+            finally:
+                client.close()
+        self._ask("SENTINEL", "REMOVE", self.MASTER)
+        self._ask("SENTINEL", "MONITOR", self.MASTER, "127.0.0.1", new.port, 1)
+        self.primary, self.replica = new, old
+        self._wait(lambda: self.primary_port() == new.port and old._in_sync(),
+                   "the swap did not settle")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        for server in (self.primary, self.replica):
+            if server.proc.poll() is None:
+                server.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

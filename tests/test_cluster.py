@@ -32,15 +32,18 @@ async def _drop_keys(url: str, prefix: str) -> None:
 
 
 class Nodes:
-    """Makes Cluster objects ("nodes") sharing one key prefix; cleans up."""
+    """Makes Cluster objects ("nodes") sharing one key prefix; cleans up. `url` is
+    the Redis the keys are in; `where` what the nodes are told (by default the URL;
+    with Sentinel, the Sentinels)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, where: dict | None = None):
         self.url = url
+        self.where = where if where is not None else {"url": url}
         self.prefix = f"ocs-test-{secrets.token_hex(6)}:"
         self.made = []
 
     async def __call__(self, node: str = "node-a", **config):
-        cluster = await connect(RedisConfig(url=self.url, key_prefix=self.prefix, **config),
+        cluster = await connect(RedisConfig(**self.where, key_prefix=self.prefix, **config),
                                 node=node)
         self.made.append(cluster)
         return cluster
@@ -52,16 +55,34 @@ class Nodes:
             await _drop_keys(self.url, self.prefix)
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(scope="module")
+def sentinel_redis():
+    """A Redis primary and replica watched by a Sentinel, for this module's tests."""
+    servers = services.SentinelRedis()
+    yield servers
+    servers.stop()
+
+
+def sentinel_config(servers: services.SentinelRedis) -> dict:
+    return {"sentinels": [servers.sentinel], "sentinel_master": servers.MASTER}
+
+
+@pytest.fixture(params=["local", "redis", "sentinel"])
 def backend(request):
     if request.param == "redis":
         return "redis", request.getfixturevalue("redis_url")
+    if request.param == "sentinel":
+        return "redis", request.getfixturevalue("sentinel_redis")
     return "local", ""
 
 
 @pytest.fixture
 async def nodes(backend):
-    made = Nodes(backend[1])
+    where = backend[1]
+    if isinstance(where, services.SentinelRedis):  # the keys are on its primary
+        made = Nodes(where.primary.url, sentinel_config(where))
+    else:
+        made = Nodes(where)
     yield made
     await made.close()
 
@@ -556,6 +577,76 @@ async def test_redis_going_away_and_coming_back(throwaway_redis, monkeypatch, ca
             (event_id, {"type": "y"})]
     finally:
         await cluster.stop()
+
+
+async def test_sentinel_failover_moves_the_nodes_to_the_promoted_replica(caplog):
+    """With [redis] sentinels the nodes ask the Sentinels where the primary is. It
+    dies; while the Sentinel promotes its replica, calls fail fast as unavailable
+    (logged once), then they reach the new primary on their own, with what it
+    had replicated. The log names the Sentinels, never a password."""
+    servers = await asyncio.to_thread(services.SentinelRedis)
+    password = "sentinel-" + secrets.token_hex(4)
+    config = RedisConfig(**sentinel_config(servers), key_prefix="ocs:",
+                         sentinel_password=password)
+    assert config.describe() == f"sentinel primary 'ocs-primary' via {servers.sentinel}"
+    # (This Sentinel asks for no password; one that does gets it with AUTH.)
+    a = await connect(config, node="node-a", timeout=1.0)
+    b = await connect(config, node="node-b", timeout=1.0)
+    try:
+        await a.sessions.put("s1", {"n": 1}, 60)
+        await a.events.ensure_group("policy")
+        first = await a.events.publish({"type": "before"})
+        primary = aioredis.Redis.from_url(servers.primary.url)
+        assert await primary.execute_command("WAIT", 1, 5000) == 1  # the replica has it
+        await primary.aclose()
+        with caplog.at_level(logging.INFO, logger="ocs.cluster"):
+            failing_over = asyncio.create_task(asyncio.to_thread(servers.fail_over))
+            outages = 0
+            while not failing_over.done():
+                try:
+                    await b.ping()
+                except ClusterUnavailable:
+                    outages += 1
+                await asyncio.sleep(0.05)
+            await failing_over
+            assert outages > 0
+            assert await b.ping() is True and await a.ping() is True
+        text = caplog.text
+        assert "unavailable" in text and "reachable again" in text
+        assert servers.sentinel in text and password not in text
+        assert (f"redis primary 'ocs-primary' is 127.0.0.1:{servers.primary.port} "
+                f"(failed over from 127.0.0.1:{servers.replica.port})") in text
+        assert (await b.sessions.get("s1"))["n"] == 1  # on the promoted replica
+        assert await b.dedup.claim("k", 5) is True and await a.dedup.claim("k", 5) is False
+        second = await b.events.publish({"type": "after"})
+        got = await a.events.consume("policy", "w", block_ms=0)
+        assert [e for e, _ in got] == [first, second]
+    finally:
+        await a.stop()
+        await b.stop()
+        await asyncio.to_thread(servers.stop)
+
+
+async def test_a_connection_to_a_demoted_primary_moves_to_the_new_one_in_the_same_call(
+        sentinel_redis):
+    """The node's pooled connections are open to a primary that is then demoted to a
+    replica (and its clients not cut). The first write on each is refused as
+    read-only; the connection is made again to where the Sentinels now say the
+    primary is, and the call succeeds. (redis-py alone reconnects to the address
+    the connection had, the demoted one, and fails the call.)"""
+    servers = sentinel_redis
+    made = Nodes(servers.primary.url, sentinel_config(servers))
+    try:
+        node = await made()
+        await asyncio.gather(*[node.sessions.put(f"s{k}", {"n": k}, 60) for k in range(8)])
+        await asyncio.to_thread(servers.swap_by_hand)
+        made.url = servers.primary.url
+        for k in range(8):  # each pooled connection meets the demoted primary once
+            assert await node.dedup.claim(f"after-{k}", 5) is True
+            await node.sessions.put(f"after-{k}", {"n": k}, 60)
+        assert (await node.sessions.get("after-7"))["n"] == 7
+    finally:
+        await made.close()
 
 
 async def test_stalled_redis_times_out_instead_of_hanging(throwaway_redis):

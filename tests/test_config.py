@@ -84,6 +84,12 @@ def test_documented_file_has_no_key_the_model_lacks():
     ("[store]\nurl = 'mysql://db/ocs'\n", "store.url", "use sqlite:PATH or postgresql://"),
     ("[store]\nschema = 'a; DROP'\n", "store.schema", "letters, digits and underscores"),
     ("[redis]\nurl = 'http://cache'\n", "redis.url", "use redis://"),
+    ("[redis]\nsentinels = ['10.0.0.1:26379']\n", "redis", "sentinels need sentinel_master"),
+    ("[redis]\nsentinel_master = 'ocs'\n", "redis", "sentinel_master needs sentinels"),
+    ("[redis]\nsentinels = ['10.0.0.1']\nsentinel_master = 'ocs'\n", "redis.sentinels.0",
+     "is not HOST:PORT"),
+    ("[redis]\nsentinels = ['10.0.0.1:26379']\nsentinel_master = 'ocs'\n"
+     "url = 'rediss://cache/0'\n", "redis", "not supported with Sentinel"),
     ("[radius]\nstrip_realms = ['@isp.example']\n", "radius.strip_realms", "is not a realm"),
     ("source = 'x'\n", "source", "unknown key"),
 ])

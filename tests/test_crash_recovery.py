@@ -34,7 +34,7 @@ from ocs.rating import TariffDefinition, Tier, UsageRate
 from ocs.rating.storage import save_tariff
 from radius import codec
 from tests.radius_harness import SECRET, A, Code, RadiusOcsd, acct_packet
-from tests.services import ReplicatedPostgres, ThrowawayRedis, free_port
+from tests.services import ReplicatedPostgres, SentinelRedis, ThrowawayRedis, free_port
 from tests.test_diameter_daemon import diameter_config
 
 RADIUS_SESSIONS = 24      # half on an octets allowance, half paying money
@@ -96,11 +96,11 @@ class Crasher:
 
     def __init__(self, nodes: list[RadiusOcsd], sessions: int,
                  redis: list[ThrowawayRedis] | None = None, database: str | None = None,
-                 replicated: ReplicatedPostgres | None = None):
+                 replicated: ReplicatedPostgres | SentinelRedis | None = None):
         self.nodes = nodes
         self.redis = redis  # throwaway Redis servers, the last one running: what crashes
         self.database = database  # or: PostgreSQL (DSN) cuts the daemon's connections
-        self.replicated = replicated  # or: the daemon's PostgreSQL primary fails over
+        self.replicated = replicated  # or: the PostgreSQL or Redis primary fails over
         self.live = 0  # the node the clients talk to
         self.sessions = sessions
         self.arrived = [0] * len(CRASH_BEFORE)
@@ -336,19 +336,23 @@ async def load(nodes: list[RadiusOcsd], redis=None, database=None, replicated=No
 def charge_through_crashes(tmp_path, request, backend: str, nodes: int = 1,
                            redis: list[ThrowawayRedis] | None = None,
                            cut_database: bool = False,
-                           replicated: ReplicatedPostgres | None = None) -> Crasher:
+                           replicated: ReplicatedPostgres | SentinelRedis | None = None
+                           ) -> Crasher:
     """The load on `nodes` daemons sharing one store, with three crashes (of
     `redis` when given, of the daemon's database connections with
-    `cut_database`, failovers of the `replicated` PostgreSQL); then what every
-    session was charged, read back through the API."""
+    `cut_database`, failovers of the `replicated` PostgreSQL or Redis); then
+    what every session was charged, read back through the API."""
     kw, options, extra = {}, {}, ""
-    if replicated is not None:
+    if isinstance(replicated, ReplicatedPostgres):
         kw = dict(store_url=replicated.dsn)
     elif backend.startswith("postgres"):
         from tests.conftest import pg_store_target
         url, options = pg_store_target(request, request.getfixturevalue("pg_dsn"))
         kw = dict(store_url=url, extra_store=f'schema = "{options["schema"]}"')
-    if backend.endswith("redis"):
+    if isinstance(replicated, SentinelRedis):
+        extra = (f'\n[redis]\nsentinels = ["{replicated.sentinel}"]\n'
+                 f'sentinel_master = "{replicated.MASTER}"\n')
+    elif backend.endswith("redis"):
         redis_url = redis[0].url if redis else request.getfixturevalue("redis_url")
         extra = f'\n[redis]\nurl = "{redis_url}"\nkey_prefix = "crash-{secrets.token_hex(4)}:"\n'
     daemons = []
@@ -462,3 +466,22 @@ def test_postgresql_failover_mid_load_charges_every_session_exactly_once(tmp_pat
     finally:
         pair.stop()
     assert "Traceback" not in crasher.node.log(), crasher.node.log()[-3000:]
+
+
+def test_redis_sentinel_failover_mid_load_charges_every_session_exactly_once(tmp_path,
+                                                                            request):
+    """Redis is a primary and a replica under a Sentinel ([redis] sentinels). Three
+    times mid-load the primary is killed and the Sentinel promotes the replica;
+    the old primary comes back empty as the new one's replica. Replication is
+    asynchronous, so the promoted one may lack the last claims, answers and
+    events. The daemon follows the Sentinel to each new primary on its own, and
+    the store keeps every session charged once."""
+    servers = SentinelRedis()
+    try:
+        crasher = charge_through_crashes(tmp_path, request, "postgres+redis",
+                                         replicated=servers)
+    finally:
+        servers.stop()
+    log = crasher.node.log()
+    assert "Traceback" not in log, log[-3000:]
+    assert f"sentinel primary 'ocs-primary' via {servers.sentinel}" in log

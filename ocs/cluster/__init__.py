@@ -46,7 +46,7 @@ def build(config: RedisConfig, *, node: str, timeout: float | None = None) -> Cl
     """
     if not node:
         raise ValueError("node must be a non-empty name")
-    if config.url:
+    if config.enabled:
         from .redis_backend import DEFAULT_TIMEOUT, RedisCluster
         return RedisCluster(config, node=node,
                             timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
@@ -56,7 +56,7 @@ def build(config: RedisConfig, *, node: str, timeout: float | None = None) -> Cl
 
 async def connect(config: RedisConfig, *, node: str, timeout: float | None = None) -> Cluster:
     """`build` and `start`: a ready adapter, Redis-backed when ``config.url``
-    is set, in-process otherwise. Raises ClusterUnavailable if Redis does not
+    or ``config.sentinels`` is set, in-process otherwise. Raises ClusterUnavailable if Redis does not
     answer."""
     cluster = build(config, node=node, timeout=timeout)
     await cluster.start()

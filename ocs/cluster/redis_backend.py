@@ -32,13 +32,14 @@ import logging
 import os
 import re
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (ClusterDownError, ConnectionError as RedisConnectionError,
-                              ReadOnlyError, RedisError, ResponseError,
+                              NoScriptError, ReadOnlyError, RedisError, ResponseError,
                               TimeoutError as RedisTimeoutError, TryAgainError)
 
 from ..config import RedisConfig
@@ -58,9 +59,11 @@ BLOCKING_POOL_SIZE = 32
 EVENT_FIELD = b"event"
 MIN_VERSION = (6, 2)
 
-# Errors that mean "cannot reach a writable Redis now", as opposed to a bug.
+# Errors that mean "cannot reach a writable Redis now", as opposed to a bug. A script
+# unknown right after redis-py loaded it means the load and the call reached two
+# servers: a failover under way.
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ClusterDownError,
-                TryAgainError, OSError, TimeoutError)
+                TryAgainError, NoScriptError, OSError, TimeoutError)
 
 _CLAIM = """
 local old = redis.call('GET', KEYS[1])
@@ -75,26 +78,86 @@ return 0
 """
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.username:
-        netloc = f"{parts.username}:***@{netloc}"
-    else:
-        netloc = f":***@{netloc}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+class _SentinelConnection(SentinelManagedConnection):
+    """A connection to the primary the Sentinels name at each (re)connection. redis-py
+    reconnects a dropped connection before a command straight to the address it
+    had, bypassing the Sentinel lookup: after a switchover that is the old
+    primary, now a replica, and every write there fails as read-only."""
+
+    async def connect_check_health(self, check_health: bool = True,
+                                   retry_socket_connect: bool = True):
+        if self.is_connected:
+            return
+        if self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(check_health=check_health,
+                                           retry_socket_connect=retry_socket_connect)
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Redis Sentinel's pool (each new connection asks the Sentinels where the primary
+    is; a connection to a primary demoted since is closed and made again) with the
+    blocking pool's bounded wait for a free connection."""
+
+    async def get_master_address(self):
+        before = self.master_address
+        address = await super().get_master_address()
+        if address != before:
+            log.info("redis primary %r is %s:%s (%s)", self.service_name, *address,
+                     "found by its Sentinels" if before is None
+                     else f"failed over from {before[0]}:{before[1]}")
+        return address
+
+
+class Script:
+    """A Lua script, run by EVALSHA (redis-py's registered script: on NOSCRIPT it loads
+    the script and asks again), and by EVAL, the script sent whole, when the server
+    still does not know it: the load reached another server than the call, as
+    when a connection still points at a primary just demoted."""
+
+    def __init__(self, client: aioredis.Redis, source: str):
+        self._registered = client.register_script(source)
+
+    async def __call__(self, keys: list, args: list):
+        try:
+            return await self._registered(keys=keys, args=args)
+        except NoScriptError:
+            script = self._registered
+            return await script.registered_client.eval(script.script, len(keys), *keys, *args)
+
+
+def _address(hostport: str) -> tuple[str, int]:
+    host, _, port = hostport.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def redis_client(config: RedisConfig, *, max_connections: int, timeout: float,
+                 socket_timeout: float, **options) -> aioredis.Redis:
+    """A client of the Redis that `config` names: the one at `url`, or the primary
+    that its `sentinels` name, followed across failovers. At most
+    `max_connections`; a caller beyond them waits up to `timeout` for one."""
+    if not config.sentinels:
+        return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+            config.url, max_connections=max_connections, timeout=timeout,
+            socket_timeout=socket_timeout, **options))
+    # With Sentinels the URL only gives the credentials and the database.
+    target = {k: v for k, v in (parse_url(config.url) if config.url else {}).items()
+              if k in ("username", "password", "db")}
+    password = config.sentinel_password
+    sentinels = Sentinel([_address(a) for a in config.sentinels], sentinel_kwargs=dict(
+        socket_timeout=timeout, socket_connect_timeout=timeout,
+        password=password.get_secret_value() if password else None))
+    return aioredis.Redis.from_pool(_BlockingSentinelPool(
+        config.sentinel_master, sentinels, max_connections=max_connections, timeout=timeout,
+        socket_timeout=socket_timeout, connection_class=_SentinelConnection, **target,
+        **options))
 
 
 class _Link:
     """The clients and the health state the three parts share."""
 
     def __init__(self, config: RedisConfig, node: str, timeout: float):
-        self.url = redact(config.url)
+        self.url = config.describe()
         self.closed = True
         # Set by close(): closing a pool does not wake a read blocked in
         # XREADGROUP, so blocked consumers also wait on this.
@@ -107,12 +170,11 @@ class _Link:
                       client_name="ocsd-" + re.sub(r"[^A-Za-z0-9._-]", "_", node))
         # Bounded pools where a burst waits (up to the timeout) for a free
         # connection, instead of failing as soon as the pool is exhausted.
-        self.client = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
-            config.url, max_connections=POOL_SIZE, timeout=timeout, socket_timeout=timeout,
-            **common))
-        self.blocking = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
-            config.url, max_connections=BLOCKING_POOL_SIZE, timeout=timeout,
-            socket_timeout=timeout + MAX_BLOCK_MS / 1000, **common))
+        self.client = redis_client(config, max_connections=POOL_SIZE, timeout=timeout,
+                                   socket_timeout=timeout, **common)
+        self.blocking = redis_client(config, max_connections=BLOCKING_POOL_SIZE,
+                                     timeout=timeout,
+                                     socket_timeout=timeout + MAX_BLOCK_MS / 1000, **common)
 
     @contextlib.contextmanager
     def guard(self, what: str):
@@ -154,8 +216,11 @@ async def close_redis(client, what: str) -> None:
     connection whose blocking read was just cancelled can wait forever for the socket
     to report closed (redis-py's disconnect awaits wait_closed), and a stopping ocsd
     must not hang on it."""
+    sentinels = getattr(client.connection_pool, "sentinel_manager", None)
     try:
         await asyncio.wait_for(client.aclose(), CLOSE_TIMEOUT)
+        if sentinels is not None:
+            await asyncio.wait_for(sentinels.aclose(), CLOSE_TIMEOUT)
     except asyncio.TimeoutError:
         log.warning("closing the redis connections of the %s took over %.0fs; abandoned",
                     what, CLOSE_TIMEOUT)
@@ -269,8 +334,8 @@ class RedisDuplicateCache(DuplicateCache):
         self._keys = keys
         self._ttl, self._claim_ttl = answer_ttl, claim_ttl
         self._token_base = f"C{node}:".encode()
-        self._claim = link.client.register_script(_CLAIM)
-        self._release = link.client.register_script(_RELEASE)
+        self._claim = Script(link.client, _CLAIM)
+        self._release = Script(link.client, _RELEASE)
         # Tokens of this node's claims not yet answered or released, so
         # release(key) can prove ownership. Pruned of expired claims as it grows.
         self._mine: dict[str, tuple[bytes, float]] = {}
