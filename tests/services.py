@@ -185,7 +185,8 @@ class SentinelRedis:
 
     MASTER = "ocs-primary"
 
-    def __init__(self):
+    def __init__(self, password: str | None = None):
+        self.password = password  # the Sentinel's own (requirepass)
         self.primary = ThrowawayRedis()
         self.replica = ThrowawayRedis(replica_of=self.primary.port)
         self.sentinel_port = free_port()
@@ -195,7 +196,8 @@ class SentinelRedis:
             fh.write(f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.dir}\n"
                      f"sentinel monitor {self.MASTER} 127.0.0.1 {self.primary.port} 1\n"
                      f"sentinel down-after-milliseconds {self.MASTER} 500\n"
-                     f"sentinel failover-timeout {self.MASTER} 2000\n")
+                     f"sentinel failover-timeout {self.MASTER} 2000\n"
+                     + (f"requirepass {password}\n" if password else ""))
         self.proc = subprocess.Popen([shutil.which("redis-server"), conf, "--sentinel"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.sentinel = f"127.0.0.1:{self.sentinel_port}"
@@ -203,7 +205,8 @@ class SentinelRedis:
                    "the Sentinel did not see the primary and its replica")
 
     def _ask(self, *command):
-        client = redis.Redis(port=self.sentinel_port, socket_timeout=2, decode_responses=True)
+        client = redis.Redis(port=self.sentinel_port, socket_timeout=2, decode_responses=True,
+                             password=self.password)
         try:
             return client.execute_command(*command)
         except (redis.RedisError, OSError):

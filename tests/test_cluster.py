@@ -583,13 +583,19 @@ async def test_sentinel_failover_moves_the_nodes_to_the_promoted_replica(caplog)
     """With [redis] sentinels the nodes ask the Sentinels where the primary is. It
     dies; while the Sentinel promotes its replica, calls fail fast as unavailable
     (logged once), then they reach the new primary on their own, with what it
-    had replicated. The log names the Sentinels, never a password."""
-    servers = await asyncio.to_thread(services.SentinelRedis)
+    had replicated. The Sentinel asks for a password (sentinel_password); the log
+    names the Sentinels, never the password."""
     password = "sentinel-" + secrets.token_hex(4)
+    servers = await asyncio.to_thread(services.SentinelRedis, password)
     config = RedisConfig(**sentinel_config(servers), key_prefix="ocs:",
                          sentinel_password=password)
     assert config.describe() == f"sentinel primary 'ocs-primary' via {servers.sentinel}"
-    # (This Sentinel asks for no password; one that does gets it with AUTH.)
+    started = time.monotonic()
+    with pytest.raises(ClusterUnavailable, match=rf"no Sentinel names a primary 'ocs-primary' "
+                                                 rf"\({servers.sentinel}: .*authenticated"):
+        await connect(RedisConfig(**sentinel_config(servers)), node="no-password",
+                      timeout=1.0)
+    assert time.monotonic() - started < 2  # said at once, not after retries
     a = await connect(config, node="node-a", timeout=1.0)
     b = await connect(config, node="node-b", timeout=1.0)
     try:

@@ -35,9 +35,10 @@ import time
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.asyncio.sentinel import (MasterNotFoundError, Sentinel, SentinelConnectionPool,
+                                     SentinelManagedConnection)
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import (ClusterDownError, ConnectionError as RedisConnectionError,
                               NoScriptError, ReadOnlyError, RedisError, ResponseError,
                               TimeoutError as RedisTimeoutError, TryAgainError)
@@ -126,6 +127,32 @@ class Script:
             return await script.registered_client.eval(script.script, len(keys), *keys, *args)
 
 
+class _Sentinels(Sentinel):
+    """redis-py's client of the Sentinels, saying in a line which Sentinel answered
+    what when none names a reachable primary."""
+
+    async def discover_master(self, service_name: str):
+        problems = []
+        for i, sentinel in enumerate(self.sentinels):
+            kw = sentinel.connection_pool.connection_kwargs
+            where = f"{kw.get('host')}:{kw.get('port')}"
+            try:
+                masters = await sentinel.sentinel_masters()
+            except (RedisError, OSError) as exc:
+                problems.append(f"{where}: {exc}")
+                continue
+            state = masters.get(service_name)
+            if state is None:
+                problems.append(f"{where}: monitors no {service_name!r}")
+            elif not self.check_master_state(state, service_name):
+                problems.append(f"{where}: the primary is down")
+            else:
+                self.sentinels[0], self.sentinels[i] = sentinel, self.sentinels[0]
+                return state["ip"], state["port"]
+        raise MasterNotFoundError(f"no Sentinel names a primary {service_name!r} "
+                                  f"({'; '.join(problems)})")
+
+
 def _address(hostport: str) -> tuple[str, int]:
     host, _, port = hostport.rpartition(":")
     return host.strip("[]"), int(port)
@@ -144,9 +171,10 @@ def redis_client(config: RedisConfig, *, max_connections: int, timeout: float,
     target = {k: v for k, v in (parse_url(config.url) if config.url else {}).items()
               if k in ("username", "password", "db")}
     password = config.sentinel_password
-    sentinels = Sentinel([_address(a) for a in config.sentinels], sentinel_kwargs=dict(
+    sentinels = _Sentinels([_address(a) for a in config.sentinels], sentinel_kwargs=dict(
         socket_timeout=timeout, socket_connect_timeout=timeout,
-        password=password.get_secret_value() if password else None))
+        password=password.get_secret_value() if password else None,
+        retry=Retry(NoBackoff(), 0)))  # the next Sentinel is the retry
     return aioredis.Redis.from_pool(_BlockingSentinelPool(
         config.sentinel_master, sentinels, max_connections=max_connections, timeout=timeout,
         socket_timeout=socket_timeout, connection_class=_SentinelConnection, **target,
