@@ -75,6 +75,14 @@ def _hostport(value: str) -> str:
 
 Listen = Annotated[str, BeforeValidator(_hostport)]
 
+#: The password in a URL ("scheme://user:PASSWORD@host"): group 2.
+URL_PASSWORD = re.compile(r"(://[^:@/]*:)([^@/]*)@")
+
+
+def hide_url_password(text: str) -> str:
+    """`text` with the password of any URL in it shown as ***."""
+    return URL_PASSWORD.sub(r"\1***@", text)
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -168,7 +176,7 @@ class RedisConfig(Section):
         """Where Redis is, for logs: the URL without its password, or the Sentinels."""
         if self.sentinels:
             return f"sentinel primary {self.sentinel_master!r} via {','.join(self.sentinels)}"
-        return re.sub(r"(://[^:@/]*:)[^@/]*@", r"\1***@", self.url)
+        return hide_url_password(self.url)
 
 
 class AuthConfig(Section):

@@ -27,7 +27,6 @@ import gc
 import logging
 import os
 import platform
-import re
 import signal
 import sys
 from typing import Any
@@ -39,7 +38,8 @@ from .components import (ChargingComponent, ClusterComponent, Component, Context
                          EventRelayComponent, HttpListeners, RegistryComponent, StoreComponent,
                          Supervision)
 from .collector import Collector
-from .config import DEFAULT_PATH, Config, load, secret_weakness
+from .config import (DEFAULT_PATH, URL_PASSWORD, Config, hide_url_password, load,
+                     secret_weakness)
 from .errors import ConfigError, OcsError
 from .metrics import Metrics
 from .model import PeerKind
@@ -55,7 +55,6 @@ LIVE_KEYS = frozenset({
     "daemon.drain_timeout", "daemon.watchdog",
     "store.reservation_sweep_interval", "store.operation_retention_hours",
 })
-_URL_PASSWORD = re.compile(r"(://[^:@/]*:)([^@/]*)@")
 
 
 def version_string() -> str:
@@ -68,10 +67,6 @@ def version_string() -> str:
     overall = kinds.pop() if len(kinds) == 1 else "mixed"
     return (f"ocsd {__version__} (extensions: {overall}; "
             + ", ".join(f"{name} {how}" for name, how in each.items()) + ")")
-
-
-def hide_url_password(text: str) -> str:
-    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 def build_components(ctx: Context) -> list[Component]:
@@ -153,7 +148,7 @@ def register_config_secrets(config: Config) -> None:
         if secret is not None:
             logs.register_secret(secret.get_secret_value())
     for url in (config.store.url, config.redis.url):
-        m = _URL_PASSWORD.search(url)
+        m = URL_PASSWORD.search(url)
         if m:
             logs.register_secret(m.group(2))
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from ..config import hide_url_password
 from ..errors import Conflict, StoreUnavailable, ValidationError
 from .sql import PARAM, ProgramFn, Query, fetch, rowcount_from_status
 
@@ -100,7 +101,7 @@ class PostgresDriver:
 
     def describe(self) -> str:
         # Never show a password that may be in the DSN.
-        return "postgres:" + re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", self.dsn)
+        return "postgres:" + hide_url_password(self.dsn)
 
     async def open(self) -> None:
         pool_log = logging.getLogger("asyncpg.pool")
@@ -115,8 +116,8 @@ class PostgresDriver:
                 command_timeout=self.command_timeout, timeout=self.connect_timeout,
                 server_settings=settings, reset=_keep_session, **self._target())
         except _CONNECTION_OR_SERVER_ERRORS as exc:
-            raise StoreUnavailable(f"cannot connect to PostgreSQL ({self.describe()}): {exc}") \
-                from exc
+            raise StoreUnavailable(f"cannot connect to PostgreSQL ({self.describe()}): "
+                                   f"{_why(exc)}") from exc
 
     def _target(self) -> dict:
         """Connect only to a server that takes writes: with several hosts in the DSN
