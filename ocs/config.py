@@ -141,6 +141,7 @@ class RedisConfig(Section):
     sentinels: list[Listen] = []
     sentinel_master: str = ""
     sentinel_password: Secret | None = None
+    cluster_nodes: list[Listen] = []
     key_prefix: str = "ocs:"
     dedup_ttl: float = Field(30.0, gt=0)
     dedup_claim_ttl: float = Field(5.0, gt=0)
@@ -165,17 +166,28 @@ class RedisConfig(Section):
         if self.sentinels and self.url and not self.url.startswith("redis://"):
             raise ValueError("with sentinels, url may only be redis://[:PASSWORD@]/DB "
                              "(TLS and unix sockets are not supported with Sentinel)")
+        if self.cluster_nodes and self.sentinels:
+            raise ValueError("cluster_nodes or sentinels, not both: a Redis Cluster "
+                             "fails over by itself")
+        if self.cluster_nodes and self.url and not re.fullmatch(
+                r"redis://[^/]*(/0?)?", self.url):
+            raise ValueError("with cluster_nodes, url may only be redis://[USER:PASSWORD@] "
+                             "(database 0; TLS and unix sockets are not supported with "
+                             "Redis Cluster)")
         return self
 
     @property
     def enabled(self) -> bool:
         """Nodes share state in Redis (else each keeps its own, in process)."""
-        return bool(self.url or self.sentinels)
+        return bool(self.url or self.sentinels or self.cluster_nodes)
 
     def describe(self) -> str:
-        """Where Redis is, for logs: the URL without its password, or the Sentinels."""
+        """Where Redis is, for logs: the URL without its password, the Sentinels, or
+        the cluster's seed nodes."""
         if self.sentinels:
             return f"sentinel primary {self.sentinel_master!r} via {','.join(self.sentinels)}"
+        if self.cluster_nodes:
+            return f"cluster via {','.join(self.cluster_nodes)}"
         return hide_url_password(self.url)
 
 

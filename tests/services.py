@@ -273,6 +273,61 @@ class SentinelRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class ClusterRedis:
+    """A Redis Cluster of three primaries (no replicas), each a throwaway server with
+    cluster mode on, its slots assigned by `redis-cli --cluster create`."""
+
+    def __init__(self, size: int = 3):
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if not (binary and cli):
+            raise ServiceUnavailable(REDIS_HINT)
+        self.dir = tempfile.mkdtemp(prefix="ocs-redis-cluster-")
+        ports = set()
+        while len(ports) < 2 * size:  # each server's port and its cluster bus port
+            ports.add(free_port())
+        ports = sorted(ports)
+        self.ports, bus = ports[:size], ports[size:]
+        self.procs = []
+        for port, bus_port in zip(self.ports, bus):
+            node_dir = os.path.join(self.dir, str(port))
+            os.mkdir(node_dir)
+            self.procs.append(subprocess.Popen(
+                [binary, "--port", str(port), "--cluster-port", str(bus_port),
+                 "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", node_dir,
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-node-timeout", "2000"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        try:
+            SentinelRedis._wait(lambda: all(_redis_answers(f"redis://{n}/0") for n in self.nodes),
+                                "the cluster's servers did not start", within=10)
+            subprocess.run([cli, "--cluster", "create", *self.nodes, "--cluster-yes"],
+                           check=True, capture_output=True, timeout=30)
+            SentinelRedis._wait(self._ok, "the cluster did not reach cluster_state:ok")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ok(self) -> bool:
+        for node in self.nodes:
+            client = redis.Redis.from_url(f"redis://{node}/0", socket_timeout=2)
+            try:
+                if client.cluster("info").get("cluster_state") != "ok":
+                    return False
+            except (redis.RedisError, OSError):
+                return False
+            finally:
+                client.close()
+        return True
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def _redis_answers(url: str) -> bool:
     try:
         client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)

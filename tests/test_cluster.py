@@ -13,6 +13,7 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster as RedisClusterClient
 from redis.crc import key_slot
 
 from ocs.cluster import ClusterError, ClusterUnavailable, build, connect
@@ -21,7 +22,17 @@ from ocs.errors import StoreUnavailable, ValidationError
 from tests import services
 
 
-async def _drop_keys(url: str, prefix: str) -> None:
+async def _drop_keys(url: str | list[str], prefix: str) -> None:
+    """Delete the keys under `prefix` on the Redis at `url`, or on the Redis Cluster
+    of these seed nodes (one key at a time: they lie in many slots)."""
+    if isinstance(url, list):
+        client = RedisClusterClient(startup_nodes=[ClusterNode(*n.split(":")) for n in url])
+        try:
+            async for key in client.scan_iter(match=prefix + "*", count=1000):
+                await client.delete(key)
+        finally:
+            await client.aclose()
+        return
     client = aioredis.Redis.from_url(url)
     try:
         keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
@@ -67,12 +78,22 @@ def sentinel_config(servers: services.SentinelRedis) -> dict:
     return {"sentinels": [servers.sentinel], "sentinel_master": servers.MASTER}
 
 
-@pytest.fixture(params=["local", "redis", "sentinel"])
+@pytest.fixture(scope="module")
+def cluster_redis():
+    """A Redis Cluster of three primaries, for this module's tests."""
+    servers = services.ClusterRedis()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(params=["local", "redis", "sentinel", "cluster"])
 def backend(request):
     if request.param == "redis":
         return "redis", request.getfixturevalue("redis_url")
     if request.param == "sentinel":
         return "redis", request.getfixturevalue("sentinel_redis")
+    if request.param == "cluster":
+        return "redis", request.getfixturevalue("cluster_redis")
     return "local", ""
 
 
@@ -81,6 +102,8 @@ async def nodes(backend):
     where = backend[1]
     if isinstance(where, services.SentinelRedis):  # the keys are on its primary
         made = Nodes(where.primary.url, sentinel_config(where))
+    elif isinstance(where, services.ClusterRedis):
+        made = Nodes(where.nodes, {"cluster_nodes": where.nodes})
     else:
         made = Nodes(where)
     yield made

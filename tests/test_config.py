@@ -90,6 +90,11 @@ def test_documented_file_has_no_key_the_model_lacks():
      "is not HOST:PORT"),
     ("[redis]\nsentinels = ['10.0.0.1:26379']\nsentinel_master = 'ocs'\n"
      "url = 'rediss://cache/0'\n", "redis", "not supported with Sentinel"),
+    ("[redis]\nsentinels = ['10.0.0.1:26379']\nsentinel_master = 'ocs'\n"
+     "cluster_nodes = ['10.0.0.1:6379']\n", "redis", "cluster_nodes or sentinels, not both"),
+    ("[redis]\ncluster_nodes = ['10.0.0.1:6379']\nurl = 'redis://:pw@/3'\n", "redis",
+     "database 0"),
+    ("[redis]\ncluster_nodes = ['10.0.0.1']\n", "redis.cluster_nodes.0", "is not HOST:PORT"),
     ("[radius]\nstrip_realms = ['@isp.example']\n", "radius.strip_realms", "is not a realm"),
     ("source = 'x'\n", "source", "unknown key"),
 ])

@@ -34,7 +34,8 @@ from ocs.rating import TariffDefinition, Tier, UsageRate
 from ocs.rating.storage import save_tariff
 from radius import codec
 from tests.radius_harness import SECRET, A, Code, RadiusOcsd, acct_packet
-from tests.services import ReplicatedPostgres, SentinelRedis, ThrowawayRedis, free_port
+from tests.services import (ClusterRedis, ReplicatedPostgres, SentinelRedis, ThrowawayRedis,
+                            free_port)
 from tests.test_diameter_daemon import diameter_config
 
 RADIUS_SESSIONS = 24      # half on an octets allowance, half paying money
@@ -352,6 +353,10 @@ def charge_through_crashes(tmp_path, request, backend: str, nodes: int = 1,
     if isinstance(replicated, SentinelRedis):
         extra = (f'\n[redis]\nsentinels = ["{replicated.sentinel}"]\n'
                  f'sentinel_master = "{replicated.MASTER}"\n')
+    elif backend.endswith("redis-cluster"):
+        servers = ClusterRedis()
+        request.addfinalizer(servers.stop)
+        extra = f'\n[redis]\ncluster_nodes = {servers.nodes!r}\n'.replace("'", '"')
     elif backend.endswith("redis"):
         redis_url = redis[0].url if redis else request.getfixturevalue("redis_url")
         extra = f'\n[redis]\nurl = "{redis_url}"\nkey_prefix = "crash-{secrets.token_hex(4)}:"\n'
@@ -399,11 +404,13 @@ def charge_through_crashes(tmp_path, request, backend: str, nodes: int = 1,
             each.stop()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres", "postgres+redis"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "postgres+redis",
+                                     "postgres+redis-cluster"])
 def test_sigkill_mid_load_charges_every_session_exactly_once(tmp_path, request, backend):
     """With Redis, the duplicate cache outlives the daemon: the claims the killed
     daemon held on requests in flight must not keep their retransmissions from
-    being answered after the restart."""
+    being answered after the restart. A Redis Cluster of three primaries holds the
+    keys of the same load spread over its slots."""
     charge_through_crashes(tmp_path, request, backend)
 
 

@@ -19,8 +19,17 @@ from policy.model import Target
 from policy.redis_queue import StreamQueue
 from policy.store_queue import StoreQueue
 from tests.conftest import _admin
+from tests.services import ClusterRedis
 
-QUEUES = ["sqlite", "postgres", "redis"]
+QUEUES = ["sqlite", "postgres", "redis", "redis-cluster"]
+
+
+@pytest.fixture(scope="module")
+def cluster_redis():
+    """A Redis Cluster of three primaries, for this module's tests."""
+    servers = ClusterRedis()
+    yield servers
+    servers.stop()
 
 
 @pytest.fixture(params=QUEUES)
@@ -34,6 +43,8 @@ def queue_target(request, tmp_path):
         request.addfinalizer(lambda: asyncio.run(_admin(dsn, f"DROP SCHEMA {schema} CASCADE")))
         return kind, dsn, {"schema": schema}, None
     url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    if kind == "redis-cluster":
+        url = request.getfixturevalue("cluster_redis").nodes
     return kind, f"sqlite:{tmp_path}/q.db", {"sqlite_synchronous": "NORMAL"}, url
 
 
@@ -48,8 +59,9 @@ async def make_queue(queue_target):
     prefix = f"ocs-qt-{secrets.token_hex(4)}:"
 
     async def make(owner: str, *, per_nas: int = 10, lease: float = 30.0):
-        if kind == "redis":
-            q = StreamQueue(RedisConfig(url=url, key_prefix=prefix), store, owner=owner,
+        if kind.startswith("redis"):
+            where = {"cluster_nodes": url} if kind == "redis-cluster" else {"url": url}
+            q = StreamQueue(RedisConfig(**where, key_prefix=prefix), store, owner=owner,
                             per_nas=per_nas, lease=lease)
         else:
             q = StoreQueue(store, owner=owner, per_nas=per_nas, lease=lease)
@@ -61,8 +73,10 @@ async def make_queue(queue_target):
     for q in made:
         await q.stop()
     await store.close()
-    if url:
-        r = redis.Redis.from_url(url)
+    if url:  # (the queue's keys share one hash tag: one node of a cluster holds them)
+        r = (redis.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(*n.split(":"))
+                                               for n in url])
+             if kind == "redis-cluster" else redis.Redis.from_url(url))
         for key in r.scan_iter(match=f"{prefix}*"):
             r.delete(key)
         r.close()

@@ -34,6 +34,7 @@ import re
 import time
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster as RedisClusterClient
 from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import (MasterNotFoundError, Sentinel, SentinelConnectionPool,
                                      SentinelManagedConnection)
@@ -153,6 +154,48 @@ class _Sentinels(Sentinel):
                                   f"({'; '.join(problems)})")
 
 
+class _BoundedCluster(RedisClusterClient):
+    """redis-py's Redis Cluster client, whose connection pools fail a call at once
+    (MaxConnectionsError) when all of a node's connections are busy. Here, as with
+    one Redis's blocking pool, a burst waits (up to `wait`) for one of at most
+    `max_connections` commands or pipelines in flight."""
+
+    def __init__(self, *args, wait: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._limit = kwargs["max_connections"]
+        self._in_flight = asyncio.Semaphore(self._limit)
+        self._wait = wait
+
+    @contextlib.asynccontextmanager
+    async def _slot(self):
+        if self._in_flight.locked():
+            try:
+                await asyncio.wait_for(self._in_flight.acquire(), self._wait)
+            except asyncio.TimeoutError:
+                raise RedisConnectionError(f"no free connection within {self._wait:g}s "
+                                           f"(all {self._limit} busy)") from None
+        else:
+            await self._in_flight.acquire()
+        try:
+            yield
+        finally:
+            self._in_flight.release()
+
+    async def execute_command(self, *args, **kwargs):
+        async with self._slot():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, *args, **kwargs):
+        pipe = super().pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        async def bounded(*a, **kw):
+            async with self._slot():
+                return await execute(*a, **kw)
+        pipe.execute = bounded
+        return pipe
+
+
 def _address(hostport: str) -> tuple[str, int]:
     host, _, port = hostport.rpartition(":")
     return host.strip("[]"), int(port)
@@ -163,13 +206,21 @@ def redis_client(config: RedisConfig, *, max_connections: int, timeout: float,
     """A client of the Redis that `config` names: the one at `url`, or the primary
     that its `sentinels` name, followed across failovers. At most
     `max_connections`; a caller beyond them waits up to `timeout` for one."""
-    if not config.sentinels:
+    if not (config.sentinels or config.cluster_nodes):
         return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
             config.url, max_connections=max_connections, timeout=timeout,
             socket_timeout=socket_timeout, **options))
-    # With Sentinels the URL only gives the credentials and the database.
+    # With Sentinels or a cluster the URL only gives the credentials and the database.
     target = {k: v for k, v in (parse_url(config.url) if config.url else {}).items()
               if k in ("username", "password", "db")}
+    if config.cluster_nodes:
+        # Connections per node; the cluster client routes each key to its slot's
+        # node and follows MOVED/ASK and failovers by itself.
+        target.pop("db", None)
+        return _BoundedCluster(startup_nodes=[ClusterNode(*_address(a))
+                                              for a in config.cluster_nodes],
+                               max_connections=max_connections, wait=timeout,
+                               socket_timeout=socket_timeout, **target, **options)
     password = config.sentinel_password
     sentinels = _Sentinels([_address(a) for a in config.sentinels], sentinel_kwargs=dict(
         socket_timeout=timeout, socket_connect_timeout=timeout,
@@ -244,7 +295,7 @@ async def close_redis(client, what: str) -> None:
     connection whose blocking read was just cancelled can wait forever for the socket
     to report closed (redis-py's disconnect awaits wait_closed), and a stopping ocsd
     must not hang on it."""
-    sentinels = getattr(client.connection_pool, "sentinel_manager", None)
+    sentinels = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
     try:
         await asyncio.wait_for(client.aclose(), CLOSE_TIMEOUT)
         if sentinels is not None:
