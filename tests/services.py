@@ -274,10 +274,12 @@ class SentinelRedis:
 
 
 class ClusterRedis:
-    """A Redis Cluster of three primaries (no replicas), each a throwaway server with
-    cluster mode on, its slots assigned by `redis-cli --cluster create`."""
+    """A Redis Cluster of three primaries (and `replicas` replicas of each), each a
+    throwaway server with cluster mode on, its slots assigned by `redis-cli
+    --cluster create`."""
 
-    def __init__(self, size: int = 3):
+    def __init__(self, replicas: int = 0):
+        size = 3 * (1 + replicas)
         binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if not (binary and cli):
             raise ServiceUnavailable(REDIS_HINT)
@@ -295,30 +297,66 @@ class ClusterRedis:
                 [binary, "--port", str(port), "--cluster-port", str(bus_port),
                  "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", node_dir,
                  "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                 "--cluster-node-timeout", "2000"],
+                 "--cluster-node-timeout", "2000", "--repl-diskless-sync-delay", "0"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         self.nodes = [f"127.0.0.1:{port}" for port in self.ports]
         try:
             SentinelRedis._wait(lambda: all(_redis_answers(f"redis://{n}/0") for n in self.nodes),
                                 "the cluster's servers did not start", within=10)
-            subprocess.run([cli, "--cluster", "create", *self.nodes, "--cluster-yes"],
+            subprocess.run([cli, "--cluster", "create", *self.nodes, "--cluster-yes",
+                            "--cluster-replicas", str(replicas)],
                            check=True, capture_output=True, timeout=30)
-            SentinelRedis._wait(self._ok, "the cluster did not reach cluster_state:ok")
+            SentinelRedis._wait(lambda: self._ok(replicas_in_sync=True),
+                                "the cluster did not reach cluster_state:ok")
         except BaseException:
             self.stop()
             raise
 
-    def _ok(self) -> bool:
-        for node in self.nodes:
+    def kill_primary_of(self, key: str) -> str:
+        """Kill the primary serving `key`'s slot; its replica takes over. Returns the
+        killed node."""
+        client = redis.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(
+            "127.0.0.1", p) for p, proc in zip(self.ports, self.procs) if proc.poll() is None])
+        try:
+            node = client.get_node_from_key(key)
+        finally:
+            client.close()
+        victim = self.procs[self.ports.index(int(node.port))]
+        victim.kill()
+        victim.wait(10)
+        return f"{node.host}:{node.port}"
+
+    def _ok(self, replicas_in_sync: bool = False) -> bool:
+        for node, proc in zip(self.nodes, self.procs):
+            if proc.poll() is not None:
+                continue
             client = redis.Redis.from_url(f"redis://{node}/0", socket_timeout=2)
             try:
                 if client.cluster("info").get("cluster_state") != "ok":
                     return False
+                if replicas_in_sync:
+                    replication = client.info("replication")
+                    if replication.get("role") == "slave" and \
+                            replication.get("master_link_status") != "up":
+                        return False
             except (redis.RedisError, OSError):
                 return False
             finally:
                 client.close()
         return True
+
+    def wait_replicated(self) -> None:
+        """Until every primary's replica has all it was sent (WAIT)."""
+        for node, proc in zip(self.nodes, self.procs):
+            client = redis.Redis.from_url(f"redis://{node}/0", socket_timeout=6)
+            try:
+                if client.info("replication").get("role") == "master":
+                    assert client.execute_command("WAIT", 1, 5000) == 1, node
+            finally:
+                client.close()
+
+    def settled(self) -> None:
+        SentinelRedis._wait(self._ok, "the cluster did not recover", within=30)
 
     def stop(self) -> None:
         for proc in self.procs:

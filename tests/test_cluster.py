@@ -678,6 +678,46 @@ async def test_a_connection_to_a_demoted_primary_moves_to_the_new_one_in_the_sam
         await made.close()
 
 
+async def test_a_redis_cluster_failover_moves_the_node_to_the_promoted_replica(caplog):
+    """A Redis Cluster with a replica for each primary. The primary serving a
+    session's slot dies; until the cluster promotes its replica, calls on that
+    slot fail fast as unavailable, then they reach the new primary on their own,
+    with what it had replicated. Other slots are served throughout."""
+    servers = await asyncio.to_thread(services.ClusterRedis, 1)
+    config = RedisConfig(cluster_nodes=servers.nodes, key_prefix="ocs:")
+    node = await connect(config, node="node-a", timeout=1.0)
+    try:
+        for k in range(30):  # spread over the three primaries
+            await node.sessions.put(f"s{k}", {"n": k}, 60, account_id=k)
+        await asyncio.to_thread(servers.wait_replicated)
+        victim = await asyncio.to_thread(servers.kill_primary_of, node.keys.session("s0", 0))
+        with caplog.at_level(logging.INFO, logger="ocs.cluster"):
+            recovered = asyncio.create_task(asyncio.to_thread(servers.settled))
+            outages, served = 0, set()
+            while True:
+                try:
+                    await node.sessions.put("s0", {"n": 100}, 60, account_id=0)
+                    break
+                except ClusterUnavailable:
+                    outages += 1
+                for k in range(1, 30):  # meanwhile the other primaries' slots
+                    try:
+                        if (await node.sessions.get(f"s{k}", account_id=k))["n"] == k:
+                            served.add(k)
+                    except ClusterUnavailable:
+                        pass
+                await asyncio.sleep(0.1)
+            await recovered
+        assert outages > 0 and len(served) >= 10, (victim, outages, served)
+        assert "unavailable" in caplog.text and "reachable again" in caplog.text
+        assert (await node.sessions.get("s0"))["n"] == 100
+        assert [(await node.sessions.get(f"s{k}"))["n"] for k in range(1, 30)] == \
+            list(range(1, 30))
+    finally:
+        await node.stop()
+        await asyncio.to_thread(servers.stop)
+
+
 async def test_stalled_redis_times_out_instead_of_hanging(throwaway_redis):
     server = throwaway_redis()
     cluster = await connect(RedisConfig(url=server.url), node="n1", timeout=0.5)
