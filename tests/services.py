@@ -177,6 +177,16 @@ class ThrowawayRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def wait_until(done, what: str, within: float = 30.0) -> None:
+    """Poll `done()` until it is true; fail with `what` after `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if done():
+            return
+        time.sleep(0.05)
+    raise AssertionError(what)
+
+
 class SentinelRedis:
     """A Redis primary, its replica and a Sentinel watching them (quorum 1), as an
     operator runs Redis for several ocsd nodes. `fail_over` kills the primary,
@@ -201,7 +211,7 @@ class SentinelRedis:
         self.proc = subprocess.Popen([shutil.which("redis-server"), conf, "--sentinel"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.sentinel = f"127.0.0.1:{self.sentinel_port}"
-        self._wait(lambda: self.primary_port() == self.primary.port and self._replicas() == 1,
+        wait_until(lambda: self.primary_port() == self.primary.port and self._replicas() == 1,
                    "the Sentinel did not see the primary and its replica")
 
     def _ask(self, *command):
@@ -226,24 +236,15 @@ class SentinelRedis:
         replicas = self._ask("SENTINEL", "REPLICAS", self.MASTER) or []
         return sum(1 for r in replicas if "s_down" not in str(r))
 
-    @staticmethod
-    def _wait(done, what: str, within: float = 30.0) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if done():
-                return
-            time.sleep(0.05)
-        raise AssertionError(what)
-
     def fail_over(self) -> None:
         old, new = self.primary, self.replica
         old.proc.kill()
         old.proc.wait(10)
-        self._wait(lambda: self.primary_port() == new.port,
+        wait_until(lambda: self.primary_port() == new.port,
                    "the Sentinel did not promote the replica")
         shutil.rmtree(old.dir, ignore_errors=True)
         self.primary, self.replica = new, ThrowawayRedis(old.port, replica_of=new.port)
-        self._wait(lambda: self._replicas() == 1, "the Sentinel did not see the new replica")
+        wait_until(lambda: self._replicas() == 1, "the Sentinel did not see the new replica")
 
     def swap_by_hand(self) -> None:
         """The replica made primary and the primary its replica with REPLICAOF, by
@@ -261,7 +262,7 @@ class SentinelRedis:
         self._ask("SENTINEL", "REMOVE", self.MASTER)
         self._ask("SENTINEL", "MONITOR", self.MASTER, "127.0.0.1", new.port, 1)
         self.primary, self.replica = new, old
-        self._wait(lambda: self.primary_port() == new.port and old._in_sync(),
+        wait_until(lambda: self.primary_port() == new.port and old._in_sync(),
                    "the swap did not settle")
 
     def stop(self) -> None:
@@ -301,12 +302,12 @@ class ClusterRedis:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         self.nodes = [f"127.0.0.1:{port}" for port in self.ports]
         try:
-            SentinelRedis._wait(lambda: all(_redis_answers(f"redis://{n}/0") for n in self.nodes),
+            wait_until(lambda: all(_redis_answers(f"redis://{n}/0") for n in self.nodes),
                                 "the cluster's servers did not start", within=10)
             subprocess.run([cli, "--cluster", "create", *self.nodes, "--cluster-yes",
                             "--cluster-replicas", str(replicas)],
                            check=True, capture_output=True, timeout=30)
-            SentinelRedis._wait(lambda: self._ok(replicas_in_sync=True),
+            wait_until(lambda: self._ok(replicas_in_sync=True),
                                 "the cluster did not reach cluster_state:ok")
         except BaseException:
             self.stop()
@@ -356,7 +357,7 @@ class ClusterRedis:
                 client.close()
 
     def settled(self) -> None:
-        SentinelRedis._wait(self._ok, "the cluster did not recover", within=30)
+        wait_until(self._ok, "the cluster did not recover", within=30)
 
     def stop(self) -> None:
         for proc in self.procs:
