@@ -274,6 +274,8 @@ class Result:
     charged: int = 0            # units of usage debited
     cost: int = 0               # money debited for that usage
     unpaid: int = 0             # units reported with no bucket and no price to pay them
+    behind: int = 0             # a newer cumulative report was this far below the session's
+                                # total, not as a counter wrap explains: a counter reset
     below_floor: int = 0        # money the account went below its floor by
     released: int = 0           # units given back
     draws: tuple[tuple[int, int], ...] = ()  # (bucket id, amount) debited or credited
@@ -330,7 +332,7 @@ class Result:
 # fields go at the end: a shorter stored list reads with the defaults.
 _STORED = ("granted", "expires_at", "charged", "cost", "unpaid", "below_floor", "released",
            "draws", "balance", "available", "bucket_id", "session_units", "session_cost",
-           "counter_units", "events", "message", "service")
+           "counter_units", "events", "message", "service", "behind")
 _stored_values = operator.attrgetter(*_STORED)
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -654,8 +656,12 @@ class _Engine:
         fresh = (op.session, op.service) not in self.state.charges
         charge = self._charge_state(acct, op.session, op.service, op.kind)
         used = op.used - charge.units if op.cumulative else op.used
+        behind = 0
         if used < 0:
-            used = self._wrapped(op, charge, used)
+            gained = self._wrapped(op, charge, used)
+            if not gained and op.seq > charge.seq:
+                behind = -used  # nothing is charged until the counters pass the total again
+            used = gained
         # What the price counts as already used: the session's units, or the tier counter's.
         priced_after = self._tier_base(op.tier_counter)
         if priced_after is None:
@@ -684,7 +690,7 @@ class _Engine:
             self._advance(acct, op.tier_counter, used)
         base = Result(Outcome.OK, charged=charged, cost=cost, unpaid=unpaid,
                       below_floor=below, draws=tuple(draws), session_units=charge.units,
-                      session_cost=charge.cost, counter_units=counter)
+                      session_cost=charge.cost, counter_units=counter, behind=behind)
         if op.final or op.reserve == 0 or charge.closed:
             # A report arriving after the session ended (a reordered interim) is
             # charged for anything new, but nothing is held for a session that is over.

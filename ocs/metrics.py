@@ -26,6 +26,10 @@ class Metrics:
             "ocs_charging_unpaid_units_total", "Units sessions reported that nothing could "
             "pay (no bucket held them and the plan has no price for them), by kind: usage "
             "that went on before enforcement took effect", ["kind"], registry=r)
+        self.counter_resets = Counter(
+            "ocs_charging_counter_resets_total", "Reports whose cumulative counters were "
+            "below what their session had already reported (a NAS that reset them "
+            "mid-session), by protocol", ["proto"], registry=r)
         self.radius_requests = Counter(
             "ocs_radius_requests_total", "RADIUS requests by NAS and code",
             ["nas", "code"], registry=r)

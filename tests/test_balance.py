@@ -455,7 +455,8 @@ def test_a_stored_result_reads_back_whole_in_both_stored_forms():
     part = Result(Outcome.INSUFFICIENT, granted=1, expires_at=2, charged=3, cost=4, unpaid=5,
                   below_floor=6, released=7, draws=((8, 9), (10, -11)), balance=12,
                   available=13, bucket_id=14, session_units=15, session_cost=16,
-                  counter_units=17, events=("exhausted",), message="no more", service="rg:7")
+                  counter_units=17, events=("exhausted",), message="no more", service="rg:7",
+                  behind=18)
     whole = Result(Outcome.OK, balance=-1, parts=(part, Result(Outcome.OK)))
     assert {f.name for f in fields(Result)} - {"outcome", "parts", "replayed"} == {
         name for name in part.__slots__ if getattr(part, name) != getattr(Result(Outcome.OK), name)

@@ -49,7 +49,7 @@ async def seed(store) -> dict:
 
     data_plan = await store.find_plan("demo-data")
     for name in ("acct1", "acct2", "retx", "on1", "on2", "fs", "ast", "kam", "mschap",
-                 "burst", "reuse1", "wrap1", "realm1"):
+                 "burst", "reuse1", "wrap1", "realm1", "reset1"):
         await sub(name, data_plan, max_sessions=5)
     await sub("garden1", garden, status="suspended")
     await sub("suspended1", tiny, status="suspended")
@@ -415,6 +415,43 @@ def test_start_interim_stop_charge_octets_with_gigawords(rad):
     status, cdrs = rad.api("GET", f"/v1/cdrs?account_id={acc}")
     assert [(c["service"], c["units"]) for c in cdrs["items"]] == [("data", 2**32 + 11_000)]
     assert cdrs["items"][0]["details"]["Acct-Terminate-Cause"] == "User-Request"
+
+
+def test_counters_reset_mid_session_charge_nothing_back_and_are_said(rad):
+    """A NAS that resets a session's counters mid-session (a line-card switchover)
+    reports less than before in a newer interim. Nothing is refunded and nothing
+    charged for it; the log says so once a minute, and a metric counts each such
+    report. A late copy of an older interim is no reset: it says nothing. Once the
+    counters pass the old total again, what is beyond it is charged."""
+    acc = rad.ids["reset1"]
+    before = rad.buckets(acc)["octets"]
+
+    def resets() -> float:
+        m = re.search(r'^ocs_charging_counter_resets_total\{proto="radius"\} (\S+)$',
+                      rad.metrics_text(), re.M)
+        return float(m.group(1)) if m else 0.0
+
+    def interim(octets: int, seconds: int) -> None:
+        assert acct(rad, base + f"Acct-Status-Type = Interim-Update, Acct-Input-Octets = "
+                                f"{octets}, Acct-Input-Gigawords = 0, "
+                                f"Acct-Session-Time = {seconds}") == "Accounting-Response"
+
+    base = 'User-Name = "reset1", Acct-Session-Id = "reset-1", '
+    assert acct(rad, base + "Acct-Status-Type = Start") == "Accounting-Response"
+    counted = resets()
+    interim(900_000, 60)
+    interim(800_000, 50)  # an older report, arriving late
+    assert resets() == counted
+    interim(100_000, 120)  # newer, and below: the counters were reset
+    interim(300_000, 180)
+    assert rad.buckets(acc)["octets"] == before - 900_000
+    assert resets() == counted + 2
+    said = [line for line in rad.log().splitlines()
+            if "session radius:localhost-nas:reset-1 reported" in line]
+    assert len(said) == 1 and "800000 octets of data below its total so far" in said[0], said
+    interim(1_000_000, 240)  # past the old total: the 100,000 beyond it are charged
+    assert rad.buckets(acc)["octets"] == before - 1_000_000
+    assert resets() == counted + 2
 
 
 def test_accounting_signed_with_message_authenticator_is_answered_and_charged_once(rad):

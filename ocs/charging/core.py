@@ -22,6 +22,7 @@ from ..balance import (Adjust, Commit, Composite, Credit, Outcome, Release, Rese
                        bucket_pays)
 from ..config import ChargingConfig
 from ..errors import NotFound, OcsError
+from ..logs import Throttled
 from ..model import MAX_USAGE, Account, Kind, Plan, Session, Subscriber, now_us
 from ..pricing import Price
 from .types import (Authorization, ChargeDecision, ChargeRequest, Identity, RequestKind,
@@ -133,6 +134,7 @@ class ChargingCore:
         self._accounts = LookupCache()
         self._version: int | None = None   # the store's provisioning version seen last
         self._next_check = 0.0             # time.monotonic() of the next look at it
+        self._resets = Throttled(log)      # counters gone back: once a minute a session
 
     # ------------------------------------------------------------------ lookups
     async def reload(self) -> None:
@@ -435,6 +437,8 @@ class ChargingCore:
                 session_cost=r.session_cost, unpaid=r.unpaid))
             if r.unpaid and not result.replayed:
                 self._unpaid(req, usage, r.unpaid, account.id)
+            if r.behind and not result.replayed:
+                self._counter_reset(req, usage, r.behind, account.id)
         codes = {g.result for g in grants}
         if not grants or ResultCode.SUCCESS in codes:
             overall = ResultCode.SUCCESS
@@ -460,6 +464,20 @@ class ChargingCore:
         log.info("%d %s of %s reported beyond what the balance could pay: not charged",
                  units, usage.kind.value, usage.service,
                  extra={"session": req.session_id, "account": account_id})
+
+    def _counter_reset(self, req: ChargeRequest, usage: ServiceUsage, behind: int,
+                       account_id: int) -> None:
+        """A newer report whose cumulative counters are below what the session already
+        reported, by more than a counter wrap explains: the NAS reset them mid-session.
+        Nothing is charged until they pass the old total again, so the usage in between
+        goes uncharged. Counted, and said once a minute per session."""
+        if self.metrics is not None:
+            self.metrics.counter_resets.labels(proto=req.proto).inc()
+        self._resets.warning(
+            req.session_id, "session %s reported %d %s of %s below its total so far: its "
+            "counters went back (reset by the NAS?); nothing is charged until they pass "
+            "the total again", req.session_id, behind, usage.kind.value, usage.service,
+            extra={"session": req.session_id, "account": account_id, "nas": req.nas})
 
     # ------------------------------------------------------------------ supervision
     SUPERVISION_PAGE = 500     # idle sessions closed together (one group commit)
