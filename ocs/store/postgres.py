@@ -21,6 +21,7 @@ import asyncpg
 
 from ..config import hide_url_password
 from ..errors import Conflict, StoreUnavailable, ValidationError
+from ..logs import Throttled
 from .sql import PARAM, ProgramFn, Query, fetch, rowcount_from_status
 
 log = logging.getLogger("ocs.store")
@@ -60,6 +61,7 @@ class _PoolFloorLine(logging.Filter):
 
 
 _POOL_FLOOR_LINE = _PoolFloorLine()
+_READ_ONLY = Throttled(log)  # a fenced primary refuses every write: say so once a minute
 
 
 def _why(exc: BaseException) -> str:
@@ -180,7 +182,8 @@ class PostgresDriver:
                 # a new connection may find the primary.
                 if attempt == _RETRIES - 1:
                     raise StoreUnavailable(f"postgres: the server is read-only: {exc}") from exc
-                log.info("PostgreSQL server read-only (%s); retrying on a new connection", exc)
+                _READ_ONLY.warning("read-only", "PostgreSQL server read-only (%s); retrying on "
+                                   "a new connection, which looks for the primary", exc)
             except asyncpg.UniqueViolationError as exc:
                 raise Conflict(_unique_message(exc)) from exc
             except asyncpg.ForeignKeyViolationError as exc:
