@@ -172,7 +172,9 @@ class ThrowawayRedis:
             client.close()
 
     def stop(self):
-        self.proc.terminate()
+        """Stop it (if a test has not killed it already) and remove its directory."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
         self.proc.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -269,8 +271,7 @@ class SentinelRedis:
         self.proc.terminate()
         self.proc.wait(10)
         for server in (self.primary, self.replica):
-            if server.proc.poll() is None:
-                server.stop()
+            server.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
