@@ -80,6 +80,18 @@ def redis_url():
         stop()
 
 
+@pytest.fixture(scope="session")
+def cluster_redis():
+    """A Redis Cluster of three primaries, started from the installed redis-server for
+    the run (each test uses keys of its own prefix)."""
+    try:
+        servers = services.ClusterRedis()
+    except services.ServiceUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield servers
+    servers.stop()
+
+
 async def _admin(dsn: str, sql: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:

@@ -78,14 +78,6 @@ def sentinel_config(servers: services.SentinelRedis) -> dict:
     return {"sentinels": [servers.sentinel], "sentinel_master": servers.MASTER}
 
 
-@pytest.fixture(scope="module")
-def cluster_redis():
-    """A Redis Cluster of three primaries, for this module's tests."""
-    servers = services.ClusterRedis()
-    yield servers
-    servers.stop()
-
-
 @pytest.fixture(params=["local", "redis", "sentinel", "cluster"])
 def backend(request):
     if request.param == "redis":

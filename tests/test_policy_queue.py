@@ -19,17 +19,9 @@ from policy.model import Target
 from policy.redis_queue import StreamQueue
 from policy.store_queue import StoreQueue
 from tests.conftest import _admin
-from tests.services import ClusterRedis
 
 QUEUES = ["sqlite", "postgres", "redis", "redis-cluster"]
 
-
-@pytest.fixture(scope="module")
-def cluster_redis():
-    """A Redis Cluster of three primaries, for this module's tests."""
-    servers = ClusterRedis()
-    yield servers
-    servers.stop()
 
 
 @pytest.fixture(params=QUEUES)

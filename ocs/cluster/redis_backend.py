@@ -92,6 +92,14 @@ class _SentinelConnection(SentinelManagedConnection):
             return
         if self.connection_pool.is_master:
             self.host, self.port = await self.connection_pool.get_master_address()
+        await self._connect_here(check_health, retry_socket_connect)
+
+    async def connect_to(self, address):
+        # redis-py's own (re)connection, the primary just asked for: no second lookup.
+        self.host, self.port = address
+        await self._connect_here(self.connection_pool.check_connection, False)
+
+    async def _connect_here(self, check_health: bool, retry_socket_connect: bool):
         await super().connect_check_health(check_health=check_health,
                                            retry_socket_connect=retry_socket_connect)
 
