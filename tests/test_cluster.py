@@ -709,6 +709,50 @@ async def test_a_redis_cluster_failover_moves_the_node_to_the_promoted_replica(c
         await asyncio.to_thread(servers.stop)
 
 
+def _pooled_connections(client) -> list:
+    """The idle connections of a node's client: its pool's, or each cluster node's."""
+    manager = getattr(client, "nodes_manager", None)
+    if manager is None:
+        return list(client.connection_pool._available_connections)
+    return [c for node in manager.nodes_cache.values() for c in node._free]
+
+
+@pytest.mark.parametrize("kind", ["redis", "sentinel", "cluster"])
+def test_a_connection_that_closed_between_commands_is_made_again_under_uvloop(kind, request):
+    """Under uvloop, the daemon's event loop, writing on a connection whose transport
+    has closed raises RuntimeError rather than the OSError redis-py handles (seen
+    when a Redis died during a failover: the request failed with a traceback).
+    The next call on such a connection is sent again on a fresh one and succeeds."""
+    import uvloop
+
+    if kind == "redis":
+        made = Nodes(request.getfixturevalue("redis_url"))
+    elif kind == "sentinel":
+        servers = request.getfixturevalue("sentinel_redis")
+        made = Nodes(servers.primary.url, sentinel_config(servers))
+    else:
+        seeds = request.getfixturevalue("cluster_redis").nodes
+        made = Nodes(seeds, {"cluster_nodes": seeds})
+
+    async def scenario():
+        try:
+            node = await made()
+            for k in range(8):
+                await node.sessions.put(f"s{k}", {"n": k}, 60, account_id=k)
+            closed = _pooled_connections(node._link.client)
+            assert closed
+            for connection in closed:
+                connection._writer.transport.abort()
+            await asyncio.sleep(0)
+            for k in range(8):
+                assert await node.dedup.claim(f"after-{k}", 5) is True
+                assert (await node.sessions.get(f"s{k}", account_id=k))["n"] == k
+        finally:
+            await made.close()
+
+    uvloop.run(scenario())
+
+
 async def test_stalled_redis_times_out_instead_of_hanging(throwaway_redis):
     server = throwaway_redis()
     cluster = await connect(RedisConfig(url=server.url), node="n1", timeout=0.5)

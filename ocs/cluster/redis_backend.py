@@ -80,7 +80,37 @@ return 0
 """
 
 
-class _SentinelConnection(SentinelManagedConnection):
+class _ClosedIsReset:
+    """A connection mixin. Under uvloop, the daemon's loop, writing to a connection
+    whose transport has already closed (the server died or cut it between two
+    commands) raises RuntimeError, where redis-py expects an OSError. Made one
+    here, redis-py drops the connection and retries the command on a fresh one
+    (to the new primary after a failover), as for any other broken connection."""
+
+    async def _send_packed_command(self, command) -> None:
+        try:
+            await super()._send_packed_command(command)
+        except RuntimeError as exc:
+            if not self._writer.transport.is_closing():
+                raise
+            raise ConnectionResetError(f"connection already closed ({exc})") from exc
+
+
+_RESET_AWARE: dict[type, type] = {}
+
+
+def _reset_aware(connection_class: type) -> type:
+    """`connection_class` with _ClosedIsReset (one class made per base)."""
+    if issubclass(connection_class, _ClosedIsReset):
+        return connection_class
+    made = _RESET_AWARE.get(connection_class)
+    if made is None:
+        made = _RESET_AWARE[connection_class] = type(
+            connection_class.__name__, (_ClosedIsReset, connection_class), {})
+    return made
+
+
+class _SentinelConnection(_ClosedIsReset, SentinelManagedConnection):
     """A connection to the primary the Sentinels name at each (re)connection. redis-py
     reconnects a dropped connection before a command straight to the address it
     had, bypassing the Sentinel lookup: after a switchover that is the old
@@ -170,6 +200,12 @@ class _BoundedCluster(RedisClusterClient):
 
     def __init__(self, *args, wait: float, **kwargs):
         super().__init__(*args, **kwargs)
+        # redis-py fixes the cluster's connection class; the nodes found later are
+        # made from these arguments, the seed nodes were made already.
+        kw = self.nodes_manager.connection_kwargs
+        kw["connection_class"] = _reset_aware(kw["connection_class"])
+        for seed in self.nodes_manager.startup_nodes.values():
+            seed.connection_class = _reset_aware(seed.connection_class)
         self._limit = kwargs["max_connections"]
         self._in_flight = asyncio.Semaphore(self._limit)
         self._wait = wait
@@ -215,9 +251,11 @@ def redis_client(config: RedisConfig, *, max_connections: int, timeout: float,
     that its `sentinels` name, followed across failovers. At most
     `max_connections`; a caller beyond them waits up to `timeout` for one."""
     if not (config.sentinels or config.cluster_nodes):
-        return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             config.url, max_connections=max_connections, timeout=timeout,
-            socket_timeout=socket_timeout, **options))
+            socket_timeout=socket_timeout, **options)
+        pool.connection_class = _reset_aware(pool.connection_class)  # tcp, tls or unix
+        return aioredis.Redis.from_pool(pool)
     # With Sentinels or a cluster the URL only gives the credentials and the database.
     target = {k: v for k, v in (parse_url(config.url) if config.url else {}).items()
               if k in ("username", "password", "db")}
