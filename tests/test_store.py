@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 
 import pytest
 
@@ -272,10 +274,11 @@ async def test_sqlite_wal_is_checkpointed_while_running_and_empty_after_close(tm
     assert in_file_alone() == 51
 
 
-async def test_sqlite_charging_waits_for_another_process_holding_the_lock(tmp_path):
+async def test_sqlite_charging_waits_for_another_process_holding_the_lock(tmp_path, caplog):
     """A balance batch never waits for the database lock inside the event loop:
     while another connection (an operator's sqlite3 shell, say) holds the write
-    lock, the daemon keeps running and the batch commits once the lock is free."""
+    lock, the daemon keeps running and the batch commits once the lock is free.
+    A commit that took over a second is logged: every request in it waited."""
     import sqlite3
 
     path = tmp_path / "ocs.db"
@@ -291,10 +294,14 @@ async def test_sqlite_charging_waits_for_another_process_holding_the_lock(tmp_pa
             await asyncio.sleep(0.01)
             ticks += 1
         assert ticks == 20 and not credit.done()
+        await asyncio.sleep(1.0)
         other.execute("COMMIT")
         other.close()
-        result = await asyncio.wait_for(credit, 10)
+        with caplog.at_level(logging.WARNING, logger="ocs.store"):
+            result = await asyncio.wait_for(credit, 10)
         assert result.ok
+        assert re.search(r"a balance batch of 1 took \d\.\d s to commit", caplog.text), \
+            caplog.text
         assert (await store.balance(a.id))["balance"] == 5 * EUR
         await store.credit(a.id, 1 * EUR, ref="after")  # the inline path again
         assert (await store.balance(a.id))["balance"] == 6 * EUR

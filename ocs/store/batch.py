@@ -23,6 +23,7 @@ from typing import Awaitable, Callable
 from ..balance import (AccountState, BatchState, BucketState, ChargeState, Operation,
                        ReservationState, Result, apply, flatten, remap_result)
 from ..errors import StoreUnavailable
+from ..logs import Throttled
 from ..model import AccountStatus, Billing, Kind, Session, holds_of
 from .cache import BalanceCache, CachedAccount, CachedSession
 from .sql import execute, executemany, fetch, fetchval, write_all
@@ -349,17 +350,26 @@ def purge_operations_program(before: int):
     return n
 
 
+#: Seconds a batch may take before a warning: its requests waited that long, and a NAS
+#: or PGW retransmits after a few seconds.
+SLOW_BATCH = 1.0
+
+
 class GroupCommitter:
     """Queues balance operations and commits them in batches.
 
     `run_batch(ops)` must apply the operations in one transaction and return
-    their results; it is called by one worker at a time.
+    their results; it is called by one worker at a time. `what` names the
+    operations in the warning about a slow batch.
     """
 
     def __init__(self, run_batch: Callable[[list[Operation]], Awaitable[list[Result]]], *,
                  window: float = 0.0, max_batch: int = 512,
-                 observe: Callable[[int, float], None] | None = None):
+                 observe: Callable[[int, float], None] | None = None,
+                 what: str = "balance"):
         self._run_batch = run_batch
+        self._what = what
+        self._slow = Throttled(log)
         self._window = window
         self._max_batch = max_batch
         self._observe = observe
@@ -446,8 +456,13 @@ class GroupCommitter:
                 log.exception("balance batch of %d failed; retrying one by one", len(ops))
                 await self._one_by_one(batch)
                 continue
+            took = time.perf_counter() - started
             if self._observe:
-                self._observe(len(ops), time.perf_counter() - started)
+                self._observe(len(ops), took)
+            if took >= SLOW_BATCH:
+                self._slow.warning("slow", "a %s batch of %d took %.1f s to commit: its "
+                                   "requests were answered that late (the disk or the "
+                                   "database is slow)", self._what, len(ops), took)
             for (_, fut), result in zip(batch, results):
                 if not fut.done():
                     fut.set_result(result)

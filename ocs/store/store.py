@@ -102,7 +102,8 @@ class Store:
                                          max_batch=max_batch, observe=observe_batch)
         # Unmatched accounting is committed in batches of its own: a NAS reporting
         # for many unknown users costs one transaction per batch, not one per report.
-        self._unmatched = GroupCommitter(self._write_unmatched, max_batch=max_batch)
+        self._unmatched = GroupCommitter(self._write_unmatched, max_batch=max_batch,
+                                         what="unmatched accounting")
         self.balance_cache = BalanceCache()
 
     # ------------------------------------------------------------------ lifecycle
