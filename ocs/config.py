@@ -148,6 +148,13 @@ class RedisConfig(Section):
     event_stream: str = "events"
     stream_maxlen: int = Field(1_000_000, ge=1000)
     timeout: float = Field(3.0, gt=0, le=60)
+    # TLS, on with a rediss:// url: the CA bundle the servers' certificates are
+    # checked with (empty: the system's), and a client certificate for a Redis
+    # with tls-auth-clients.
+    tls_ca: str = ""
+    tls_certificate: str = ""
+    tls_key: str = ""
+    tls_check_hostname: bool = True
 
     @field_validator("url")
     @classmethod
@@ -163,18 +170,32 @@ class RedisConfig(Section):
                              "monitor the primary under")
         if self.sentinel_master and not self.sentinels:
             raise ValueError("sentinel_master needs sentinels (HOST:PORT of each)")
-        if self.sentinels and self.url and not self.url.startswith("redis://"):
-            raise ValueError("with sentinels, url may only be redis://[:PASSWORD@]/DB "
-                             "(TLS and unix sockets are not supported with Sentinel)")
+        if self.sentinels and self.url and not re.fullmatch(r"rediss?://[^/]*(/\d*)?",
+                                                             self.url):
+            raise ValueError("with sentinels, url may only be redis[s]://[USER:PASSWORD@]/DB "
+                             "(the Sentinels name the host; unix sockets are not supported "
+                             "with Sentinel)")
         if self.cluster_nodes and self.sentinels:
             raise ValueError("cluster_nodes or sentinels, not both: a Redis Cluster "
                              "fails over by itself")
         if self.cluster_nodes and self.url and not re.fullmatch(
-                r"redis://[^/]*(/0?)?", self.url):
-            raise ValueError("with cluster_nodes, url may only be redis://[USER:PASSWORD@] "
-                             "(database 0; TLS and unix sockets are not supported with "
-                             "Redis Cluster)")
+                r"rediss?://[^/]*(/0?)?", self.url):
+            raise ValueError("with cluster_nodes, url may only be redis[s]://[USER:PASSWORD@] "
+                             "(database 0; unix sockets are not supported with Redis Cluster)")
+        if (self.tls_ca or self.tls_certificate) and not self.tls:
+            raise ValueError("tls_ca and tls_certificate need TLS: url = \"rediss://...\"")
+        if bool(self.tls_certificate) != bool(self.tls_key):
+            raise ValueError("tls_certificate and tls_key go together")
+        for name in ("tls_ca", "tls_certificate", "tls_key"):
+            path = getattr(self, name)
+            if path and not os.access(path, os.R_OK):
+                raise ValueError(f"{name}: cannot read {path}")
         return self
+
+    @property
+    def tls(self) -> bool:
+        """Every connection to Redis (and to its Sentinels) is TLS."""
+        return self.url.startswith("rediss://")
 
     @property
     def enabled(self) -> bool:

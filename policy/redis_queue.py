@@ -38,12 +38,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError, ResponseError
 
 from ocs.cluster import ClusterUnavailable
-from ocs.cluster.redis_backend import POOL_SIZE, Script, close_redis, redis_client
+from ocs.cluster.redis_backend import (POOL_SIZE, UNAVAILABLE, Script, close_redis,
+                                       redis_client)
 from ocs.model import now_us
 
 from . import state
@@ -154,8 +153,7 @@ class StreamQueue(ActionQueue):
             raise ClusterUnavailable(f"policy queue is stopped ({what})")
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError, ReadOnlyError, NoScriptError,
-                OSError) as exc:
+        except UNAVAILABLE as exc:
             raise ClusterUnavailable(f"redis unavailable for the policy queue ({what}): "
                                      f"{exc}") from exc
         except RedisError as exc:

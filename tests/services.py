@@ -140,32 +140,94 @@ class ReplicatedPostgres:
         self.primary.stop()
 
 
+class RedisTLS:
+    """A test CA, made with openssl, with a certificate for the Redis servers (at
+    127.0.0.1) and one for their clients (Redis asks clients for one by
+    default); and the arguments that redis-server, redis-cli, redis-py and
+    ocsd's [redis] section take to use them."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="ocs-redis-tls-")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+              "-days", "2"]
+        self._openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem",
+                      "-subj", "/CN=ocs test Redis CA",
+                      "-addext", "basicConstraints=critical,CA:TRUE",
+                      "-addext", "keyUsage=critical,keyCertSign")
+        for name, alt in (("server", "IP:127.0.0.1,DNS:localhost"), ("client", "DNS:ocsd")):
+            self._openssl("req", "-x509", *ec, "-keyout", f"{name}.key", "-out",
+                          f"{name}.pem", "-subj", f"/CN=redis {name}",
+                          "-addext", f"subjectAltName={alt}", "-CA", "ca.pem",
+                          "-CAkey", "ca.key")
+        self.ca, self.cert, self.key = (os.path.join(self.dir, n)
+                                        for n in ("ca.pem", "client.pem", "client.key"))
+
+    def _openssl(self, *args: str) -> None:
+        openssl = shutil.which("openssl")
+        if not openssl:
+            raise ServiceUnavailable("openssl is needed for the TLS tests "
+                                     "(Debian: apt-get install openssl)")
+        subprocess.run([openssl, *args], cwd=self.dir, check=True, capture_output=True,
+                       timeout=30)
+
+    def server_args(self, port: int) -> list[str]:
+        """A server (or Sentinel) taking only TLS on `port`, and using TLS to its
+        primary and the cluster bus."""
+        server = os.path.join(self.dir, "server")
+        return ["--port", "0", "--tls-port", str(port), "--tls-cert-file", server + ".pem",
+                "--tls-key-file", server + ".key", "--tls-ca-cert-file", self.ca,
+                "--tls-replication", "yes", "--tls-cluster", "yes"]
+
+    def client(self) -> dict:
+        """redis-py's arguments (with a rediss:// URL, or ssl=True)."""
+        return {"ssl_ca_certs": self.ca, "ssl_certfile": self.cert, "ssl_keyfile": self.key}
+
+    def cli(self) -> list[str]:
+        return ["--tls", "--cacert", self.ca, "--cert", self.cert, "--key", self.key]
+
+    def config(self) -> dict:
+        """ocsd's [redis] keys (beside a rediss:// url)."""
+        return {"tls_ca": self.ca, "tls_certificate": self.cert, "tls_key": self.key}
+
+    def stop(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _redis(url: str, tls: RedisTLS | None = None, **options) -> redis.Redis:
+    """A redis-py client of the server at `url` (TLS with `tls`)."""
+    return redis.Redis.from_url(url, **(tls.client() if tls else {}), **options)
+
+
 class ThrowawayRedis:
     """A Redis server keeping nothing on disk; with `replica_of` (a port), the
-    replica of that one, returned once it holds the primary's data."""
+    replica of that one, returned once it holds the primary's data. With `tls`,
+    it takes only TLS connections."""
 
-    def __init__(self, port: int | None = None, replica_of: int | None = None):
+    def __init__(self, port: int | None = None, replica_of: int | None = None,
+                 tls: RedisTLS | None = None):
         binary = shutil.which("redis-server")
         if not binary:
             raise ServiceUnavailable(REDIS_HINT)
+        self.tls = tls
         self.dir = tempfile.mkdtemp(prefix="ocs-redis-")
         self.port = port or free_port()
         follow = ["--replicaof", "127.0.0.1", str(replica_of)] if replica_of else []
+        listen = tls.server_args(self.port) if tls else ["--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [binary, *listen, "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self.dir, "--repl-diskless-sync-delay", "0",
              *follow], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"{'rediss' if tls else 'redis'}://127.0.0.1:{self.port}/0"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if _redis_answers(self.url) and (not replica_of or self._in_sync()):
+            if _redis_answers(self.url, tls) and (not replica_of or self._in_sync()):
                 return
             time.sleep(0.05)
         self.stop()
         raise ServiceUnavailable(f"redis-server did not start on port {self.port}")
 
     def _in_sync(self) -> bool:
-        client = redis.Redis.from_url(self.url, socket_timeout=2)
+        client = _redis(self.url, self.tls, socket_timeout=2)
         try:
             return client.info("replication").get("master_link_status") == "up"
         finally:
@@ -197,28 +259,33 @@ class SentinelRedis:
 
     MASTER = "ocs-primary"
 
-    def __init__(self, password: str | None = None):
+    def __init__(self, password: str | None = None, tls: RedisTLS | None = None):
         self.password = password  # the Sentinel's own (requirepass)
-        self.primary = ThrowawayRedis()
-        self.replica = ThrowawayRedis(replica_of=self.primary.port)
+        self.tls = tls
+        self.primary = ThrowawayRedis(tls=tls)
+        self.replica = ThrowawayRedis(replica_of=self.primary.port, tls=tls)
         self.sentinel_port = free_port()
         self.dir = tempfile.mkdtemp(prefix="ocs-sentinel-")
         conf = os.path.join(self.dir, "sentinel.conf")
         with open(conf, "w") as fh:  # the Sentinel rewrites this file as it learns
-            fh.write(f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            fh.write(f"bind 127.0.0.1\ndir {self.dir}\n"
                      f"sentinel monitor {self.MASTER} 127.0.0.1 {self.primary.port} 1\n"
                      f"sentinel down-after-milliseconds {self.MASTER} 500\n"
                      f"sentinel failover-timeout {self.MASTER} 2000\n"
                      + (f"requirepass {password}\n" if password else ""))
-        self.proc = subprocess.Popen([shutil.which("redis-server"), conf, "--sentinel"],
+        listen = tls.server_args(self.sentinel_port) if tls else \
+            ["--port", str(self.sentinel_port)]
+        self.proc = subprocess.Popen([shutil.which("redis-server"), conf, "--sentinel",
+                                      *listen],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.sentinel = f"127.0.0.1:{self.sentinel_port}"
         wait_until(lambda: self.primary_port() == self.primary.port and self._replicas() == 1,
                    "the Sentinel did not see the primary and its replica")
 
     def _ask(self, *command):
+        tls = {"ssl": True, **self.tls.client()} if self.tls else {}
         client = redis.Redis(port=self.sentinel_port, socket_timeout=2, decode_responses=True,
-                             password=self.password)
+                             password=self.password, **tls)
         try:
             return client.execute_command(*command)
         except (redis.RedisError, OSError):
@@ -245,7 +312,8 @@ class SentinelRedis:
         wait_until(lambda: self.primary_port() == new.port,
                    "the Sentinel did not promote the replica")
         shutil.rmtree(old.dir, ignore_errors=True)
-        self.primary, self.replica = new, ThrowawayRedis(old.port, replica_of=new.port)
+        self.primary, self.replica = new, ThrowawayRedis(old.port, replica_of=new.port,
+                                                         tls=self.tls)
         wait_until(lambda: self._replicas() == 1, "the Sentinel did not see the new replica")
 
     def swap_by_hand(self) -> None:
@@ -256,7 +324,7 @@ class SentinelRedis:
         old, new = self.primary, self.replica
         for server, command in ((new, ("REPLICAOF", "NO", "ONE")),
                                 (old, ("REPLICAOF", "127.0.0.1", str(new.port)))):
-            client = redis.Redis.from_url(server.url, socket_timeout=2)
+            client = _redis(server.url, self.tls, socket_timeout=2)
             try:
                 client.execute_command(*command)
             finally:
@@ -280,7 +348,8 @@ class ClusterRedis:
     throwaway server with cluster mode on, its slots assigned by `redis-cli
     --cluster create`."""
 
-    def __init__(self, replicas: int = 0):
+    def __init__(self, replicas: int = 0, tls: RedisTLS | None = None):
+        self.tls = tls
         size = 3 * (1 + replicas)
         binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if not (binary and cli):
@@ -295,30 +364,37 @@ class ClusterRedis:
         for port, bus_port in zip(self.ports, bus):
             node_dir = os.path.join(self.dir, str(port))
             os.mkdir(node_dir)
+            listen = tls.server_args(port) if tls else ["--port", str(port)]
             self.procs.append(subprocess.Popen(
-                [binary, "--port", str(port), "--cluster-port", str(bus_port),
+                [binary, *listen, "--cluster-port", str(bus_port),
                  "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", node_dir,
                  "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                  "--cluster-node-timeout", "2000", "--repl-diskless-sync-delay", "0"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         self.nodes = [f"127.0.0.1:{port}" for port in self.ports]
         try:
-            wait_until(lambda: all(_redis_answers(f"redis://{n}/0") for n in self.nodes),
-                                "the cluster's servers did not start", within=10)
-            subprocess.run([cli, "--cluster", "create", *self.nodes, "--cluster-yes",
+            wait_until(lambda: all(_redis_answers(self._url(n), tls) for n in self.nodes),
+                       "the cluster's servers did not start", within=10)
+            subprocess.run([cli, *(tls.cli() if tls else []), "--cluster", "create",
+                            *self.nodes, "--cluster-yes",
                             "--cluster-replicas", str(replicas)],
                            check=True, capture_output=True, timeout=30)
             wait_until(lambda: self._ok(replicas_in_sync=True),
-                                "the cluster did not reach cluster_state:ok")
+                       "the cluster did not reach cluster_state:ok")
         except BaseException:
             self.stop()
             raise
 
+    def _url(self, node: str) -> str:
+        return f"{'rediss' if self.tls else 'redis'}://{node}/0"
+
     def kill_primary_of(self, key: str) -> str:
         """Kill the primary serving `key`'s slot; its replica takes over. Returns the
         killed node."""
+        tls = {"ssl": True, **self.tls.client()} if self.tls else {}
         client = redis.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(
-            "127.0.0.1", p) for p, proc in zip(self.ports, self.procs) if proc.poll() is None])
+            "127.0.0.1", p) for p, proc in zip(self.ports, self.procs) if proc.poll() is None],
+            **tls)
         try:
             node = client.get_node_from_key(key)
         finally:
@@ -332,7 +408,7 @@ class ClusterRedis:
         for node, proc in zip(self.nodes, self.procs):
             if proc.poll() is not None:
                 continue
-            client = redis.Redis.from_url(f"redis://{node}/0", socket_timeout=2)
+            client = _redis(self._url(node), self.tls, socket_timeout=2)
             try:
                 if client.cluster("info").get("cluster_state") != "ok":
                     return False
@@ -350,7 +426,7 @@ class ClusterRedis:
     def wait_replicated(self) -> None:
         """Until every primary's replica has all it was sent (WAIT)."""
         for node, proc in zip(self.nodes, self.procs):
-            client = redis.Redis.from_url(f"redis://{node}/0", socket_timeout=6)
+            client = _redis(self._url(node), self.tls, socket_timeout=6)
             try:
                 if client.info("replication").get("role") == "master":
                     assert client.execute_command("WAIT", 1, 5000) == 1, node
@@ -368,9 +444,9 @@ class ClusterRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _redis_answers(url: str) -> bool:
+def _redis_answers(url: str, tls: RedisTLS | None = None) -> bool:
     try:
-        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        client = _redis(url, tls, socket_timeout=2, socket_connect_timeout=2)
         ok = client.ping()
         client.close()
         return bool(ok)

@@ -542,6 +542,59 @@ async def test_connect_to_absent_redis_fails_clearly_without_the_password(caplog
     assert build(RedisConfig(url=url), node="n1").describe().startswith("redis://:***@")
 
 
+@pytest.fixture(scope="module")
+def redis_tls():
+    made = services.RedisTLS()
+    yield made
+    made.stop()
+
+
+def _tls_servers(kind: str, tls: services.RedisTLS):
+    """(servers, [redis] keys naming them) of one kind, TLS only."""
+    if kind == "redis":
+        server = services.ThrowawayRedis(tls=tls)
+        return server, {"url": server.url}
+    if kind == "sentinel":
+        servers = services.SentinelRedis(tls=tls)
+        return servers, {"url": "rediss:///0", **sentinel_config(servers)}
+    servers = services.ClusterRedis(tls=tls)
+    return servers, {"url": "rediss://", "cluster_nodes": servers.nodes}
+
+
+@pytest.mark.parametrize("kind", ["redis", "sentinel", "cluster"])
+async def test_redis_over_tls_in_each_mode_and_a_certificate_it_cannot_trust(kind, redis_tls,
+                                                                             caplog):
+    """A Redis (or its Sentinel, or a cluster) that takes only TLS, and asks for a
+    client certificate: with url = rediss://... and the CA and client
+    certificate of [redis], the node shares sessions, claims and events there.
+    Checked against another CA, the connection fails at start, saying why."""
+    servers, where = await asyncio.to_thread(_tls_servers, kind, redis_tls)
+    try:
+        config = RedisConfig(**where, **redis_tls.config(), key_prefix="ocs-tls:")
+        node = await connect(config, node="node-a", timeout=2.0)
+        try:
+            await node.sessions.put("s1", {"n": 1}, 60, account_id=1)
+            assert (await node.sessions.get("s1", account_id=1))["n"] == 1
+            assert await node.dedup.claim("k", 5) is True
+            assert await node.dedup.claim("k", 5) is False
+            entry = await node.events.publish({"type": "over-tls"})
+            got = await node.events.consume("policy", "w", block_ms=0)
+            assert [e for e, _ in got] == [entry]
+        finally:
+            await node.stop()
+        stranger = await asyncio.to_thread(services.RedisTLS)
+        try:
+            wrong = RedisConfig(**where, **{**redis_tls.config(), "tls_ca": stranger.ca})
+            with caplog.at_level(logging.WARNING, logger="ocs.cluster"):
+                with pytest.raises(ClusterUnavailable) as err:
+                    await connect(wrong, node="node-b", timeout=2.0)
+            assert "certificate verify failed" in str(err.value) + caplog.text, str(err.value)
+        finally:
+            stranger.stop()
+    finally:
+        await asyncio.to_thread(servers.stop)
+
+
 @pytest.fixture
 def throwaway_redis():
     servers = []

@@ -35,14 +35,14 @@ import time
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster as RedisClusterClient
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.sentinel import (MasterNotFoundError, Sentinel, SentinelConnectionPool,
                                      SentinelManagedConnection)
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import (ClusterDownError, ConnectionError as RedisConnectionError,
-                              NoScriptError, ReadOnlyError, RedisError, ResponseError,
-                              TimeoutError as RedisTimeoutError, TryAgainError)
+                              NoScriptError, ReadOnlyError, RedisClusterException, RedisError,
+                              ResponseError, TimeoutError as RedisTimeoutError, TryAgainError)
 
 from ..config import RedisConfig
 from .base import (MAX_BLOCK_MS, Cluster, ClusterError, ClusterUnavailable, DuplicateCache,
@@ -63,9 +63,10 @@ MIN_VERSION = (6, 2)
 
 # Errors that mean "cannot reach a writable Redis now", as opposed to a bug. A script
 # unknown right after redis-py loaded it means the load and the call reached two
-# servers: a failover under way.
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ClusterDownError,
-                TryAgainError, NoScriptError, OSError, TimeoutError)
+# servers: a failover under way. RedisClusterException: no seed node of a cluster
+# could be reached (it is not a RedisError).
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ClusterDownError,
+               TryAgainError, NoScriptError, RedisClusterException, OSError, TimeoutError)
 
 _CLAIM = """
 local old = redis.call('GET', KEYS[1])
@@ -132,6 +133,10 @@ class _SentinelConnection(_ClosedIsReset, SentinelManagedConnection):
     async def _connect_here(self, check_health: bool, retry_socket_connect: bool):
         await super().connect_check_health(check_health=check_health,
                                            retry_socket_connect=retry_socket_connect)
+
+
+class _SentinelTLSConnection(_SentinelConnection, SSLConnection):
+    """_SentinelConnection over TLS."""
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
@@ -245,15 +250,26 @@ def _address(hostport: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _tls_options(config: RedisConfig) -> dict:
+    """redis-py's TLS arguments for `config` (none without TLS)."""
+    if not config.tls:
+        return {}
+    return {"ssl_ca_certs": config.tls_ca or None, "ssl_certfile": config.tls_certificate or None,
+            "ssl_keyfile": config.tls_key or None, "ssl_cert_reqs": "required",
+            "ssl_check_hostname": config.tls_check_hostname}
+
+
 def redis_client(config: RedisConfig, *, max_connections: int, timeout: float,
                  socket_timeout: float, **options) -> aioredis.Redis:
     """A client of the Redis that `config` names: the one at `url`, or the primary
-    that its `sentinels` name, followed across failovers. At most
-    `max_connections`; a caller beyond them waits up to `timeout` for one."""
+    that its `sentinels` name, followed across failovers, or the cluster of
+    `cluster_nodes`; over TLS with a rediss:// url. At most `max_connections`;
+    a caller beyond them waits up to `timeout` for one."""
+    tls = _tls_options(config)
     if not (config.sentinels or config.cluster_nodes):
         pool = aioredis.BlockingConnectionPool.from_url(
             config.url, max_connections=max_connections, timeout=timeout,
-            socket_timeout=socket_timeout, **options)
+            socket_timeout=socket_timeout, **tls, **options)
         pool.connection_class = _reset_aware(pool.connection_class)  # tcp, tls or unix
         return aioredis.Redis.from_pool(pool)
     # With Sentinels or a cluster the URL only gives the credentials and the database.
@@ -266,16 +282,19 @@ def redis_client(config: RedisConfig, *, max_connections: int, timeout: float,
         return _BoundedCluster(startup_nodes=[ClusterNode(*_address(a))
                                               for a in config.cluster_nodes],
                                max_connections=max_connections, wait=timeout,
-                               socket_timeout=socket_timeout, **target, **options)
+                               socket_timeout=socket_timeout, ssl=config.tls, **tls,
+                               **target, **options)
     password = config.sentinel_password
     sentinels = _Sentinels([_address(a) for a in config.sentinels], sentinel_kwargs=dict(
         socket_timeout=timeout, socket_connect_timeout=timeout,
         password=password.get_secret_value() if password else None,
-        retry=Retry(NoBackoff(), 0)))  # the next Sentinel is the retry
+        retry=Retry(NoBackoff(), 0),  # the next Sentinel is the retry
+        **({"ssl": True, **tls} if tls else {})))
     return aioredis.Redis.from_pool(_BlockingSentinelPool(
         config.sentinel_master, sentinels, max_connections=max_connections, timeout=timeout,
-        socket_timeout=socket_timeout, connection_class=_SentinelConnection, **target,
-        **options))
+        socket_timeout=socket_timeout,
+        connection_class=_SentinelTLSConnection if tls else _SentinelConnection,
+        **tls, **target, **options))
 
 
 class _Link:
@@ -308,7 +327,7 @@ class _Link:
             raise ClusterUnavailable(f"redis cluster state is stopped ({what})")
         try:
             yield
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             if self.healthy:
                 self.healthy = False
                 log.warning("redis at %s unavailable (%s): %s", self.url, what, exc)
