@@ -205,10 +205,12 @@ class RedisConfig(Section):
     def describe(self) -> str:
         """Where Redis is, for logs: the URL without its password, the Sentinels, or
         the cluster's seed nodes."""
+        tls = " over TLS" if self.tls else ""
         if self.sentinels:
-            return f"sentinel primary {self.sentinel_master!r} via {','.join(self.sentinels)}"
+            return (f"sentinel primary {self.sentinel_master!r} via "
+                    f"{','.join(self.sentinels)}{tls}")
         if self.cluster_nodes:
-            return f"cluster via {','.join(self.cluster_nodes)}"
+            return f"cluster via {','.join(self.cluster_nodes)}{tls}"
         return hide_url_password(self.url)
 
 

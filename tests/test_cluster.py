@@ -572,6 +572,7 @@ async def test_redis_over_tls_in_each_mode_and_a_certificate_it_cannot_trust(kin
     try:
         config = RedisConfig(**where, **redis_tls.config(), key_prefix="ocs-tls:")
         node = await connect(config, node="node-a", timeout=2.0)
+        assert node.describe().startswith("rediss://") or node.describe().endswith(" over TLS")
         try:
             await node.sessions.put("s1", {"n": 1}, 60, account_id=1)
             assert (await node.sessions.get("s1", account_id=1))["n"] == 1
