@@ -92,7 +92,8 @@ class _ClosedIsReset:
         try:
             await super()._send_packed_command(command)
         except RuntimeError as exc:
-            if not self._writer.transport.is_closing():
+            transport = getattr(self._writer, "transport", None)
+            if transport is not None and not transport.is_closing():
                 raise
             raise ConnectionResetError(f"connection already closed ({exc})") from exc
 
