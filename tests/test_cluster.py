@@ -772,12 +772,27 @@ def _pooled_connections(client) -> list:
 
 
 @pytest.mark.parametrize("kind", ["redis", "sentinel", "cluster"])
-def test_a_connection_that_closed_between_commands_is_made_again_under_uvloop(kind, request):
+def test_a_connection_that_closed_between_commands_is_made_again_under_uvloop(
+        kind, request, monkeypatch):
     """Under uvloop, the daemon's event loop, writing on a connection whose transport
     has closed raises RuntimeError rather than the OSError redis-py handles (seen
-    when a Redis died during a failover: the request failed with a traceback).
-    The next call on such a connection is sent again on a fresh one and succeeds."""
+    when a Redis died during a failover, just as a connection to it was made: the
+    request failed with a traceback). A call on such a connection is sent again on
+    a fresh one and succeeds: whether the transport closed as the connection was
+    made (before its first command, CLIENT SETNAME) or between two commands."""
     import uvloop
+    from redis.asyncio.connection import Connection
+
+    made_so_far = Connection._connect
+    cut = {"next": 0}
+
+    async def connect_then_lose_it(self):
+        await made_so_far(self)
+        if cut["next"]:
+            cut["next"] -= 1
+            self._writer.transport.abort()
+
+    monkeypatch.setattr(Connection, "_connect", connect_then_lose_it)
 
     if kind == "redis":
         made = Nodes(request.getfixturevalue("redis_url"))
@@ -801,6 +816,10 @@ def test_a_connection_that_closed_between_commands_is_made_again_under_uvloop(ki
             for k in range(8):
                 assert await node.dedup.claim(f"after-{k}", 5) is True
                 assert (await node.sessions.get(f"s{k}", account_id=k))["n"] == k
+            cut["next"] = 1  # a new node's first connection: lost before its first command
+            fresh = await made("node-b")
+            await fresh.sessions.put("b", {"n": 1}, 60, account_id=1)
+            assert cut["next"] == 0 and (await node.sessions.get("b", account_id=1))["n"] == 1
         finally:
             await made.close()
 

@@ -176,6 +176,12 @@ class _Sentinels(Sentinel):
     """redis-py's client of the Sentinels, saying in a line which Sentinel answered
     what when none names a reachable primary."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for sentinel in self.sentinels:  # also a Sentinel may die as it is connected to
+            pool = sentinel.connection_pool
+            pool.connection_class = _reset_aware(pool.connection_class)
+
     async def discover_master(self, service_name: str):
         problems = []
         for i, sentinel in enumerate(self.sentinels):
