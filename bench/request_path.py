@@ -68,15 +68,20 @@ class _Endpoint:
 
 
 async def _child(mode: str, requests: int, rounds: int) -> dict:
-    if mode == "ccr":
-        return await _child_ccr(requests, rounds)
+    """The measurement, on a store in a directory removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="ocs-bench-") as tmp:
+        if mode == "ccr":
+            return await _child_ccr(tmp, requests, rounds)
+        return await _child_radius(tmp, mode, requests, rounds)
+
+
+async def _child_radius(tmp: str, mode: str, requests: int, rounds: int) -> dict:
     from bench.radius import Ocsd, acct_request, auth_request
 
     class Args:
         backend, sessions, pg_dsn = "sqlite", requests, None
         sqlite_synchronous, group_commit_window_ms, daemons = "FULL", 0, 1
 
-    tmp = tempfile.mkdtemp(prefix="ocs-bench-")
     seeded = Ocsd(Args(), tmp)
     await seeded._seed()
     daemon = await _daemon(tmp, seeded.url, """
@@ -112,6 +117,7 @@ enabled = false
             raise SystemExit(f"{endpoint.replies} replies to {requests} requests")
         if rnd:
             per_request.append(cpu / requests * 1e6)
+    await daemon._shutdown()
     from radius import codec
     return _report(codec.IMPLEMENTATION, per_request)
 
@@ -137,12 +143,11 @@ def _report(implementation: str, per_request: list[float]) -> dict:
             "each_round": [round(x, 1) for x in per_request]}
 
 
-async def _child_ccr(requests: int, rounds: int) -> dict:
+async def _child_ccr(tmp: str, requests: int, rounds: int) -> dict:
     from bench.diameter import USED, CountingTransport, connect_in_process, prepare_store
     from diameter.client import INITIAL, UPDATE, mscc
     from diameter.codec import encode
 
-    tmp = tempfile.mkdtemp(prefix="ocs-bench-")
     url = f"sqlite:{tmp}/ocs.db"
     await prepare_store(url, None, requests)
     daemon = await _daemon(tmp, url, """
@@ -187,6 +192,7 @@ max_in_flight = 100000
             raise SystemExit(f"round {rnd}: Result-Codes {codes} to {requests} requests")
         if rnd:
             per_request.append(cpu / requests * 1e6)
+    await daemon._shutdown()
     from diameter import codec
     return _report(codec.IMPLEMENTATION, per_request)
 
