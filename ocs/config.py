@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 import tomllib
 from typing import Annotated, Any, Literal
 
@@ -190,6 +191,17 @@ class RedisConfig(Section):
             path = getattr(self, name)
             if path and not os.access(path, os.R_OK):
                 raise ValueError(f"{name}: cannot read {path}")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:  # the files as TLS reads them, so a wrong one is named now, not at connect
+            if self.tls_ca:
+                what = f"tls_ca: {self.tls_ca} holds no PEM certificate"
+                context.load_verify_locations(self.tls_ca)
+            if self.tls_certificate:
+                what = (f"tls_certificate and tls_key: {self.tls_certificate} and "
+                        f"{self.tls_key} are not a PEM certificate and its key")
+                context.load_cert_chain(self.tls_certificate, self.tls_key)
+        except ssl.SSLError as exc:
+            raise ValueError(f"{what} ({exc.reason or exc})") from None
         return self
 
     @property

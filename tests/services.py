@@ -140,35 +140,40 @@ class ReplicatedPostgres:
         self.primary.stop()
 
 
+def make_certificates(directory, leaves: dict[str, tuple[str, str]]) -> None:
+    """A test CA (ca.pem, ca.key) in `directory`, made with openssl, and for each
+    name of `leaves` a certificate it signed, NAME.pem and NAME.key, with the
+    (common name, subjectAltName) given."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise ServiceUnavailable("openssl is needed to make test certificates "
+                                 "(Debian: apt-get install openssl)")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True,
+                       timeout=30)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=ocs test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    for name, (common_name, alt) in leaves.items():
+        run("req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.pem",
+            "-subj", f"/CN={common_name}", "-addext", f"subjectAltName={alt}",
+            "-CA", "ca.pem", "-CAkey", "ca.key")
+
+
 class RedisTLS:
-    """A test CA, made with openssl, with a certificate for the Redis servers (at
-    127.0.0.1) and one for their clients (Redis asks clients for one by
-    default); and the arguments that redis-server, redis-cli, redis-py and
-    ocsd's [redis] section take to use them."""
+    """A test CA with a certificate for the Redis servers (at 127.0.0.1) and one for
+    their clients (Redis asks clients for one by default); and the arguments
+    that redis-server, redis-cli, redis-py and ocsd's [redis] section take to
+    use them."""
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="ocs-redis-tls-")
-        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-              "-days", "2"]
-        self._openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem",
-                      "-subj", "/CN=ocs test Redis CA",
-                      "-addext", "basicConstraints=critical,CA:TRUE",
-                      "-addext", "keyUsage=critical,keyCertSign")
-        for name, alt in (("server", "IP:127.0.0.1,DNS:localhost"), ("client", "DNS:ocsd")):
-            self._openssl("req", "-x509", *ec, "-keyout", f"{name}.key", "-out",
-                          f"{name}.pem", "-subj", f"/CN=redis {name}",
-                          "-addext", f"subjectAltName={alt}", "-CA", "ca.pem",
-                          "-CAkey", "ca.key")
+        make_certificates(self.dir, {"server": ("redis server", "IP:127.0.0.1,DNS:localhost"),
+                                     "client": ("ocsd", "DNS:ocsd")})
         self.ca, self.cert, self.key = (os.path.join(self.dir, n)
                                         for n in ("ca.pem", "client.pem", "client.key"))
-
-    def _openssl(self, *args: str) -> None:
-        openssl = shutil.which("openssl")
-        if not openssl:
-            raise ServiceUnavailable("openssl is needed for the TLS tests "
-                                     "(Debian: apt-get install openssl)")
-        subprocess.run([openssl, *args], cwd=self.dir, check=True, capture_output=True,
-                       timeout=30)
 
     def server_args(self, port: int) -> list[str]:
         """A server (or Sentinel) taking only TLS on `port`, and using TLS to its
@@ -179,8 +184,12 @@ class RedisTLS:
                 "--tls-replication", "yes", "--tls-cluster", "yes"]
 
     def client(self) -> dict:
-        """redis-py's arguments (with a rediss:// URL, or ssl=True)."""
+        """redis-py's arguments beside a rediss:// URL."""
         return {"ssl_ca_certs": self.ca, "ssl_certfile": self.cert, "ssl_keyfile": self.key}
+
+    def client_by_address(self) -> dict:
+        """redis-py's arguments for a client made from a host and port."""
+        return {"ssl": True, **self.client()}
 
     def cli(self) -> list[str]:
         return ["--tls", "--cacert", self.ca, "--cert", self.cert, "--key", self.key]
@@ -283,7 +292,7 @@ class SentinelRedis:
                    "the Sentinel did not see the primary and its replica")
 
     def _ask(self, *command):
-        tls = {"ssl": True, **self.tls.client()} if self.tls else {}
+        tls = self.tls.client_by_address() if self.tls else {}
         client = redis.Redis(port=self.sentinel_port, socket_timeout=2, decode_responses=True,
                              password=self.password, **tls)
         try:
@@ -391,7 +400,7 @@ class ClusterRedis:
     def kill_primary_of(self, key: str) -> str:
         """Kill the primary serving `key`'s slot; its replica takes over. Returns the
         killed node."""
-        tls = {"ssl": True, **self.tls.client()} if self.tls else {}
+        tls = self.tls.client_by_address() if self.tls else {}
         client = redis.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(
             "127.0.0.1", p) for p, proc in zip(self.ports, self.procs) if proc.poll() is None],
             **tls)

@@ -92,10 +92,15 @@ def test_documented_file_has_no_key_the_model_lacks():
      "url = 'unix:///run/redis.sock'\n", "redis", "not supported with Sentinel"),
     ("[redis]\nurl = 'redis://cache/0'\ntls_ca = '/etc/ssl/certs/ca-certificates.crt'\n",
      "redis", "need TLS: url = \"rediss://"),
-    ("[redis]\nurl = 'rediss://cache/0'\ntls_certificate = '/etc/hostname'\n", "redis",
+    ("[redis]\nurl = 'rediss://cache/0'\ntls_certificate = '/etc/passwd'\n", "redis",
      "tls_certificate and tls_key go together"),
     ("[redis]\nurl = 'rediss://cache/0'\ntls_ca = '/nonexistent/ca.pem'\n", "redis",
      "tls_ca: cannot read /nonexistent/ca.pem"),
+    ("[redis]\nurl = 'rediss://cache/0'\ntls_ca = '/etc/passwd'\n", "redis",
+     "tls_ca: /etc/passwd holds no PEM certificate"),
+    ("[redis]\nurl = 'rediss://cache/0'\ntls_certificate = '/etc/passwd'\n"
+     "tls_key = '/etc/passwd'\n", "redis",
+     "tls_certificate and tls_key: /etc/passwd and /etc/passwd are not a PEM"),
     ("[redis]\nsentinels = ['10.0.0.1:26379']\nsentinel_master = 'ocs'\n"
      "cluster_nodes = ['10.0.0.1:6379']\n", "redis", "cluster_nodes or sentinels, not both"),
     ("[redis]\ncluster_nodes = ['10.0.0.1:6379']\nurl = 'redis://:pw@/3'\n", "redis",

@@ -36,34 +36,22 @@ from diameter import base
 from diameter import tables as T
 from diameter.client import INITIAL, TERMINATION, DiameterClient, mscc
 from diameter.codec import Message, value
-from tests.services import free_port
+from tests.services import free_port, make_certificates
 from tests.test_daemon import Ocsd, http, in_store, metric
 from tests.test_diameter_harness import tshark, tshark_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "conf" / "diameter" / "freediameter.conf.in"
 FREEDIAMETER = shutil.which("freeDiameterd")
-OPENSSL = shutil.which("openssl")
 TSHARK = shutil.which("tshark")
 OCS_HOST = "ocs.test.example"
 FD_HOST = "fd.test.example"
 
 
-def _run(*args: str, cwd: Path) -> None:
-    subprocess.run(args, cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
 def certificates(directory: Path) -> dict[str, Path]:
-    """A test CA and certificates for ocsd and freeDiameter, made with openssl."""
-    assert OPENSSL, "openssl is needed to make test certificates"
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"]
-    _run(OPENSSL, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem",
-         "-subj", "/CN=ocs test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-         "-addext", "keyUsage=critical,keyCertSign", cwd=directory)
-    for name, host in (("ocs", OCS_HOST), ("fd", FD_HOST)):
-        _run(OPENSSL, "req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.pem",
-             "-subj", f"/CN={host}", "-addext", f"subjectAltName=DNS:{host}",
-             "-CA", "ca.pem", "-CAkey", "ca.key", cwd=directory)
+    """A test CA and certificates for ocsd and freeDiameter."""
+    make_certificates(directory, {"ocs": (OCS_HOST, f"DNS:{OCS_HOST}"),
+                                  "fd": (FD_HOST, f"DNS:{FD_HOST}")})
     return {n: directory / n for n in ("ca.pem", "ocs.pem", "ocs.key", "fd.pem", "fd.key")}
 
 

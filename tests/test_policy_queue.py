@@ -23,7 +23,6 @@ from tests.conftest import _admin
 QUEUES = ["sqlite", "postgres", "redis", "redis-cluster"]
 
 
-
 @pytest.fixture(params=QUEUES)
 def queue_target(request, tmp_path):
     """(kind, store url, driver options, redis url or None)."""
