@@ -20,12 +20,17 @@ charges nothing more and gets the first decision back.
 Session directory. On a successful CCR-I the Origin-Host and Origin-Realm of
 the client are written to the cluster session directory (Redis when there
 are several nodes) so that a Re-Auth or Abort-Session for the session can be
-addressed by any node; CCR-T removes the record.
+addressed by any node; CCR-T removes the record. The record also names the
+node that served the session last: a client connected to that node and not
+to this one (a PGW with one primary peer) gets its RAR/ASR from that node,
+which this one asks at once (`Cluster.calls`) instead of waiting for a
+connection that is not coming.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import itertools
 import logging
@@ -35,6 +40,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable
 
+from ocs.cluster import ClusterError
 from ocs.errors import OcsError, StoreUnavailable
 from ocs.logs import Throttled
 from ocs.model import Kind, PeerKind, now_us
@@ -55,6 +61,10 @@ _SUCCESS = T.DIAMETER_SUCCESS
 _OPENING = (gy.INITIAL, gy.EVENT)  # CC-Request-Types a new session (or event) starts with
 
 PRODUCT_NAME = "ocsd"
+#: The kind of call (`Cluster.calls`) by which a node asks another for a RAR/ASR.
+CALL_KIND = "diameter-server-request"
+#: Seconds a node waits for another beyond that one's own RAR/ASR attempts.
+ASK_NODE_MARGIN = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +83,8 @@ class ServerRequestResult:
     peer: str | None = None
     attempts: int = 0
     error: str = ""
+    #: The node that sent it, when not this one (the client is connected there).
+    node: str | None = None
 
 
 class NoRoute(OcsError):
@@ -594,8 +606,11 @@ class DiameterServer:
         """Send an Abort-Session-Request: the client ends the session (suspension)."""
         return await self._server_request("ASR", session_id, None)
 
-    async def _server_request(self, command: str, session_id: str, rating_group: int | None
-                              ) -> ServerRequestResult:
+    async def _server_request(self, command: str, session_id: str, rating_group: int | None,
+                              *, asked_by: str | None = None) -> ServerRequestResult:
+        """Send it over this node's connection to the client (or its agent); else
+        ask the node that served the session last, when that is another node
+        (not when this node is being asked by another: `asked_by`)."""
         try:
             record = await self.cluster.sessions.get(session_id)
         except StoreUnavailable as exc:
@@ -613,14 +628,21 @@ class DiameterServer:
         sent = 0
         deadline = time.monotonic() + cfg.request_timeout * cfg.request_attempts
         failed: set[Connection] = set()  # tried without an answer: others go first
+        served_by = record.get("node")
         for attempt in range(1, cfg.request_attempts + 1):
             conn = self._route(host, via, failed)
+            if (conn is None and attempt == 1 and asked_by is None and served_by
+                    and served_by != self.cluster.node):
+                return await self._ask_node(served_by, command, session_id, rating_group,
+                                            host)
             while conn is None and time.monotonic() < deadline and not self.stopping:
                 await asyncio.sleep(0.05)  # the client may be reconnecting
                 conn = self._route(host, via, failed)
             if conn is None:
                 error = f"peer {host} is not connected to this node" + (
                     f", nor the agent {via} its requests came through" if via else "")
+                if asked_by is not None:
+                    error += f" (asked by node {asked_by})"
                 break
             local = conn.machine.local
             hbh = conn.machine.next_hop_by_hop()
@@ -653,6 +675,45 @@ class DiameterServer:
                 self.metrics.diameter_errors.labels(reason="server-request-retry").inc()
         return ServerRequestResult(session_id, command, False, None, host, sent, error)
 
+    async def _ask_node(self, node: str, command: str, session_id: str,
+                        rating_group: int | None, host: str) -> ServerRequestResult:
+        """Have `node`, which served the session last, send the request over its
+        connection to the client. It may wait for the client and retry, as this
+        node would: the call allows for that."""
+        cfg = self.config
+        timeout = cfg.request_timeout * cfg.request_attempts + ASK_NODE_MARGIN
+        log.info("%s %s to %s: asking node %s, which the client is connected to", command,
+                 session_id, host, node, extra={"peer": host, "session": session_id})
+        body = {"command": command, "session_id": session_id, "rating_group": rating_group,
+                "from": self.cluster.node}
+        try:
+            answer = await self.cluster.calls.call(node, CALL_KIND, body, timeout)
+            result = ServerRequestResult(**{**answer, "node": node})
+        except (ClusterError, StoreUnavailable, TypeError) as exc:
+            if self.metrics is not None:
+                self.metrics.diameter_errors.labels(reason="server-request-node").inc()
+            error = (f"peer {host} is connected to node {node}, not to this one, and node "
+                     f"{node} was not reached: {exc}")
+            log.warning("%s %s: %s", command, session_id, error,
+                        extra={"peer": host, "session": session_id})
+            return ServerRequestResult(session_id, command, False, None, host, 0, error, node)
+        log.info("%s %s %s by node %s", command, session_id,
+                 f"answered {result.result_code}" if result.answered
+                 else f"not answered: {result.error}", node,
+                 extra={"peer": host, "session": session_id})
+        return result
+
+    async def _asked(self, body: dict) -> dict:
+        """Another node asks this one for a RAR/ASR to a client connected here."""
+        command = body.get("command")
+        if command not in ("RAR", "ASR") or not isinstance(body.get("session_id"), str):
+            raise ValueError(f"not a RAR or ASR call: {body!r}")
+        rating_group = body.get("rating_group")
+        result = await self._server_request(
+            command, body["session_id"], rating_group if isinstance(rating_group, int) else None,
+            asked_by=str(body.get("from") or "another node"))
+        return dataclasses.asdict(result)
+
     def _route(self, host: str, via: str | None = None,
                failed: set[Connection] | frozenset = frozenset()) -> Connection | None:
         """The connection to `host` itself, else to the agent `via` that relays to it
@@ -677,6 +738,8 @@ class DiameterServer:
 
     # ------------------------------------------------------------ lifecycle
     async def listen(self, name: str, host: str | None, port: int, ssl=None) -> None:
+        if not self.listeners:  # other nodes may ask this one for RAR/ASR from now on
+            self.cluster.calls.serve(CALL_KIND, self._asked)
         loop = asyncio.get_running_loop()
         tls = ssl is not None
         server = await loop.create_server(lambda: self.connection(tls), host, port,
@@ -687,6 +750,7 @@ class DiameterServer:
     async def close(self, drain: float) -> None:
         """Stop accepting, finish requests in flight, DPR every peer, close."""
         self.stopping = True
+        self.cluster.calls.serve(CALL_KIND, None)
         for server in self.listeners:
             server.close()
         if self.tasks or self._background:

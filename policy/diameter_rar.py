@@ -13,7 +13,8 @@ PCRF's Gx); the decision step falls back to a disconnect when the plan
 allows. Answers: 2001 done; 5002 DIAMETER_UNKNOWN_SESSION_ID, or a session
 the directory no longer knows, means the session is gone (done); other codes
 are refusals (dead-lettered); no answer or no connection to the client from
-this node is retried.
+this node is retried. A client connected to another node only gets the
+request from that node (the front-end asks it), and the answer names it.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class DiameterActuator:
         request = {"command": command, "session_id": session_id}
         answer = {"answered": result.answered, "result_code": result.result_code,
                   "peer": result.peer, "attempts": result.attempts, "error": result.error}
+        if result.node is not None:  # sent by the node the client is connected to
+            answer["node"] = result.node
         if result.answered and result.result_code == SUCCESS:
             return Attempt(True, "ok", request=request, answer=answer, latency_ms=ms)
         if (result.answered and result.result_code == UNKNOWN_SESSION) or (

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster as RedisClusterClient
 from redis.crc import key_slot
 
-from ocs.cluster import ClusterError, ClusterUnavailable, build, connect
+from ocs.cluster import ClusterError, ClusterUnavailable, NodeUnreachable, build, connect
 from ocs.config import RedisConfig
 from ocs.errors import StoreUnavailable, ValidationError
 from tests import services
@@ -460,6 +460,57 @@ async def test_bad_events_are_refused(cluster):
     with pytest.raises(ValueError, match="start"):
         await cluster.events.ensure_group("g", start="yesterday")
     assert await cluster.events.length() == 0
+
+
+# ================================================================ calls between nodes
+async def test_a_call_is_answered_by_the_node_serving_it(backend, nodes):
+    a = await nodes("node-a")
+    b = await nodes("node-b")
+    seen = []
+
+    async def where(body):
+        seen.append(body)
+        if body.get("fail"):
+            raise RuntimeError("the peer is gone")
+        return {"by": "node-b", **body}
+
+    b.calls.serve("where", where)
+    a.calls.serve("where", lambda body: asyncio.sleep(0, {"by": "node-a"}))
+    assert await a.calls.call("node-a", "where", {}, 2) == {"by": "node-a"}
+    if backend[0] == "local":  # one node: there is no other to call
+        with pytest.raises(NodeUnreachable, match="the only one"):
+            await a.calls.call("node-b", "where", {"n": 1}, 2)
+        return
+    assert await a.calls.call("node-b", "where", {"n": 1}, 5) == {"by": "node-b", "n": 1}
+    assert seen == [{"n": 1}]
+    with pytest.raises(NodeUnreachable, match="failed the where call: RuntimeError: the peer"):
+        await a.calls.call("node-b", "where", {"fail": True}, 5)
+    with pytest.raises(NodeUnreachable, match="node-b does not serve other calls"):
+        await a.calls.call("node-b", "other", {}, 5)
+    started = time.monotonic()
+    with pytest.raises(NodeUnreachable, match="node-c did not answer within 0.3s"):
+        await a.calls.call("node-c", "where", {}, 0.3)
+    assert time.monotonic() - started < 2
+
+
+async def test_a_call_to_a_node_that_was_down_is_not_run_after_its_caller_gave_up(
+        redis_nodes):
+    a = await redis_nodes("node-a")
+    b = await redis_nodes("node-b")
+    runs = []
+
+    async def count(body):
+        runs.append(body["n"])
+        return {}
+
+    b.calls.serve("count", count)
+    await b.stop()
+    with pytest.raises(NodeUnreachable, match="did not answer"):
+        await a.calls.call("node-b", "count", {"n": 1}, 0.3)
+    await b.start()  # finds the call in its list, past its deadline: dropped
+    assert await a.calls.call("node-b", "count", {"n": 2}, 5) == {}
+    await asyncio.sleep(0.3)
+    assert runs == [2]
 
 
 # ================================================================ Redis only

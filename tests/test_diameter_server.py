@@ -566,6 +566,78 @@ async def test_two_nodes_share_sessions_duplicates_and_re_auth(pg_dsn, pg_schema
             await st.close()
 
 
+async def test_a_client_connected_to_one_node_gets_rar_and_asr_decided_on_another(
+        pg_dsn, pg_schema, redis_url):
+    """A PGW with one primary peer is connected to node B only. A RAR or ASR that
+    node A must send (its policy worker took the action) goes through node B at
+    once: A asks B, which sends it over its connection and reports the answer.
+    When B is down, A says so after one bounded wait, for the action to be
+    retried; when the client moves to A, A reaches it directly."""
+    import time
+    prefix = f"ocs-t-{secrets.token_hex(4)}:"
+    stores, clusters, nodes, clients = [], [], [], []
+    try:
+        for name in ("node-a", "node-b"):
+            st = Store(make_driver(pg_dsn, schema=pg_schema))
+            await st.open(migrate_schema=True)
+            stores.append(st)
+            cl = build(RedisConfig(url=redis_url, key_prefix=prefix), node=name)
+            await cl.start()
+            clusters.append(cl)
+            nodes.append(await Node(st, cl).start())
+        node_a, node_b = nodes
+        await subscriber(stores[0], "41790000107", balance=EUR)
+        cb = await connect(node_b.port)
+        clients.append(cb)
+        sid, who = "pgw1.pgw.example;primary;1", dict(msisdn="41790000107")
+        a = await cb.request(cb.ccr(sid, INITIAL, 0, **who, msccs=[mscc(10, requested={})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+
+        started = time.monotonic()
+        result = await node_a.server.re_auth(sid, rating_group=10)
+        assert (result.answered, result.result_code, result.node) == (True, 2001, "node-b")
+        assert time.monotonic() - started < CONFIG.request_timeout  # no wait for a connection
+        rar = [m for m in cb.server_requests if m.code == T.CMD_RE_AUTH]
+        assert len(rar) == 1 and value(rar[0].avps, T.SESSION_ID) == sid
+        assert value(rar[0].avps, T.DESTINATION_HOST) == "pgw1.pgw.example"
+        result = await node_a.server.abort_session(sid)
+        assert (result.answered, result.result_code, result.node) == (True, 2001, "node-b")
+        assert [m.code for m in cb.server_requests][-1] == T.CMD_ABORT_SESSION
+
+        # Node B goes away (its client with it): A reports it, after one bounded wait.
+        await cb.close()
+        clients.remove(cb)
+        await node_b.close()
+        await clusters[1].stop()
+        started = time.monotonic()
+        result = await node_a.server.re_auth(sid)
+        waited = time.monotonic() - started
+        assert not result.answered and result.node == "node-b"
+        assert result.error.startswith("peer pgw1.pgw.example is connected to node node-b, "
+                                       "not to this one, and node node-b was not reached: ")
+        assert "did not answer" in result.error
+        assert waited < CONFIG.request_timeout * CONFIG.request_attempts + 3
+
+        # The client fails over to node A: its next request moves the session there.
+        ca = await connect(node_a.port)
+        clients.append(ca)
+        a = await ca.request(ca.ccr(sid, UPDATE, 1, **who,
+                                    msccs=[mscc(10, requested={}, used={"total": MB})]))
+        assert value(a.avps, T.RESULT_CODE) == 2001
+        result = await node_a.server.re_auth(sid)
+        assert (result.answered, result.result_code, result.node) == (True, 2001, None)
+        assert [m.code for m in ca.server_requests] == [T.CMD_RE_AUTH]
+    finally:
+        for c in clients:
+            await c.close()
+        for n in nodes:
+            await n.close()
+        for cl in clusters:
+            await cl.stop()
+        for st in stores:
+            await st.close()
+
+
 # ---------------------------------------------------------------------- admission, quota settings
 async def test_a_diameter_nas_record_admits_its_peer(store):
     """A NAS of kind "diameter" (`ocsctl nas add`) lets its address in; with

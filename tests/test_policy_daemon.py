@@ -416,3 +416,103 @@ def test_a_disconnect_queued_before_a_crash_reaches_the_nas_after_the_restart(tm
     finally:
         d.stop()
         fr.stop()
+
+
+def test_a_pgw_connected_to_one_of_two_nodes_gets_every_asr_at_once(tmp_path, pg_dsn,
+                                                                     redis_url):
+    """Two ocsd share PostgreSQL, Redis and the action queue; a PGW with one primary
+    peer is connected to node B only. Sessions run dry: whichever node's worker
+    takes the disconnect, the PGW gets its ASR within a second (node A asks node B
+    to send it), and every action ends done."""
+    import asyncio
+    import secrets
+
+    import redis as redis_client
+
+    from diameter import tables as T
+    from diameter.client import INITIAL, UPDATE, DiameterClient, mscc
+    from diameter.codec import value
+    from tests.conftest import _admin
+    from tests.services import free_port
+
+    schema = "ocs_t_" + secrets.token_hex(6)
+    prefix = f"ocs-gy2-{secrets.token_hex(4)}:"
+    asyncio.run(_admin(pg_dsn, f"CREATE SCHEMA {schema}"))
+    ports = [free_port(), free_port()]
+    nodes = []
+    for name, port in zip(("a", "b"), ports):
+        (tmp_path / name).mkdir()
+        n = RadiusOcsd(tmp_path / name, store_url=pg_dsn, extra_store=f'schema = "{schema}"',
+                       extra_radius=FAST + f"""
+[redis]
+url = "{redis_url}"
+key_prefix = "{prefix}"
+
+[diameter]
+listen = "127.0.0.1:{port}"
+origin_host = "ocs.test.example"
+origin_realm = "test.example"
+allowed_realms = ["pgw.example"]
+request_timeout = 0.5
+""")
+        n.config.write_text(n.config.read_text().replace('node_name = "test-node"',
+                                                         f'node_name = "node-{name}"'))
+        nodes.append(n)
+    sessions = [f"pgw1;primary-{i}" for i in range(6)]
+
+    async def seed_gy(store):
+        plan = await store.create_plan(name="gy", currency="EUR", policy=CUT,
+                                       allowances=[{"kind": "octets", "units": 1_000_000}])
+        for i in range(len(sessions)):
+            acct = await store.create_account(name=f"gy{i}", currency="EUR",
+                                              billing="prepaid")
+            await store.create_subscriber(account_id=acct.id, msisdn=f"4179000040{i}",
+                                          plan_id=plan.id)
+
+    async def pgw():
+        c = DiameterClient("127.0.0.1", ports[1], origin_host="pgw1.pgw.example",
+                           origin_realm="pgw.example", destination_realm="test.example")
+        assert value((await c.connect()).avps, T.RESULT_CODE) == 2001
+        delays = {}
+        try:
+            for i, sid in enumerate(sessions):
+                who = {"msisdn": f"4179000040{i}"}
+                a = await c.request(c.ccr(sid, INITIAL, 0, **who, msccs=[mscc(10, requested={})]))
+                assert value(a.avps, T.RESULT_CODE) == 2001
+                await c.request(c.ccr(sid, UPDATE, 1, **who,
+                                      msccs=[mscc(10, requested={}, used={"total": 3_000_000})]))
+                answered = time.monotonic()
+                while time.monotonic() - answered < 5 and sid not in delays:
+                    if any(m.code == T.CMD_ABORT_SESSION and value(m.avps, T.SESSION_ID) == sid
+                           for m in c.server_requests):
+                        delays[sid] = time.monotonic() - answered
+                    await asyncio.sleep(0.01)
+            return delays
+        finally:
+            await c.close()
+
+    try:
+        nodes[0].seed(seed_gy, schema=schema)
+        for n in nodes:
+            n.start()
+        delays = asyncio.run(pgw())
+        assert sorted(delays) == sorted(sessions), delays
+        assert max(delays.values()) < 1.0, delays
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            _, page = nodes[0].api("GET", "/v1/policy/actions?status=done")
+            if len(page["items"]) == len(sessions):
+                break
+            time.sleep(0.1)
+        assert sorted((a["backend"], a["action"], a["result"]) for a in page["items"]) == [
+            ("diameter", "disconnect", "ok")] * len(sessions)
+        # Node A's worker took some of them and had node B send the ASR.
+        assert re.search(r"ASR \S+ to pgw1\.pgw\.example: asking node node-b", nodes[0].log())
+    finally:
+        for n in nodes:
+            n.stop()
+        asyncio.run(_admin(pg_dsn, f"DROP SCHEMA {schema} CASCADE"))
+        r = redis_client.Redis.from_url(redis_url)
+        for key in r.scan_iter(match=f"{prefix}*"):
+            r.delete(key)
+        r.close()

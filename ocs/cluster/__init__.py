@@ -9,7 +9,10 @@ it reaches:
 * `Cluster.dedup` (`DuplicateCache`): exactly-once claim of a request and
   the cached answer for its duplicates (RFC 5080, RFC 6733 §5.5.4);
 * `Cluster.events` (`EventStream`): charging events for policy/, delivered
-  at least once per consumer group.
+  at least once per consumer group;
+* `Cluster.calls` (`NodeCalls`): a call from one node to another, for what
+  only that node can do (a Re-Auth-Request to a Diameter client connected
+  to it alone).
 
 With ``[redis] url`` set, all of it lives in Redis (`redis_backend`); without
 it, in this process (`local`): one node needs nothing shared. Both follow one
@@ -31,10 +34,11 @@ from __future__ import annotations
 
 from ..config import RedisConfig
 from .base import (MAX_BLOCK_MS, Cluster, ClusterError, ClusterUnavailable, DuplicateCache,
-                   EventStream, Keys, SessionDirectory)
+                   EventStream, Keys, NodeCalls, NodeUnreachable, SessionDirectory)
 
 __all__ = ["build", "connect", "Cluster", "SessionDirectory", "DuplicateCache", "EventStream",
-           "ClusterError", "ClusterUnavailable", "Keys", "MAX_BLOCK_MS"]
+           "NodeCalls", "ClusterError", "ClusterUnavailable", "NodeUnreachable", "Keys",
+           "MAX_BLOCK_MS"]
 
 
 def build(config: RedisConfig, *, node: str, timeout: float | None = None) -> Cluster:

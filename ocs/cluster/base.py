@@ -16,7 +16,7 @@ import json
 import math
 import re
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from ..errors import StoreError, StoreUnavailable, ValidationError
 
@@ -35,6 +35,11 @@ class ClusterUnavailable(ClusterError, StoreUnavailable):
     during a failover) or the adapter is stopped. Nothing was recorded or
     read: protocol layers treat it like `StoreUnavailable` and do not answer,
     so the network element retries or fails over."""
+
+
+class NodeUnreachable(ClusterError):
+    """Another node did not answer a call in time (it is down, stopping, or
+    busier than the call allowed), or no node of that name serves the call."""
 
 
 def parse_entry_id(entry_id: str) -> tuple[int, int] | None:
@@ -57,6 +62,8 @@ class Keys:
                                      a node that knows only the session id
                                      (a Diameter CCR-Update) finds it
     ``P dup:<key>``                  duplicate-cache entry
+    ``P calls:<node>``               calls waiting for node <node> (a list)
+    ``P reply:<id>``                 the answer to call <id> (a list of one)
     ``P <event_stream>``             the event stream (default ``ocs:events``)
     ``P <event_stream>:epoch``       a token written with the stream's first entry:
                                      a Redis that comes back without it lost
@@ -91,6 +98,12 @@ class Keys:
 
     def dedup(self, key: str) -> str:
         return f"{self.prefix}dup:{key}"
+
+    def calls(self, node: str) -> str:
+        return f"{self.prefix}calls:{node}"
+
+    def reply(self, call_id: str) -> str:
+        return f"{self.prefix}reply:{call_id}"
 
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
@@ -313,14 +326,44 @@ class EventStream(ABC):
         """Entries currently in the stream."""
 
 
+#: What a node runs for a call of one kind: the call's body in, the answer out (JSON).
+CallHandler = Callable[[dict], Awaitable[dict]]
+
+
+class NodeCalls(ABC):
+    """Calls from one node to another, for what only that node can do: a
+    Diameter client connected to one node alone gets its Re-Auth and
+    Abort-Session requests over that connection, whichever node decided them.
+
+    A node `serve`s kinds of call; any node `call`s a node by name and waits
+    for its answer. A call is delivered at most once and answered at most
+    once; a call not taken before its timeout is dropped unanswered, so the
+    caller, which got `NodeUnreachable`, may safely try again later.
+    """
+
+    @abstractmethod
+    def serve(self, kind: str, handler: CallHandler | None) -> None:
+        """Answer calls of `kind` with ``await handler(body)`` (None: no longer).
+        A handler that raises answers the caller with `NodeUnreachable` and
+        the error's text."""
+
+    @abstractmethod
+    async def call(self, node: str, kind: str, body: dict, timeout: float) -> dict:
+        """The answer of node `node` to a call of `kind`. Raises `NodeUnreachable`
+        when it did not answer within `timeout` seconds (or failed), and
+        `ClusterUnavailable` when the shared state cannot be reached."""
+
+
 class Cluster(ABC):
-    """The adapter as a daemon component: `.sessions`, `.dedup`, `.events`."""
+    """The adapter as a daemon component: `.sessions`, `.dedup`, `.events`,
+    `.calls`."""
 
     kind: str  #: "redis" or "local"
     node: str
     sessions: SessionDirectory
     dedup: DuplicateCache
     events: EventStream
+    calls: NodeCalls
 
     @abstractmethod
     async def start(self) -> None:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ..config import RedisConfig
-from .base import (Cluster, ClusterUnavailable, DuplicateCache, EventStream, SessionDirectory,
-                   check_block, check_count, check_name, check_start, encode_json,
+from .base import (CallHandler, Cluster, ClusterUnavailable, DuplicateCache, EventStream,
+                   NodeCalls, NodeUnreachable, SessionDirectory, check_block, check_count, check_name, check_start, encode_json,
                    parse_entry_id, ttl_ms)
 
 log = logging.getLogger("ocs.cluster")
@@ -377,6 +377,34 @@ class LocalEventStream(EventStream):
         return len(self._log) - self._head
 
 
+class LocalNodeCalls(NodeCalls):
+    """One node: a call to itself runs its handler; there is no other node."""
+
+    def __init__(self, state: _State, node: str):
+        self._state = state
+        self._node = node
+        self._handlers: dict[str, CallHandler] = {}
+
+    def serve(self, kind, handler):
+        if handler is None:
+            self._handlers.pop(kind, None)
+        else:
+            self._handlers[kind] = handler
+
+    async def call(self, node, kind, body, timeout):
+        self._state.check()
+        handler = self._handlers.get(kind) if node == self._node else None
+        if handler is None:
+            raise NodeUnreachable(f"node {node} does not serve {kind} calls here: without "
+                                  "[redis] this node is the only one")
+        try:
+            return await asyncio.wait_for(handler(body), timeout)
+        except asyncio.TimeoutError:
+            raise NodeUnreachable(f"node {node} did not answer within {timeout:g}s") from None
+        except Exception as exc:  # noqa: BLE001 - the caller is told, as over Redis
+            raise NodeUnreachable(f"node {node} failed the {kind} call: {exc}") from exc
+
+
 class LocalCluster(Cluster):
     """Single-node state in process memory. Survives stop()/start() (same
     object), not a process restart."""
@@ -390,6 +418,7 @@ class LocalCluster(Cluster):
         self.dedup = LocalDuplicateCache(self._state, config.dedup_ttl,
                                          config.dedup_claim_ttl)
         self.events = LocalEventStream(self._state, config.stream_maxlen)
+        self.calls = LocalNodeCalls(self._state, node)
 
     def describe(self) -> str:
         return "in-process (single node)"

@@ -21,6 +21,14 @@ retries it, the retry sees its own token and still reports the claim won
 (a bare SET NX would report it lost, and then nobody would answer the
 request until the claim expired). `release` deletes only when the value is
 still this claim's token.
+
+Calls between nodes: the caller pushes the call (JSON: its kind, body, the
+key to answer under and a deadline in wall-clock time) onto the callee's
+list ``calls:<node>`` and waits on its own ``reply:<id>``; each node serving
+calls waits on its list with BRPOP and pushes its answer. Both lists expire
+by themselves, so a node that never comes back leaves nothing behind, and a
+call found after its deadline (the callee was down meanwhile) is dropped
+unanswered: its caller has given up and will try again.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import time
 
 import redis.asyncio as aioredis
@@ -45,8 +54,9 @@ from redis.exceptions import (ClusterDownError, ConnectionError as RedisConnecti
                               ResponseError, TimeoutError as RedisTimeoutError, TryAgainError)
 
 from ..config import RedisConfig
-from .base import (MAX_BLOCK_MS, Cluster, ClusterError, ClusterUnavailable, DuplicateCache,
-                   EventStream, Keys, SessionDirectory, check_block, check_count, check_name,
+from .base import (MAX_BLOCK_MS, CallHandler, Cluster, ClusterError, ClusterUnavailable,
+                   DuplicateCache, EventStream, Keys, NodeCalls, NodeUnreachable,
+                   SessionDirectory, check_block, check_count, check_name,
                    check_start, encode_json, invalid_event, parse_entry_id,
                    ttl_ms)
 
@@ -351,6 +361,20 @@ class _Link:
     def open(self) -> None:
         self.closed = False
         self.stopping = asyncio.Event()
+
+    async def interruptible(self, read, what: str):
+        """Await a blocking read, or give up with ClusterUnavailable on close()."""
+        task = asyncio.ensure_future(read)
+        stopped = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not task.done():
+                task.cancel()
+        if task.done() and not task.cancelled():
+            return task.result()
+        raise ClusterUnavailable(f"redis cluster state stopped while {what}")
 
     async def close(self) -> None:
         self.closed = True
@@ -657,7 +681,8 @@ class RedisEventStream(EventStream):
                 try:
                     read = client.xreadgroup(group, consumer, {self._key: ">"},
                                              count=count, block=block)
-                    reply = await (self._interruptible(read) if block else read)
+                    reply = await (self._link.interruptible(read, f"{self._key} was read")
+                                   if block else read)
                 except ResponseError as exc:
                     if attempt == 2 or not str(exc).startswith("NOGROUP"):
                         raise
@@ -671,20 +696,6 @@ class RedisEventStream(EventStream):
             await self.ensure_group(group)
         # RESP2: [[stream, [(id, fields), ...]]], or nil when nothing came.
         return self._decode(reply[0][1] if reply else [])
-
-    async def _interruptible(self, read):
-        """Await a blocking read, or give up with ClusterUnavailable on stop()."""
-        task = asyncio.ensure_future(read)
-        stopped = asyncio.ensure_future(self._link.stopping.wait())
-        try:
-            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-            if not task.done():
-                task.cancel()
-        if task.done() and not task.cancelled():
-            return task.result()
-        raise ClusterUnavailable(f"redis cluster state stopped while {self._key} was read")
 
     async def ack(self, group, ids):
         check_name(group, "group")
@@ -744,6 +755,120 @@ class RedisEventStream(EventStream):
             return await self._link.client.xlen(self._key)
 
 
+class RedisNodeCalls(NodeCalls):
+    #: An answer nobody took (its caller gave up) is gone after this long.
+    REPLY_TTL_MS = 60_000
+
+    def __init__(self, link: _Link, keys: Keys, node: str):
+        self._link = link
+        self._keys = keys
+        self._node = node
+        self._handlers: dict[str, CallHandler] = {}
+        self._listener: asyncio.Task | None = None
+        self._answering: set[asyncio.Task] = set()
+
+    def serve(self, kind, handler):
+        if handler is None:
+            self._handlers.pop(kind, None)
+        else:
+            self._handlers[kind] = handler
+        self.listen()
+
+    def listen(self) -> None:
+        """Wait for calls while the link is open and something is served."""
+        if self._handlers and not self._link.closed and (
+                self._listener is None or self._listener.done()):
+            self._listener = asyncio.get_running_loop().create_task(
+                self._listen(), name=f"ocs-node-calls-{self._node}")
+
+    async def _listen(self) -> None:
+        key = self._keys.calls(self._node)
+        while self._handlers and not self._link.closed:
+            try:
+                with self._link.guard("node calls"):
+                    got = await self._link.interruptible(self._link.blocking.brpop([key], 1),
+                                                         f"{key} was read")
+            except ClusterUnavailable:
+                if self._link.closed:
+                    return
+                await asyncio.sleep(0.5)  # the outage is logged once, by the guard
+                continue
+            except ClusterError as exc:
+                log.error("waiting for calls on %s: %s", key, exc)
+                await asyncio.sleep(1.0)
+                continue
+            if got:
+                task = asyncio.get_running_loop().create_task(self._answer(got[1]))
+                self._answering.add(task)
+                task.add_done_callback(self._answering.discard)
+
+    async def _answer(self, raw: bytes) -> None:
+        try:
+            call = json.loads(raw)
+            kind, reply, body = call["kind"], call["reply"], call["body"]
+            deadline, caller = float(call["deadline"]), str(call.get("from"))
+        except (ValueError, KeyError, TypeError):
+            log.warning("a malformed call to node %s was dropped: %r", self._node, raw[:200])
+            return
+        if time.time() > deadline:
+            log.info("a %s call from node %s was dropped: it came after its caller gave up",
+                     kind, caller)
+            return
+        handler = self._handlers.get(kind)
+        if handler is None:
+            answer = {"error": f"node {self._node} does not serve {kind} calls"}
+        else:
+            try:
+                answer = {"answer": await handler(body)}
+            except Exception as exc:  # noqa: BLE001 - the caller is told
+                log.exception("a %s call from node %s failed", kind, caller)
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+        try:
+            with self._link.guard("node call answer"):
+                await self._link.client.lpush(reply, encode_json(answer, "call answer"))
+                await self._link.client.pexpire(reply, self.REPLY_TTL_MS)
+        except (ClusterError, ValueError) as exc:
+            log.warning("the answer to a %s call from node %s was lost: %s", kind, caller, exc)
+
+    async def call(self, node, kind, body, timeout):
+        check_name(node, "node")
+        if node == self._node and kind in self._handlers:
+            return await self._handlers[kind](body)
+        call_id = secrets.token_hex(12)
+        reply = self._keys.reply(call_id)
+        message = encode_json({"id": call_id, "kind": kind, "from": self._node, "reply": reply,
+                               "deadline": time.time() + timeout, "body": body}, "call")
+        key = self._keys.calls(node)
+        with self._link.guard("node call"):
+            await self._link.client.lpush(key, message)
+            # Calls nobody takes go with the list, soon after the last caller gave up.
+            await self._link.client.pexpire(key, ttl_ms(timeout) + 1000)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NodeUnreachable(f"node {node} did not answer within {timeout:g}s")
+            wait = max(min(left, MAX_BLOCK_MS / 1000), 0.01)
+            with self._link.guard("node call answer"):
+                got = await self._link.interruptible(self._link.blocking.blpop([reply], wait),
+                                                     f"waiting for node {node}")
+            if got:
+                break
+        try:
+            answer = json.loads(got[1])
+        except ValueError:
+            raise ClusterError(f"the answer of node {node} is not JSON") from None
+        if "error" in answer:
+            raise NodeUnreachable(f"node {node} failed the {kind} call: {answer['error']}")
+        return answer["answer"]
+
+    async def stop(self) -> None:
+        for task in (self._listener, *self._answering):
+            if task is not None and not task.done():
+                task.cancel()
+        self._listener = None
+
+
 class RedisCluster(Cluster):
     """Shared state of several ocsd nodes on one Redis (or a Sentinel-managed
     primary behind one address)."""
@@ -758,6 +883,7 @@ class RedisCluster(Cluster):
         self.dedup = RedisDuplicateCache(self._link, self.keys, node, config.dedup_ttl,
                                          config.dedup_claim_ttl)
         self.events = RedisEventStream(self._link, self.keys, config.stream_maxlen)
+        self.calls = RedisNodeCalls(self._link, self.keys, node)
 
     def describe(self) -> str:
         return self._link.url
@@ -779,9 +905,11 @@ class RedisCluster(Cluster):
             raise
         log.info("cluster state: redis at %s (version %s), key prefix %r, node %s",
                  self._link.url, version, self.keys.prefix, self.node)
+        self.calls.listen()
 
     async def stop(self) -> None:
         if not self._link.closed:
+            await self.calls.stop()
             await self._link.close()
 
     async def ping(self) -> bool:
