@@ -41,6 +41,7 @@ from types import MappingProxyType
 from typing import Any, Callable
 
 from ocs.cluster import ClusterError
+from ocs.components import DIAMETER_PEERS_CALL
 from ocs.errors import OcsError, StoreUnavailable
 from ocs.logs import Throttled
 from ocs.model import Kind, PeerKind, now_us
@@ -714,6 +715,10 @@ class DiameterServer:
             asked_by=str(body.get("from") or "another node"))
         return dataclasses.asdict(result)
 
+    async def _peers_asked(self, body: dict) -> dict:
+        """Another node lists every node's peers (`GET /v1/diameter/peers?nodes=all`)."""
+        return {"items": self.peers()}
+
     def _route(self, host: str, via: str | None = None,
                failed: set[Connection] | frozenset = frozenset()) -> Connection | None:
         """The connection to `host` itself, else to the agent `via` that relays to it
@@ -738,8 +743,9 @@ class DiameterServer:
 
     # ------------------------------------------------------------ lifecycle
     async def listen(self, name: str, host: str | None, port: int, ssl=None) -> None:
-        if not self.listeners:  # other nodes may ask this one for RAR/ASR from now on
+        if not self.listeners:  # other nodes may ask this one for RAR/ASR, and its peers
             self.cluster.calls.serve(CALL_KIND, self._asked)
+            self.cluster.calls.serve(DIAMETER_PEERS_CALL, self._peers_asked)
         loop = asyncio.get_running_loop()
         tls = ssl is not None
         server = await loop.create_server(lambda: self.connection(tls), host, port,
@@ -751,6 +757,7 @@ class DiameterServer:
         """Stop accepting, finish requests in flight, DPR every peer, close."""
         self.stopping = True
         self.cluster.calls.serve(CALL_KIND, None)
+        self.cluster.calls.serve(DIAMETER_PEERS_CALL, None)
         for server in self.listeners:
             server.close()
         if self.tasks or self._background:

@@ -513,6 +513,51 @@ async def test_a_call_to_a_node_that_was_down_is_not_run_after_its_caller_gave_u
     assert runs == [2]
 
 
+async def test_running_nodes_are_listed_until_they_stop(backend, nodes):
+    import socket
+    a = await nodes("node-a")
+    listed = await a.calls.nodes()
+    assert [n["node"] for n in listed] == ["node-a"]
+    assert (listed[0]["host"], listed[0]["pid"]) == (socket.gethostname(), os.getpid())
+    assert "token" not in listed[0] and time.time() - 60 < listed[0]["started_at"] < time.time() + 1
+    if backend[0] == "local":
+        return
+    b = await nodes("node-b")
+    for _ in range(100):
+        if len(await a.calls.nodes()) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert [n["node"] for n in await a.calls.nodes()] == ["node-a", "node-b"]
+    await b.stop()  # leaves the list at once
+    assert [n["node"] for n in await a.calls.nodes()] == ["node-a"]
+
+
+async def test_two_processes_with_one_node_name_are_reported(redis_nodes, redis_url,
+                                                             monkeypatch, caplog):
+    """Copying one configuration to every node, node_name included, is a mistake a
+    log line must name; the record a crashed run left behind is not."""
+    from ocs.cluster import redis_backend
+    monkeypatch.setattr(redis_backend, "HEARTBEAT", 0.05)
+    monkeypatch.setattr(redis_backend, "HEARTBEAT_TTL", 0.2)
+    client = aioredis.Redis.from_url(redis_url)
+    try:  # a previous run of "phoenix" that died a moment ago
+        await client.set(redis_nodes.prefix + "node:phoenix",
+                         '{"token":"old","node":"phoenix","pid":1}', px=200)
+    finally:
+        await client.aclose()
+    with caplog.at_level(logging.WARNING, logger="ocs.cluster"):
+        phoenix = await redis_nodes("phoenix")
+        await redis_nodes("twin")
+        await redis_nodes("twin")
+        await asyncio.sleep(0.8)
+    warned = [r.getMessage() for r in caplog.records if "another ocsd" in r.getMessage()]
+    assert warned and all(m.startswith("another ocsd runs as node 'twin' too (on ")
+                          for m in warned), warned
+    assert "give each node its own [daemon] node_name" in warned[0]
+    assert [(n["node"], n["pid"]) for n in await phoenix.calls.nodes()] == [
+        ("phoenix", os.getpid()), ("twin", os.getpid())]
+
+
 # ================================================================ Redis only
 async def test_two_nodes_share_sessions_claims_and_events(redis_nodes):
     a = await redis_nodes("node-a")
@@ -554,7 +599,7 @@ async def test_redis_key_layout_keeps_an_account_in_one_slot(redis_nodes, redis_
         keys = {k async for k in client.scan_iter(match=p + "*")}
         assert keys == {p + "sess:{acct:42}:sess-1", p + "sess:{acct:42}:sess-2",
                         p + "sidx:sess-1", p + "sidx:sess-2", p + "sess:sess-3",
-                        p + "dup:radius:k", p + "events"}
+                        p + "dup:radius:k", p + "events", p + "node:node-a"}
         assert key_slot((p + "sess:{acct:42}:sess-1").encode()) == \
             key_slot((p + "sess:{acct:42}:sess-2").encode()) == key_slot(b"acct:42")
         assert await client.type(p + "events") == "stream"

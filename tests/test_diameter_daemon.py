@@ -575,7 +575,10 @@ async def test_the_api_and_ocsctl_list_the_connected_peers(ocsd):
         assert mine["origin_realm"] == "pgw.example" and mine["address"] == "127.0.0.1"
         assert (mine["state"], mine["watchdog"], mine["transport"]) == ("open", "okay", "tcp")
         assert mine["origin_state_id"] == 4242 and mine["applications"] == [4]
-        assert mine["connected_at"].endswith("Z")
+        assert mine["connected_at"].endswith("Z") and mine["node"] == "test-node"
+        # One node (no Redis): every node's peers are this node's.
+        everywhere = api(ocsd, "/v1/diameter/peers?nodes=all")
+        assert everywhere["unreachable"] == [] and mine in everywhere["items"]
         run = ocsctl("--api", ocsd.url, "--token", TOKEN, "diameter", "peers",
                      cwd=str(ocsd.tmp))
         assert run.code == 0, run.err

@@ -426,6 +426,7 @@ def test_a_pgw_connected_to_one_of_two_nodes_gets_every_asr_at_once(tmp_path, pg
     to send it), and every action ends done."""
     import asyncio
     import secrets
+    import socket
 
     import redis as redis_client
 
@@ -487,6 +488,14 @@ request_timeout = 0.5
                            for m in c.server_requests):
                         delays[sid] = time.monotonic() - answered
                     await asyncio.sleep(0.01)
+            # Where is the PGW connected? Node A answers for both nodes.
+            _, listed = await asyncio.to_thread(nodes[0].api, "GET",
+                                                "/v1/diameter/peers?nodes=all")
+            peers.extend(listed["items"])
+            _, mine = await asyncio.to_thread(nodes[0].api, "GET", "/v1/diameter/peers")
+            peers.append(mine)
+            run = await asyncio.to_thread(ocsctl, nodes[0], "diameter", "peers", "--all-nodes")
+            peers.append(run.stdout)
             return delays
         finally:
             await c.close()
@@ -495,9 +504,23 @@ request_timeout = 0.5
         nodes[0].seed(seed_gy, schema=schema)
         for n in nodes:
             n.start()
+        peers = []
         delays = asyncio.run(pgw())
         assert sorted(delays) == sorted(sessions), delays
         assert max(delays.values()) < 1.0, delays
+        everywhere, here, printed = peers[:-2], peers[-2], peers[-1]
+        assert [(p["node"], p["origin_host"], p["state"]) for p in everywhere] == [
+            ("node-b", "pgw1.pgw.example", "open")]
+        assert here == {"items": [], "count": 0, "unreachable": []}
+        (line,) = [x for x in printed.splitlines() if "pgw1.pgw.example" in x]
+        assert line.split()[0] == "node-b" and "open" in line
+        _, listed = nodes[1].api("GET", "/v1/cluster/nodes")
+        assert [(n["node"], n["this"]) for n in listed["items"]] == [
+            ("node-a", False), ("node-b", True)]
+        run = ocsctl(nodes[0], "nodes")
+        assert run.returncode == 0, run.stderr
+        assert [x.split()[:2] for x in run.stdout.splitlines()[2:]] == [
+            ["*", "node-a"], ["node-b", socket.gethostname()]]
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             _, page = nodes[0].api("GET", "/v1/policy/actions?status=done")

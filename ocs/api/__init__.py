@@ -20,7 +20,7 @@ from aiohttp import web
 
 from . import (openapi, routes_accounts, routes_activity, routes_catalog,  # noqa: F401
                routes_policy, routes_subscribers, routes_tokens)
-from . import routes_diameter, routes_tariffs  # noqa: F401
+from . import routes_cluster, routes_diameter, routes_tariffs  # noqa: F401
 from .app import CATALOG_CHANGED, install
 from .routing import ROUTES
 

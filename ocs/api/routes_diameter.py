@@ -1,22 +1,29 @@
-"""/v1/diameter/peers: the Diameter connections of the node answering.
+"""/v1/diameter/peers: the Diameter connections of the node answering, or of every node.
 
-Each node serves its own peers, so the list is this node's: ask each node (or
-read the `ocs_diameter_connections` gauge of each) for the whole picture. On a
-node where Diameter is off it answers 503 ``diameter_disabled``.
+Each node serves its own peers. By default the list is this node's (on a
+node where Diameter is off: 503 ``diameter_disabled``); ``?nodes=all`` asks
+every running node (through Redis) and names the node of each connection,
+which tells where a client is connected, and so which node sends its
+RAR/ASR. A node that does not answer within two seconds is listed under
+``unreachable``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from pydantic import Field
 
-from ..components import CONTEXT
+from ..cluster import ClusterUnavailable, NodeUnreachable
+from ..components import CONTEXT, DIAMETER_PEERS_CALL
 from ..model import Role
-from . import views as v
 from .problems import ApiError
 from .routing import Call, route
-from .wire import Out, iso
+from .wire import Out, Query, iso
+
+#: Seconds another node has to list its peers.
+PEERS_TIMEOUT = 2.0
 
 
 class DiameterPeerView(Out):
@@ -35,19 +42,68 @@ class DiameterPeerView(Out):
     vendor_id: int | None
     origin_state_id: int | None = Field(description="changes when the peer restarts")
     applications: list[int] = Field(description="application ids both sides support")
+    node: str = Field(description="the ocsd node the peer is connected to")
+
+
+class NodeProblem(Out):
+    node: str
+    error: str
+
+
+class DiameterPeersPage(Out):
+    items: list[DiameterPeerView]
+    count: int
+    unreachable: list[NodeProblem] = Field(
+        description="with nodes=all: running nodes that did not list their peers, and why")
+
+
+class DiameterPeersQuery(Query):
+    nodes: Literal["this", "all"] = Field(
+        "this", description="all: the peers of every running node (asked through Redis)")
+
+
+def _view(peer: dict, node: str) -> DiameterPeerView:
+    at = peer.get("connected_at")
+    return DiameterPeerView(**{**peer, "node": node,
+                               "connected_at": iso(int(at * 1_000_000)) if at is not None
+                               else None})
 
 
 @route("GET", "/v1/diameter/peers", role=Role.READ_ONLY, tag="diameter",
-       summary="The Diameter peers connected to this node",
-       response=v.Page[DiameterPeerView])
+       summary="The Diameter peers connected to this node, or to every node",
+       query=DiameterPeersQuery, response=DiameterPeersPage)
 async def list_diameter_peers(call: Call):
     ctx = call.request.app.get(CONTEXT)
     component = getattr(ctx, "diameter", None) if ctx is not None else None
     server = getattr(component, "server", None)
-    if server is None:
-        raise ApiError(503, "Diameter is disabled on this node ([diameter] enabled = false, "
-                            "or it has not started)", code="diameter_disabled")
-    items = [DiameterPeerView(**{**p, "connected_at": iso(int(p["connected_at"] * 1_000_000))
-                                 if p["connected_at"] is not None else None})
-             for p in server.peers()]
-    return v.Page[DiameterPeerView](items=items, count=len(items))
+    cluster = getattr(ctx, "cluster", None)
+    if call.query.nodes == "this" or cluster is None:
+        if server is None:
+            raise ApiError(503, "Diameter is disabled on this node ([diameter] enabled = false, "
+                                "or it has not started)", code="diameter_disabled")
+        items = [_view(p, cluster.node if cluster else "") for p in server.peers()]
+        return DiameterPeersPage(items=items, count=len(items), unreachable=[])
+    try:
+        members = [m["node"] for m in await cluster.calls.nodes()]
+    except ClusterUnavailable as exc:
+        raise ApiError(503, f"the list of running nodes cannot be read: {exc}",
+                       code="store_unavailable") from exc
+
+    async def ask(node: str) -> list[dict] | str:
+        if node == cluster.node:
+            return server.peers() if server is not None else "Diameter is not running there"
+        try:
+            return (await cluster.calls.call(node, DIAMETER_PEERS_CALL, {}, PEERS_TIMEOUT))["items"]
+        except NodeUnreachable as exc:
+            return ("Diameter is not running there" if "does not serve" in str(exc)
+                    else str(exc))
+        except (ClusterUnavailable, KeyError, TypeError) as exc:
+            return str(exc)
+
+    items, unreachable = [], []
+    for node, got in zip(members, await asyncio.gather(*(ask(n) for n in members))):
+        if isinstance(got, str):
+            unreachable.append(NodeProblem(node=node, error=got))
+        else:
+            items.extend(_view(p, node) for p in got)
+    return DiameterPeersPage(items=items, count=len(items), unreachable=unreachable)

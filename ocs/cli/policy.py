@@ -1,6 +1,7 @@
 """`ocsctl session kill`, `ocsctl subscriber throttle|restore`, `ocsctl policy queue|retry`:
 enforcement by hand, and the action queue; `ocsctl diameter peers`: the Diameter
-peers a node is connected to (RAR and ASR reach a client only through them).
+peers a node (or every node) is connected to (RAR and ASR reach a client only
+through them); `ocsctl nodes`: the ocsd nodes running.
 
 The commands queue actions on the daemon (the API answers 202 with what was
 queued); the worker carries them out, retrying as configured. `policy queue`
@@ -127,27 +128,48 @@ def policy_retry(ctx: Ctx, action_ids: tuple[str, ...], all_dead: bool):
 
 @click.group("diameter")
 def diameter():
-    """Diameter: the peers connected to this node."""
+    """Diameter: the peers connected to this node, or to every node."""
 
 
 @diameter.command("peers")
+@click.option("--all-nodes", "all_nodes", is_flag=True,
+              help="the peers of every running node, each connection with its node")
 @json_option
 @pass_ctx
-def diameter_peers(ctx: Ctx):
-    """List the Diameter connections of the node the API runs on, oldest first."""
-    page = ctx.client.get("/v1/diameter/peers")
+def diameter_peers(ctx: Ctx, all_nodes: bool):
+    """List the Diameter connections of the node the API runs on (or of every node),
+    oldest first."""
+    page = ctx.client.get("/v1/diameter/peers" + ("?nodes=all" if all_nodes else ""))
     if ctx.json:
         return emit_json(page)
     if not page["items"]:
-        click.echo("no Diameter peer is connected to this node")
-        return
-    click.echo(table([(p["origin_host"] or "-", p["origin_realm"] or "-", p["address"],
-                       p["transport"], p["state"], p["watchdog"] or "-",
-                       when(p["connected_at"]), p["product_name"] or "-",
-                       "-" if p["origin_state_id"] is None else p["origin_state_id"])
-                      for p in page["items"]],
-                     ["origin host", "realm", "address", "transport", "state", "watchdog",
-                      "connected", "product", "origin state"]))
+        click.echo("no Diameter peer is connected to " + ("any running node" if all_nodes
+                                                          else "this node"))
+    else:
+        rows = [([p["node"]] if all_nodes else []) +
+                [p["origin_host"] or "-", p["origin_realm"] or "-", p["address"],
+                 p["transport"], p["state"], p["watchdog"] or "-", when(p["connected_at"]),
+                 p["product_name"] or "-",
+                 "-" if p["origin_state_id"] is None else p["origin_state_id"]]
+                for p in page["items"]]
+        click.echo(table(rows, (["node"] if all_nodes else []) +
+                         ["origin host", "realm", "address", "transport", "state", "watchdog",
+                          "connected", "product", "origin state"]))
+    for problem in page.get("unreachable", []):
+        click.echo(f"node {problem['node']}: {problem['error']}", err=True)
 
 
-COMMANDS = [policy, diameter]
+@click.command("nodes")
+@json_option
+@pass_ctx
+def nodes(ctx: Ctx):
+    """List the ocsd nodes running on the shared state (Redis); * marks the one asked."""
+    page = ctx.client.get("/v1/cluster/nodes")
+    if ctx.json:
+        return emit_json(page)
+    click.echo(table([(("* " if n["this"] else "  ") + n["node"], n["host"], n["pid"],
+                        n["version"], when(n["started_at"])) for n in page["items"]],
+                     ["node", "host", "pid", "version", "started"]))
+
+
+COMMANDS = [policy, diameter, nodes]

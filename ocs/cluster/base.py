@@ -62,6 +62,8 @@ class Keys:
                                      a node that knows only the session id
                                      (a Diameter CCR-Update) finds it
     ``P dup:<key>``                  duplicate-cache entry
+    ``P node:<node>``                node <node> is running (JSON: host, pid,
+                                     version, start), refreshed while it runs
     ``P calls:<node>``               calls waiting for node <node> (a list)
     ``P reply:<id>``                 the answer to call <id> (a list of one)
     ``P <event_stream>``             the event stream (default ``ocs:events``)
@@ -98,6 +100,12 @@ class Keys:
 
     def dedup(self, key: str) -> str:
         return f"{self.prefix}dup:{key}"
+
+    def member(self, node: str) -> str:
+        return f"{self.prefix}node:{node}"
+
+    def member_pattern(self) -> str:
+        return glob_escape(self.prefix) + "node:*"
 
     def calls(self, node: str) -> str:
         return f"{self.prefix}calls:{node}"
@@ -326,6 +334,22 @@ class EventStream(ABC):
         """Entries currently in the stream."""
 
 
+#: A running node refreshes its record (``P node:<name>``) this often (seconds);
+#: the record lapses after `HEARTBEAT_TTL` without it.
+HEARTBEAT, HEARTBEAT_TTL = 5.0, 15.0
+
+
+def member_record(node: str) -> dict:
+    """What a node says of itself in the list of running nodes."""
+    import os
+    import socket
+    import time
+
+    from .. import __version__
+    return {"node": node, "host": socket.gethostname(), "pid": os.getpid(),
+            "version": __version__, "started_at": round(time.time(), 3)}
+
+
 #: What a node runs for a call of one kind: the call's body in, the answer out (JSON).
 CallHandler = Callable[[dict], Awaitable[dict]]
 
@@ -346,6 +370,12 @@ class NodeCalls(ABC):
         """Answer calls of `kind` with ``await handler(body)`` (None: no longer).
         A handler that raises answers the caller with `NodeUnreachable` and
         the error's text."""
+
+    @abstractmethod
+    async def nodes(self) -> list[dict]:
+        """The running nodes, by name: each one's ``node``, ``host``, ``pid``,
+        ``version`` and ``started_at`` (Unix seconds). A node that stopped or
+        died drops out within `HEARTBEAT_TTL` seconds."""
 
     @abstractmethod
     async def call(self, node: str, kind: str, body: dict, timeout: float) -> dict:

@@ -22,8 +22,8 @@ from typing import Any, Generic, TypeVar
 
 from ..config import RedisConfig
 from .base import (CallHandler, Cluster, ClusterUnavailable, DuplicateCache, EventStream,
-                   NodeCalls, NodeUnreachable, SessionDirectory, check_block, check_count, check_name, check_start, encode_json,
-                   parse_entry_id, ttl_ms)
+                   NodeCalls, NodeUnreachable, SessionDirectory, check_block, check_count,
+                   check_name, check_start, encode_json, member_record, parse_entry_id, ttl_ms)
 
 log = logging.getLogger("ocs.cluster")
 
@@ -384,12 +384,17 @@ class LocalNodeCalls(NodeCalls):
         self._state = state
         self._node = node
         self._handlers: dict[str, CallHandler] = {}
+        self._me = member_record(node)
 
     def serve(self, kind, handler):
         if handler is None:
             self._handlers.pop(kind, None)
         else:
             self._handlers[kind] = handler
+
+    async def nodes(self):
+        self._state.check()
+        return [dict(self._me)]
 
     async def call(self, node, kind, body, timeout):
         self._state.check()

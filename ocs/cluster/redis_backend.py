@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -54,9 +55,10 @@ from redis.exceptions import (ClusterDownError, ConnectionError as RedisConnecti
                               ResponseError, TimeoutError as RedisTimeoutError, TryAgainError)
 
 from ..config import RedisConfig
+from ..logs import Throttled
 from .base import (MAX_BLOCK_MS, CallHandler, Cluster, ClusterError, ClusterUnavailable,
-                   DuplicateCache, EventStream, Keys, NodeCalls, NodeUnreachable,
-                   SessionDirectory, check_block, check_count, check_name,
+                   HEARTBEAT, HEARTBEAT_TTL, DuplicateCache, EventStream, Keys, NodeCalls,
+                   NodeUnreachable, SessionDirectory, check_block, member_record, check_count, check_name,
                    check_start, encode_json, invalid_event, parse_entry_id,
                    ttl_ms)
 
@@ -83,6 +85,21 @@ local old = redis.call('GET', KEYS[1])
 if old then return old end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
+"""
+
+# A node's record starts with its token: refreshed only by that node, while another
+# one holding the name is reported (returned) instead of overwritten.
+_HEARTBEAT = """
+local old = redis.call('GET', KEYS[1])
+if old and string.sub(old, 1, #ARGV[1]) ~= ARGV[1] then return old end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return false
+"""
+
+_LEAVE = """
+local old = redis.call('GET', KEYS[1])
+if old and string.sub(old, 1, #ARGV[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 _RELEASE = """
@@ -765,7 +782,71 @@ class RedisNodeCalls(NodeCalls):
         self._node = node
         self._handlers: dict[str, CallHandler] = {}
         self._listener: asyncio.Task | None = None
+        self._heart: asyncio.Task | None = None
         self._answering: set[asyncio.Task] = set()
+        self._token = '{"token":"%s"' % secrets.token_hex(12)
+        self._heartbeat = Script(link.client, _HEARTBEAT)
+        self._leave = Script(link.client, _LEAVE)
+        self._warnings = Throttled(log)
+
+    async def begin(self) -> None:
+        """The node is running: listed at once and kept fresh; answers what it serves."""
+        key = self._keys.member(self._node)
+        record = self._token + "," + encode_json(member_record(self._node), "node")[1:]
+        beat = functools.partial(self._heartbeat, [key],
+                                 [self._token, record, ttl_ms(HEARTBEAT_TTL)])
+        try:
+            with self._link.guard("node heartbeat"):
+                other = await beat()
+        except ClusterError:
+            other = None
+        if self._heart is None or self._heart.done():
+            self._heart = asyncio.get_running_loop().create_task(
+                self._beat(beat, other), name=f"ocs-node-heartbeat-{self._node}")
+        self.listen()
+
+    async def _beat(self, beat, other) -> None:
+        other_since: float | None = None
+        while not self._link.closed:
+            if other is None:
+                other_since = None
+            else:
+                now = time.monotonic()
+                other_since = other_since or now
+                # A record left by this node's previous run (it crashed) lapses by itself;
+                # one still refreshed after that is another process using the same name.
+                if now - other_since > HEARTBEAT_TTL + HEARTBEAT:
+                    self._warnings.warning(
+                        "name", "another ocsd runs as node %r too (%s): give each node its "
+                        "own [daemon] node_name, or RAR/ASR for Diameter clients may be asked "
+                        "of the wrong node", self._node, _describe_member(other))
+            try:
+                await asyncio.wait_for(self._link.stopping.wait(), HEARTBEAT)
+            except asyncio.TimeoutError:
+                pass
+            if self._link.closed:
+                return
+            try:
+                with self._link.guard("node heartbeat"):
+                    other = await beat()
+            except ClusterError:
+                other = None  # an outage is logged by the guard; a name is not in question
+
+    async def nodes(self):
+        found = []
+        with self._link.guard("node list"):
+            keys = [k async for k in self._link.client.scan_iter(
+                match=self._keys.member_pattern(), count=1000)]
+            for key in keys:
+                raw = await self._link.client.get(key)
+                try:
+                    record = json.loads(raw) if raw is not None else None
+                except ValueError:
+                    record = None
+                if isinstance(record, dict) and record.get("node"):
+                    record.pop("token", None)
+                    found.append(record)
+        return sorted(found, key=lambda r: str(r["node"]))
 
     def serve(self, kind, handler):
         if handler is None:
@@ -863,10 +944,24 @@ class RedisNodeCalls(NodeCalls):
         return answer["answer"]
 
     async def stop(self) -> None:
-        for task in (self._listener, *self._answering):
+        for task in (self._heart, self._listener, *self._answering):
             if task is not None and not task.done():
                 task.cancel()
-        self._listener = None
+        self._heart = self._listener = None
+        try:  # the node leaves the list at once, not when its record lapses
+            with self._link.guard("node leave"):
+                await self._leave([self._keys.member(self._node)], [self._token])
+        except ClusterError as exc:
+            log.debug("node record not removed (it lapses by itself): %s", exc)
+
+
+def _describe_member(raw: bytes) -> str:
+    try:
+        other = json.loads(raw)
+        return (f"on {other.get('host')}, pid {other.get('pid')}, version "
+                f"{other.get('version')}, started {time.ctime(other.get('started_at', 0))}")
+    except (ValueError, TypeError, AttributeError):
+        return "its record is unreadable"
 
 
 class RedisCluster(Cluster):
@@ -905,7 +1000,7 @@ class RedisCluster(Cluster):
             raise
         log.info("cluster state: redis at %s (version %s), key prefix %r, node %s",
                  self._link.url, version, self.keys.prefix, self.node)
-        self.calls.listen()
+        await self.calls.begin()
 
     async def stop(self) -> None:
         if not self._link.closed:
