@@ -252,6 +252,9 @@ def test_two_nodes_share_postgres_redis_and_the_action_queue(tmp_path, pg_dsn, r
         (tmp_path / name).mkdir()
     nodes = [RadiusOcsd(tmp_path / name, store_url=pg_dsn, extra_store=f'schema = "{schema}"',
                         extra_radius=shared) for name in ("a", "b")]
+    for name, n in zip(("a", "b"), nodes):  # each node its own name, as deployed
+        n.config.write_text(n.config.read_text().replace('node_name = "test-node"',
+                                                         f'node_name = "node-{name}"'))
     try:
         nodes[0].ids = nodes[0].seed(lambda store: seed(store, freeradius.port),
                                      schema=schema)
