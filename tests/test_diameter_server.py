@@ -507,22 +507,49 @@ async def test_price_enquiry_quotes_the_tariff_and_charges_nothing(node, store):
 
 
 # ---------------------------------------------------------------------- two nodes
+class TwoNodes:
+    """Nodes "node-a" and "node-b" sharing PostgreSQL and Redis, and the clients a
+    test connects (added to `clients`); everything is closed on leaving."""
+
+    def __init__(self, pg_dsn, pg_schema, redis_url):
+        self.where = (pg_dsn, pg_schema, redis_url)
+        self.stores, self.clusters, self.nodes, self.clients = [], [], [], []
+
+    async def __aenter__(self) -> "TwoNodes":
+        pg_dsn, pg_schema, redis_url = self.where
+        prefix = f"ocs-t-{secrets.token_hex(4)}:"
+        try:
+            for name in ("node-a", "node-b"):
+                st = Store(make_driver(pg_dsn, schema=pg_schema))
+                await st.open(migrate_schema=True)
+                self.stores.append(st)
+                cl = build(RedisConfig(url=redis_url, key_prefix=prefix), node=name)
+                await cl.start()
+                self.clusters.append(cl)
+                self.nodes.append(await Node(st, cl).start())
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for c in self.clients:
+            await c.close()
+        for n in self.nodes:
+            await n.close()
+        for cl in self.clusters:
+            await cl.stop()
+        for st in self.stores:
+            await st.close()
+
+
 async def test_two_nodes_share_sessions_duplicates_and_re_auth(pg_dsn, pg_schema, redis_url):
     """A PGW connected to two ocsd nodes (shared PostgreSQL and Redis): the session
     starts on one node and continues on the other; a T-flagged resend of an update
     answered by one node is answered from the cache by the other; a RAR issued on
     either node reaches the client."""
-    prefix = f"ocs-t-{secrets.token_hex(4)}:"
-    stores, clusters, nodes, clients = [], [], [], []
-    try:
-        for name in ("node-a", "node-b"):
-            st = Store(make_driver(pg_dsn, schema=pg_schema))
-            await st.open(migrate_schema=True)
-            stores.append(st)
-            cl = build(RedisConfig(url=redis_url, key_prefix=prefix), node=name)
-            await cl.start()
-            clusters.append(cl)
-            nodes.append(await Node(st, cl).start())
+    async with TwoNodes(pg_dsn, pg_schema, redis_url) as two:
+        stores, nodes, clients = two.stores, two.nodes, two.clients
         account = await subscriber(stores[0], "41790000106", balance=EUR)  # 100 MB at 0.01/MB
         for n in nodes:
             clients.append(await connect(n.port))
@@ -555,15 +582,6 @@ async def test_two_nodes_share_sessions_duplicates_and_re_auth(pg_dsn, pg_schema
         assert value(a.avps, T.RESULT_CODE) == 2001
         assert (await stores[1].balance(account))["balance"] == EUR - 30_000
         await assert_ledger_matches(stores[1], account)
-    finally:
-        for c in clients:
-            await c.close()
-        for n in nodes:
-            await n.close()
-        for cl in clusters:
-            await cl.stop()
-        for st in stores:
-            await st.close()
 
 
 async def test_a_client_connected_to_one_node_gets_rar_and_asr_decided_on_another(
@@ -574,17 +592,8 @@ async def test_a_client_connected_to_one_node_gets_rar_and_asr_decided_on_anothe
     When B is down, A says so after one bounded wait, for the action to be
     retried; when the client moves to A, A reaches it directly."""
     import time
-    prefix = f"ocs-t-{secrets.token_hex(4)}:"
-    stores, clusters, nodes, clients = [], [], [], []
-    try:
-        for name in ("node-a", "node-b"):
-            st = Store(make_driver(pg_dsn, schema=pg_schema))
-            await st.open(migrate_schema=True)
-            stores.append(st)
-            cl = build(RedisConfig(url=redis_url, key_prefix=prefix), node=name)
-            await cl.start()
-            clusters.append(cl)
-            nodes.append(await Node(st, cl).start())
+    async with TwoNodes(pg_dsn, pg_schema, redis_url) as two:
+        stores, clusters, nodes, clients = two.stores, two.clusters, two.nodes, two.clients
         node_a, node_b = nodes
         await subscriber(stores[0], "41790000107", balance=EUR)
         cb = await connect(node_b.port)
@@ -627,15 +636,6 @@ async def test_a_client_connected_to_one_node_gets_rar_and_asr_decided_on_anothe
         result = await node_a.server.re_auth(sid)
         assert (result.answered, result.result_code, result.node) == (True, 2001, None)
         assert [m.code for m in ca.server_requests] == [T.CMD_RE_AUTH]
-    finally:
-        for c in clients:
-            await c.close()
-        for n in nodes:
-            await n.close()
-        for cl in clusters:
-            await cl.stop()
-        for st in stores:
-            await st.close()
 
 
 # ---------------------------------------------------------------------- admission, quota settings

@@ -9,6 +9,7 @@ ocsctl, the REST API."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -234,10 +235,11 @@ def test_policy_disabled_answers_503(tmp_path):
         d.stop()
 
 
-def test_two_nodes_share_postgres_redis_and_the_action_queue(tmp_path, pg_dsn, redis_url,
-                                                             freeradius):
-    """Multi-node mode: two ocsd share PostgreSQL and Redis; the event and the action
-    go through Redis Streams consumer groups, so exactly one node enforces."""
+@contextlib.contextmanager
+def two_daemons(tmp_path, pg_dsn: str, redis_url: str, extra=lambda name: ""):
+    """Daemons "node-a" and "node-b" (not started) sharing a fresh PostgreSQL schema
+    and Redis key prefix, with FAST policy settings and `extra(name)` in their
+    configuration; stopped, and their schema and keys dropped, on leaving."""
     import asyncio
     import secrets
 
@@ -247,17 +249,36 @@ def test_two_nodes_share_postgres_redis_and_the_action_queue(tmp_path, pg_dsn, r
     schema = "ocs_t_" + secrets.token_hex(6)
     prefix = f"ocs-2n-{secrets.token_hex(4)}:"
     asyncio.run(_admin(pg_dsn, f"CREATE SCHEMA {schema}"))
-    shared = f'\n[redis]\nurl = "{redis_url}"\nkey_prefix = "{prefix}"\n' + FAST
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-    nodes = [RadiusOcsd(tmp_path / name, store_url=pg_dsn, extra_store=f'schema = "{schema}"',
-                        extra_radius=shared) for name in ("a", "b")]
-    for name, n in zip(("a", "b"), nodes):  # each node its own name, as deployed
-        n.config.write_text(n.config.read_text().replace('node_name = "test-node"',
-                                                         f'node_name = "node-{name}"'))
+    nodes = []
     try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            n = RadiusOcsd(tmp_path / name, store_url=pg_dsn, extra_store=f'schema = "{schema}"',
+                           extra_radius=f'\n[redis]\nurl = "{redis_url}"\n'
+                                        f'key_prefix = "{prefix}"\n' + FAST + extra(name))
+            # Each node its own name, as deployed.
+            n.config.write_text(n.config.read_text().replace('node_name = "test-node"',
+                                                             f'node_name = "node-{name}"'))
+            n.schema = schema
+            nodes.append(n)
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
+        asyncio.run(_admin(pg_dsn, f"DROP SCHEMA {schema} CASCADE"))
+        r = redis_client.Redis.from_url(redis_url)
+        for key in r.scan_iter(match=f"{prefix}*"):
+            r.delete(key)
+        r.close()
+
+
+def test_two_nodes_share_postgres_redis_and_the_action_queue(tmp_path, pg_dsn, redis_url,
+                                                             freeradius):
+    """Multi-node mode: two ocsd share PostgreSQL and Redis; the event and the action
+    go through Redis Streams consumer groups, so exactly one node enforces."""
+    with two_daemons(tmp_path, pg_dsn, redis_url) as nodes:
         nodes[0].ids = nodes[0].seed(lambda store: seed(store, freeradius.port),
-                                     schema=schema)
+                                     schema=nodes[0].schema)
         for n in nodes:
             n.start()
         before = len(freeradius.requests())
@@ -272,14 +293,6 @@ def test_two_nodes_share_postgres_redis_and_the_action_queue(tmp_path, pg_dsn, r
         assert [a["session"] for a in page["items"]] == ["radius:bras:n-1"]
         run = ocsctl(nodes[0], "--json", "policy", "queue", "--status", "all")
         assert '"radius:bras:n-1"' in run.stdout
-    finally:
-        for n in nodes:
-            n.stop()
-        asyncio.run(_admin(pg_dsn, f"DROP SCHEMA {schema} CASCADE"))
-        r = redis_client.Redis.from_url(redis_url)
-        for key in r.scan_iter(match=f"{prefix}*"):
-            r.delete(key)
-        r.close()
 
 
 def test_gy_exhaustion_sends_asr_through_the_daemons_diameter_listener(tmp_path):
@@ -428,40 +441,24 @@ def test_a_pgw_connected_to_one_of_two_nodes_gets_every_asr_at_once(tmp_path, pg
     takes the disconnect, the PGW gets its ASR within a second (node A asks node B
     to send it), and every action ends done."""
     import asyncio
-    import secrets
     import socket
-
-    import redis as redis_client
 
     from diameter import tables as T
     from diameter.client import INITIAL, UPDATE, DiameterClient, mscc
     from diameter.codec import value
-    from tests.conftest import _admin
     from tests.services import free_port
 
-    schema = "ocs_t_" + secrets.token_hex(6)
-    prefix = f"ocs-gy2-{secrets.token_hex(4)}:"
-    asyncio.run(_admin(pg_dsn, f"CREATE SCHEMA {schema}"))
-    ports = [free_port(), free_port()]
-    nodes = []
-    for name, port in zip(("a", "b"), ports):
-        (tmp_path / name).mkdir()
-        n = RadiusOcsd(tmp_path / name, store_url=pg_dsn, extra_store=f'schema = "{schema}"',
-                       extra_radius=FAST + f"""
-[redis]
-url = "{redis_url}"
-key_prefix = "{prefix}"
+    ports = {"a": free_port(), "b": free_port()}
 
+    def diameter(name):
+        return f"""
 [diameter]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:{ports[name]}"
 origin_host = "ocs.test.example"
 origin_realm = "test.example"
 allowed_realms = ["pgw.example"]
 request_timeout = 0.5
-""")
-        n.config.write_text(n.config.read_text().replace('node_name = "test-node"',
-                                                         f'node_name = "node-{name}"'))
-        nodes.append(n)
+"""
     sessions = [f"pgw1;primary-{i}" for i in range(6)]
 
     async def seed_gy(store):
@@ -474,7 +471,7 @@ request_timeout = 0.5
                                           plan_id=plan.id)
 
     async def pgw():
-        c = DiameterClient("127.0.0.1", ports[1], origin_host="pgw1.pgw.example",
+        c = DiameterClient("127.0.0.1", ports["b"], origin_host="pgw1.pgw.example",
                            origin_realm="pgw.example", destination_realm="test.example")
         assert value((await c.connect()).avps, T.RESULT_CODE) == 2001
         delays = {}
@@ -503,8 +500,8 @@ request_timeout = 0.5
         finally:
             await c.close()
 
-    try:
-        nodes[0].seed(seed_gy, schema=schema)
+    with two_daemons(tmp_path, pg_dsn, redis_url, diameter) as nodes:
+        nodes[0].seed(seed_gy, schema=nodes[0].schema)
         for n in nodes:
             n.start()
         peers = []
@@ -534,11 +531,3 @@ request_timeout = 0.5
             ("diameter", "disconnect", "ok")] * len(sessions)
         # Node A's worker took some of them and had node B send the ASR.
         assert re.search(r"ASR \S+ to pgw1\.pgw\.example: asking node node-b", nodes[0].log())
-    finally:
-        for n in nodes:
-            n.stop()
-        asyncio.run(_admin(pg_dsn, f"DROP SCHEMA {schema} CASCADE"))
-        r = redis_client.Redis.from_url(redis_url)
-        for key in r.scan_iter(match=f"{prefix}*"):
-            r.delete(key)
-        r.close()
