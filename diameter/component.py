@@ -20,6 +20,7 @@ import logging
 import ssl
 
 from ocs.components import reloaded_tls_context, split_listen, tls_server_context
+from ocs.config import diameter_request_budget
 
 from .server import DiameterServer, ServerRequestResult
 
@@ -104,6 +105,13 @@ class DiameterComponent:
         log.info("Diameter stopped (%d peers sent DPR)", open_peers)
 
     # ------------------------------------------------------------ API for policy/
+    @property
+    def longest(self) -> float:
+        """Seconds a RAR or ASR may take, resends included, also when another node
+        sends it."""
+        return diameter_request_budget(self.server.config if self.server is not None
+                                       else self.ctx.config.diameter)
+
     async def re_auth(self, session_id: str, *, rating_group: int | None = None
                       ) -> ServerRequestResult:
         """Re-Auth-Request to the session's client; see `DiameterServer.re_auth`."""

@@ -42,6 +42,7 @@ from typing import Any, Callable
 
 from ocs.cluster import ClusterError
 from ocs.components import DIAMETER_PEERS_CALL
+from ocs.config import diameter_request_budget
 from ocs.errors import OcsError, StoreUnavailable
 from ocs.logs import Throttled
 from ocs.model import Kind, PeerKind, now_us
@@ -64,8 +65,6 @@ _OPENING = (gy.INITIAL, gy.EVENT)  # CC-Request-Types a new session (or event) s
 PRODUCT_NAME = "ocsd"
 #: The kind of call (`Cluster.calls`) by which a node asks another for a RAR/ASR.
 CALL_KIND = "diameter-server-request"
-#: Seconds a node waits for another beyond that one's own RAR/ASR attempts.
-ASK_NODE_MARGIN = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -682,7 +681,7 @@ class DiameterServer:
         connection to the client. It may wait for the client and retry, as this
         node would: the call allows for that."""
         cfg = self.config
-        timeout = cfg.request_timeout * cfg.request_attempts + ASK_NODE_MARGIN
+        timeout = diameter_request_budget(cfg)
         log.info("%s %s to %s: asking node %s, which the client is connected to", command,
                  session_id, host, node, extra={"peer": host, "session": session_id})
         body = {"command": command, "session_id": session_id, "rating_group": rating_group,

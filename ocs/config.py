@@ -433,6 +433,41 @@ class Config(BaseModel):
     source: str | None = Field(None, exclude=True)
 
 
+#: Seconds a node waits for another to send a RAR/ASR, beyond that node's own tries.
+ASK_NODE_MARGIN = 2.0
+
+
+def diameter_request_budget(diameter: DiameterConfig) -> float:
+    """Seconds one RAR or ASR may take, its resends included, also when another
+    node is asked to send it (the client is connected there)."""
+    return diameter.request_timeout * diameter.request_attempts + ASK_NODE_MARGIN
+
+
+def attempt_bound(policy: PolicyConfig, backend_budget: float = 0.0) -> float:
+    """Seconds the policy worker gives one attempt of an action: the longest its
+    back-end may take by its own settings (`backend_budget`: a Diameter RAR's), and
+    five more."""
+    return max(policy.coa_max_duration, policy.control_timeout, backend_budget) + 5
+
+
+def lease_warning(cfg: Config) -> str | None:
+    """Why `[policy] lease` is too short, or None: a lease that can end while an
+    attempt is still under way lets a second worker take the action meanwhile
+    (a short lease is still the operator's choice, for a fast takeover after a
+    crash: the actions are safe to carry out twice)."""
+    policy = cfg.policy
+    if not policy.enabled:
+        return None
+    bound = attempt_bound(policy, diameter_request_budget(cfg.diameter)
+                          if cfg.diameter.enabled else 0.0)
+    if policy.lease > bound:
+        return None
+    return (f"policy.lease ({policy.lease:g} s) is not longer than one enforcement attempt "
+            f"may take ({bound:g} s, from coa_max_duration, control_timeout and [diameter] "
+            "request_timeout x request_attempts): a second worker may take an action while "
+            "the first is still carrying it out")
+
+
 def load(path: str | None = None, *, overrides: dict[str, Any] | None = None) -> Config:
     """Read and validate `path` (TOML). Raises ConfigError naming file, key, reason."""
     path = path or DEFAULT_PATH

@@ -38,8 +38,8 @@ from .components import (ChargingComponent, ClusterComponent, Component, Context
                          EventRelayComponent, HttpListeners, RegistryComponent, StoreComponent,
                          Supervision)
 from .collector import Collector
-from .config import (DEFAULT_PATH, URL_PASSWORD, Config, hide_url_password, load,
-                     secret_weakness)
+from .config import (DEFAULT_PATH, URL_PASSWORD, Config, hide_url_password, lease_warning,
+                     load, secret_weakness)
 from .errors import ConfigError, OcsError
 from .metrics import Metrics
 from .model import PeerKind
@@ -379,6 +379,9 @@ def check_config(path: str) -> int:
         print(f"  {label + ':':<12}{value}")
 
     warnings: list[str] = []
+    short = lease_warning(config)
+    if short:
+        warnings.append(short)
     if config.api.bootstrap_token is not None:
         why = secret_weakness(config.api.bootstrap_token.get_secret_value())
         if why:

@@ -35,6 +35,13 @@ class DiameterActuator:
     def __init__(self, provider: Callable[[], Any]):
         self.provider = provider   # -> the Diameter front-end's policy API, or None
 
+    @property
+    def longest(self) -> float:
+        """Seconds one attempt may take: the front-end's own tries, or another
+        node's when it is asked (see `DiameterServer._ask_node`)."""
+        api = self.provider()
+        return api.longest if api is not None else 0.0
+
     async def start(self) -> None:
         pass
 

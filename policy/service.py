@@ -18,6 +18,7 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable, Mapping
 
+from ocs.config import lease_warning
 from ocs.errors import ConfigError, Conflict, NotFound, OcsError, ValidationError
 from ocs.model import Nas, Plan, Session, Subscriber, now_us
 from ocs.tasks import cancel_and_wait
@@ -99,6 +100,9 @@ class PolicyService:
                  ", ".join(sorted(self.actuators)),
                  "".join(f"; {b} unavailable ({why})" for b, why in
                          sorted(self.unavailable.items())))
+        short = lease_warning(self.ctx.config)
+        if short:
+            log.warning("%s", short)
 
     async def _start_actuators(self, cfg) -> None:
         dictionary = Dictionary(self.ctx.config.radius.dictionary or None)

@@ -32,6 +32,7 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
+from ocs.config import attempt_bound
 from ocs.errors import NotFound, OcsError, StoreError
 from ocs.logs import log_context
 from ocs.model import Nas
@@ -218,7 +219,7 @@ class Worker:
             return Attempt.failed(f"back-end {action.backend} is not available on this node "
                                   f"({why})", retry=True, result="unsupported")
         started = time.perf_counter()
-        bound = max(cfg.coa_max_duration, cfg.control_timeout) + 5
+        bound = attempt_bound(cfg, getattr(actuator, "longest", 0.0))
         try:
             attempt = await asyncio.wait_for(actuator.execute(action, nas), bound)
         except ActuatorError as exc:

@@ -114,7 +114,7 @@ def policy_config(*, redis: dict | None = None, **policy) -> Any:
     base = {"daemon": {"node_name": "policy-test"}, "redis": redis or {},
             "policy": {"coa_timeout": 0.2, "coa_max_timeout": 0.4, "coa_retransmissions": 2,
                        "coa_max_duration": 1.5, "backoff_initial": 0.1, "backoff_max": 0.2,
-                       "poll_interval": 0.1, "confirm_timeout": 2, "lease": 5, **policy}}
+                       "poll_interval": 0.1, "confirm_timeout": 2, "lease": 30, **policy}}
     return from_dict(base)
 
 

@@ -726,13 +726,16 @@ def test_check_config_warns_about_weak_secrets_without_printing_them(tmp_path):
                                secret="G7#kq2!Lm9@xP4$zR8")
     in_store(url, add)
     cfg = tmp_path / "ocs.toml"
-    cfg.write_text(config_text(url, free_port(), extra='bootstrap_token = "env:TOK"'))
+    cfg.write_text(config_text(url, free_port(), extra='bootstrap_token = "env:TOK"\n'
+                                                       '[policy]\nlease = 8'))
     r = subprocess.run([OCSD, "--config", str(cfg), "--check-config"], capture_output=True,
                        text=True, timeout=30, env={**os.environ, "TOK": "shorty77"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"{cfg}: configuration is valid")
     warnings = r.stderr.strip().splitlines()
-    assert len(warnings) == 2, warnings
+    assert len(warnings) == 3, warnings
+    assert any("policy.lease (8 s) is not longer than one enforcement attempt may take (35 s"
+               in w for w in warnings)
     assert any("api.bootstrap_token is weak: only 8 characters" in w for w in warnings)
     assert any("NAS 'edge-1' (192.0.2.1): shared secret is weak: a well-known default" in w
                for w in warnings)

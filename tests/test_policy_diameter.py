@@ -127,3 +127,33 @@ async def test_unanswered_asr_is_retried_then_dead_lettered(setup):
     assert dead[0]["attempts"] == 2 and dead[0]["result"] == "timeout"
     asrs = [m for m in client.server_requests if m.code == T.CMD_ABORT_SESSION]
     assert len(asrs) == 4 and any(m.retransmit for m in asrs)   # T flag on resends
+
+
+async def test_a_slow_client_is_waited_for_as_long_as_the_diameter_settings_allow(setup):
+    """The worker bounds each attempt; a RAR/ASR may take the Diameter front-end's
+    request_timeout x request_attempts, which can be longer than the CoA bounds:
+    an ASR first left unanswered, then answered, ends done, not timed out."""
+    import asyncio
+    svc, client = setup
+    server = svc.ctx.diameter.server
+    server.config = CONFIG.model_copy(update={"request_timeout": 4.0})
+    cfg = svc.ctx.config   # the CoA and control bounds alone would cut it at 5.2 s
+    svc.ctx.config = cfg.model_copy(update={"policy": cfg.policy.model_copy(
+        update={"coa_max_duration": 0.2, "control_timeout": 0.2, "lease": 30})})
+    seen = []
+
+    async def slow(msg):
+        seen.append(msg)
+        if len(seen) == 1:
+            return None                  # the first copy is lost
+        await asyncio.sleep(1.5)         # the resend is answered late
+        return 2001
+    client.on_request = slow
+    account = await gy_session(svc, client, "41790000205", "pgw1;s-slow")
+    await svc.ctx.cluster.events.publish(event("exhausted", account, "pgw1;s-slow"))
+    done = await until(lambda: finished(svc, "done"), timeout=12)
+    assert [(a["action"], a["result"]) for a in done] == [("disconnect", "ok")]
+    # One attempt of the worker: the lost copy and its resend, not a third ASR sent
+    # by a second attempt after the first was given up.
+    assert [m.code for m in seen] == [T.CMD_ABORT_SESSION] * 2
+    assert seen[1].retransmit
