@@ -493,6 +493,33 @@ async def test_a_call_is_answered_by_the_node_serving_it(backend, nodes):
     assert time.monotonic() - started < 2
 
 
+async def test_many_calls_at_once_hold_no_connection_each(backend, nodes, monkeypatch):
+    """A burst of slow calls (a mass suspension of Gy sessions connected to another
+    node) outnumbering the connection pool is answered in full, and the node's
+    event consumer keeps reading meanwhile: no call waits on a connection of its
+    own longer than a connection may be waited for."""
+    from ocs.cluster import redis_backend
+    from ocs.cluster.redis_backend import BLOCKING_POOL_SIZE
+    monkeypatch.setattr(redis_backend, "DEFAULT_TIMEOUT", 0.5)
+    a = await nodes("node-a")
+    # One node (no Redis) has no other to call: it calls itself.
+    b, callee = (a, "node-a") if backend[0] == "local" else (await nodes("node-b"), "node-b")
+
+    async def slow_echo(body):
+        await asyncio.sleep(1.0)  # longer than a connection is waited for
+        return body
+
+    b.calls.serve("echo", slow_echo)
+    await a.events.ensure_group("policy")
+    consumer = asyncio.create_task(a.events.consume("policy", "c1", block_ms=5000))
+    n = 3 * BLOCKING_POOL_SIZE
+    answers = await asyncio.gather(*(a.calls.call(callee, "echo", {"n": i}, 10)
+                                     for i in range(n)))
+    assert answers == [{"n": i} for i in range(n)]
+    event_id = await b.events.publish({"type": "meanwhile"})
+    assert await asyncio.wait_for(consumer, 5) == [(event_id, {"type": "meanwhile"})]
+
+
 async def test_a_call_to_a_node_that_was_down_is_not_run_after_its_caller_gave_up(
         redis_nodes):
     a = await redis_nodes("node-a")

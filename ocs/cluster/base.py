@@ -64,8 +64,9 @@ class Keys:
     ``P dup:<key>``                  duplicate-cache entry
     ``P node:<node>``                node <node> is running (JSON: host, pid,
                                      version, start), refreshed while it runs
-    ``P calls:<node>``               calls waiting for node <node> (a list)
-    ``P reply:<id>``                 the answer to call <id> (a list of one)
+    ``P {node:<node>}:calls``        calls waiting for node <node> (a list)
+    ``P {node:<node>}:replies``      answers to the calls node <node> made (a
+                                     list); both in one slot, read together
     ``P <event_stream>``             the event stream (default ``ocs:events``)
     ``P <event_stream>:epoch``       a token written with the stream's first entry:
                                      a Redis that comes back without it lost
@@ -108,10 +109,10 @@ class Keys:
         return glob_escape(self.prefix) + "node:*"
 
     def calls(self, node: str) -> str:
-        return f"{self.prefix}calls:{node}"
+        return f"{self.prefix}{{node:{node}}}:calls"
 
-    def reply(self, call_id: str) -> str:
-        return f"{self.prefix}reply:{call_id}"
+    def replies(self, node: str) -> str:
+        return f"{self.prefix}{{node:{node}}}:replies"
 
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")

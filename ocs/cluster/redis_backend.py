@@ -22,13 +22,15 @@ retries it, the retry sees its own token and still reports the claim won
 request until the claim expired). `release` deletes only when the value is
 still this claim's token.
 
-Calls between nodes: the caller pushes the call (JSON: its kind, body, the
-key to answer under and a deadline in wall-clock time) onto the callee's
-list ``calls:<node>`` and waits on its own ``reply:<id>``; each node serving
-calls waits on its list with BRPOP and pushes its answer. Both lists expire
-by themselves, so a node that never comes back leaves nothing behind, and a
-call found after its deadline (the callee was down meanwhile) is dropped
-unanswered: its caller has given up and will try again.
+Calls between nodes: the caller pushes the call (JSON: its id, kind, body,
+the list to answer on and a deadline in wall-clock time) onto the callee's
+list ``{node:<callee>}:calls``; the callee pushes its answer onto the
+caller's ``{node:<caller>}:replies``. Each node reads both of its lists with
+one BRPOP loop, which also hands each answer to the call waiting for it, so
+calls in flight hold no connection each. The lists expire by themselves, so
+a node that never comes back leaves nothing behind, and a call found after
+its deadline (the callee was down meanwhile) is dropped unanswered: its
+caller has given up and will try again.
 """
 
 from __future__ import annotations
@@ -784,6 +786,8 @@ class RedisNodeCalls(NodeCalls):
         self._listener: asyncio.Task | None = None
         self._heart: asyncio.Task | None = None
         self._answering: set[asyncio.Task] = set()
+        # call id -> the future its answer resolves (calls this node is waiting on)
+        self._waiting: dict[str, asyncio.Future] = {}
         self._token = '{"token":"%s"' % secrets.token_hex(12)
         self._heartbeat = Script(link.client, _HEARTBEAT)
         self._leave = Script(link.client, _LEAVE)
@@ -853,40 +857,55 @@ class RedisNodeCalls(NodeCalls):
             self._handlers.pop(kind, None)
         else:
             self._handlers[kind] = handler
-        self.listen()
 
     def listen(self) -> None:
-        """Wait for calls while the link is open and something is served."""
-        if self._handlers and not self._link.closed and (
-                self._listener is None or self._listener.done()):
+        """Wait for calls and answers while the link is open."""
+        if not self._link.closed and (self._listener is None or self._listener.done()):
             self._listener = asyncio.get_running_loop().create_task(
                 self._listen(), name=f"ocs-node-calls-{self._node}")
 
     async def _listen(self) -> None:
-        key = self._keys.calls(self._node)
-        while self._handlers and not self._link.closed:
+        """One blocking read for the node's calls and for the answers to its own:
+        however many calls are waiting, they hold no connection each."""
+        calls, replies = self._keys.calls(self._node), self._keys.replies(self._node)
+        while not self._link.closed:
             try:
                 with self._link.guard("node calls"):
-                    got = await self._link.interruptible(self._link.blocking.brpop([key], 1),
-                                                         f"{key} was read")
+                    got = await self._link.interruptible(
+                        self._link.blocking.brpop([calls, replies], 1), f"{calls} was read")
             except ClusterUnavailable:
                 if self._link.closed:
                     return
                 await asyncio.sleep(0.5)  # the outage is logged once, by the guard
                 continue
             except ClusterError as exc:
-                log.error("waiting for calls on %s: %s", key, exc)
+                log.error("waiting for calls on %s: %s", calls, exc)
                 await asyncio.sleep(1.0)
                 continue
-            if got:
-                task = asyncio.get_running_loop().create_task(self._answer(got[1]))
+            if not got:
+                continue
+            key, raw = _text(got[0]), got[1]
+            if key == replies:
+                self._answered(raw)
+            else:
+                task = asyncio.get_running_loop().create_task(self._answer(raw))
                 self._answering.add(task)
                 task.add_done_callback(self._answering.discard)
+
+    def _answered(self, raw: bytes) -> None:
+        try:
+            answer = json.loads(raw)
+            waiting = self._waiting.pop(answer["id"], None)
+        except (ValueError, KeyError, TypeError):
+            log.warning("a malformed answer to node %s was dropped: %r", self._node, raw[:200])
+            return
+        if waiting is not None and not waiting.done():
+            waiting.set_result(answer)  # else its caller gave up: dropped
 
     async def _answer(self, raw: bytes) -> None:
         try:
             call = json.loads(raw)
-            kind, reply, body = call["kind"], call["reply"], call["body"]
+            call_id, kind, reply, body = call["id"], call["kind"], call["reply"], call["body"]
             deadline, caller = float(call["deadline"]), str(call.get("from"))
         except (ValueError, KeyError, TypeError):
             log.warning("a malformed call to node %s was dropped: %r", self._node, raw[:200])
@@ -897,13 +916,13 @@ class RedisNodeCalls(NodeCalls):
             return
         handler = self._handlers.get(kind)
         if handler is None:
-            answer = {"error": f"node {self._node} does not serve {kind} calls"}
+            answer = {"id": call_id, "error": f"node {self._node} does not serve {kind} calls"}
         else:
             try:
-                answer = {"answer": await handler(body)}
+                answer = {"id": call_id, "answer": await handler(body)}
             except Exception as exc:  # noqa: BLE001 - the caller is told
                 log.exception("a %s call from node %s failed", kind, caller)
-                answer = {"error": f"{type(exc).__name__}: {exc}"}
+                answer = {"id": call_id, "error": f"{type(exc).__name__}: {exc}"}
         try:
             with self._link.guard("node call answer"):
                 await self._link.client.lpush(reply, encode_json(answer, "call answer"))
@@ -916,38 +935,38 @@ class RedisNodeCalls(NodeCalls):
         if node == self._node and kind in self._handlers:
             return await self._handlers[kind](body)
         call_id = secrets.token_hex(12)
-        reply = self._keys.reply(call_id)
-        message = encode_json({"id": call_id, "kind": kind, "from": self._node, "reply": reply,
+        message = encode_json({"id": call_id, "kind": kind, "from": self._node,
+                               "reply": self._keys.replies(self._node),
                                "deadline": time.time() + timeout, "body": body}, "call")
         key = self._keys.calls(node)
-        with self._link.guard("node call"):
-            await self._link.client.lpush(key, message)
-            # Calls nobody takes go with the list, soon after the last caller gave up.
-            await self._link.client.pexpire(key, ttl_ms(timeout) + 1000)
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise NodeUnreachable(f"node {node} did not answer within {timeout:g}s")
-            wait = max(min(left, MAX_BLOCK_MS / 1000), 0.01)
-            with self._link.guard("node call answer"):
-                got = await self._link.interruptible(self._link.blocking.blpop([reply], wait),
-                                                     f"waiting for node {node}")
-            if got:
-                break
+        waiting = asyncio.get_running_loop().create_future()
+        self._waiting[call_id] = waiting
         try:
-            answer = json.loads(got[1])
-        except ValueError:
-            raise ClusterError(f"the answer of node {node} is not JSON") from None
+            self.listen()  # (a listener that died with an error is started again)
+            with self._link.guard("node call"):
+                await self._link.client.lpush(key, message)
+                # Calls nobody takes go with the list, soon after the last caller gave up.
+                await self._link.client.pexpire(key, ttl_ms(timeout) + 1000)
+            try:
+                answer = await asyncio.wait_for(asyncio.shield(waiting), timeout)
+            except asyncio.TimeoutError:
+                raise NodeUnreachable(f"node {node} did not answer within {timeout:g}s") \
+                    from None
+        finally:
+            self._waiting.pop(call_id, None)
         if "error" in answer:
             raise NodeUnreachable(f"node {node} failed the {kind} call: {answer['error']}")
-        return answer["answer"]
+        return answer.get("answer")
 
     async def stop(self) -> None:
         for task in (self._heart, self._listener, *self._answering):
             if task is not None and not task.done():
                 task.cancel()
         self._heart = self._listener = None
+        for waiting in self._waiting.values():  # their answers can no longer be read
+            if not waiting.done():
+                waiting.set_exception(ClusterUnavailable("redis cluster state stopped while "
+                                                         "waiting for another node"))
         try:  # the node leaves the list at once, not when its record lapses
             with self._link.guard("node leave"):
                 await self._leave([self._keys.member(self._node)], [self._token])
