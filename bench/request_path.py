@@ -126,13 +126,17 @@ async def _daemon(tmp: str, url: str, sections: str):
     """A real ocsd's components, started in this process from a configuration:
     the store at `url`, the API on a port the system picks, and `sections`."""
     from ocs.config import load
-    from ocs.daemon import Daemon
+    from ocs.daemon import Daemon, _tune_gc
     path = os.path.join(tmp, "ocs.toml")
     Path(path).write_text(f'[log]\nlevel = "warning"\n[store]\nurl = "{url}"\n'
                           f'sqlite_synchronous = "{SYNCHRONOUS}"\n'
                           '[api]\nlisten = "127.0.0.1:0"\n' + sections)
     daemon = Daemon(load(path), path)
     await daemon._start_all()
+    # As the daemon does once ready: start-up's objects frozen, the cyclic collector on
+    # its timer ([daemon] gc_interval) instead of counting allocations.
+    _tune_gc()
+    daemon.collector.start()
     return daemon
 
 
