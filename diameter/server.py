@@ -639,10 +639,10 @@ class DiameterServer:
                 await asyncio.sleep(0.05)  # the client may be reconnecting
                 conn = self._route(host, via, failed)
             if conn is None:
-                error = f"peer {host} is not connected to this node" + (
+                here = "this node" if asked_by is None else (
+                    f"node {self.cluster.node} (asked by node {asked_by})")
+                error = f"peer {host} is not connected to {here}" + (
                     f", nor the agent {via} its requests came through" if via else "")
-                if asked_by is not None:
-                    error += f" (asked by node {asked_by})"
                 break
             local = conn.machine.local
             hbh = conn.machine.next_hop_by_hop()
@@ -682,7 +682,7 @@ class DiameterServer:
         node would: the call allows for that."""
         cfg = self.config
         timeout = diameter_request_budget(cfg)
-        log.info("%s %s to %s: asking node %s, which the client is connected to", command,
+        log.info("%s %s to %s: asking node %s, which served the session last", command,
                  session_id, host, node, extra={"peer": host, "session": session_id})
         body = {"command": command, "session_id": session_id, "rating_group": rating_group,
                 "from": self.cluster.node}

@@ -613,9 +613,15 @@ async def test_a_client_connected_to_one_node_gets_rar_and_asr_decided_on_anothe
         assert (result.answered, result.result_code, result.node) == (True, 2001, "node-b")
         assert [m.code for m in cb.server_requests][-1] == T.CMD_ABORT_SESSION
 
-        # Node B goes away (its client with it): A reports it, after one bounded wait.
+        # The client leaves node B, which waits for it to come back, then says so.
         await cb.close()
         clients.remove(cb)
+        result = await node_a.server.re_auth(sid)
+        assert not result.answered and result.node == "node-b"
+        assert result.error == ("peer pgw1.pgw.example is not connected to node node-b "
+                                "(asked by node node-a)")
+
+        # Node B goes away too: A reports it, after one bounded wait.
         await node_b.close()
         await clusters[1].stop()
         started = time.monotonic()
