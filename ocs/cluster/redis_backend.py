@@ -58,10 +58,10 @@ from redis.exceptions import (ClusterDownError, ConnectionError as RedisConnecti
 
 from ..config import RedisConfig
 from ..logs import Throttled
-from .base import (MAX_BLOCK_MS, CallHandler, Cluster, ClusterError, ClusterUnavailable,
-                   HEARTBEAT, HEARTBEAT_TTL, DuplicateCache, EventStream, Keys, NodeCalls,
-                   NodeUnreachable, SessionDirectory, check_block, member_record, check_count, check_name,
-                   check_start, encode_json, invalid_event, parse_entry_id,
+from .base import (HEARTBEAT, HEARTBEAT_TTL, MAX_BLOCK_MS, CallHandler, Cluster, ClusterError,
+                   ClusterUnavailable, DuplicateCache, EventStream, Keys, NodeCalls,
+                   NodeUnreachable, SessionDirectory, check_block, check_count, check_name,
+                   check_start, encode_json, invalid_event, member_record, parse_entry_id,
                    ttl_ms)
 
 log = logging.getLogger("ocs.cluster")
