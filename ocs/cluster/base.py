@@ -381,8 +381,9 @@ class NodeCalls(ABC):
     @abstractmethod
     async def call(self, node: str, kind: str, body: dict, timeout: float) -> dict:
         """The answer of node `node` to a call of `kind`. Raises `NodeUnreachable`
-        when it did not answer within `timeout` seconds (or failed), and
-        `ClusterUnavailable` when the shared state cannot be reached."""
+        at once when no node of that name runs, and when it did not answer within
+        `timeout` seconds (or failed); `ClusterUnavailable` when the shared state
+        cannot be reached."""
 
 
 class Cluster(ABC):

@@ -944,6 +944,9 @@ class RedisNodeCalls(NodeCalls):
         try:
             self.listen()  # (a listener that died with an error is started again)
             with self._link.guard("node call"):
+                if not await self._link.client.exists(self._keys.member(node)):
+                    raise NodeUnreachable(f"node {node} is not running (it is not in the "
+                                          "list of nodes)")
                 await self._link.client.lpush(key, message)
                 # Calls nobody takes go with the list, soon after the last caller gave up.
                 await self._link.client.pexpire(key, ttl_ms(timeout) + 1000)
