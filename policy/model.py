@@ -150,10 +150,17 @@ class Attempt:
 
     @classmethod
     def failed(cls, error: str, *, retry: bool = True, request: Any = None,
-               result: str = "error") -> "Attempt":
-        return cls(False, result, request=request, retry=retry, error=error)
+               result: str = "error", latency_ms: float = 0.0) -> "Attempt":
+        return cls(False, result, request=request, retry=retry, error=error,
+                   latency_ms=latency_ms)
+
+
+#: The call (`Cluster.calls`) by which a node has the node a NAS names
+#: (`control.policy_node`) make an attempt of one of its actions.
+POLICY_ATTEMPT_CALL = "policy-attempt"
 
 
 __all__ = ["Action", "ActuatorError", "Attempt", "PolicyError", "Target", "ACTIONS",
+           "POLICY_ATTEMPT_CALL",
            "BACKENDS", "SOFTSWITCHES", "DISCONNECT", "THROTTLE", "REDIRECT", "RESTORE",
            "COA", "DIAMETER", "FREESWITCH", "ASTERISK", "KAMAILIO", "SNMP", "TC", "OPERATOR"]

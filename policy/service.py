@@ -15,6 +15,7 @@ reaches as ``ctx.policy``. It owns:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -27,7 +28,8 @@ from radius.dictionary import Dictionary
 from . import decide, state
 from .consumer import EventConsumer
 from .diameter_rar import DiameterActuator
-from .model import COA, DIAMETER, DISCONNECT, RESTORE, TC, THROTTLE, Target
+from .model import (COA, DIAMETER, DISCONNECT, POLICY_ATTEMPT_CALL, RESTORE, TC, THROTTLE,
+                    Action, PolicyError, Target)
 from .queue import DEAD, PENDING, RUNNING, entry
 from .radius_dae import DaeActuator, Retransmission
 from .snmp import SnmpActuator
@@ -87,8 +89,11 @@ class PolicyService:
             from .worker import Worker
             self.worker = Worker(queue=self.queue, actuators=self.actuators, store=self.store,
                                  config=self.config, nas_lookup=self.nas,
-                                 metrics=self.metrics, unavailable=self.unavailable)
+                                 metrics=self.metrics, unavailable=self.unavailable,
+                                 cluster=self.ctx.cluster)
             await self.worker.start()
+            if self.ctx.cluster is not None:  # other nodes hand over a NAS's attempts
+                self.ctx.cluster.calls.serve(POLICY_ATTEMPT_CALL, self._attempt_asked)
             self.consumer = EventConsumer(self, consumer=self.node)
             await self.consumer.start()
         except BaseException:
@@ -142,7 +147,21 @@ class PolicyService:
         if applied:
             log.info("tc: re-applied %d throttle(s) in force", applied)
 
+    async def _attempt_asked(self, body: dict) -> dict:
+        """Another node asks this one, named by the NAS (`control.policy_node`), to make
+        an attempt of one of the NAS's actions."""
+        if self.worker is None:
+            raise PolicyError("enforcement is stopping on this node")
+        action = Action.from_json(body["action"])
+        nas = self.nas(body.get("nas"))
+        if nas is None:
+            raise PolicyError(f"no NAS {body.get('nas')!r} here")
+        attempt = await self.worker.attempt_here(action, nas, self.config())
+        return dataclasses.asdict(attempt)
+
     async def stop(self) -> None:
+        if self.ctx.cluster is not None:
+            self.ctx.cluster.calls.serve(POLICY_ATTEMPT_CALL, None)
         await cancel_and_wait(self._tasks, "policy")
         self._tasks = []
         if self.consumer is not None:

@@ -39,7 +39,7 @@ from ocs.model import Nas
 from ocs.tasks import cancel_and_wait
 
 from . import decide
-from .model import RESTORE, TC, Action, ActuatorError, Attempt
+from .model import POLICY_ATTEMPT_CALL, RESTORE, TC, Action, ActuatorError, Attempt
 
 log = logging.getLogger("ocs.policy")
 
@@ -58,8 +58,9 @@ def backoff(attempt: int, initial: float, maximum: float, rand=random.uniform) -
 class Worker:
     def __init__(self, *, queue, actuators: dict[str, Any], store, config: Callable[[], Any],
                  nas_lookup: Callable[[str | None], Nas | None], metrics=None,
-                 unavailable: dict[str, str] | None = None):
+                 unavailable: dict[str, str] | None = None, cluster=None):
         self.queue = queue
+        self.cluster = cluster        # to hand an attempt to the node a NAS names
         self.actuators = actuators
         self.store = store
         self.config = config          # returns the live PolicyConfig
@@ -213,6 +214,32 @@ class Worker:
         return session.status == "closed" and "closed_by" not in session.attrs
 
     async def _attempt(self, action: Action, nas: Nas | None, cfg) -> Attempt:
+        home = (nas.control or {}).get("policy_node") if nas is not None else None
+        if home and self.cluster is not None and home != self.cluster.node:
+            return await self._attempt_on(home, action, nas, cfg)
+        return await self.attempt_here(action, nas, cfg)
+
+    async def _attempt_on(self, node: str, action: Action, nas: Nas, cfg) -> Attempt:
+        """The NAS names the node that carries out its actions (`control.policy_node`:
+        the one whose address its CoA client list or its routing accepts): that node
+        makes the attempt and reports it."""
+        started = time.perf_counter()
+        actuator = self.actuators.get(action.backend)
+        timeout = attempt_bound(cfg, getattr(actuator, "longest", 0.0)) + 2
+        body = {"action": action.to_json(), "nas": nas.name}
+        try:
+            got = await self.cluster.calls.call(node, POLICY_ATTEMPT_CALL, body, timeout)
+            attempt = Attempt(**got)
+        except (StoreError, TypeError) as exc:  # the cluster's errors are StoreErrors
+            return Attempt.failed(f"node {node}, which carries out the actions of NAS "
+                                  f"{nas.name} (control.policy_node), was not reached: {exc}",
+                                  latency_ms=(time.perf_counter() - started) * 1000)
+        answer = attempt.answer if isinstance(attempt.answer, dict) else (
+            {} if attempt.answer is None else {"answer": attempt.answer})
+        return replace(attempt, answer={**answer, "node": node})
+
+    async def attempt_here(self, action: Action, nas: Nas | None, cfg) -> Attempt:
+        """One attempt by this node's own back-end."""
         actuator = self.actuators.get(action.backend)
         if actuator is None:
             why = self.unavailable.get(action.backend, "not configured")

@@ -531,3 +531,45 @@ request_timeout = 0.5
             ("diameter", "disconnect", "ok")] * len(sessions)
         # Node A's worker took some of them and had node B send the ASR.
         assert re.search(r"ASR \S+ to pgw1\.pgw\.example: asking node node-b", nodes[0].log())
+
+
+def test_a_nas_that_names_its_policy_node_is_acted_on_by_that_node_only(tmp_path, pg_dsn,
+                                                                         redis_url, freeradius):
+    """The NAS accepts CoA from node B's address only (control.policy_node = "node-b").
+    Node A, alone, decides the disconnect but does not send it: its attempts fail at
+    once ("node node-b is not running") and the action is dead-lettered. Node B
+    started, the action retried through node A's API reaches the NAS."""
+    async def home_on_b(store):
+        (bras,) = [n for n in await store.list_nas() if n.name == "bras"]
+        await store.update_nas(bras.id, control={**bras.control, "policy_node": "node-b"})
+
+    with two_daemons(tmp_path, pg_dsn, redis_url) as nodes:
+        nodes[0].ids = nodes[0].seed(lambda store: seed(store, freeradius.port),
+                                     schema=nodes[0].schema)
+        nodes[0].seed(home_on_b, schema=nodes[0].schema)
+        nodes[0].start()
+        _, page = nodes[0].api("GET", "/v1/nas")
+        (bras,) = [n for n in page["items"] if n["name"] == "bras"]
+        assert bras["control"]["policy_node"] == "node-b"
+        status, body = nodes[0].api("PATCH", f"/v1/nas/{bras['id']}",
+                                    {"control": {**bras["control"], "policy_node": 7}})
+        assert status == 422 and "control.policy_node is the [daemon] node_name" in str(body)
+        before = len(freeradius.requests())
+        accounting(nodes[0], "cut1", "home-1", "Start")
+        accounting(nodes[0], "cut1", "home-1", "Interim-Update", octets=3_000_000)
+        deadline, dead = time.monotonic() + 10, []
+        while time.monotonic() < deadline and not dead:
+            _, page = nodes[0].api("GET", "/v1/policy/actions?status=dead")
+            dead = [a for a in page["items"] if a["session"] == "radius:bras:home-1"]
+            time.sleep(0.1)
+        assert dead and dead[0]["action"] == "disconnect", page
+        assert "node node-b, which carries out the actions of NAS bras (control.policy_node)" \
+            in dead[0]["last_error"] and "is not running" in dead[0]["last_error"]
+        assert len(freeradius.requests()) == before  # node A sent nothing itself
+
+        nodes[1].start()
+        status, _ = nodes[0].api("POST", f"/v1/policy/actions/{dead[0]['id']}/retry")
+        assert status == 200
+        got, delay = seen(freeradius, before, 1, timeout=5)
+        assert delay is not None, got
+        assert got[0].code == "Disconnect-Request" and got[0].attrs["Acct-Session-Id"] == "home-1"
