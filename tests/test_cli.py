@@ -255,7 +255,7 @@ async def test_plans_and_nas(served):
     assert bad.code == 2 and "kind is octets" in bad.err
 
     r = await served.run("nas", "add", "mk-1", "10.1.0.0/24", "--secret", "a-long-secret-123",
-                         "--vendor", "mikrotik")
+                         "--vendor", "mikrotik", "--control", "coa_address=10.1.0.1")
     assert r.code == 0, r.err
     assert "Added NAS mk-1 at 10.1.0.0/24" in r.out
     nas = await served.run("nas", "list")
@@ -272,6 +272,21 @@ async def test_plans_and_nas(served):
     (mk,) = [n for n in nas.json()["items"] if n["name"] == "mk-1"]
     assert mk["require_message_authenticator"] == "auto"
     assert (await served.run("nas", "set", "mk-1")).code == 2  # nothing to change
+    # Control keys: JSON values or text, merged with the others, KEY= removes one.
+    (mk,) = [n for n in await served.store.list_nas() if n.name == "mk-1"]
+    assert mk.control == {"coa_address": "10.1.0.1"}
+    r = await served.run("nas", "set", "mk-1", "--control", "policy_node=edge-1",
+                         "--control", "proxy=true", "--control", "coa_address=10.1.0.9")
+    assert r.code == 0, r.err
+    assert "Changed NAS mk-1 at 10.1.0.0/24: control." in r.out
+    r = await served.run("nas", "set", "mk-1", "--control", "coa_address=")
+    mk = (await served.store.list_nas())
+    (mk,) = [n for n in mk if n.name == "mk-1"]
+    assert mk.control == {"policy_node": "edge-1", "proxy": True}  # coa_address removed
+    bad = await served.run("nas", "set", "mk-1", "--control", "policy_node=7")
+    assert bad.code == 1 and "control.policy_node is the [daemon] node_name" in bad.err
+    bad = await served.run("nas", "set", "mk-1", "--control", "nokey")
+    assert bad.code == 2 and "use KEY=VALUE" in bad.err
     missing = await served.run("nas", "set", "nope", "--vendor", "cisco")
     assert missing.code == 1 and "no NAS named 'nope'" in missing.err
     r = await served.run("nas", "delete", "mk-1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import decimal
+import json
 import re
 import urllib.parse
 from typing import Any
@@ -183,6 +184,30 @@ def nas_list(ctx: Ctx):
                       "msg-auth", "secret"]))
 
 
+def _control(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """`--control KEY=VALUE` options as changes: a VALUE that reads as JSON (true,
+    5, {"host": ...}) is taken as such, any other as text; an empty VALUE removes
+    the key (None)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r}: use KEY=VALUE (KEY= removes KEY)",
+                                     param_hint="--control")
+        if value == "":
+            out[key] = None
+            continue
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+_CONTROL_HELP = ("KEY=VALUE of the element's control (repeatable), e.g. proxy=true, "
+                 "policy_node=edge-1, coa_address=10.0.0.1; KEY= removes KEY.")
+
+
 @nas.command("add")
 @click.argument("name")
 @click.argument("address")
@@ -194,27 +219,34 @@ def nas_list(ctx: Ctx):
 @click.option("--coa-port", type=click.IntRange(1, 65535))
 @click.option("--require-message-authenticator", "msg_auth",
               type=click.Choice(["yes", "no", "auto"]))
+@click.option("--control", "control", multiple=True, metavar="KEY=VALUE", help=_CONTROL_HELP)
 @json_option
 @pass_ctx
-def nas_add(ctx: Ctx, name, address, secret, kind, vendor, coa_port, msg_auth):
+def nas_add(ctx: Ctx, name, address, secret, kind, vendor, coa_port, msg_auth, control):
     """Add a NAS at ADDRESS (an IP address or CIDR prefix)."""
     body: dict[str, Any] = {"name": name, "address": address, "secret": secret}
     for key, value in (("kind", kind), ("vendor", vendor), ("coa_port", coa_port),
                        ("require_message_authenticator", msg_auth)):
         if value is not None:
             body[key] = value
+    if control:
+        body["control"] = {k: v for k, v in _control(control).items() if v is not None}
     created = ctx.client.post("/v1/nas", body)
     if ctx.json:
         return emit_json(created)
     click.echo(f"Added NAS {created['name']} at {created['address']} (#{created['id']}).")
 
 
-def _nas_id(ctx: Ctx, ref: str) -> int:
-    """The id of the NAS named `ref` (or with that id)."""
+def _nas(ctx: Ctx, ref: str) -> dict[str, Any]:
+    """The NAS named `ref` (or with that id)."""
     for n in ctx.client.get("/v1/nas")["items"]:
         if n["name"] == ref or str(n["id"]) == ref:
-            return int(n["id"])
+            return n
     raise ApiFailure(404, f"no NAS named {ref!r} (see 'ocsctl nas list')", code="not_found")
+
+
+def _nas_id(ctx: Ctx, ref: str) -> int:
+    return int(_nas(ctx, ref)["id"])
 
 
 @nas.command("set")
@@ -226,19 +258,26 @@ def _nas_id(ctx: Ctx, ref: str) -> int:
 @click.option("--require-message-authenticator", "msg_auth",
               type=click.Choice(["yes", "no", "auto"]))
 @click.option("--rename", metavar="NEW_NAME")
+@click.option("--control", "control", multiple=True, metavar="KEY=VALUE", help=_CONTROL_HELP)
 @json_option
 @pass_ctx
-def nas_set(ctx: Ctx, ref, secret, address, vendor, coa_port, msg_auth, rename):
+def nas_set(ctx: Ctx, ref, secret, address, vendor, coa_port, msg_auth, rename, control):
     """Change a NAS: its secret (after a "shared secret differs" warning), address,
-    vendor, CoA port or Message-Authenticator rule. Takes effect at once."""
+    vendor, CoA port, Message-Authenticator rule or control keys (the others kept).
+    Takes effect at once."""
     body = {k: v for k, v in (("secret", secret), ("address", address), ("vendor", vendor),
                               ("coa_port", coa_port),
                               ("require_message_authenticator", msg_auth), ("name", rename))
             if v is not None}
-    if not body:
+    if not body and not control:
         raise click.UsageError("nothing to change: give --secret, --address, --vendor, "
-                               "--coa-port, --require-message-authenticator or --rename")
-    changed = ctx.client.patch(f"/v1/nas/{_nas_id(ctx, ref)}", body)
+                               "--coa-port, --require-message-authenticator, --rename or "
+                               "--control")
+    current = _nas(ctx, ref)
+    if control:
+        merged = {**(current.get("control") or {}), **_control(control)}
+        body["control"] = {k: v for k, v in merged.items() if v is not None}
+    changed = ctx.client.patch(f"/v1/nas/{current['id']}", body)
     if ctx.json:
         return emit_json(changed)
     click.echo(f"Changed NAS {changed['name']} at {changed['address']}: "
