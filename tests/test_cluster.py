@@ -478,8 +478,11 @@ async def test_a_call_is_answered_by_the_node_serving_it(backend, nodes):
     a.calls.serve("where", lambda body: asyncio.sleep(0, {"by": "node-a"}))
     assert await a.calls.call("node-a", "where", {}, 2) == {"by": "node-a"}
     if backend[0] == "local":  # one node: there is no other to call
-        with pytest.raises(NodeUnreachable, match="the only one"):
+        with pytest.raises(NodeUnreachable, match=r"node node-b is not running: without "
+                                                  r"\[redis\] this node \(node-a\) is"):
             await a.calls.call("node-b", "where", {"n": 1}, 2)
+        with pytest.raises(NodeUnreachable, match="node node-a does not serve other calls"):
+            await a.calls.call("node-a", "other", {}, 2)
         return
     assert await a.calls.call("node-b", "where", {"n": 1}, 5) == {"by": "node-b", "n": 1}
     assert seen == [{"n": 1}]

@@ -398,10 +398,12 @@ class LocalNodeCalls(NodeCalls):
 
     async def call(self, node, kind, body, timeout):
         self._state.check()
-        handler = self._handlers.get(kind) if node == self._node else None
+        if node != self._node:
+            raise NodeUnreachable(f"node {node} is not running: without [redis] this node "
+                                  f"({self._node}) is the only one")
+        handler = self._handlers.get(kind)
         if handler is None:
-            raise NodeUnreachable(f"node {node} does not serve {kind} calls here: without "
-                                  "[redis] this node is the only one")
+            raise NodeUnreachable(f"node {node} does not serve {kind} calls")
         try:
             return await asyncio.wait_for(handler(body), timeout)
         except asyncio.TimeoutError:
