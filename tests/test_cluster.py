@@ -16,7 +16,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster as RedisClusterClient
 from redis.crc import key_slot
 
-from ocs.cluster import ClusterError, ClusterUnavailable, NodeUnreachable, build, connect
+from ocs.cluster import (CallNotServed, ClusterError, ClusterUnavailable, NodeUnreachable, build,
+                         connect)
 from ocs.config import RedisConfig
 from ocs.errors import StoreUnavailable, ValidationError
 from tests import services
@@ -481,15 +482,19 @@ async def test_a_call_is_answered_by_the_node_serving_it(backend, nodes):
         with pytest.raises(NodeUnreachable, match=r"node node-b is not running: without "
                                                   r"\[redis\] this node \(node-a\) is"):
             await a.calls.call("node-b", "where", {"n": 1}, 2)
-        with pytest.raises(NodeUnreachable, match="node node-a does not serve other calls"):
+        with pytest.raises(CallNotServed, match="node node-a does not serve other calls"):
             await a.calls.call("node-a", "other", {}, 2)
         return
     assert await a.calls.call("node-b", "where", {"n": 1}, 5) == {"by": "node-b", "n": 1}
     assert seen == [{"n": 1}]
     with pytest.raises(NodeUnreachable, match="failed the where call: RuntimeError: the peer"):
         await a.calls.call("node-b", "where", {"fail": True}, 5)
-    with pytest.raises(NodeUnreachable, match="node-b does not serve other calls"):
+    with pytest.raises(CallNotServed, match="node-b does not serve other calls"):
         await a.calls.call("node-b", "other", {}, 5)
+    # A call to itself is answered as another node's would be, failures included.
+    a.calls.serve("where", where)
+    with pytest.raises(NodeUnreachable, match="node-a failed the where call: RuntimeError"):
+        await a.calls.call("node-a", "where", {"fail": True}, 5)
     started = time.monotonic()
     with pytest.raises(NodeUnreachable, match="node node-c is not running"):
         await a.calls.call("node-c", "where", {}, 30)  # no such node: told at once

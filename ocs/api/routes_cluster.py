@@ -7,6 +7,8 @@ Redis the list is this node alone.
 
 from __future__ import annotations
 
+import logging
+
 from pydantic import Field
 
 from ..cluster import ClusterUnavailable
@@ -16,6 +18,8 @@ from . import views as v
 from .problems import ApiError
 from .routing import Call, route
 from .wire import Out, iso
+
+log = logging.getLogger("ocs.api")
 
 
 class NodeView(Out):
@@ -39,9 +43,13 @@ async def list_nodes(call: Call):
     except ClusterUnavailable as exc:
         raise ApiError(503, f"the list of running nodes cannot be read: {exc}",
                        code="store_unavailable") from exc
-    items = [NodeView(node=str(n["node"]), host=str(n.get("host", "")),
-                      pid=int(n.get("pid", 0)), version=str(n.get("version", "")),
-                      started_at=iso(int(float(n.get("started_at", 0)) * 1_000_000)),
-                      this=n["node"] == cluster.node)
-             for n in found]
+    items = []
+    for n in found:
+        try:
+            items.append(NodeView(node=str(n["node"]), host=str(n.get("host", "")),
+                                  pid=int(n.get("pid", 0)), version=str(n.get("version", "")),
+                                  started_at=iso(int(float(n.get("started_at", 0)) * 1_000_000)),
+                                  this=n["node"] == cluster.node))
+        except (TypeError, ValueError, OverflowError):  # written by something else
+            log.warning("the record of node %r in Redis is unreadable; left out", n.get("node"))
     return v.Page[NodeView](items=items, count=len(items))

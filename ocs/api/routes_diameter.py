@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..cluster import ClusterUnavailable, NodeUnreachable
+from ..cluster import CallNotServed, ClusterUnavailable, NodeUnreachable
 from ..components import CONTEXT, DIAMETER_PEERS_CALL
 from ..model import Role
 from .problems import ApiError
@@ -89,21 +89,26 @@ async def list_diameter_peers(call: Call):
         raise ApiError(503, f"the list of running nodes cannot be read: {exc}",
                        code="store_unavailable") from exc
 
-    async def ask(node: str) -> list[dict] | str:
+    async def ask(node: str) -> list[DiameterPeerView] | str:
         if node == cluster.node:
-            return server.peers() if server is not None else "Diameter is not running there"
+            if server is None:
+                return "Diameter is not running there"
+            return [_view(p, node) for p in server.peers()]
         try:
-            return (await cluster.calls.call(node, DIAMETER_PEERS_CALL, {}, PEERS_TIMEOUT))["items"]
-        except NodeUnreachable as exc:
-            return ("Diameter is not running there" if "does not serve" in str(exc)
-                    else str(exc))
-        except (ClusterUnavailable, KeyError, TypeError) as exc:
+            got = await cluster.calls.call(node, DIAMETER_PEERS_CALL, {}, PEERS_TIMEOUT)
+        except CallNotServed:
+            return "Diameter is not running there"
+        except (NodeUnreachable, ClusterUnavailable) as exc:
             return str(exc)
+        try:  # another node, maybe another version: what it says is checked
+            return [_view(p, node) for p in got["items"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            return f"its answer is not a list of peers: {exc}"
 
     items, unreachable = [], []
     for node, got in zip(members, await asyncio.gather(*(ask(n) for n in members))):
         if isinstance(got, str):
             unreachable.append(NodeProblem(node=node, error=got))
         else:
-            items.extend(_view(p, node) for p in got)
+            items.extend(got)
     return DiameterPeersPage(items=items, count=len(items), unreachable=unreachable)

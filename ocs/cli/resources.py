@@ -245,10 +245,6 @@ def _nas(ctx: Ctx, ref: str) -> dict[str, Any]:
     raise ApiFailure(404, f"no NAS named {ref!r} (see 'ocsctl nas list')", code="not_found")
 
 
-def _nas_id(ctx: Ctx, ref: str) -> int:
-    return int(_nas(ctx, ref)["id"])
-
-
 @nas.command("set")
 @click.argument("ref", metavar="NAME")
 @click.option("--secret", help="A new RADIUS shared secret (what the NAS has configured).")
@@ -289,7 +285,7 @@ def nas_set(ctx: Ctx, ref, secret, address, vendor, coa_port, msg_auth, rename, 
 @pass_ctx
 def nas_delete(ctx: Ctx, ref):
     """Remove a NAS: its packets are dropped from then on (its sessions stay as they are)."""
-    ctx.client.delete(f"/v1/nas/{_nas_id(ctx, ref)}")
+    ctx.client.delete(f"/v1/nas/{_nas(ctx, ref)['id']}")
     click.echo(f"Deleted NAS {ref}.")
 
 

@@ -33,11 +33,13 @@ shared state cannot be reached: protocol layers then do not answer.
 from __future__ import annotations
 
 from ..config import RedisConfig
-from .base import (MAX_BLOCK_MS, Cluster, ClusterError, ClusterUnavailable, DuplicateCache,
-                   EventStream, Keys, NodeCalls, NodeUnreachable, SessionDirectory)
+from .base import (MAX_BLOCK_MS, CallNotServed, Cluster, ClusterError, ClusterUnavailable,
+                   DuplicateCache, EventStream, Keys, NodeCalls, NodeUnreachable,
+                   SessionDirectory)
 
 __all__ = ["build", "connect", "Cluster", "SessionDirectory", "DuplicateCache", "EventStream",
-           "NodeCalls", "ClusterError", "ClusterUnavailable", "NodeUnreachable", "Keys",
+           "NodeCalls", "ClusterError", "ClusterUnavailable", "NodeUnreachable",
+           "CallNotServed", "Keys",
            "MAX_BLOCK_MS"]
 
 

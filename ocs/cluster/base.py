@@ -12,6 +12,7 @@ precision (Redis PX).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -40,6 +41,11 @@ class ClusterUnavailable(ClusterError, StoreUnavailable):
 class NodeUnreachable(ClusterError):
     """Another node did not answer a call in time (it is down, stopping, or
     busier than the call allowed), or no node of that name serves the call."""
+
+
+class CallNotServed(NodeUnreachable):
+    """The node runs but does not serve that kind of call (the part that would
+    answer it, e.g. Diameter, is off there)."""
 
 
 def parse_entry_id(entry_id: str) -> tuple[int, int] | None:
@@ -366,11 +372,31 @@ class NodeCalls(ABC):
     caller, which got `NodeUnreachable`, may safely try again later.
     """
 
-    @abstractmethod
+    _node: str
+    _handlers: dict[str, CallHandler]
+
     def serve(self, kind: str, handler: CallHandler | None) -> None:
         """Answer calls of `kind` with ``await handler(body)`` (None: no longer).
         A handler that raises answers the caller with `NodeUnreachable` and
         the error's text."""
+        if handler is None:
+            self._handlers.pop(kind, None)
+        else:
+            self._handlers[kind] = handler
+
+    async def _here(self, kind: str, body: dict, timeout: float) -> dict:
+        """A call of this node to itself, answered as another node would."""
+        handler = self._handlers.get(kind)
+        if handler is None:
+            raise CallNotServed(f"node {self._node} does not serve {kind} calls")
+        try:
+            return await asyncio.wait_for(handler(body), timeout)
+        except asyncio.TimeoutError:
+            raise NodeUnreachable(f"node {self._node} did not answer within {timeout:g}s") \
+                from None
+        except Exception as exc:  # noqa: BLE001 - the caller is told, as over Redis
+            raise NodeUnreachable(f"node {self._node} failed the {kind} call: "
+                                  f"{type(exc).__name__}: {exc}") from exc
 
     @abstractmethod
     async def nodes(self) -> list[dict]:

@@ -386,12 +386,6 @@ class LocalNodeCalls(NodeCalls):
         self._handlers: dict[str, CallHandler] = {}
         self._me = member_record(node)
 
-    def serve(self, kind, handler):
-        if handler is None:
-            self._handlers.pop(kind, None)
-        else:
-            self._handlers[kind] = handler
-
     async def nodes(self):
         self._state.check()
         return [dict(self._me)]
@@ -401,15 +395,7 @@ class LocalNodeCalls(NodeCalls):
         if node != self._node:
             raise NodeUnreachable(f"node {node} is not running: without [redis] this node "
                                   f"({self._node}) is the only one")
-        handler = self._handlers.get(kind)
-        if handler is None:
-            raise NodeUnreachable(f"node {node} does not serve {kind} calls")
-        try:
-            return await asyncio.wait_for(handler(body), timeout)
-        except asyncio.TimeoutError:
-            raise NodeUnreachable(f"node {node} did not answer within {timeout:g}s") from None
-        except Exception as exc:  # noqa: BLE001 - the caller is told, as over Redis
-            raise NodeUnreachable(f"node {node} failed the {kind} call: {exc}") from exc
+        return await self._here(kind, body, timeout)
 
 
 class LocalCluster(Cluster):

@@ -58,8 +58,8 @@ from redis.exceptions import (ClusterDownError, ConnectionError as RedisConnecti
 
 from ..config import RedisConfig
 from ..logs import Throttled
-from .base import (HEARTBEAT, HEARTBEAT_TTL, MAX_BLOCK_MS, CallHandler, Cluster, ClusterError,
-                   ClusterUnavailable, DuplicateCache, EventStream, Keys, NodeCalls,
+from .base import (HEARTBEAT, HEARTBEAT_TTL, MAX_BLOCK_MS, CallHandler, CallNotServed, Cluster,
+                   ClusterError, ClusterUnavailable, DuplicateCache, EventStream, Keys, NodeCalls,
                    NodeUnreachable, SessionDirectory, check_block, check_count, check_name,
                    check_start, encode_json, invalid_event, member_record, parse_entry_id,
                    ttl_ms)
@@ -852,12 +852,6 @@ class RedisNodeCalls(NodeCalls):
                     found.append(record)
         return sorted(found, key=lambda r: str(r["node"]))
 
-    def serve(self, kind, handler):
-        if handler is None:
-            self._handlers.pop(kind, None)
-        else:
-            self._handlers[kind] = handler
-
     def listen(self) -> None:
         """Wait for calls and answers while the link is open."""
         if not self._link.closed and (self._listener is None or self._listener.done()):
@@ -916,7 +910,8 @@ class RedisNodeCalls(NodeCalls):
             return
         handler = self._handlers.get(kind)
         if handler is None:
-            answer = {"id": call_id, "error": f"node {self._node} does not serve {kind} calls"}
+            answer = {"id": call_id, "not_served": True,
+                      "error": f"node {self._node} does not serve {kind} calls"}
         else:
             try:
                 answer = {"id": call_id, "answer": await handler(body)}
@@ -932,8 +927,8 @@ class RedisNodeCalls(NodeCalls):
 
     async def call(self, node, kind, body, timeout):
         check_name(node, "node")
-        if node == self._node and kind in self._handlers:
-            return await self._handlers[kind](body)
+        if node == self._node:
+            return await self._here(kind, body, timeout)
         call_id = secrets.token_hex(12)
         message = encode_json({"id": call_id, "kind": kind, "from": self._node,
                                "reply": self._keys.replies(self._node),
@@ -957,6 +952,8 @@ class RedisNodeCalls(NodeCalls):
                     from None
         finally:
             self._waiting.pop(call_id, None)
+        if answer.get("not_served"):
+            raise CallNotServed(answer.get("error") or f"node {node} does not serve {kind} calls")
         if "error" in answer:
             raise NodeUnreachable(f"node {node} failed the {kind} call: {answer['error']}")
         return answer.get("answer")
