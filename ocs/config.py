@@ -450,22 +450,30 @@ def attempt_bound(policy: PolicyConfig, backend_budget: float = 0.0) -> float:
     return max(policy.coa_max_duration, policy.control_timeout, backend_budget) + 5
 
 
+def handed_over_bound(policy: PolicyConfig, backend_budget: float = 0.0) -> float:
+    """Seconds a worker waits for an attempt it handed to another node (the NAS's
+    `control.policy_node`): that node's own bound, and the time to ask it."""
+    return attempt_bound(policy, backend_budget) + ASK_NODE_MARGIN
+
+
 def lease_warning(cfg: Config) -> str | None:
     """Why `[policy] lease` is too short, or None: a lease that can end while an
-    attempt is still under way lets a second worker take the action meanwhile
-    (a short lease is still the operator's choice, for a fast takeover after a
-    crash: the actions are safe to carry out twice)."""
+    attempt is still under way, here or handed to another node, lets a second
+    worker take the action meanwhile (a short lease is still the operator's
+    choice, for a fast takeover after a crash: the actions are safe to carry out
+    twice)."""
     policy = cfg.policy
     if not policy.enabled:
         return None
-    bound = attempt_bound(policy, diameter_request_budget(cfg.diameter)
-                          if cfg.diameter.enabled else 0.0)
+    bound = handed_over_bound(policy, diameter_request_budget(cfg.diameter)
+                              if cfg.diameter.enabled else 0.0)
     if policy.lease > bound:
         return None
     return (f"policy.lease ({policy.lease:g} s) is not longer than one enforcement attempt "
             f"may take ({bound:g} s, from coa_max_duration, control_timeout and [diameter] "
-            "request_timeout x request_attempts): a second worker may take an action while "
-            "the first is still carrying it out")
+            f"request_timeout x request_attempts, and {ASK_NODE_MARGIN:g} s to hand it to "
+            "another node): a second worker may take an action while the first is still "
+            "carrying it out")
 
 
 def load(path: str | None = None, *, overrides: dict[str, Any] | None = None) -> Config:

@@ -32,7 +32,7 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-from ocs.config import attempt_bound
+from ocs.config import attempt_bound, handed_over_bound
 from ocs.errors import NotFound, OcsError, StoreError
 from ocs.logs import log_context
 from ocs.model import Nas
@@ -225,7 +225,7 @@ class Worker:
         makes the attempt and reports it."""
         started = time.perf_counter()
         actuator = self.actuators.get(action.backend)
-        timeout = attempt_bound(cfg, getattr(actuator, "longest", 0.0)) + 2
+        timeout = handed_over_bound(cfg, getattr(actuator, "longest", 0.0))
         body = {"action": action.to_json(), "nas": nas.name}
         try:
             got = await self.cluster.calls.call(node, POLICY_ATTEMPT_CALL, body, timeout)

@@ -225,14 +225,15 @@ def test_radius_sessions_go_stale_after_missed_interims_when_asked(tmp_path):
 
 def test_a_policy_lease_shorter_than_one_attempt_is_named():
     from ocs.config import from_dict, lease_warning
-    # [diameter] 10 s x 5 tries (+2 when another node sends it) + 5: 57 s.
+    # [diameter] 10 s x 5 tries (+2 when another node sends it) + 5, and 2 s to hand
+    # the attempt to the NAS's policy_node: 59 s.
     slow = {"diameter": {"request_timeout": 10, "request_attempts": 5}}
-    assert lease_warning(from_dict({**slow, "policy": {"lease": 50}})) == (
-        "policy.lease (50 s) is not longer than one enforcement attempt may take (57 s, from "
+    assert lease_warning(from_dict({**slow, "policy": {"lease": 59}})) == (
+        "policy.lease (59 s) is not longer than one enforcement attempt may take (59 s, from "
         "coa_max_duration, control_timeout and [diameter] request_timeout x "
-        "request_attempts): a second worker may take an action while the first is still "
-        "carrying it out")
+        "request_attempts, and 2 s to hand it to another node): a second worker may take "
+        "an action while the first is still carrying it out")
     assert lease_warning(from_dict({**slow, "policy": {"lease": 60}})) is None
     assert lease_warning(from_dict({**slow, "policy": {"enabled": False, "lease": 5}})) is None
-    assert "(35 s" in lease_warning(from_dict({"policy": {"lease": 30}}))  # CoA 30 + 5
+    assert "(37 s" in lease_warning(from_dict({"policy": {"lease": 30}}))  # CoA 30 + 5 + 2
     assert lease_warning(from_dict({})) is None  # the defaults agree

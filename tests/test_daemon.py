@@ -734,7 +734,7 @@ def test_check_config_warns_about_weak_secrets_without_printing_them(tmp_path):
     assert r.stdout.startswith(f"{cfg}: configuration is valid")
     warnings = r.stderr.strip().splitlines()
     assert len(warnings) == 3, warnings
-    assert any("policy.lease (8 s) is not longer than one enforcement attempt may take (35 s"
+    assert any("policy.lease (8 s) is not longer than one enforcement attempt may take (37 s"
                in w for w in warnings)
     assert any("api.bootstrap_token is weak: only 8 characters" in w for w in warnings)
     assert any("NAS 'edge-1' (192.0.2.1): shared secret is weak: a well-known default" in w
