@@ -184,10 +184,16 @@ def nas_list(ctx: Ctx):
                       "msg-auth", "secret"]))
 
 
+# Control keys whose value is always text: `policy_node=10` names node "10",
+# `coa_address=10.1` is an address, not numbers.
+_TEXT_CONTROL = frozenset({"coa_address", "origin_host", "policy_node"})
+
+
 def _control(pairs: tuple[str, ...]) -> dict[str, Any]:
     """`--control KEY=VALUE` options as changes: a VALUE that reads as JSON (true,
-    5, {"host": ...}) is taken as such, any other as text; an empty VALUE removes
-    the key (None)."""
+    5, {"host": ...}) is taken as such, any other as text; the keys that name
+    something (_TEXT_CONTROL) take text always; an empty VALUE removes the key
+    (None)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -200,6 +206,8 @@ def _control(pairs: tuple[str, ...]) -> dict[str, Any]:
         try:
             out[key] = json.loads(value)
         except ValueError:
+            out[key] = value
+        if key in _TEXT_CONTROL and not isinstance(out[key], str):
             out[key] = value
     return out
 
