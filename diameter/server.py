@@ -40,8 +40,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable
 
-from ocs.cluster import ClusterError
-from ocs.components import DIAMETER_PEERS_CALL
+from ocs.cluster import DIAMETER_PEERS, DIAMETER_SERVER_REQUEST, ClusterError
 from ocs.config import diameter_request_budget
 from ocs.errors import OcsError, StoreUnavailable
 from ocs.logs import Throttled
@@ -63,8 +62,6 @@ _SUCCESS = T.DIAMETER_SUCCESS
 _OPENING = (gy.INITIAL, gy.EVENT)  # CC-Request-Types a new session (or event) starts with
 
 PRODUCT_NAME = "ocsd"
-#: The kind of call (`Cluster.calls`) by which a node asks another for a RAR/ASR.
-CALL_KIND = "diameter-server-request"
 
 
 @dataclass(frozen=True, slots=True)
@@ -687,7 +684,7 @@ class DiameterServer:
         body = {"command": command, "session_id": session_id, "rating_group": rating_group,
                 "from": self.cluster.node}
         try:
-            answer = await self.cluster.calls.call(node, CALL_KIND, body, timeout)
+            answer = await self.cluster.calls.call(node, DIAMETER_SERVER_REQUEST, body, timeout)
             result = ServerRequestResult(**{**answer, "node": node})
         except (ClusterError, StoreUnavailable, TypeError) as exc:
             if self.metrics is not None:
@@ -743,8 +740,8 @@ class DiameterServer:
     # ------------------------------------------------------------ lifecycle
     async def listen(self, name: str, host: str | None, port: int, ssl=None) -> None:
         if not self.listeners:  # other nodes may ask this one for RAR/ASR, and its peers
-            self.cluster.calls.serve(CALL_KIND, self._asked)
-            self.cluster.calls.serve(DIAMETER_PEERS_CALL, self._peers_asked)
+            self.cluster.calls.serve(DIAMETER_SERVER_REQUEST, self._asked)
+            self.cluster.calls.serve(DIAMETER_PEERS, self._peers_asked)
         loop = asyncio.get_running_loop()
         tls = ssl is not None
         server = await loop.create_server(lambda: self.connection(tls), host, port,
@@ -755,8 +752,8 @@ class DiameterServer:
     async def close(self, drain: float) -> None:
         """Stop accepting, finish requests in flight, DPR every peer, close."""
         self.stopping = True
-        self.cluster.calls.serve(CALL_KIND, None)
-        self.cluster.calls.serve(DIAMETER_PEERS_CALL, None)
+        self.cluster.calls.serve(DIAMETER_SERVER_REQUEST, None)
+        self.cluster.calls.serve(DIAMETER_PEERS, None)
         for server in self.listeners:
             server.close()
         if self.tasks or self._background:

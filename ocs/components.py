@@ -39,9 +39,6 @@ log = logging.getLogger("ocs.daemon")
 STORE_PROBE_TIMEOUT = 2.0
 #: Protocols whose session gauge exists even at zero (dashboards want the series).
 SESSION_PROTOS = ("radius", "diameter")
-#: The call (`Cluster.calls`) by which a node lists another's Diameter peers: the
-#: Diameter front-end answers it, the API asks it.
-DIAMETER_PEERS_CALL = "diameter-peers"
 
 
 class Component(Protocol):

@@ -155,12 +155,6 @@ class Attempt:
                    latency_ms=latency_ms)
 
 
-#: The call (`Cluster.calls`) by which a node has the node a NAS names
-#: (`control.policy_node`) make an attempt of one of its actions.
-POLICY_ATTEMPT_CALL = "policy-attempt"
-
-
 __all__ = ["Action", "ActuatorError", "Attempt", "PolicyError", "Target", "ACTIONS",
-           "POLICY_ATTEMPT_CALL",
            "BACKENDS", "SOFTSWITCHES", "DISCONNECT", "THROTTLE", "REDIRECT", "RESTORE",
            "COA", "DIAMETER", "FREESWITCH", "ASTERISK", "KAMAILIO", "SNMP", "TC", "OPERATOR"]

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 from typing import Any, Awaitable, Callable, Mapping
 
+from ocs.cluster import POLICY_ATTEMPT
 from ocs.config import lease_warning
 from ocs.errors import ConfigError, Conflict, NotFound, OcsError, ValidationError
 from ocs.model import Nas, Plan, Session, Subscriber, now_us
@@ -28,8 +29,7 @@ from radius.dictionary import Dictionary
 from . import decide, state
 from .consumer import EventConsumer
 from .diameter_rar import DiameterActuator
-from .model import (COA, DIAMETER, DISCONNECT, POLICY_ATTEMPT_CALL, RESTORE, TC, THROTTLE,
-                    Action, PolicyError, Target)
+from .model import COA, DIAMETER, DISCONNECT, RESTORE, TC, THROTTLE, Action, PolicyError, Target
 from .queue import DEAD, PENDING, RUNNING, entry
 from .radius_dae import DaeActuator, Retransmission
 from .snmp import SnmpActuator
@@ -93,7 +93,7 @@ class PolicyService:
                                  cluster=self.ctx.cluster)
             await self.worker.start()
             if self.ctx.cluster is not None:  # other nodes hand over a NAS's attempts
-                self.ctx.cluster.calls.serve(POLICY_ATTEMPT_CALL, self._attempt_asked)
+                self.ctx.cluster.calls.serve(POLICY_ATTEMPT, self._attempt_asked)
             self.consumer = EventConsumer(self, consumer=self.node)
             await self.consumer.start()
         except BaseException:
@@ -161,7 +161,7 @@ class PolicyService:
 
     async def stop(self) -> None:
         if self.ctx.cluster is not None:
-            self.ctx.cluster.calls.serve(POLICY_ATTEMPT_CALL, None)
+            self.ctx.cluster.calls.serve(POLICY_ATTEMPT, None)
         await cancel_and_wait(self._tasks, "policy")
         self._tasks = []
         if self.consumer is not None:

@@ -32,6 +32,7 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
+from ocs.cluster import POLICY_ATTEMPT
 from ocs.config import attempt_bound, handed_over_bound
 from ocs.errors import NotFound, OcsError, StoreError
 from ocs.logs import log_context
@@ -39,7 +40,7 @@ from ocs.model import Nas
 from ocs.tasks import cancel_and_wait
 
 from . import decide
-from .model import POLICY_ATTEMPT_CALL, RESTORE, TC, Action, ActuatorError, Attempt
+from .model import RESTORE, TC, Action, ActuatorError, Attempt
 
 log = logging.getLogger("ocs.policy")
 
@@ -228,7 +229,7 @@ class Worker:
         timeout = handed_over_bound(cfg, getattr(actuator, "longest", 0.0))
         body = {"action": action.to_json(), "nas": nas.name}
         try:
-            got = await self.cluster.calls.call(node, POLICY_ATTEMPT_CALL, body, timeout)
+            got = await self.cluster.calls.call(node, POLICY_ATTEMPT, body, timeout)
             attempt = Attempt(**got)
         except (StoreError, TypeError) as exc:  # the cluster's errors are StoreErrors
             return Attempt.failed(f"node {node}, which carries out the actions of NAS "

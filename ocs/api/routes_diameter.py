@@ -15,8 +15,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..cluster import CallNotServed, ClusterUnavailable, NodeUnreachable
-from ..components import CONTEXT, DIAMETER_PEERS_CALL
+from ..cluster import DIAMETER_PEERS, CallNotServed, ClusterUnavailable, NodeUnreachable
+from ..components import CONTEXT
 from ..model import Role
 from .problems import ApiError
 from .routing import Call, route
@@ -95,7 +95,7 @@ async def list_diameter_peers(call: Call):
                 return "Diameter is not running there"
             return [_view(p, node) for p in server.peers()]
         try:
-            got = await cluster.calls.call(node, DIAMETER_PEERS_CALL, {}, PEERS_TIMEOUT)
+            got = await cluster.calls.call(node, DIAMETER_PEERS, {}, PEERS_TIMEOUT)
         except CallNotServed:
             return "Diameter is not running there"
         except (NodeUnreachable, ClusterUnavailable) as exc:

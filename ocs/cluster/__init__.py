@@ -33,14 +33,14 @@ shared state cannot be reached: protocol layers then do not answer.
 from __future__ import annotations
 
 from ..config import RedisConfig
-from .base import (MAX_BLOCK_MS, CallNotServed, Cluster, ClusterError, ClusterUnavailable,
-                   DuplicateCache, EventStream, Keys, NodeCalls, NodeUnreachable,
-                   SessionDirectory)
+from .base import (DIAMETER_PEERS, DIAMETER_SERVER_REQUEST, MAX_BLOCK_MS, POLICY_ATTEMPT,
+                   CallNotServed, Cluster, ClusterError, ClusterUnavailable, DuplicateCache,
+                   EventStream, Keys, NodeCalls, NodeUnreachable, SessionDirectory)
 
 __all__ = ["build", "connect", "Cluster", "SessionDirectory", "DuplicateCache", "EventStream",
            "NodeCalls", "ClusterError", "ClusterUnavailable", "NodeUnreachable",
-           "CallNotServed", "Keys",
-           "MAX_BLOCK_MS"]
+           "CallNotServed", "Keys", "MAX_BLOCK_MS",
+           "DIAMETER_SERVER_REQUEST", "DIAMETER_PEERS", "POLICY_ATTEMPT"]
 
 
 def build(config: RedisConfig, *, node: str, timeout: float | None = None) -> Cluster:
@@ -62,8 +62,8 @@ def build(config: RedisConfig, *, node: str, timeout: float | None = None) -> Cl
 
 async def connect(config: RedisConfig, *, node: str, timeout: float | None = None) -> Cluster:
     """`build` and `start`: a ready adapter, Redis-backed when ``config.url``
-    or ``config.sentinels`` is set, in-process otherwise. Raises ClusterUnavailable if Redis does not
-    answer."""
+    or ``config.sentinels`` is set, in-process otherwise. Raises
+    ClusterUnavailable if Redis does not answer."""
     cluster = build(config, node=node, timeout=timeout)
     await cluster.start()
     return cluster

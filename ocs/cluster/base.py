@@ -360,6 +360,15 @@ def member_record(node: str) -> dict:
 #: What a node runs for a call of one kind: the call's body in, the answer out (JSON).
 CallHandler = Callable[[dict], Awaitable[dict]]
 
+# The kinds of call between nodes, each served by one part and made by another:
+#: a RAR or ASR for a Diameter client connected to the node called (diameter.server);
+DIAMETER_SERVER_REQUEST = "diameter-server-request"
+#: the Diameter peers connected to the node called (diameter.server serves, the API asks);
+DIAMETER_PEERS = "diameter-peers"
+#: an attempt of an enforcement action by the node its NAS names in
+#: `control.policy_node` (policy.service serves, policy.worker asks).
+POLICY_ATTEMPT = "policy-attempt"
+
 
 class NodeCalls(ABC):
     """Calls from one node to another, for what only that node can do: a
