@@ -109,11 +109,17 @@ def daemon_like_app(**client_args) -> web.Application:
     return app
 
 
-async def start_api(store, *, config: dict | None = None) -> tuple[Api, web.AppRunner]:
+async def start_api(store, *, config: dict | None = None,
+                    context: Any = None) -> tuple[Api, web.AppRunner]:
+    """`context`: what the daemon's components would be to the routes that ask
+    for them (ocs.components.CONTEXT: its cluster, its Diameter front-end)."""
     cfg = from_dict({"api": {"bootstrap_token": ADMIN_SECRET, **(config or {})}})
     metrics = Metrics()
     app = daemon_like_app()
     app[METRICS] = metrics
+    if context is not None:
+        from ocs.components import CONTEXT
+        app[CONTEXT] = context
     setup_api(app, store=store, config=cfg, metrics=metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()  # runs on_startup: the bootstrap admin token

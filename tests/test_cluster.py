@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster as RedisClusterClient
 from redis.crc import key_slot
 
-from ocs.cluster import (CallNotServed, ClusterError, ClusterUnavailable, NodeUnreachable, build,
-                         connect)
+from ocs.cluster import (DIAMETER_PEERS, CallNotServed, ClusterError, ClusterUnavailable,
+                         NodeUnreachable, build, connect)
 from ocs.config import RedisConfig
 from ocs.errors import StoreUnavailable, ValidationError
 from tests import services
@@ -1002,3 +1002,44 @@ def test_in_process_expiry_keeps_one_heap_entry_per_rewritten_key_and_sweeps_it(
     assert len(e) == 1 and e.get("k") == 99  # the first deadline passed, not the last
     time.sleep(0.1)
     assert len(e) == 0 and e._heap == []
+
+
+async def test_peers_of_every_node_list_a_node_whose_answer_is_not_a_peer_list(redis_nodes,
+                                                                               store):
+    """`GET /v1/diameter/peers?nodes=all` on node A: what other nodes answer is
+    checked (another version may answer otherwise); a node whose answer is no
+    list of peers is named under `unreachable` with the reason, never a 500."""
+    from types import SimpleNamespace
+
+    from tests.test_api_harness import start_api, stop_api
+
+    def answering(body):
+        async def handler(_):
+            return body
+        return handler
+
+    a = await redis_nodes("node-a")
+    peer = {"origin_host": "pgw1.example", "origin_realm": "example", "address": "192.0.2.7",
+            "local_address": "192.0.2.1", "transport": "tcp", "state": "open",
+            "watchdog": "okay", "connected_at": 1700000000.0, "product_name": "pgw",
+            "vendor_id": 10415, "origin_state_id": 7, "applications": [4]}
+    answers = {"node-b": {"items": [peer]}, "node-c": {"peers": []},
+               "node-d": {"items": ["pgw1"]}, "node-e": {"items": [{"origin_host": 5}]},
+               "node-f": {"items": 3}}
+    for name, body in answers.items():
+        (await redis_nodes(name)).calls.serve(DIAMETER_PEERS, answering(body))
+    api, _ = await start_api(store, context=SimpleNamespace(cluster=a, diameter=None))
+    try:
+        _, token = await store.create_token("viewer", "read-only")
+        r = await api.client(token).get("/v1/diameter/peers?nodes=all")
+    finally:
+        await stop_api(api)
+    assert r.status == 200, r.text
+    page = r.json
+    assert [(p["node"], p["origin_host"], p["connected_at"][:4]) for p in page["items"]] == [
+        ("node-b", "pgw1.example", "2023")]
+    problems = {p["node"]: p["error"] for p in page["unreachable"]}
+    assert problems.pop("node-a") == "Diameter is not running there"
+    assert sorted(problems) == ["node-c", "node-d", "node-e", "node-f"]
+    assert all(e.startswith("its answer is not a list of peers: ") for e in problems.values()), \
+        problems

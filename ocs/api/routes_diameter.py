@@ -102,7 +102,7 @@ async def list_diameter_peers(call: Call):
             return str(exc)
         try:  # another node, maybe another version: what it says is checked
             return [_view(p, node) for p in got["items"]]
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             return f"its answer is not a list of peers: {exc}"
 
     items, unreachable = [], []
