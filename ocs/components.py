@@ -50,6 +50,18 @@ class Component(Protocol):
 
 
 # ---------------------------------------------------------------------- registry
+def unmapped(address: str) -> str:
+    """`address` as its sender has it: an IPv4-mapped IPv6 address
+    ("::ffff:192.0.2.1", what a dual-stack socket on "[::]" reports for an IPv4
+    sender) is the IPv4 address it maps; any other is returned as it is."""
+    if address[:7].lower() == "::ffff:" and "." in address:
+        try:
+            return str(ipaddress.IPv6Address(address).ipv4_mapped)
+        except ValueError:
+            return address
+    return address
+
+
 @dataclass(frozen=True)
 class Registry:
     """NAS (by source address) and plans as last loaded from the store.
@@ -93,14 +105,11 @@ class Registry:
 
     def nas_for(self, address: str) -> Nas | None:
         """The NAS a packet from `address` belongs to: exact address, else longest prefix.
-        An IPv4-mapped IPv6 address (what a dual-stack socket on "[::]" reports for
-        an IPv4 sender) is the IPv4 address it maps."""
+        An IPv4-mapped IPv6 address is the IPv4 address it maps (`unmapped`)."""
         try:
-            ip = ipaddress.ip_address(address)
+            ip = ipaddress.ip_address(unmapped(address))
         except ValueError:
             return self.by_address.get(address)
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         found = self.by_address.get(str(ip))
         if found is not None:
             return found

@@ -128,11 +128,11 @@ def session_key(nas_name: str, packet: Packet, usage: Usage, *, shared: bool,
 def session_prefix(nas_name: str, packet: Packet, *, shared: bool, source: str) -> str:
     """What the session keys of the NAS that sent `packet` start with. Behind a shared
     entry that NAS is its NAS-Identifier, else its NAS-IP-Address, else the source
-    address (an IPv4 sender of a dual-stack socket as its IPv4 address)."""
+    address (which the server gives as its sender has it: an IPv4 sender of a
+    dual-stack socket as its IPv4 address)."""
     if not shared:
         return f"radius:{nas_name}:"
-    box = packet.get_str(A.NAS_IDENTIFIER) or _ip(packet.get(A.NAS_IP_ADDRESS)) \
-        or (source[7:] if source.startswith("::ffff:") and "." in source else source)
+    box = packet.get_str(A.NAS_IDENTIFIER) or _ip(packet.get(A.NAS_IP_ADDRESS)) or source
     return f"radius:{nas_name}/{box}:"
 
 

@@ -61,7 +61,7 @@ import ssl
 import time
 from typing import Any
 
-from ocs.components import reloaded_tls_context, split_listen, tls_server_context
+from ocs.components import reloaded_tls_context, split_listen, tls_server_context, unmapped
 from ocs.errors import StoreUnavailable
 from ocs.logs import Throttled
 
@@ -535,7 +535,7 @@ class RadiusServer:
                 if packet.code == _ACCESS_REQUEST:
                     reply = await self.handler.access(st, packet)
                 else:
-                    reply = await self.handler.accounting(st, packet, addr[0])
+                    reply = await self.handler.accounting(st, packet, unmapped(addr[0]))
             if reply is None:
                 raise StoreUnavailable("no answer")
             if key is not None:

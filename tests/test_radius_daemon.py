@@ -902,19 +902,44 @@ def test_a_second_daemon_on_the_same_radius_ports_refuses_to_start(rad, tmp_path
 
 def test_a_dual_stack_listener_serves_ipv4_and_ipv6_nas(tmp_path):
     """auth_listen = "[::]:PORT" takes both families: an IPv4 NAS's packets arrive
-    from an IPv4-mapped address (::ffff:127.0.0.1) and are still its own."""
+    from an IPv4-mapped address (::ffff:127.0.0.1) and are still its own. Behind a
+    shared (proxy) entry, a report naming no NAS is keyed by the sender's IPv4
+    address, as it would be on an IPv4 socket."""
     def free6() -> int:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
             sock.bind(("::", 0))
             return sock.getsockname()[1]
 
     d = RadiusOcsd(tmp_path)
-    port = free6()
+    port, acct_port = free6(), free6()
     d.config.write_text(d.config.read_text().replace(
-        f'auth_listen = "127.0.0.1:{d.auth_port}"', f'auth_listen = "[::]:{port}"'))
+        f'auth_listen = "127.0.0.1:{d.auth_port}"', f'auth_listen = "[::]:{port}"').replace(
+        f'acct_listen = "127.0.0.1:{d.acct_port}"', f'acct_listen = "[::]:{acct_port}"'))
     d.seed(seed)
     d.start()
     try:
+        _, listed = d.api("GET", "/v1/nas")
+        (local,) = [n for n in listed["items"] if n["address"].startswith("127.0.0.1")]
+        status, _ = d.api("PATCH", f"/v1/nas/{local['id']}", {"control": {"proxy": True}})
+        assert status == 200
+        start = acct_packet([(A.USER_NAME, s("acct1")), (A.ACCT_SESSION_ID, s("ds-1")),
+                             (A.ACCT_STATUS_TYPE, codec.u32(1))], ident=3)
+        deadline = time.monotonic() + 10
+        while True:  # the registry's reload after the PATCH is asynchronous
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(1)
+                sock.sendto(start, ("127.0.0.1", acct_port))
+                assert codec.decode(sock.recv(4096)).code == Code.ACCOUNTING_RESPONSE
+            status, _ = d.api("GET", f"/v1/sessions/radius:{local['name']}/127.0.0.1:ds-1")
+            if status == 200 or time.monotonic() > deadline:
+                break
+            start = acct_packet([(A.USER_NAME, s("acct1")), (A.ACCT_SESSION_ID, s("ds-1")),
+                                 (A.ACCT_STATUS_TYPE, codec.u32(1)),
+                                 (A.ACCT_DELAY_TIME, codec.u32(1))], ident=4)
+            time.sleep(0.2)
+        assert status == 200
+        status, _ = d.api("PATCH", f"/v1/nas/{local['id']}", {"control": {}})
+        assert status == 200
         status, _ = d.api("POST", "/v1/nas", {"name": "v6-bras", "address": "::1",
                                               "secret": "v6-secret-0123456789"})
         assert status == 201

@@ -197,9 +197,14 @@ def test_the_nas_behind_a_shared_entry_is_its_identifier_else_its_address():
         return decode(encode_request(Code.ACCOUNTING_REQUEST, 1, list(attrs), b"s"))
 
     ident, ip = (A.NAS_IDENTIFIER, b"bras-a"), (A.NAS_IP_ADDRESS, bytes([10, 0, 0, 9]))
+    from ocs.components import unmapped
+
     for p, source, box in ((packet(ident, ip), "10.1.1.1", "bras-a"),
                            (packet(ip), "10.1.1.1", "10.0.0.9"),
-                           (packet(), "::ffff:10.1.1.1", "10.1.1.1"),
-                           (packet(), "2001:db8::1", "2001:db8::1")):
+                           (packet(), unmapped("::ffff:10.1.1.1"), "10.1.1.1"),
+                           (packet(), unmapped("::FFFF:10.1.1.1"), "10.1.1.1"),
+                           (packet(), unmapped("2001:db8::1"), "2001:db8::1")):
         assert acct.session_prefix("px", p, shared=True, source=source) == f"radius:px/{box}:"
     assert acct.session_prefix("px", packet(ident), shared=False, source="x") == "radius:px:"
+    assert unmapped("::ffff:10.1.1.300") == "::ffff:10.1.1.300"  # not an address: as it is
+    assert unmapped("::ffff:a01:101") == "::ffff:a01:101"  # hex form: no sender reports it
