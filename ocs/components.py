@@ -19,7 +19,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -47,6 +47,14 @@ class Component(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+@runtime_checkable
+class ServesTls(Protocol):
+    """A component with TLS listeners (RADIUS/TLS, Diameter/TLS): on SIGHUP it
+    reads its certificate, key and CA files again (rotated files, same paths)."""
+
+    def reload_certificates(self) -> None: ...
 
 
 # ---------------------------------------------------------------------- registry

@@ -35,8 +35,8 @@ from pydantic import BaseModel, SecretStr
 
 from . import __version__, accel, logs
 from .components import (ChargingComponent, ClusterComponent, Component, Context,
-                         EventRelayComponent, HttpListeners, RegistryComponent, StoreComponent,
-                         Supervision)
+                         EventRelayComponent, HttpListeners, RegistryComponent, ServesTls,
+                         StoreComponent, Supervision)
 from .collector import Collector
 from .config import (DEFAULT_PATH, URL_PASSWORD, Config, hide_url_password, lease_warning,
                      load, secret_weakness)
@@ -345,8 +345,8 @@ class Daemon:
         for component in self._started:
             if isinstance(component, ChargingComponent):
                 await component.reload()  # tariffs recompiled, plans reloaded
-            elif hasattr(component, "reload_certificates"):
-                component.reload_certificates()  # rotated certificate files, same paths
+            elif isinstance(component, ServesTls):
+                component.reload_certificates()
         self.ctx.generation += 1
         for change in restart:
             log.warning("%s needs restart; still running with the old value", change)
