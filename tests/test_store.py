@@ -615,3 +615,38 @@ async def test_supervision_purge_also_forgets_stale_unmatched_accounting(store):
                                       store=store))
     assert await supervision.purge_once() >= 1
     assert [u.nas_session_id for u in await store.list_unmatched(nas="nas5")] == ["fresh"]
+
+
+def test_sqlite_any_lists_of_one_element_bind_as_plain_equality():
+    """A batch of one request asks `= ANY($n)` with one element: SQLite gets
+    `= ?n` (no json_each table); other lists, and a list that is a value rather
+    than an ANY argument, keep the JSON form, and every form finds the same rows."""
+    import sqlite3
+
+    from ocs.store.sql import execute, fetch, fetchval
+    from ocs.store.sqlite import _any_params, _execute, translate_single
+
+    assert translate_single("SELECT * FROM t WHERE id = ANY($1) AND tag =ANY($2) "
+                            "ORDER BY id FOR UPDATE") == \
+        "SELECT * FROM t WHERE id = ?1 AND tag = ?2 ORDER BY id"
+    assert _any_params("SELECT * FROM t WHERE id = ANY($1) AND tag = ANY($2)") == {1, 2}
+    assert _any_params("SELECT * FROM t WHERE id = ANY($1) OR doc = $1") == set()
+    assert _any_params("SELECT * FROM t WHERE id = ANY($1) AND x = $10") == {1}
+
+    conn = sqlite3.connect(":memory:")
+    conn.row_factory = sqlite3.Row
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, tag TEXT, doc TEXT)")
+    _execute(conn, execute("INSERT INTO t (id, tag, doc) VALUES ($1, $2, $3)", 1, "a", ["x"]))
+    _execute(conn, execute("INSERT INTO t (id, tag, doc) VALUES ($1, $2, $3)", 2, "b", []))
+    assert _execute(conn, fetchval("SELECT doc FROM t WHERE id = $1", 1)) == '["x"]'
+
+    def ids(*args):
+        rows = _execute(conn, fetch("SELECT id FROM t WHERE id = ANY($1) AND tag = ANY($2) "
+                                    "ORDER BY id", *args))
+        return [r["id"] for r in rows]
+    assert ids([1], ["a"]) == [1]
+    assert ids({2}, ("b",)) == [2]
+    assert ids([1], ["b"]) == []
+    assert ids([1, 2], ["a"]) == [1]
+    assert ids([1, 2], ["a", "b"]) == [1, 2]
+    assert ids([], ["a"]) == []
