@@ -41,7 +41,8 @@ _KIND = {AcctStatus.START: RequestKind.INITIAL, AcctStatus.INTERIM_UPDATE: Reque
          AcctStatus.STOP: RequestKind.TERMINATE}
 # Enum members the accounting path reads per request, read once here: reading a
 # member off its class costs about 100 ns on Python 3.11.
-_UPDATE, _TERMINATE, _OCTETS = RequestKind.UPDATE, RequestKind.TERMINATE, Kind.OCTETS
+_INITIAL, _UPDATE, _TERMINATE = RequestKind.INITIAL, RequestKind.UPDATE, RequestKind.TERMINATE
+_OCTETS = Kind.OCTETS
 _OCTETS_WRAP = 1 << 32  # Acct-Input/Output-Octets alone count modulo 2**32 (RFC 2869 §5.1)
 _UNKNOWN_SUBSCRIBER, _ACCOUNTING_RESPONSE = ResultCode.UNKNOWN_SUBSCRIBER, Code.ACCOUNTING_RESPONSE
 _NAS_RESTART = frozenset({AcctStatus.ACCOUNTING_ON, AcctStatus.ACCOUNTING_OFF})
@@ -64,6 +65,10 @@ class NasState:
     voice: bool
     require_ma: str  # yes | no | auto
     vendor: str      # lower case ("generic" when the record names none)
+    # The NAS never gives one address to two sessions at once (no VRFs, no
+    # overlapping pools): a Start with the address of a session still open here
+    # shows that session gone (`control.unique_framed_ip`).
+    unique_framed_ip: bool = False
 
 
 def nas_state(nas: Nas, voice_vendors: frozenset[str] = VOICE_VENDORS) -> NasState:
@@ -71,7 +76,8 @@ def nas_state(nas: Nas, voice_vendors: frozenset[str] = VOICE_VENDORS) -> NasSta
     shared = ("/" in nas.address and not nas.address.endswith(("/32", "/128"))) \
         or nas.control.get("proxy") is True
     return NasState(nas, nas.name, nas.secret.encode(), profile_for(vendor), shared,
-                    vendor in voice_vendors, nas.require_message_authenticator or "yes", vendor)
+                    vendor in voice_vendors, nas.require_message_authenticator or "yes", vendor,
+                    nas.control.get("unique_framed_ip") is True)
 
 
 class Handler:
@@ -285,6 +291,7 @@ class Handler:
                             proto="radius", nas=st.name, nas_session_id=u.acct_session_id,
                             framed_ip=acct.framed_ip(p), cumulative=True, attrs=attrs,
                             keep_unmatched=True)
+        arrived = now_us() if st.unique_framed_ip else 0
         decision = await self.ctx.charging.charge(req)
         if decision.result is _UNKNOWN_SUBSCRIBER:
             log.warning("accounting for unknown subscriber %s from %s (session %s): kept "
@@ -296,6 +303,9 @@ class Handler:
                      " (replayed)" if decision.replayed else "")
         if kind is _TERMINATE:
             self._metering.pop(session_id, None)
+        elif kind is _INITIAL and st.unique_framed_ip and req.framed_ip \
+                and decision.result is not _UNKNOWN_SUBSCRIBER:
+            await self._close_address_holders(st, p, source, session_id, req.framed_ip, arrived)
         return self._acct_response(st, p)
 
     def _subscriber_name(self, username: str | None) -> str | None:
@@ -374,6 +384,29 @@ class Handler:
                         extra={"session": x.id, "account": x.account_id})
             await self._close(x, "same device logged in again")
         return len(stale)
+
+    async def _close_address_holders(self, st: NasState, p: Packet, source: str,
+                                     session_id: str, address: str, arrived: int) -> int:
+        """A NAS that never gives one address to two sessions (`unique_framed_ip`)
+        started `session_id` with `address`: the sessions of that NAS still open
+        here with the same address ended without their Stop (a NAS that crashed
+        without Accounting-On, a lost Stop). They are closed (what they reported
+        stays charged, what they hold is released), so no action meant for them,
+        a tc rule on the address or a Disconnect naming it, reaches the new one.
+        Only sessions last heard of before this Start arrived: of two Starts with
+        one address that cross, neither closes the other."""
+        prefix = acct.session_prefix(st.name, p, shared=True, source=source) \
+            if st.shared else None
+        holders = [x for x in await self.ctx.store.list_sessions(
+                       nas=st.name, status="active", framed_ip=address, id_prefix=prefix,
+                       updated_before=arrived, limit=100)
+                   if x.id != session_id and x.proto == "radius"]
+        for x in holders:
+            log.warning("closing stale session %s: NAS %s gave its address %s to session %s",
+                        x.id, st.name, address, session_id,
+                        extra={"session": x.id, "account": x.account_id})
+            await self._close(x, "framed ip reused")
+        return len(holders)
 
     async def _close_nas_sessions(self, st: NasState, p: Packet, source: str) -> int:
         """Accounting-On/Off (RFC 2866 §5.1): the NAS restarted, its sessions are gone."""

@@ -49,7 +49,7 @@ async def seed(store) -> dict:
 
     data_plan = await store.find_plan("demo-data")
     for name in ("acct1", "acct2", "retx", "on1", "on2", "fs", "ast", "kam", "mschap",
-                 "burst", "reuse1", "wrap1", "realm1", "reset1"):
+                 "burst", "reuse1", "wrap1", "realm1", "reset1", "ipa", "ipb"):
         await sub(name, data_plan, max_sessions=5)
     await sub("garden1", garden, status="suspended")
     await sub("suspended1", tiny, status="suspended")
@@ -304,6 +304,64 @@ def test_a_device_logging_in_again_replaces_its_stale_session(rad):
     assert acct(rad, 'User-Name = "single", Acct-Status-Type = Stop, '
                      f'Acct-Session-Id = "ghost-2", Acct-Session-Time = 5, {device}') \
         == "Accounting-Response"
+
+
+def test_a_nas_with_unique_addresses_closes_the_session_whose_address_a_start_reuses(rad):
+    """A session whose Stop was lost still holds its Framed-IP-Address here. By
+    default another session's Start with that address changes nothing (a BRAS with
+    VRFs gives one private address to several subscribers). A NAS marked
+    `control.unique_framed_ip` never does: the older session is closed as stale,
+    what it reported stays charged and what it held is released."""
+    _, page = rad.api("GET", "/v1/nas")
+    (entry,) = [n for n in page["items"] if n["name"] == "localhost-nas"]
+    ip = "Framed-IP-Address = 10.77.0.1, "
+
+    def session(sid):
+        status, body = rad.api("GET", f"/v1/sessions/radius:localhost-nas:{sid}")
+        assert status == 200, body
+        return body
+
+    def reserved(name):
+        _, body = rad.api("GET", f"/v1/accounts/{rad.ids[name]}")
+        return sum(b["reserved"] for b in body["balance"]["buckets"] if b["kind"] == "octets")
+
+    before = rad.buckets(rad.ids["ipa"])["octets"]
+    assert acct(rad, f'User-Name = "ipa", Acct-Session-Id = "ip-1", {ip}'
+                     'Acct-Status-Type = Start') == "Accounting-Response"
+    assert acct(rad, f'User-Name = "ipa", Acct-Session-Id = "ip-1", {ip}'
+                     'Acct-Status-Type = Interim-Update, Acct-Output-Octets = 1000, '
+                     'Acct-Session-Time = 60') == "Accounting-Response"
+    assert reserved("ipa") > 0
+    assert acct(rad, f'User-Name = "ipb", Acct-Session-Id = "ip-2", {ip}'
+                     'Acct-Status-Type = Start') == "Accounting-Response"
+    assert (session("ip-1")["status"], session("ip-2")["status"]) == ("active", "active")
+    assert acct(rad, f'User-Name = "ipb", Acct-Session-Id = "ip-2", {ip}'
+                     'Acct-Status-Type = Stop, Acct-Session-Time = 5') == "Accounting-Response"
+
+    status, body = rad.api("PATCH", f"/v1/nas/{entry['id']}",
+                           {"control": {"unique_framed_ip": "yes"}})
+    assert status == 422 and "control.unique_framed_ip is true or false" in str(body), body
+    status, body = rad.api("PATCH", f"/v1/nas/{entry['id']}",
+                           {"control": {"unique_framed_ip": True}})
+    assert status == 200, body
+    try:
+        start = f'User-Name = "ipb", Acct-Session-Id = "ip-3", {ip}Acct-Status-Type = Start'
+        assert acct(rad, start) == "Accounting-Response"
+        old = session("ip-1")
+        assert old["status"] == "closed" and old["attrs"]["closed_by"] == "framed ip reused"
+        assert session("ip-3")["status"] == "active"
+        rad.wait_log(r"closing stale session radius:localhost-nas:ip-1: NAS localhost-nas "
+                     r"gave its address 10\.77\.0\.1 to session radius:localhost-nas:ip-3")
+        _, cdrs = rad.api("GET", "/v1/cdrs?session=radius:localhost-nas:ip-1")
+        assert [(c["units"], c["details"]["closed_by"]) for c in cdrs["items"]] == \
+            [(1000, "framed ip reused")]
+        assert rad.buckets(rad.ids["ipa"])["octets"] == before - 1000
+        assert reserved("ipa") == 0
+        # The same Start again (a NAS that resends it as a new request) closes nothing.
+        assert acct(rad, start + ", Acct-Delay-Time = 2") == "Accounting-Response"
+        assert session("ip-3")["status"] == "active"
+    finally:
+        rad.api("PATCH", f"/v1/nas/{entry['id']}", {"control": {}})
 
 
 def test_wireshark_reads_every_kind_of_reply_without_complaint(rad, tmp_path):

@@ -310,8 +310,9 @@ class PlanUpdate(Body):
 
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=_TEXT)]
 def _control(value: dict[str, Any]) -> dict[str, Any]:
-    if "proxy" in value and not isinstance(value["proxy"], bool):
-        raise ValueError("control.proxy is true or false")
+    for flag in ("proxy", "unique_framed_ip"):
+        if flag in value and not isinstance(value[flag], bool):
+            raise ValueError(f"control.{flag} is true or false")
     node = value.get("policy_node")
     if node is not None and not (isinstance(node, str) and 0 < len(node) <= 200):
         raise ValueError("control.policy_node is the [daemon] node_name of the node that "
@@ -323,8 +324,10 @@ Control = Annotated[dict[str, Any], Field(max_length=100, description=(
     "How ocsd deals with this element, by key: `proxy` (true: a RADIUS proxy in front of "
     "several NAS, told apart by their NAS-Identifier), `coa_address`, `enforce`, "
     "`origin_host` (a Diameter peer's), `snmp`, the softswitch control endpoints "
-    "`freeswitch`, `asterisk`, `kamailio`, and `policy_node` (the node that carries out "
-    "its enforcement actions: the one its CoA client list or its routing accepts)."
+    "`freeswitch`, `asterisk`, `kamailio`, `policy_node` (the node that carries out "
+    "its enforcement actions: the one its CoA client list or its routing accepts), and "
+    "`unique_framed_ip` (true: the NAS never gives one address to two sessions at once, so "
+    "a Start with the Framed-IP-Address of a session still open here closes that one)."
     )), AfterValidator(_control)]
 
 

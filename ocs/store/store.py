@@ -593,21 +593,22 @@ class Store:
     async def list_sessions(self, *, status: str | None = "active",
                             account_id: int | None = None, subscriber_id: int | None = None,
                             nas: str | None = None, id_prefix: str | None = None,
-                            updated_before: int | None = None,
+                            updated_before: int | None = None, framed_ip: str | None = None,
                             limit: int = 100, offset: int = 0) -> list[Session]:
         """Sessions, newest first. `id_prefix`: only those whose id starts with it
         (the sessions of one NAS behind a shared entry, see radius.accounting);
         `updated_before`: only those whose record was last written before that time
         (µs, this server's clock): a session opened later, whatever time its client
-        gave it, is not among them."""
+        gave it, is not among them; `framed_ip`: only those holding that address."""
         where, args = _where(("status", "=", status), ("account_id", "=", account_id),
                              ("subscriber_id", "=", subscriber_id), ("nas", "=", nas),
                              (f"substr(id, 1, {len(id_prefix or '')})", "=", id_prefix),
-                             ("updated_at", "<", updated_before))
+                             ("updated_at", "<", updated_before), ("framed_ip", "=", framed_ip))
         args += [limit, offset]
         rows = await self._all(f"SELECT * FROM sessions{where} ORDER BY started_at DESC "
                                f"LIMIT ${len(args) - 1} OFFSET ${len(args)}", *args,
-                               quick=subscriber_id is not None)  # a subscriber's few sessions
+                               # a subscriber's few sessions, an address's one or two
+                               quick=subscriber_id is not None or framed_ip is not None)
         return [Session.from_row(r) for r in rows]
 
     async def active_sessions(self, subscriber_id: int, *, limit: int) -> int:
