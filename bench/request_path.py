@@ -23,6 +23,17 @@ JSON document is printed:
 so `--window 1` shows what a batch costs apart from its requests (a server at
 moderate load commits small batches).
 
+`--instructions`: instead of CPU time, the instructions each request costs,
+counted by valgrind's callgrind (user space only: the kernel's share, a few
+per cent here, is not in it). The count is the same whatever else the machine
+is doing (runs agree within about 0.1%), so it judges a change on a busy day
+when CPU times scatter by half. Each variant runs twice under callgrind, with
+1 and with 3 measured rounds; the difference divided by the extra requests is
+the figure, start-up and warm-up cancelled out. It is slow (callgrind runs the
+code about fifty times slower): minutes, not seconds. One JSON document:
+
+    python -m bench.request_path --instructions [--mode ...] [--requests 300]
+
 `auth`: PAP Access-Requests with authorisation from the store (SQLite).
 `acct`: one Interim-Update per session per round, each charged durably.
 `ccr`: one Diameter CCR-Update per session per round (usage reported, more
@@ -37,6 +48,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -231,25 +243,102 @@ def _measure(mode: str, requests: int, rounds: int, pure: bool) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+INSTRUCTION_ROUNDS = (1, 3)  # measured rounds of the two callgrind runs of a variant
+
+
+def _instructions(mode: str, requests: int, pure: bool) -> dict:
+    """Instructions per request of one variant (the build, or the pure twins)."""
+    env = dict(os.environ)
+    env.pop("OCS_NO_EXTENSIONS", None)
+    if pure:
+        env["OCS_NO_EXTENSIONS"] = "1"
+
+    def child(rounds: int) -> list[str]:
+        return [sys.executable, "-m", "bench.request_path", "--child", "--mode", mode,
+                "--requests", str(requests), "--rounds", str(rounds),
+                "--window", str(WINDOW), "--sqlite-synchronous", SYNCHRONOUS]
+    counted = callgrind_per_unit(child, requests, env)
+    return {"implementation": counted.pop("last_output")["implementation"],
+            "instructions_per_request": counted.pop("per_unit"), **counted}
+
+
+def callgrind_per_unit(command, units_per_round: int, env: dict | None = None) -> dict:
+    """Instructions per unit of work of `command(rounds)` (argv of a program that
+    does `rounds` x `units_per_round` units after a start-up of its own, and prints
+    a JSON line last): two runs under callgrind, with INSTRUCTION_ROUNDS rounds,
+    so that the start-up cancels out of their difference."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    # One hash seed for every run: the layout of dicts and sets, and so the work of
+    # the start-up, is then the same in both, and cancels out exactly.
+    env = {**(os.environ if env is None else env), "PYTHONHASHSEED": "0"}
+    totals, output = [], None
+    with tempfile.TemporaryDirectory(prefix="ocs-bench-cg-") as tmp:
+        for rounds in INSTRUCTION_ROUNDS:
+            out_file = os.path.join(tmp, f"callgrind.{rounds}")
+            run = subprocess.run([valgrind, "--tool=callgrind",
+                                  f"--callgrind-out-file={out_file}", *command(rounds)],
+                                 capture_output=True, text=True, env=env, cwd=ROOT,
+                                 timeout=3600)
+            if run.returncode != 0:
+                raise SystemExit(f"child under callgrind failed:\n{run.stderr[-2000:]}")
+            output = json.loads(run.stdout.strip().splitlines()[-1])
+            totals.append(_callgrind_total(out_file))
+    extra = (INSTRUCTION_ROUNDS[1] - INSTRUCTION_ROUNDS[0]) * units_per_round
+    return {"per_unit": round((totals[1] - totals[0]) / extra), "instructions_total": totals,
+            "rounds": list(INSTRUCTION_ROUNDS), "last_output": output}
+
+
+def _callgrind_total(path: str) -> int:
+    """The instructions counted in a callgrind output file (its totals line)."""
+    with open(path) as fh:
+        for line in fh:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise SystemExit(f"no totals in {path}")
+
+
+def _instructions_report(mode: str, requests: int) -> dict:
+    out = {"benchmark": "request_path", "measure": "instructions", "mode": mode,
+           "requests_per_round": requests, "window": WINDOW,
+           "sqlite_synchronous": SYNCHRONOUS}
+    for variant in ("pure_python", "extensions"):
+        out[variant] = _instructions(mode, requests, variant == "pure_python")
+    out["extensions_over_pure_python"] = round(
+        out["extensions"]["instructions_per_request"]
+        / out["pure_python"]["instructions_per_request"], 3)
+    return out
+
+
 def main(argv=None) -> int:
     global WINDOW, SYNCHRONOUS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=("auth", "acct", "ccr"), default="auth")
-    p.add_argument("--requests", type=int, default=3000, help="requests per round")
+    p.add_argument("--requests", type=int, default=None,
+                   help="requests per round (3000; 300 with --instructions)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--pairs", type=int, default=3, help="runs of each variant, alternating")
     p.add_argument("--window", type=int, default=WINDOW, help="requests in flight")
     p.add_argument("--sqlite-synchronous", choices=("FULL", "NORMAL"), default=SYNCHRONOUS)
+    p.add_argument("--instructions", action="store_true",
+                   help="instructions per request under callgrind instead of CPU time "
+                        "(steady on a busy machine; slow)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.window < 1:
         p.error("--window must be at least 1")
+    if args.requests is None:
+        args.requests = 300 if args.instructions else 3000
     WINDOW, SYNCHRONOUS = args.window, args.sqlite_synchronous
     if args.child:
         import uvloop
         result = uvloop.run(_child(args.mode, args.requests, args.rounds))
         print(json.dumps(result), flush=True)
         os._exit(0)  # the daemon's components are not stopped: nothing to keep
+    if args.instructions:
+        print(json.dumps(_instructions_report(args.mode, args.requests), indent=2))
+        return 0
     runs = {"pure_python": [], "extensions": []}
     for _ in range(args.pairs):
         for variant in runs:

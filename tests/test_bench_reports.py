@@ -158,3 +158,26 @@ def test_request_path_compares_the_build_with_the_pure_python_twins(mode):
         (run,) = out[variant]["each_run"]
         assert len(run["each_round"]) == 2 and run["cpu_us_best"] > 0
     assert out["extensions_over_pure_python"] > 0
+
+
+def test_instruction_counts_cancel_the_start_up_and_repeat_exactly():
+    """`bench.request_path --instructions`: two callgrind runs that differ only in
+    the rounds of work; the start-up cancels out, and the count per unit is the
+    same on a second measurement (what makes it usable on a busy machine)."""
+    from bench.request_path import callgrind_per_unit
+
+    def program(rounds: int) -> list[str]:  # a start-up, then 500 list sorts a round
+        return [sys.executable, "-c",
+                "import json, random; r = random.Random(7); data = [r.random() for _ in "
+                f"range(200)]; [sorted(data) for _ in range({rounds} * 2000)]; "
+                "print(json.dumps({'ok': 1}))"]
+    first = callgrind_per_unit(program, 500)
+    again = callgrind_per_unit(program, 500)
+    assert first["last_output"] == {"ok": 1}
+    small, big = first["instructions_total"]
+    assert big > small > 0
+    # Sorting 200 floats: thousands of instructions, not the start-up's millions.
+    assert 5_000 < first["per_unit"] < 500_000, first
+    # One hash seed for both: here the counts repeat to the instruction.
+    assert abs(again["per_unit"] - first["per_unit"]) <= first["per_unit"] * 0.001, \
+        (first, again)
