@@ -25,7 +25,6 @@ subscriber record; nothing here touches the store or the network.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -33,7 +32,7 @@ from ocs.model import Subscriber
 from ocs.passwords import verify_password
 
 from . import mschap
-from .codec import A, Packet, hide_password, salt_encrypt, u32, unhide_password, vsa
+from .codec import A, Packet, hide_password, md5, salt_encrypt, u32, unhide_password, vsa
 
 MICROSOFT = 311
 MS_CHAP_RESPONSE = vsa(MICROSOFT, 1)
@@ -114,7 +113,7 @@ def _chap(packet: Packet, sub: Subscriber) -> Proof:
         return Proof(False, "chap", "CHAP needs a stored password ([auth] store_cleartext)")
     # RFC 2865 §2.2: the challenge is CHAP-Challenge, else the Request Authenticator.
     challenge = packet.get(A.CHAP_CHALLENGE) or packet.authenticator
-    want = hashlib.md5(value[:1] + sub.cleartext.encode() + challenge).digest()
+    want = md5(value[:1] + sub.cleartext.encode() + challenge).digest()
     if not hmac.compare_digest(want, value[1:]):
         return Proof(False, "chap", "wrong password")
     return Proof(True, "chap")
