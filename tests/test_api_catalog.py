@@ -129,6 +129,28 @@ async def test_nas_addresses_are_validated(api: Api):
     assert r.status == 422 and r.fields() == {"require_message_authenticator"}
 
 
+async def test_nas_control_keys_are_validated(api: Api):
+    """The control keys ocsd acts on are checked when they are set, not when an
+    action or a peer first needs them."""
+    r = await api.admin.post("/v1/nas", {
+        "name": "ctl", "address": "192.0.2.60", "secret": SECRET,
+        "control": {"coa_address": "2001:db8::60", "origin_host": "pgw1.example",
+                    "proxy": True, "unique_framed_ip": False, "policy_node": "edge-1"}})
+    assert r.status == 201, r.text
+    nas_id = r.json["id"]
+    for control, why in (({"coa_address": "bras1.example"}, "control.coa_address is the IP"),
+                         ({"coa_address": 10.1}, "control.coa_address is the IP"),
+                         ({"origin_host": 5}, "control.origin_host is the Diameter peer's"),
+                         ({"origin_host": ""}, "control.origin_host is the Diameter peer's"),
+                         ({"unique_framed_ip": "yes"}, "control.unique_framed_ip is true or"),
+                         ({"proxy": 1}, "control.proxy is true or false"),
+                         ({"policy_node": 7}, "control.policy_node is the [daemon] node_name")):
+        r = await api.admin.patch(f"/v1/nas/{nas_id}", {"control": control})
+        assert r.status == 422 and r.fields() == {"control"}, (control, r.text)
+        assert why in r.text, (control, r.text)
+    assert (await api.store.get_nas(nas_id)).control["coa_address"] == "2001:db8::60"
+
+
 @pytest.mark.parametrize("store_target", ["sqlite"], indirect=True)
 async def test_catalog_listeners_hear_of_nas_and_plan_changes(api: Api, caplog):
     heard = []

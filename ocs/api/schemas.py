@@ -9,6 +9,7 @@ hand next to the validator that enforces it (see `BucketCreate`).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
@@ -313,6 +314,16 @@ def _control(value: dict[str, Any]) -> dict[str, Any]:
     for flag in ("proxy", "unique_framed_ip"):
         if flag in value and not isinstance(value[flag], bool):
             raise ValueError(f"control.{flag} is true or false")
+    coa = value.get("coa_address")
+    if coa is not None:
+        try:
+            ipaddress.ip_address(coa if isinstance(coa, str) else "")
+        except ValueError:
+            raise ValueError("control.coa_address is the IP address CoA and Disconnect "
+                             "requests go to") from None
+    host = value.get("origin_host")
+    if host is not None and not (isinstance(host, str) and 0 < len(host) <= 255):
+        raise ValueError("control.origin_host is the Diameter peer's Origin-Host")
     node = value.get("policy_node")
     if node is not None and not (isinstance(node, str) and 0 < len(node) <= 200):
         raise ValueError("control.policy_node is the [daemon] node_name of the node that "
@@ -322,7 +333,8 @@ def _control(value: dict[str, Any]) -> dict[str, Any]:
 
 Control = Annotated[dict[str, Any], Field(max_length=100, description=(
     "How ocsd deals with this element, by key: `proxy` (true: a RADIUS proxy in front of "
-    "several NAS, told apart by their NAS-Identifier), `coa_address`, `enforce`, "
+    "several NAS, told apart by their NAS-Identifier), `coa_address` (the IP address CoA "
+    "and Disconnect requests go to), `enforce`, "
     "`origin_host` (a Diameter peer's), `snmp`, the softswitch control endpoints "
     "`freeswitch`, `asterisk`, `kamailio`, `policy_node` (the node that carries out "
     "its enforcement actions: the one its CoA client list or its routing accepts), and "
