@@ -62,7 +62,7 @@ def unmapped(address: str) -> str:
     """`address` as its sender has it: an IPv4-mapped IPv6 address
     ("::ffff:192.0.2.1", what a dual-stack socket on "[::]" reports for an IPv4
     sender) is the IPv4 address it maps; any other is returned as it is."""
-    if address[:7].lower() == "::ffff:" and "." in address:
+    if address.startswith(("::ffff:", "::FFFF:")) and "." in address:
         try:
             return str(ipaddress.IPv6Address(address).ipv4_mapped)
         except ValueError:

@@ -48,12 +48,15 @@ _ANY = re.compile(r"=\s*ANY\(\$(\d+)\)")
 _FOR_UPDATE = re.compile(r"\s+FOR UPDATE(\s+SKIP LOCKED)?\b")
 
 
+def _dialect(sql: str, any_as: str) -> str:
+    return PARAM.sub(r"?\1", _FOR_UPDATE.sub("", _ANY.sub(any_as, sql)))
+
+
 @functools.lru_cache(maxsize=512)
 def translate(sql: str) -> str:
-    """PostgreSQL-dialect SQL as SQLite understands it."""
-    sql = _ANY.sub(r"IN (SELECT value FROM json_each(?\1))", sql)
-    sql = _FOR_UPDATE.sub("", sql)
-    return PARAM.sub(r"?\1", sql)
+    """PostgreSQL-dialect SQL as SQLite understands it (an `= ANY($n)` list is
+    bound as JSON and read with json_each)."""
+    return _dialect(sql, r"IN (SELECT value FROM json_each($\1))")
 
 
 @functools.lru_cache(maxsize=512)
@@ -61,7 +64,7 @@ def translate_single(sql: str) -> str:
     """`translate`, for arguments whose every `= ANY($n)` list has one element: a
     plain `= ?n`, which SQLite answers from the index without building a json_each
     table (a batch of one request locks one account, reads one session)."""
-    return PARAM.sub(r"?\1", _ANY.sub(r"= $\1", _FOR_UPDATE.sub("", sql)))
+    return _dialect(sql, r"= $\1")
 
 
 @functools.lru_cache(maxsize=512)
